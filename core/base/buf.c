@@ -82,7 +82,8 @@ void lv_buf_vprintf(struct lv_buf *b, const char *fmt, va_list ap)
 {
     va_list cp;
     va_copy(cp, ap);
-    int n = vsnprintf(lv_buf_reserve(b, 64), b->cap - b->len, fmt, cp);
+    char *dst = lv_buf_reserve(b, 64); /* before reading cap: reserve may grow it */
+    int n = vsnprintf(dst, b->cap - b->len, fmt, cp);
     va_end(cp);
     if (n < 0)
         return;

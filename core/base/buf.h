@@ -15,7 +15,10 @@ struct lv_buf {
     size_t cap;
 };
 
-#define LV_BUF_INIT {NULL, 0, 0}
+#define LV_BUF_INIT                                                                                \
+    {                                                                                              \
+        NULL, 0, 0                                                                                 \
+    }
 
 /** Make room for at least `extra` more bytes; returns a pointer to data + len. */
 char *lv_buf_reserve(struct lv_buf *b, size_t extra);

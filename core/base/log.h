@@ -1,6 +1,6 @@
 /*
  * log: the error log (stderr), one line per event, with a level and a timestamp.
- * Access logs are a separate module (admin/accesslog.h).
+ * Access logs are a separate module (obs/accesslog.h).
  */
 #ifndef LV_LOG_H
 #define LV_LOG_H

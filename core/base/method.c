@@ -4,11 +4,11 @@
 
 /* Same numbering as llhttp's HTTP_METHOD_MAP (checked by test_http). */
 static const char *const names[] = {
-    "DELETE",     "GET",      "HEAD",      "POST",      "PUT",         "CONNECT", "OPTIONS",
-    "TRACE",      "COPY",     "LOCK",      "MKCOL",     "MOVE",        "PROPFIND", "PROPPATCH",
-    "SEARCH",     "UNLOCK",   "BIND",      "REBIND",    "UNBIND",      "ACL",     "REPORT",
-    "MKACTIVITY", "CHECKOUT", "MERGE",     "M-SEARCH",  "NOTIFY",      "SUBSCRIBE", "UNSUBSCRIBE",
-    "PATCH",      "PURGE",    "MKCALENDAR", "LINK",     "UNLINK",      "SOURCE",
+    "DELETE",     "GET",      "HEAD",       "POST",     "PUT",    "CONNECT",   "OPTIONS",
+    "TRACE",      "COPY",     "LOCK",       "MKCOL",    "MOVE",   "PROPFIND",  "PROPPATCH",
+    "SEARCH",     "UNLOCK",   "BIND",       "REBIND",   "UNBIND", "ACL",       "REPORT",
+    "MKACTIVITY", "CHECKOUT", "MERGE",      "M-SEARCH", "NOTIFY", "SUBSCRIBE", "UNSUBSCRIBE",
+    "PATCH",      "PURGE",    "MKCALENDAR", "LINK",     "UNLINK", "SOURCE",
 };
 
 int lv_method_from_name(const char *name, size_t len)

@@ -1,0 +1,338 @@
+#include "admin/admin.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "base/gwerr.h"
+#include "base/log.h"
+#include "base/method.h"
+#include "http/headscan.h"
+#include "http/reqhead.h"
+#include "net/upstream.h"
+#include "proxy/server.h"
+
+#define ADMIN_MAX_HEAD 16384
+
+struct lv_admin {
+    uv_tcp_t tcp;
+    struct lv_server *server;
+    struct admin_conn *conns;
+    bool stopping;
+};
+
+struct admin_conn {
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    struct lv_admin *admin;
+    struct admin_conn *next, *prev;
+    struct lv_buf in;
+    struct lv_headscan hs;
+    int open;
+    bool done;
+};
+
+extern const char lv_dashboard_html[];
+
+static void conn_closed(uv_handle_t *h)
+{
+    struct admin_conn *ac = h->data;
+    if (--ac->open > 0)
+        return;
+    if (ac->prev)
+        ac->prev->next = ac->next;
+    else
+        ac->admin->conns = ac->next;
+    if (ac->next)
+        ac->next->prev = ac->prev;
+    struct lv_admin *a = ac->admin;
+    lv_buf_dispose(&ac->in);
+    free(ac);
+    if (a->stopping && !a->conns && uv_is_closing((uv_handle_t *)&a->tcp)) {
+    }
+}
+
+static void conn_close(struct admin_conn *ac)
+{
+    if (uv_is_closing((uv_handle_t *)&ac->tcp))
+        return;
+    uv_close((uv_handle_t *)&ac->tcp, conn_closed);
+    uv_close((uv_handle_t *)&ac->timer, conn_closed);
+}
+
+static void on_written(uv_write_t *req, int status)
+{
+    struct admin_conn *ac = req->data;
+    free(req);
+    conn_close(ac);
+}
+
+static void respond(struct admin_conn *ac, int status, const char *ctype, const char *body,
+                    size_t len)
+{
+    ac->done = true;
+    uv_read_stop((uv_stream_t *)&ac->tcp);
+    struct lv_buf out = LV_BUF_INIT;
+    lv_buf_printf(&out,
+                  "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                  "Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+                  status, lv_http_reason(status), ctype, len);
+    lv_buf_append(&out, body, len);
+    uv_write_t *w = lv_xmalloc(sizeof(*w) + out.len);
+    char *data = (char *)(w + 1);
+    memcpy(data, out.data, out.len);
+    uv_buf_t b = uv_buf_init(data, (unsigned)out.len);
+    w->data = ac;
+    lv_buf_dispose(&out);
+    if (uv_write(w, (uv_stream_t *)&ac->tcp, &b, 1, on_written) != 0) {
+        free(w);
+        conn_close(ac);
+    }
+}
+
+static void respond_json_error(struct admin_conn *ac, int status, const char *msg)
+{
+    struct lv_buf b = LV_BUF_INIT;
+    lv_buf_puts(&b, "{\"error\":\"");
+    lv_buf_json_escape(&b, msg, strlen(msg));
+    lv_buf_puts(&b, "\"}\n");
+    respond(ac, status, "application/json", b.data, b.len);
+    lv_buf_dispose(&b);
+}
+
+static void json_str(struct lv_buf *b, const char *s)
+{
+    if (!s) {
+        lv_buf_puts(b, "null");
+        return;
+    }
+    lv_buf_putc(b, '"');
+    lv_buf_json_escape(b, s, strlen(s));
+    lv_buf_putc(b, '"');
+}
+
+void lv_admin_status_json(struct lv_server *s, struct lv_buf *b)
+{
+    struct lv_config *cfg = s->cfg;
+    char when[40];
+    time_t t = (time_t)s->reload_at;
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    lv_buf_puts(b, "{\"version\":\"" LEVEE_VERSION "\",\"generation\":");
+    lv_buf_putu(b, s->generation);
+    lv_buf_puts(b, ",\"loaded_at\":\"");
+    lv_buf_puts(b, when);
+    lv_buf_puts(b, "\",\"file\":");
+    json_str(b, cfg->file);
+    lv_buf_puts(b, ",\"last_reload\":");
+    json_str(b, s->last_reload_result);
+    lv_buf_printf(b, ",\"draining\":%s,\"client_connections\":%u", s->draining ? "true" : "false",
+                  s->nclients);
+    lv_buf_puts(b, ",\"routes\":[");
+    for (size_t i = 0; i < cfg->nroutes; i++) {
+        const struct lv_route_cfg *r = &cfg->routes[i];
+        struct lv_route_state *rs = lv_server_route_state(s, r->name);
+        if (i)
+            lv_buf_putc(b, ',');
+        lv_buf_puts(b, "{\"name\":");
+        json_str(b, r->name);
+        lv_buf_puts(b, ",\"upstream\":");
+        json_str(b, r->upstream->name);
+        lv_buf_puts(b, ",\"requests\":");
+        lv_buf_putu(b, rs->requests);
+        lv_buf_puts(b, ",\"breaker\":{\"state\":\"closed\"}");
+        lv_buf_putc(b, '}');
+    }
+    lv_buf_puts(b, "],\"upstreams\":[");
+    for (size_t i = 0; i < s->nupstreams; i++) {
+        struct lv_upstream *up = s->upstreams[i];
+        if (i)
+            lv_buf_putc(b, ',');
+        lv_buf_puts(b, "{\"name\":");
+        json_str(b, up->name);
+        lv_buf_puts(b, ",\"balance\":");
+        json_str(b, up->cfg->balance == LV_BALANCE_LEAST_REQUEST ? "least_request" : "round_robin");
+        lv_buf_printf(b, ",\"waiting\":%u,\"servers\":[", up->nwaiting);
+        for (size_t k = 0; k < up->nservers; k++) {
+            struct lv_upserver *sv = &up->servers[k];
+            if (k)
+                lv_buf_putc(b, ',');
+            lv_buf_puts(b, "{\"name\":");
+            json_str(b, sv->name);
+            lv_buf_printf(b,
+                          ",\"addresses\":%d,\"active\":%u,\"idle\":%u,\"inflight\":%u,"
+                          "\"connects\":%llu,\"connect_failures\":%llu}",
+                          sv->naddrs, sv->active, sv->idle, sv->inflight,
+                          (unsigned long long)sv->connects,
+                          (unsigned long long)sv->connect_failures);
+        }
+        lv_buf_puts(b, "]}");
+    }
+    lv_buf_puts(b, "]}\n");
+}
+
+static void handle(struct admin_conn *ac)
+{
+    struct lv_server *s = ac->admin->server;
+    struct lv_field fields[64];
+    struct lv_reqhead h;
+    if (lv_reqhead_parse(&h, ac->in.data, ac->hs.head_len, fields, 64) != 0) {
+        respond_json_error(ac, 400, h.reason ? h.reason : "bad request");
+        return;
+    }
+    const char *m = lv_method_name(h.method);
+    bool get = strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0;
+    bool post = strcmp(m, "POST") == 0;
+#define PATH_IS(lit) (h.path.len == sizeof(lit) - 1 && memcmp(h.path.p, lit, sizeof(lit) - 1) == 0)
+    struct lv_buf b = LV_BUF_INIT;
+    if (PATH_IS("/healthz") && get) {
+        if (s->draining)
+            respond(ac, 503, "text/plain", "draining\n", 9);
+        else
+            respond(ac, 200, "text/plain", "ok\n", 3);
+    } else if (PATH_IS("/metrics") && get) {
+        lv_metrics_render(s->metrics, &b);
+        respond(ac, 200, "text/plain; version=0.0.4", b.data ? b.data : "", b.len);
+    } else if (PATH_IS("/status") && get) {
+        lv_admin_status_json(s, &b);
+        respond(ac, 200, "application/json", b.data, b.len);
+    } else if (PATH_IS("/reload") && post) {
+        struct lv_buf errors = LV_BUF_INIT;
+        if (lv_server_reload(s, &errors) == 0) {
+            lv_buf_printf(&b, "{\"result\":\"ok\",\"generation\":%llu}\n",
+                          (unsigned long long)s->generation);
+            respond(ac, 200, "application/json", b.data, b.len);
+        } else {
+            lv_buf_puts(&b, "{\"result\":\"error\",\"errors\":[");
+            size_t start = 0, n = 0;
+            for (size_t i = 0; i < errors.len; i++) {
+                if (errors.data[i] == '\n') {
+                    if (i > start) {
+                        if (n++)
+                            lv_buf_putc(&b, ',');
+                        lv_buf_putc(&b, '"');
+                        lv_buf_json_escape(&b, errors.data + start, i - start);
+                        lv_buf_putc(&b, '"');
+                    }
+                    start = i + 1;
+                }
+            }
+            if (start < errors.len) {
+                if (n++)
+                    lv_buf_putc(&b, ',');
+                lv_buf_putc(&b, '"');
+                lv_buf_json_escape(&b, errors.data + start, errors.len - start);
+                lv_buf_putc(&b, '"');
+            }
+            lv_buf_puts(&b, "]}\n");
+            respond(ac, 400, "application/json", b.data, b.len);
+        }
+        lv_buf_dispose(&errors);
+    } else if (PATH_IS("/") && get) {
+        respond(ac, 200, "text/html; charset=utf-8", lv_dashboard_html, strlen(lv_dashboard_html));
+    } else if (PATH_IS("/healthz") || PATH_IS("/metrics") || PATH_IS("/status") ||
+               PATH_IS("/reload") || PATH_IS("/")) {
+        respond_json_error(ac, 405, "method not allowed");
+    } else {
+        respond_json_error(ac, 404, "not found");
+    }
+#undef PATH_IS
+    lv_buf_dispose(&b);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    struct admin_conn *ac = h->data;
+    buf->base = lv_buf_reserve(&ac->in, 4096);
+    buf->len = ac->in.cap - ac->in.len;
+}
+
+static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+{
+    struct admin_conn *ac = st->data;
+    if (ac->done || nread == 0)
+        return;
+    if (nread < 0) {
+        conn_close(ac);
+        return;
+    }
+    ac->in.len += (size_t)nread;
+    enum lv_headscan_result r = lv_headscan_feed(&ac->hs, ac->in.data, ac->in.len);
+    if (r == LV_HEADSCAN_MORE)
+        return;
+    if (r == LV_HEADSCAN_ERROR) {
+        respond_json_error(ac, ac->hs.status, ac->hs.reason);
+        return;
+    }
+    handle(ac);
+}
+
+static void on_timeout(uv_timer_t *t)
+{
+    conn_close(t->data);
+}
+
+static void on_connection(uv_stream_t *ls, int status)
+{
+    struct lv_admin *a = ls->data;
+    if (status < 0)
+        return;
+    struct admin_conn *ac = lv_xcalloc(1, sizeof(*ac));
+    ac->admin = a;
+    uv_tcp_init(ls->loop, &ac->tcp);
+    uv_timer_init(ls->loop, &ac->timer);
+    ac->tcp.data = ac->timer.data = ac;
+    ac->open = 2;
+    ac->next = a->conns;
+    if (a->conns)
+        a->conns->prev = ac;
+    a->conns = ac;
+    if (uv_accept(ls, (uv_stream_t *)&ac->tcp) != 0) {
+        conn_close(ac);
+        return;
+    }
+    lv_headscan_init(&ac->hs, false, ADMIN_MAX_HEAD, 8192, 100);
+    uv_timer_start(&ac->timer, on_timeout, 10000, 0);
+    uv_read_start((uv_stream_t *)&ac->tcp, on_alloc, on_read);
+}
+
+struct lv_admin *lv_admin_start(struct lv_server *s, const struct lv_hostport *addr)
+{
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
+    const char *host = strcmp(addr->host, "localhost") == 0 ? "127.0.0.1" : addr->host;
+    if (uv_ip4_addr(host, addr->port, (struct sockaddr_in *)&ss) != 0 &&
+        uv_ip6_addr(host, addr->port, (struct sockaddr_in6 *)&ss) != 0) {
+        lv_error("admin %s:%u: not an IP address", addr->host, addr->port);
+        return NULL;
+    }
+    struct lv_admin *a = lv_xcalloc(1, sizeof(*a));
+    a->server = s;
+    uv_tcp_init(s->loop, &a->tcp);
+    a->tcp.data = a;
+    int rc = uv_tcp_bind(&a->tcp, (const struct sockaddr *)&ss, 0);
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)&a->tcp, 128, on_connection);
+    if (rc != 0) {
+        lv_error("admin %s:%u: %s", addr->host, addr->port, uv_strerror(rc));
+        uv_close((uv_handle_t *)&a->tcp, (uv_close_cb)free);
+        return NULL;
+    }
+    lv_info("admin API on %s:%u", addr->host, addr->port);
+    return a;
+}
+
+static void admin_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+void lv_admin_stop(struct lv_admin *a)
+{
+    a->stopping = true;
+    for (struct admin_conn *ac = a->conns; ac; ac = ac->next)
+        conn_close(ac);
+    uv_close((uv_handle_t *)&a->tcp, admin_closed);
+}

@@ -1,0 +1,155 @@
+/*
+ * upstream: the runtime side of an upstream block. Owns its servers (resolved addresses,
+ * re-resolved every pool.max_lifetime with uv_getaddrinfo), picks a server per attempt
+ * (round robin, or least request by power of two choices), and keeps a pool of keep-alive
+ * connections per server with max_idle / idle_timeout / max_lifetime / max_connections and a
+ * bounded queue of requests waiting for a connection slot.
+ *
+ * Runtime upstreams live in the server's registry keyed by name, so a reload that keeps an
+ * upstream unchanged keeps its pools. The server creates and destroys them; attempts borrow
+ * connections with lv_upstream_acquire and give them back with lv_upconn_release/discard.
+ */
+#ifndef LV_UPSTREAM_H
+#define LV_UPSTREAM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "base/buf.h"
+#include "script/config.h"
+
+struct lv_upstream;
+struct lv_upserver;
+struct lv_upconn;
+
+enum lv_upconn_state { LV_UPCONN_CONNECTING, LV_UPCONN_IDLE, LV_UPCONN_BUSY, LV_UPCONN_CLOSING };
+
+/* Why getting a connection failed; maps to an outcome and a gateway error. */
+enum lv_acquire_error {
+    LV_ACQUIRE_OK = 0,
+    LV_ACQUIRE_CONNECT_FAILED, /* refused, unreachable, connect timeout, DNS */
+    LV_ACQUIRE_OVERFLOW,       /* max_connections reached and the wait queue is full */
+    LV_ACQUIRE_QUEUE_TIMEOUT,  /* waited queue_timeout for a slot */
+    LV_ACQUIRE_NO_SERVER,      /* nothing resolvable */
+    LV_ACQUIRE_CANCELLED,
+};
+
+/**
+ * Called once per acquire, never from inside lv_upstream_acquire itself. On success `uc` is a
+ * connected connection now owned by the caller (state BUSY). On failure `uc` is NULL and
+ * `detail` says what was tried ("127.0.0.1:9000: connection refused; ...").
+ */
+typedef void (*lv_acquire_cb)(enum lv_acquire_error err, struct lv_upconn *uc, const char *detail,
+                              void *arg);
+
+struct lv_acquire {
+    /* private */
+    struct lv_acquire *next, *prev;
+    struct lv_upstream *up;
+    struct lv_upserver *server;
+    lv_acquire_cb cb;
+    void *arg;
+    uint64_t queued_at;
+    struct lv_upconn *connecting; /* the connection being opened for this acquire */
+    bool fresh; /* a new connection is required (the last one failed after reuse) */
+    bool queued;
+    bool active;
+};
+
+/* An upstream connection. The owner (an attempt) sets the read callbacks while BUSY. */
+typedef void (*lv_upconn_read_cb)(struct lv_upconn *uc, ssize_t nread, const char *data, void *arg);
+
+struct lv_upconn {
+    uv_tcp_t tcp;
+    uv_connect_t connect_req;
+    uv_timer_t timer;
+    struct lv_upserver *server;
+    struct lv_upconn *next, *prev; /* idle list */
+    enum lv_upconn_state state;
+    uint64_t created_ms;
+    uint64_t idle_since_ms;
+    uint32_t requests; /* requests served on this connection, this one included */
+    bool reused;       /* the current request is not the connection's first */
+    char peer[64];     /* "127.0.0.1:9000" */
+    /* connect bookkeeping */
+    struct lv_acquire *acq;
+    int addr_index;
+    int connect_error;
+    struct lv_buf tried; /* connect errors so far, for the message */
+    /* while BUSY */
+    lv_upconn_read_cb on_read;
+    void *read_arg;
+    bool reading;
+};
+
+struct lv_upserver {
+    struct lv_upstream *up;
+    struct lv_hostport hp;
+    char name[80]; /* "host:port" as configured */
+    struct sockaddr_storage *addrs;
+    int naddrs;
+    uv_getaddrinfo_t gai;
+    bool resolving;
+    uint64_t resolved_at;
+    uint32_t active; /* connecting + busy */
+    uint32_t idle;
+    uint32_t inflight;          /* requests being served (for least_request) */
+    struct lv_upconn idle_head; /* sentinel of the idle LIFO list */
+    uint64_t connects, connect_failures;
+};
+
+struct lv_upstream {
+    char *name;
+    uv_loop_t *loop;
+    struct lv_upstream_cfg cfg_copy; /* scalars of the current config (strings not owned) */
+    const struct lv_upstream_cfg *cfg;
+    struct lv_upserver *servers;
+    size_t nservers;
+    size_t rr;
+    uint64_t rng;
+    struct lv_acquire waitq; /* sentinel */
+    uint32_t nwaiting;
+    uv_timer_t timer; /* queue timeouts, idle expiry, re-resolution: one periodic tick */
+    bool closing;
+    int open_handles;
+    void (*on_closed)(struct lv_upstream *up);
+    uint64_t fingerprint; /* of the servers list, to decide reuse across reloads */
+};
+
+/** Creates the runtime upstream for `cfg` (resolves literal addresses now; names async). */
+struct lv_upstream *lv_upstream_create(uv_loop_t *loop, const struct lv_upstream_cfg *cfg);
+/** True if `cfg` has the same servers and TLS as the running one (so pools can be kept). */
+bool lv_upstream_same_servers(const struct lv_upstream *up, const struct lv_upstream_cfg *cfg);
+/** Points the upstream at a new config block with the same servers (a reload). */
+void lv_upstream_update(struct lv_upstream *up, const struct lv_upstream_cfg *cfg);
+/** Closes idle connections and handles; frees the upstream when the last handle closed.
+ *  Busy connections are closed by their owners. */
+void lv_upstream_destroy(struct lv_upstream *up);
+
+/**
+ * Picks a server (avoiding `avoid` when another exists) and gets a connection to it: an idle
+ * pooled one unless `fresh`, or a new one. The callback runs later, from the loop.
+ */
+void lv_upstream_acquire(struct lv_upstream *up, struct lv_acquire *acq,
+                         const struct lv_upserver *avoid, bool fresh, lv_acquire_cb cb, void *arg);
+/** Cancels a pending acquire; its callback will not run. */
+void lv_upstream_cancel(struct lv_acquire *acq);
+
+/** Starts delivering bytes from the connection to `cb` (and EOF/errors as nread < 0). */
+void lv_upconn_read_start(struct lv_upconn *uc, lv_upconn_read_cb cb, void *arg);
+void lv_upconn_read_stop(struct lv_upconn *uc);
+/** Returns a connection that finished a clean exchange to the idle pool (or closes it). */
+void lv_upconn_release(struct lv_upconn *uc);
+/** Closes a connection that cannot be reused (with an RST when `reset`). */
+void lv_upconn_discard(struct lv_upconn *uc, bool reset);
+
+/** Periodic upkeep (DNS re-resolution); the server calls it about once a second. */
+void lv_upstream_tick(struct lv_upstream *up);
+/** Frees an upstream after lv_upstream_destroy's on_closed callback ran. */
+void lv_upstream_free(struct lv_upstream *up);
+
+/** Server pool sizes, for /status and metrics. */
+void lv_upstream_counts(const struct lv_upstream *up, uint32_t *active, uint32_t *idle);
+
+#endif

@@ -1,0 +1,463 @@
+#include "proxy/client.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/log.h"
+#include "http/headscan.h"
+#include "proxy/errresp.h"
+#include "proxy/request.h"
+#include "proxy/server.h"
+
+/* Bytes we read ahead of the request being served (pipelined heads, body) before pausing. */
+#define INPUT_HIGH (64 * 1024)
+/* How long a closing connection keeps draining unread input so the client sees our answer. */
+#define LINGER_MS 2000
+
+struct write_req {
+    uv_write_t req;
+    struct lv_client *c;
+    size_t len;
+    char data[];
+};
+
+static void client_process(struct lv_client *c);
+static void client_close(struct lv_client *c, bool reset);
+
+/* ---- list */
+
+static void list_add(struct lv_server *s, struct lv_client *c)
+{
+    c->next = s->clients;
+    c->prev = NULL;
+    if (s->clients)
+        s->clients->prev = c;
+    s->clients = c;
+    s->nclients++;
+}
+
+static void list_remove(struct lv_server *s, struct lv_client *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->clients = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    s->nclients--;
+}
+
+/* ---- closing */
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    struct lv_client *c = h->data;
+    if (--c->open_handles > 0)
+        return;
+    struct lv_server *s = c->server;
+    list_remove(s, c);
+    lv_buf_dispose(&c->in);
+    free(c);
+    lv_server_client_closed(s, NULL);
+}
+
+static void client_close(struct lv_client *c, bool reset)
+{
+    if (c->closed)
+        return;
+    c->closed = true;
+    c->state = LV_CLIENT_CLOSING;
+    if (c->req) {
+        struct lv_request *r = c->req;
+        c->req = NULL;
+        lv_request_client_gone(r);
+    }
+    uv_timer_stop(&c->timer);
+    uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+    lv_request_dispose(&c->rq, on_handle_closed);
+    if (reset)
+        uv_tcp_close_reset(&c->tcp, on_handle_closed);
+    else
+        uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
+}
+
+void lv_client_abort(struct lv_client *c, bool reset)
+{
+    client_close(c, reset);
+}
+
+static void on_linger_timeout(uv_timer_t *t)
+{
+    client_close(t->data, false);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+    struct lv_client *c = req->data;
+    if (c->closed)
+        return;
+    if (status < 0 || c->eof) {
+        client_close(c, false);
+        return;
+    }
+    /* Keep reading (and discarding) for a moment: closing with unread input would send an
+     * RST that can destroy the response before the client reads it. */
+    c->lingering = true;
+    uv_timer_start(&c->timer, on_linger_timeout, LINGER_MS, 0);
+}
+
+/* Close after everything queued has been written. */
+static void client_close_after_write(struct lv_client *c)
+{
+    if (c->closed || c->state == LV_CLIENT_CLOSING)
+        return;
+    c->state = LV_CLIENT_CLOSING;
+    uint64_t to = c->server->cfg->limits.send_timeout_ms;
+    uv_timer_start(&c->timer, on_linger_timeout, to ? to : 60000, 0);
+    c->shutdown_req.data = c;
+    if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) != 0)
+        client_close(c, false);
+}
+
+/* ---- writing */
+
+static void on_write(uv_write_t *req, int status)
+{
+    struct write_req *w = (struct write_req *)req;
+    struct lv_client *c = w->c;
+    c->write_queued -= w->len;
+    free(w);
+    if (c->closed)
+        return;
+    if (status < 0) {
+        client_close(c, true);
+        return;
+    }
+    c->last_write_ms = uv_now(c->server->loop);
+    if (c->req && c->write_queued < LV_CLIENT_WRITE_HIGH / 2)
+        lv_request_client_drained(c->req);
+}
+
+int lv_client_writev(struct lv_client *c, const uv_buf_t *bufs, unsigned nbufs)
+{
+    if (c->closed)
+        return -1;
+    size_t total = 0;
+    for (unsigned i = 0; i < nbufs; i++)
+        total += bufs[i].len;
+    if (total == 0)
+        return 0;
+    struct write_req *w = lv_xmalloc(sizeof(*w) + total);
+    w->c = c;
+    w->len = total;
+    size_t off = 0;
+    for (unsigned i = 0; i < nbufs; i++) {
+        memcpy(w->data + off, bufs[i].base, bufs[i].len);
+        off += bufs[i].len;
+    }
+    uv_buf_t b = uv_buf_init(w->data, (unsigned)total);
+    if (c->write_queued == 0)
+        c->last_write_ms = uv_now(c->server->loop);
+    c->write_queued += total;
+    int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_write);
+    if (rc < 0) {
+        c->write_queued -= total;
+        free(w);
+        client_close(c, true);
+        return -1;
+    }
+    return 0;
+}
+
+int lv_client_write(struct lv_client *c, const char *data, size_t len)
+{
+    uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
+    return lv_client_writev(c, &b, 1);
+}
+
+void lv_client_error_close(struct lv_client *c, int status, enum lv_gwerr err, const char *reason)
+{
+    struct lv_server *s = c->server;
+    char rid[33];
+    lv_server_request_id(s, rid);
+    struct lv_buf out = LV_BUF_INIT;
+    lv_errresp_format(&out, err, status, NULL, rid, reason, -1, true, false);
+    lv_client_write(c, out.data, out.len);
+    lv_buf_dispose(&out);
+    if (status == 0)
+        status = lv_gwerr_info(err)->status;
+    char code[8];
+    snprintf(code, sizeof(code), "%d", status);
+    const char *lv[] = {code, NULL};
+    lv_metric_add(lv_metric_series(s->m_bad_requests, lv), 1);
+    lv_debug("client %s: %d %s", c->peer, status, reason ? reason : "");
+    client_close_after_write(c);
+}
+
+/* ---- reading */
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    struct lv_client *c = h->data;
+    size_t want = c->in.len < 16384 ? 16384 : 32768;
+    buf->base = lv_buf_reserve(&c->in, want);
+    buf->len = c->in.cap - c->in.len;
+}
+
+static void start_timer_for_state(struct lv_client *c);
+
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+    struct lv_client *c = stream->data;
+    if (c->closed)
+        return;
+    if (nread == 0)
+        return;
+    if (c->lingering) {
+        if (nread < 0)
+            client_close(c, false);
+        c->in.len = 0; /* discard */
+        return;
+    }
+    if (nread < 0) {
+        c->eof = true;
+        uv_read_stop(stream);
+        c->reading = false;
+        if (c->state == LV_CLIENT_REQUEST && c->req) {
+            lv_request_client_eof(c->req);
+            return;
+        }
+        if (c->state == LV_CLIENT_CLOSING)
+            return;
+        client_close(c, false);
+        return;
+    }
+    c->in.len += (size_t)nread;
+    client_process(c);
+}
+
+static void pause_reading(struct lv_client *c)
+{
+    if (c->reading) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->reading = false;
+    }
+    c->read_paused = true;
+}
+
+static void resume_reading(struct lv_client *c)
+{
+    c->read_paused = false;
+    if (!c->reading && !c->eof && !c->closed) {
+        uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+        c->reading = true;
+    }
+}
+
+void lv_client_input_consumed(struct lv_client *c)
+{
+    if (c->read_paused && c->in.len < INPUT_HIGH)
+        resume_reading(c);
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    struct lv_client *c = t->data;
+    switch (c->state) {
+    case LV_CLIENT_IDLE:
+        if (c->in.len > 0) {
+            client_process(c); /* pipelined input left by the last request */
+            break;
+        }
+        client_close(c, false); /* keep-alive idle timeout: silent close */
+        break;
+    case LV_CLIENT_HEAD:
+        lv_client_error_close(c, 408, LV_GWERR_REQUEST_TIMEOUT,
+                              "request head not received in time");
+        break;
+    case LV_CLIENT_REQUEST:
+        /* send timeout: the client stopped reading our response */
+        if (c->write_queued > 0) {
+            uint64_t to = c->server->cfg->limits.send_timeout_ms;
+            uint64_t now = uv_now(c->server->loop);
+            if (now - c->last_write_ms >= to) {
+                lv_debug("client %s: send timeout", c->peer);
+                client_close(c, true);
+                return;
+            }
+            uv_timer_start(&c->timer, on_timer, to - (now - c->last_write_ms), 0);
+        } else {
+            start_timer_for_state(c);
+        }
+        break;
+    case LV_CLIENT_CLOSING:
+        client_close(c, false);
+        break;
+    }
+}
+
+static void start_timer_for_state(struct lv_client *c)
+{
+    const struct lv_limits_cfg *lim = &c->server->cfg->limits;
+    switch (c->state) {
+    case LV_CLIENT_IDLE:
+        uv_timer_start(&c->timer, on_timer,
+                       c->requests ? lim->idle_timeout_ms : lim->header_timeout_ms, 0);
+        break;
+    case LV_CLIENT_HEAD:
+        /* started once at the first byte; not restarted on each read (slowloris) */
+        break;
+    case LV_CLIENT_REQUEST:
+        uv_timer_start(&c->timer, on_timer, lim->send_timeout_ms ? lim->send_timeout_ms : 60000, 0);
+        break;
+    case LV_CLIENT_CLOSING:
+        break;
+    }
+}
+
+static void client_process(struct lv_client *c)
+{
+    struct lv_server *s = c->server;
+    const struct lv_limits_cfg *lim = &s->cfg->limits;
+    for (;;) {
+        if (c->closed || c->state == LV_CLIENT_CLOSING)
+            return;
+        if (c->state == LV_CLIENT_REQUEST) {
+            if (c->req)
+                lv_request_client_data(c->req);
+            if (c->in.len >= INPUT_HIGH)
+                pause_reading(c);
+            return;
+        }
+        if (c->state == LV_CLIENT_IDLE) {
+            /* RFC 9112 §2.2: ignore at least one empty line before a request-line. */
+            size_t skip = 0;
+            while (skip + 1 < c->in.len && c->in.data[skip] == '\r' &&
+                   c->in.data[skip + 1] == '\n' && skip < 4)
+                skip += 2;
+            if (skip)
+                lv_buf_consume(&c->in, skip);
+            if (c->in.len == 0) {
+                if (s->draining) {
+                    client_close(c, false);
+                    return;
+                }
+                start_timer_for_state(c);
+                return;
+            }
+            c->state = LV_CLIENT_HEAD;
+            lv_headscan_init(&c->hs, false, lim->header_size, lim->request_line, lim->header_count);
+            uv_timer_start(&c->timer, on_timer, lim->header_timeout_ms, 0);
+        }
+        /* LV_CLIENT_HEAD */
+        struct lv_headscan *hs = &c->hs;
+        enum lv_headscan_result r = lv_headscan_feed(hs, c->in.data, c->in.len);
+        if (r == LV_HEADSCAN_MORE) {
+            if (c->eof) {
+                client_close(c, false);
+                return;
+            }
+            if (c->in.len >= INPUT_HIGH + lim->header_size)
+                pause_reading(c); /* cannot happen past the head limit, but stay bounded */
+            return;
+        }
+        if (r == LV_HEADSCAN_ERROR) {
+            enum lv_gwerr e = hs->status == 431   ? LV_GWERR_HEADER_TOO_LARGE
+                              : hs->status == 414 ? LV_GWERR_URI_TOO_LONG
+                              : hs->status == 505 ? LV_GWERR_VERSION_NOT_SUPPORTED
+                              : hs->status == 501 ? LV_GWERR_NOT_IMPLEMENTED
+                                                  : LV_GWERR_BAD_REQUEST;
+            pause_reading(c);
+            lv_client_error_close(c, hs->status, e, hs->reason);
+            return;
+        }
+        /* A complete, pre-validated head: the request takes it from here. */
+        uv_timer_stop(&c->timer);
+        c->state = LV_CLIENT_REQUEST;
+        c->requests++;
+        size_t head_len = hs->head_len;
+        lv_request_begin(c, head_len);
+        if (c->closed)
+            return;
+        if (c->state == LV_CLIENT_REQUEST)
+            start_timer_for_state(c);
+        /* loop: the request may have finished at once (errors), or wants its body bytes */
+    }
+}
+
+void lv_client_request_done(struct lv_client *c, bool close)
+{
+    c->req = NULL;
+    if (c->closed)
+        return;
+    if (close || c->eof || c->server->draining) {
+        client_close_after_write(c);
+        return;
+    }
+    c->state = LV_CLIENT_IDLE;
+    if (c->read_paused)
+        resume_reading(c);
+    /* Serve what is already buffered (pipelining) from the loop, not from inside the
+     * request's completion path. */
+    if (c->in.len > 0)
+        uv_timer_start(&c->timer, on_timer, 0, 0);
+    else
+        start_timer_for_state(c);
+}
+
+void lv_client_accept(struct lv_server *s, uv_stream_t *ls)
+{
+    struct lv_client *c = lv_xcalloc(1, sizeof(*c));
+    c->server = s;
+    uv_tcp_init(s->loop, &c->tcp);
+    uv_timer_init(s->loop, &c->timer);
+    c->tcp.data = c;
+    c->timer.data = c;
+    lv_request_init(&c->rq, c);
+    c->open_handles = 4; /* tcp, timer, and the request slot's two timers */
+    list_add(s, c);
+    if (uv_accept(ls, (uv_stream_t *)&c->tcp) != 0) {
+        client_close(c, false);
+        return;
+    }
+    if (s->nclients > s->cfg->limits.max_connections || s->draining) {
+        client_close(c, true);
+        return;
+    }
+    c->id = ++s->next_conn_id;
+    uv_tcp_nodelay(&c->tcp, 1);
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    c->peer[0] = '\0';
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0) {
+        if (ss.ss_family == AF_INET)
+            uv_ip4_name((struct sockaddr_in *)&ss, c->peer, sizeof(c->peer));
+        else
+            uv_ip6_name((struct sockaddr_in6 *)&ss, c->peer, sizeof(c->peer));
+    }
+    c->state = LV_CLIENT_IDLE;
+    uv_timer_start(&c->timer, on_timer, s->cfg->limits.header_timeout_ms, 0);
+    uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    c->reading = true;
+}
+
+void lv_client_drain_idle(struct lv_server *s)
+{
+    struct lv_client *c = s->clients;
+    while (c) {
+        struct lv_client *next = c->next;
+        if (c->state == LV_CLIENT_IDLE && c->in.len == 0)
+            client_close(c, false);
+        c = next;
+    }
+}
+
+void lv_client_close_all(struct lv_server *s)
+{
+    struct lv_client *c = s->clients;
+    while (c) {
+        struct lv_client *next = c->next;
+        client_close(c, true);
+        c = next;
+    }
+}

@@ -1,0 +1,1112 @@
+#include "proxy/request.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/gwerr.h"
+#include "base/log.h"
+#include "base/method.h"
+#include "http/body.h"
+#include "http/fields.h"
+#include "http/reqhead.h"
+#include "http/resphead.h"
+#include "obs/accesslog.h"
+#include "proxy/client.h"
+#include "proxy/errresp.h"
+#include "proxy/router.h"
+#include "proxy/server.h"
+
+#define container_of(p, type, member) ((type *)((char *)(p)-offsetof(type, member)))
+
+/* Most header fields we look at in one head (the configured limit caps requests earlier). */
+#define MAX_FIELDS 256
+/* Upstream write queue above which we stop reading the client's body. */
+#define UP_WRITE_HIGH (256 * 1024)
+/* Largest response head we accept from an upstream. */
+#define MAX_RESP_HEAD (64 * 1024)
+
+struct up_write {
+    uv_write_t req;
+    struct lv_upconn *uc;
+    size_t len;
+    char data[];
+};
+
+static void attempt_start(struct lv_request *r);
+static void attempt_failed(struct lv_request *r, enum lv_outcome_kind kind, const char *detail);
+static void finish(struct lv_request *r);
+static void pump_body(struct lv_request *r);
+static void on_up_read(struct lv_upconn *uc, ssize_t nread, const char *data, void *arg);
+
+static double ms_since(uint64_t ns)
+{
+    return (double)(uv_hrtime() - ns) / 1e6;
+}
+
+/* Runs the de-framer over data[0..len): data spans go to `cb`. Returns 1 when the message
+ * is complete, 0 when more input is needed, -1 on bad framing, -2 over the size limit. */
+static int body_feed(struct lv_body *b, const char *data, size_t len, size_t *used_total,
+                     void (*cb)(void *, const char *, size_t), void *arg)
+{
+    size_t off = 0;
+    for (;;) {
+        size_t used = 0;
+        struct lv_span span;
+        enum lv_body_result res = lv_body_next(b, data + off, len - off, &used, &span);
+        off += used;
+        switch (res) {
+        case LV_BODY_DATA:
+            cb(arg, span.p, span.len);
+            continue;
+        case LV_BODY_MORE:
+            *used_total = off;
+            return 0;
+        case LV_BODY_DONE:
+            *used_total = off;
+            return 1;
+        case LV_BODY_TOO_LARGE:
+            *used_total = off;
+            return -2;
+        default:
+            *used_total = off;
+            return -1;
+        }
+    }
+}
+
+/* ---- slot lifecycle */
+
+static void on_deadline(uv_timer_t *t);
+static void on_try_timeout(uv_timer_t *t);
+
+void lv_request_init(struct lv_request *r, struct lv_client *c)
+{
+    memset(r, 0, sizeof(*r));
+    r->c = c;
+    r->s = c->server;
+    uv_timer_init(c->server->loop, &r->deadline_timer);
+    uv_timer_init(c->server->loop, &r->try_timer);
+    r->deadline_timer.data = c;
+    r->try_timer.data = c;
+    r->body_dec = lv_xcalloc(1, sizeof(struct lv_body));
+    r->resp_dec = lv_xcalloc(1, sizeof(struct lv_body));
+}
+
+int lv_request_dispose(struct lv_request *r, uv_close_cb close_cb)
+{
+    uv_close((uv_handle_t *)&r->deadline_timer, close_cb);
+    uv_close((uv_handle_t *)&r->try_timer, close_cb);
+    lv_buf_dispose(&r->target);
+    lv_buf_dispose(&r->host);
+    lv_buf_dispose(&r->fwd);
+    lv_buf_dispose(&r->replay);
+    lv_buf_dispose(&r->rhead);
+    lv_buf_dispose(&r->out);
+    free(r->body_dec);
+    free(r->resp_dec);
+    r->body_dec = r->resp_dec = NULL;
+    return 2;
+}
+
+/* ---- upstream writes */
+
+static void on_up_write(uv_write_t *req, int status)
+{
+    struct up_write *w = (struct up_write *)req;
+    struct lv_upconn *uc = w->uc;
+    struct lv_request *r = uc->read_arg; /* NULL once the request let go of the connection */
+    free(w);
+    /* Errors show up on the read side too; here we only resume a body paused on a full
+     * upstream queue. */
+    if (status < 0 || !r || r->uc != uc || !r->active || r->body_done)
+        return;
+    if (uv_stream_get_write_queue_size((uv_stream_t *)&uc->tcp) < UP_WRITE_HIGH / 2)
+        pump_body(r);
+}
+
+static int up_write(struct lv_request *r, const uv_buf_t *bufs, unsigned n)
+{
+    size_t total = 0;
+    for (unsigned i = 0; i < n; i++)
+        total += bufs[i].len;
+    if (total == 0)
+        return 0;
+    struct up_write *w = lv_xmalloc(sizeof(*w) + total);
+    w->uc = r->uc;
+    w->len = total;
+    size_t off = 0;
+    for (unsigned i = 0; i < n; i++) {
+        memcpy(w->data + off, bufs[i].base, bufs[i].len);
+        off += bufs[i].len;
+    }
+    uv_buf_t b = uv_buf_init(w->data, (unsigned)total);
+    int rc = uv_write(&w->req, (uv_stream_t *)&r->uc->tcp, &b, 1, on_up_write);
+    if (rc < 0) {
+        free(w);
+        return rc;
+    }
+    return 0;
+}
+
+static size_t up_queue_size(const struct lv_request *r)
+{
+    return r->uc ? uv_stream_get_write_queue_size((const uv_stream_t *)&r->uc->tcp) : 0;
+}
+
+/* ---- client output */
+
+static void send_error(struct lv_request *r, enum lv_gwerr err, const char *detail, int retry_after)
+{
+    const struct lv_gwerr_info *e = lv_gwerr_info(err);
+    r->status = e->status;
+    r->error_token = e->token;
+    /* Unread request body means the framing of what follows is unknown: close. */
+    if (!r->body_done)
+        r->resp_close = true;
+    lv_buf_reset(&r->out);
+    lv_errresp_format(&r->out, err, 0, r->route ? r->route->name : NULL, r->rid, detail,
+                      retry_after, r->resp_close || !r->client_keep_alive,
+                      r->method == 2 /* HEAD */);
+    r->bytes_out += r->out.len;
+    r->head_sent = true;
+    lv_client_write(r->c, r->out.data, r->out.len);
+}
+
+/* ---- finishing */
+
+static void release_upstream(struct lv_request *r, bool reusable)
+{
+    if (r->acquiring) {
+        lv_upstream_cancel(&r->acq);
+        r->acquiring = false;
+    }
+    if (r->uc) {
+        struct lv_upconn *uc = r->uc;
+        r->uc = NULL;
+        uc->server->inflight--;
+        uc->read_arg = NULL;
+        uc->on_read = NULL;
+        if (reusable)
+            lv_upconn_release(uc);
+        else
+            lv_upconn_discard(uc, false);
+    }
+    uv_timer_stop(&r->try_timer);
+}
+
+static void log_request(struct lv_request *r)
+{
+    struct lv_server *s = r->s;
+    double total_ms = ms_since(r->start_ns);
+    lv_server_count_request(s, r->rs, r->status, total_ms / 1000.0);
+    if (s->access_fd < 0)
+        return;
+    struct lv_access_entry e;
+    memset(&e, 0, sizeof(e));
+    e.time = r->start_unix;
+    e.request_id = lv_access_cstr(r->rid);
+    e.client = r->c->peer;
+    e.method = lv_method_name(r->method);
+    e.path = (struct lv_access_str){r->target.data, r->target.len};
+    e.host = r->host.len ? (struct lv_access_str){r->host.data, r->host.len}
+                         : (struct lv_access_str){NULL, 0};
+    e.route = r->route ? r->route->name : NULL;
+    e.upstream = r->ntries ? r->tries[r->ntries - 1].server : NULL;
+    e.status = r->status;
+    e.attempts = r->ntries;
+    e.bytes_in = r->bytes_in;
+    e.bytes_out = r->bytes_out;
+    e.duration_ms = total_ms;
+    e.upstream_ms = r->resp_started ? r->upstream_ms : -1;
+    e.error = r->error_token;
+    e.flags = r->flags;
+    e.ntries = (unsigned)(r->ntries < LV_ACCESS_MAX_TRIES ? r->ntries : LV_ACCESS_MAX_TRIES);
+    for (unsigned i = 0; i < e.ntries; i++) {
+        static const char *const names[] = {"none",  "",        "connect-failure",
+                                            "reset", "timeout", "protocol-error"};
+        e.tries[i].status = r->tries[i].kind == LV_OUT_STATUS ? r->tries[i].status : 0;
+        e.tries[i].error = names[r->tries[i].kind];
+        e.tries[i].server = r->tries[i].server;
+        e.tries[i].ms = r->tries[i].ms;
+    }
+    struct lv_buf line = LV_BUF_INIT;
+    lv_accesslog_format(&e, &line);
+    lv_server_access_log(s, line.data, line.len);
+    lv_buf_dispose(&line);
+}
+
+static void request_end(struct lv_request *r, bool close_client)
+{
+    if (!r->active)
+        return;
+    r->active = false;
+    uv_timer_stop(&r->deadline_timer);
+    uv_timer_stop(&r->try_timer);
+    log_request(r);
+    lv_config_unpin(r->cfg);
+    r->cfg = NULL;
+    lv_client_request_done(r->c, close_client);
+}
+
+/* The response went out whole. */
+static void finish(struct lv_request *r)
+{
+    bool reusable = r->up_reusable && r->body_final_sent;
+    release_upstream(r, reusable);
+    /* An unread request body leaves the connection's framing unknown: close it. */
+    request_end(r, r->resp_close || !r->client_keep_alive || !r->body_done);
+}
+
+/* Something broke after response bytes went out: the client must see a broken message. */
+static void abort_client(struct lv_request *r, unsigned flag)
+{
+    r->flags |= flag;
+    release_upstream(r, false);
+    struct lv_client *c = r->c;
+    request_end(r, true);
+    lv_client_abort(c, true);
+}
+
+void lv_request_client_gone(struct lv_request *r)
+{
+    if (!r->active)
+        return;
+    r->flags |= LV_ACCESS_CLIENT_ABORT;
+    if (!r->status)
+        r->status = 499;
+    release_upstream(r, false);
+    r->active = false;
+    uv_timer_stop(&r->deadline_timer);
+    log_request(r);
+    lv_config_unpin(r->cfg);
+    r->cfg = NULL;
+}
+
+void lv_request_client_eof(struct lv_request *r)
+{
+    /* A client that half-closes after a complete request still gets its response; one that
+     * stops mid-body aborted. */
+    if (!r->body_done)
+        lv_client_abort(r->c, false);
+}
+
+/* ---- the forwarded head */
+
+static void build_forward_head(struct lv_request *r, const struct lv_reqhead *h)
+{
+    struct lv_buf *b = &r->fwd;
+    lv_buf_reset(b);
+    lv_buf_puts(b, lv_method_name(r->method));
+    lv_buf_putc(b, ' ');
+    if (h->absolute_form) { /* forward the origin-form */
+        lv_buf_append(b, h->path.p, h->path.len);
+        if (h->has_query) {
+            lv_buf_putc(b, '?');
+            lv_buf_append(b, h->query.p, h->query.len);
+        }
+    } else {
+        lv_buf_append(b, h->target.p, h->target.len);
+    }
+    lv_buf_puts(b, " HTTP/1.1\r\n");
+    bool have_host = false;
+    struct lv_span xff = {NULL, 0}, via = {NULL, 0};
+    for (uint32_t i = 0; i < h->nfields; i++) {
+        const struct lv_field *f = &h->fields[i];
+        if (f->flags & LV_FIELD_HOP)
+            continue;
+        switch (f->id) {
+        case LV_FID_CONTENT_LENGTH:
+        case LV_FID_TRANSFER_ENCODING:
+        case LV_FID_X_REQUEST_ID:
+        case LV_FID_X_FORWARDED_PROTO:
+        case LV_FID_X_FORWARDED_HOST:
+        case LV_FID_EXPECT:
+            continue;
+        case LV_FID_X_FORWARDED_FOR:
+            xff = f->value;
+            continue;
+        case LV_FID_VIA:
+            via = f->value;
+            continue;
+        case LV_FID_HOST:
+            if (h->absolute_form)
+                continue; /* the target's authority wins */
+            have_host = true;
+            break;
+        default:
+            break;
+        }
+        lv_buf_append(b, f->name.p, f->name.len);
+        lv_buf_puts(b, ": ");
+        lv_buf_append(b, f->value.p, f->value.len);
+        lv_buf_puts(b, "\r\n");
+    }
+    if (!have_host && r->host.len) {
+        lv_buf_puts(b, "Host: ");
+        lv_buf_append(b, r->host.data, r->host.len);
+        lv_buf_puts(b, "\r\n");
+    }
+    lv_buf_puts(b, "X-Forwarded-For: ");
+    if (xff.len) {
+        lv_buf_append(b, xff.p, xff.len);
+        lv_buf_puts(b, ", ");
+    }
+    lv_buf_puts(b, r->c->peer);
+    lv_buf_puts(b, "\r\nX-Forwarded-Proto: http\r\n");
+    if (r->host.len) {
+        lv_buf_puts(b, "X-Forwarded-Host: ");
+        lv_buf_append(b, r->host.data, r->host.len);
+        lv_buf_puts(b, "\r\n");
+    }
+    lv_buf_puts(b, "Via: ");
+    if (via.len) {
+        lv_buf_append(b, via.p, via.len);
+        lv_buf_puts(b, ", ");
+    }
+    lv_buf_puts(b, r->http10 ? "1.0 levee\r\n" : "1.1 levee\r\n");
+    lv_buf_puts(b, "X-Request-Id: ");
+    lv_buf_puts(b, r->rid);
+    lv_buf_puts(b, "\r\n");
+    if (r->body_kind == 1) {
+        lv_buf_puts(b, "Content-Length: ");
+        lv_buf_putu(b, r->body_cl);
+        lv_buf_puts(b, "\r\n");
+    } else if (r->body_kind == 2) {
+        lv_buf_puts(b, "Transfer-Encoding: chunked\r\n");
+    }
+}
+
+/* ---- beginning */
+
+static enum lv_gwerr status_to_err(int status)
+{
+    switch (status) {
+    case 405:
+        return LV_GWERR_METHOD_NOT_ALLOWED;
+    case 413:
+        return LV_GWERR_BODY_TOO_LARGE;
+    case 414:
+        return LV_GWERR_URI_TOO_LONG;
+    case 417:
+        return LV_GWERR_EXPECTATION_FAILED;
+    case 431:
+        return LV_GWERR_HEADER_TOO_LARGE;
+    case 501:
+        return LV_GWERR_NOT_IMPLEMENTED;
+    case 505:
+        return LV_GWERR_VERSION_NOT_SUPPORTED;
+    default:
+        return LV_GWERR_BAD_REQUEST;
+    }
+}
+
+void lv_request_begin(struct lv_client *c, size_t head_len)
+{
+    struct lv_request *r = &c->rq;
+    struct lv_server *s = c->server;
+    struct lv_field fields[MAX_FIELDS];
+    struct lv_reqhead h;
+    uint32_t maxf =
+        s->cfg->limits.header_count < MAX_FIELDS ? s->cfg->limits.header_count : MAX_FIELDS;
+    int st = lv_reqhead_parse(&h, c->in.data, head_len, fields, maxf);
+    if (st != 0) {
+        lv_client_error_close(c, st, status_to_err(st), h.reason);
+        return;
+    }
+
+    /* A request from here on: pin the generation it starts under. */
+    r->active = true;
+    r->cfg = s->cfg;
+    lv_config_pin(r->cfg);
+    c->req = r;
+    r->route = NULL;
+    r->rs = NULL;
+    r->up = NULL;
+    r->method = h.method;
+    r->http10 = h.minor == 0;
+    r->client_keep_alive = h.keep_alive;
+    r->expect_continue = h.expect_continue && !r->http10;
+    r->start_ns = uv_hrtime();
+    r->start_unix = 0;
+    {
+        uv_timeval64_t tv;
+        if (uv_gettimeofday(&tv) == 0)
+            r->start_unix = (double)tv.tv_sec + (double)tv.tv_usec / 1e6;
+    }
+    if (h.request_id.len) {
+        memcpy(r->rid, h.request_id.p, h.request_id.len);
+        r->rid[h.request_id.len] = '\0';
+    } else {
+        lv_server_request_id(s, r->rid);
+    }
+    lv_buf_reset(&r->target);
+    lv_buf_append(&r->target, h.target.p, h.target.len);
+    lv_buf_putc(&r->target, '\0');
+    r->target.len--;
+    lv_buf_reset(&r->host);
+    lv_buf_append(&r->host, h.host.p, h.host.len);
+    lv_buf_putc(&r->host, '\0');
+    r->host.len--;
+    r->body_kind = h.chunked ? 2 : (h.has_content_length && h.content_length > 0 ? 1 : 0);
+    r->body_cl = h.content_length;
+    r->body_in = 0;
+    r->bytes_in = 0;
+    r->body_done = r->body_kind == 0;
+    lv_buf_reset(&r->replay);
+    r->replay_valid = true;
+    r->body_sent_any = false;
+    r->body_final_sent = false;
+    r->attempt = 0;
+    r->stale_resend_used = false;
+    r->acquiring = false;
+    r->uc = NULL;
+    r->last_server = NULL;
+    r->ntries = 0;
+    r->resp_started = r->head_sent = false;
+    r->resp_close = false;
+    r->status = 0;
+    r->bytes_out = 0;
+    r->upstream_ms = -1;
+    r->flags = 0;
+    r->error_token = NULL;
+    r->upstream_paused = false;
+
+    if (h.expect_other) {
+        lv_buf_consume(&c->in, head_len);
+        send_error(r, LV_GWERR_EXPECTATION_FAILED, NULL, -1);
+        request_end(r, true);
+        return;
+    }
+    if (r->body_kind == 1 && r->body_cl > s->cfg->limits.body_size) {
+        /* Known too large up front: answer without reading it. */
+        lv_buf_consume(&c->in, head_len);
+        send_error(r, LV_GWERR_BODY_TOO_LARGE, NULL, -1);
+        request_end(r, true);
+        return;
+    }
+
+    /* Route on the parsed head (path without the query, host without the port). */
+    char hostbuf[256];
+    size_t hostlen = 0;
+    int port = -1;
+    hostbuf[0] = '\0';
+    if (r->host.len)
+        lv_host_split(r->host.data, r->host.len, hostbuf, sizeof(hostbuf), &hostlen, &port);
+    r->route = lv_router_match(r->cfg, r->method, h.path.p, h.path.len, hostbuf, hostlen);
+    build_forward_head(r, &h);
+    lv_buf_consume(&c->in, head_len);
+    lv_client_input_consumed(c);
+
+    if (!r->route) {
+        send_error(r, LV_GWERR_NO_ROUTE, NULL, -1);
+        request_end(r, r->resp_close);
+        return;
+    }
+    r->rs = lv_server_route_state(s, r->route->name);
+    r->up = lv_server_upstream(s, r->route->upstream);
+    if (r->body_kind)
+        lv_body_init(r->body_dec, r->body_kind == 2 ? LV_BODY_CHUNKED : LV_BODY_LENGTH, r->body_cl,
+                     s->cfg->limits.body_size);
+    if (r->expect_continue && r->body_kind) {
+        /* We answer the expectation ourselves (Expect is not forwarded). */
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        lv_client_write(c, cont, sizeof(cont) - 1);
+    }
+    uv_timer_start(&r->deadline_timer, on_deadline, r->route->timeout_ms, 0);
+    attempt_start(r);
+    if (r->active)
+        pump_body(r);
+}
+
+/* ---- request body */
+
+struct body_sink {
+    struct lv_request *r;
+    bool write_up;
+    int err;
+};
+
+static void on_body_data(void *arg, const char *p, size_t n)
+{
+    struct body_sink *k = arg;
+    struct lv_request *r = k->r;
+    r->body_in += n;
+    r->bytes_in += n;
+    if (r->replay_valid) {
+        if (r->replay.len + n <= r->route->retry.buffer)
+            lv_buf_append(&r->replay, p, n);
+        else
+            r->replay_valid = false;
+    }
+    if (!k->write_up)
+        return;
+    uv_buf_t b[3];
+    unsigned nb = 0;
+    char sz[24];
+    if (r->body_kind == 2) {
+        int m = snprintf(sz, sizeof(sz), "%zx\r\n", n);
+        b[nb++] = uv_buf_init(sz, (unsigned)m);
+    }
+    b[nb++] = uv_buf_init((char *)p, (unsigned)n);
+    if (r->body_kind == 2)
+        b[nb++] = uv_buf_init("\r\n", 2);
+    if (up_write(r, b, nb) < 0)
+        k->err = 1;
+    r->body_sent_any = true;
+}
+
+static void send_body_end(struct lv_request *r)
+{
+    if (r->body_final_sent || !r->head_written)
+        return;
+    if (r->body_kind == 2) {
+        uv_buf_t b = uv_buf_init("0\r\n\r\n", 5);
+        up_write(r, &b, 1);
+    }
+    r->body_final_sent = true;
+}
+
+static void pump_body(struct lv_request *r)
+{
+    struct lv_client *c = r->c;
+    if (!r->active)
+        return;
+    if (r->body_done) {
+        if (r->head_written)
+            send_body_end(r);
+        return;
+    }
+    bool connected = r->uc && r->head_written;
+    while (c->in.len > 0 && !r->body_done) {
+        size_t feed = c->in.len;
+        if (connected) {
+            if (up_queue_size(r) >= UP_WRITE_HIGH)
+                break;
+        } else {
+            /* Not connected yet: only take what the replay buffer can hold. */
+            if (!r->replay_valid)
+                break;
+            size_t room = r->route->retry.buffer - r->replay.len;
+            if (room == 0)
+                break;
+            if (feed > room)
+                feed = room;
+        }
+        struct body_sink k = {r, connected, 0};
+        size_t used = 0;
+        int rc = body_feed(r->body_dec, c->in.data, feed, &used, on_body_data, &k);
+        lv_buf_consume(&c->in, used);
+        if (rc == -1) {
+            /* Bad chunked framing from the client. */
+            r->body_done = true;
+            r->resp_close = true;
+            if (!r->head_sent) {
+                release_upstream(r, false);
+                send_error(r, LV_GWERR_BAD_REQUEST, ((struct lv_body *)r->body_dec)->reason, -1);
+                request_end(r, true);
+            } else {
+                abort_client(r, 0);
+            }
+            return;
+        }
+        if (rc == -2) {
+            r->resp_close = true;
+            if (!r->head_sent) {
+                release_upstream(r, false);
+                send_error(r, LV_GWERR_BODY_TOO_LARGE, NULL, -1);
+                request_end(r, true);
+            } else {
+                abort_client(r, 0);
+            }
+            return;
+        }
+        if (rc == 1)
+            r->body_done = true;
+        if (used == 0)
+            break;
+    }
+    lv_client_input_consumed(c);
+    if (r->body_done && connected)
+        send_body_end(r);
+}
+
+void lv_request_client_data(struct lv_request *r)
+{
+    if (r->active)
+        pump_body(r);
+}
+
+/* ---- attempts */
+
+static bool retry_safe(const struct lv_request *r, enum lv_outcome_kind kind)
+{
+    if (kind == LV_OUT_CONNECT_FAILURE)
+        return true; /* nothing reached the upstream */
+    if (lv_method_idempotent(r->method))
+        return true;
+    return r->route->retry.non_idempotent;
+}
+
+static bool outcome_retryable(const struct lv_request *r, enum lv_outcome_kind kind, int status)
+{
+    const struct lv_retry_cfg *rc = &r->route->retry;
+    switch (kind) {
+    case LV_OUT_CONNECT_FAILURE:
+        return rc->on_errors & LV_RETRY_ON_CONNECT_FAILURE;
+    case LV_OUT_RESET:
+        return rc->on_errors & LV_RETRY_ON_RESET;
+    case LV_OUT_TIMEOUT:
+        return rc->on_errors & LV_RETRY_ON_TIMEOUT;
+    case LV_OUT_PROTOCOL_ERROR:
+        return rc->on_errors & LV_RETRY_ON_PROTOCOL_ERROR;
+    case LV_OUT_STATUS:
+        return status >= 100 && status < 640 && (rc->on_status[status / 64] >> (status % 64)) & 1;
+    default:
+        return false;
+    }
+}
+
+/* Can the request be sent again? (the body is all in the replay buffer, or there is none) */
+static bool can_replay(const struct lv_request *r)
+{
+    if (r->body_kind == 0)
+        return true;
+    return r->replay_valid && (r->body_done || !r->body_sent_any || true) &&
+           (r->replay.len == r->body_in);
+}
+
+static bool should_retry(struct lv_request *r, enum lv_outcome_kind kind, int status)
+{
+    if (r->head_sent)
+        return false;
+    if (!outcome_retryable(r, kind, status))
+        return false;
+    if (!retry_safe(r, kind) || !can_replay(r))
+        return false;
+    if ((uint32_t)r->attempt >= r->route->retry.attempts)
+        return false;
+    uint64_t elapsed = (uv_hrtime() - r->start_ns) / 1000000;
+    if (elapsed >= r->route->timeout_ms)
+        return false;
+    return true;
+}
+
+static void record_try(struct lv_request *r, enum lv_outcome_kind kind, int status)
+{
+    if (r->ntries < LV_MAX_TRIES) {
+        struct lv_try *t = &r->tries[r->ntries++];
+        t->kind = kind;
+        t->status = status;
+        t->server = r->last_server ? r->last_server->name : NULL;
+        t->ms = ms_since(r->attempt_start_ns);
+    }
+}
+
+static enum lv_gwerr outcome_error(enum lv_outcome_kind kind)
+{
+    switch (kind) {
+    case LV_OUT_CONNECT_FAILURE:
+        return LV_GWERR_CONNECT_FAILURE;
+    case LV_OUT_RESET:
+        return LV_GWERR_UPSTREAM_RESET;
+    case LV_OUT_TIMEOUT:
+        return LV_GWERR_UPSTREAM_TIMEOUT;
+    default:
+        return LV_GWERR_BAD_UPSTREAM_RESPONSE;
+    }
+}
+
+/* The current attempt ended without a usable response head. */
+static void attempt_failed(struct lv_request *r, enum lv_outcome_kind kind, const char *detail)
+{
+    bool was_reused = r->uc && r->uc->reused;
+    bool got_bytes = r->rhead.len > 0;
+    record_try(r, kind, 0);
+    release_upstream(r, false);
+    r->head_written = false;
+    /* A reused keep-alive connection the upstream had already closed: send once more on a
+     * fresh connection, when replaying is safe (not counted as a retry). */
+    if (was_reused && kind == LV_OUT_RESET && !got_bytes && !r->stale_resend_used &&
+        retry_safe(r, kind) && can_replay(r)) {
+        r->stale_resend_used = true;
+        r->want_fresh = true;
+        r->attempt--;
+        attempt_start(r);
+        return;
+    }
+    if (should_retry(r, kind, 0)) {
+        r->flags |= LV_ACCESS_RETRIED;
+        lv_metric_add(r->rs->retries, 1);
+        attempt_start(r);
+        return;
+    }
+    if (kind == LV_OUT_TIMEOUT && (uv_hrtime() - r->start_ns) / 1000000 >= r->route->timeout_ms) {
+        r->flags |= LV_ACCESS_DEADLINE_EXCEEDED;
+        send_error(r, LV_GWERR_DEADLINE_EXCEEDED, NULL, -1);
+    } else {
+        send_error(r, outcome_error(kind), detail, -1);
+    }
+    request_end(r, r->resp_close);
+}
+
+static void on_acquired(enum lv_acquire_error err, struct lv_upconn *uc, const char *detail,
+                        void *arg)
+{
+    struct lv_request *r = arg;
+    r->acquiring = false;
+    if (!r->active) {
+        if (uc)
+            lv_upconn_release(uc);
+        return;
+    }
+    if (err != LV_ACQUIRE_OK) {
+        if (err == LV_ACQUIRE_OVERFLOW || err == LV_ACQUIRE_QUEUE_TIMEOUT) {
+            record_try(r, LV_OUT_NONE, 0);
+            send_error(r, LV_GWERR_POOL_OVERFLOW, detail, 1);
+            request_end(r, r->resp_close);
+            return;
+        }
+        r->last_server = r->acq.server;
+        lv_warn("route %s: connect to upstream %s failed: %s", r->route->name, r->up->name,
+                detail ? detail : "?");
+        attempt_failed(r, LV_OUT_CONNECT_FAILURE, detail);
+        return;
+    }
+    r->uc = uc;
+    r->last_server = uc->server;
+    uc->server->inflight++;
+    uc->read_arg = r;
+    r->rhead.len = 0;
+    lv_headscan_init(&r->rhs, true, MAX_RESP_HEAD, MAX_RESP_HEAD, 1000);
+    r->resp_started = false;
+    r->up_reusable = false;
+    /* Head, attempt number, then the buffered body. */
+    char attempt_hdr[48];
+    int n = snprintf(attempt_hdr, sizeof(attempt_hdr), "Levee-Attempt: %d\r\n\r\n", r->attempt);
+    uv_buf_t b[3];
+    unsigned nb = 0;
+    b[nb++] = uv_buf_init(r->fwd.data, (unsigned)r->fwd.len);
+    b[nb++] = uv_buf_init(attempt_hdr, (unsigned)n);
+    char sz[24];
+    lv_buf_reset(&r->out);
+    if (r->body_kind && r->replay.len) {
+        if (r->body_kind == 2) {
+            int m = snprintf(sz, sizeof(sz), "%zx\r\n", r->replay.len);
+            lv_buf_append(&r->out, sz, (size_t)m);
+            lv_buf_append(&r->out, r->replay.data, r->replay.len);
+            lv_buf_puts(&r->out, "\r\n");
+        } else {
+            lv_buf_append(&r->out, r->replay.data, r->replay.len);
+        }
+        b[nb++] = uv_buf_init(r->out.data, (unsigned)r->out.len);
+        r->body_sent_any = true;
+    }
+    r->head_written = true;
+    r->body_final_sent = false;
+    if (up_write(r, b, nb) < 0) {
+        attempt_failed(r, LV_OUT_RESET, "write failed");
+        return;
+    }
+    lv_upconn_read_start(uc, on_up_read, r);
+    uint64_t try_to = r->route->try_timeout_ms;
+    uint64_t elapsed = (uv_hrtime() - r->start_ns) / 1000000;
+    uint64_t left = r->route->timeout_ms > elapsed ? r->route->timeout_ms - elapsed : 1;
+    if (!try_to || try_to > left)
+        try_to = left;
+    uv_timer_start(&r->try_timer, on_try_timeout, try_to, 0);
+    pump_body(r);
+}
+
+static void attempt_start(struct lv_request *r)
+{
+    r->attempt++;
+    r->attempt_start_ns = uv_hrtime();
+    r->head_written = false;
+    r->body_final_sent = false;
+    r->acquiring = true;
+    bool fresh = r->want_fresh;
+    r->want_fresh = false;
+    /* A retry prefers another server; the stale-connection resend goes to the same one. */
+    const struct lv_upserver *avoid = r->ntries && !fresh ? r->last_server : NULL;
+    lv_upstream_acquire(r->up, &r->acq, avoid, fresh, on_acquired, r);
+}
+
+static void on_try_timeout(uv_timer_t *t)
+{
+    struct lv_request *r = container_of(t, struct lv_request, try_timer);
+    if (!r->active)
+        return;
+    if (r->resp_started) {
+        /* The upstream stalled in the middle of the body. */
+        if (r->upstream_paused)
+            return; /* we stopped reading it: the client's send timeout governs */
+        lv_warn("route %s: upstream %s stalled mid-response", r->route->name,
+                r->last_server ? r->last_server->name : "?");
+        abort_client(r, LV_ACCESS_UPSTREAM_ABORT);
+        return;
+    }
+    attempt_failed(r, LV_OUT_TIMEOUT, NULL);
+}
+
+static void on_deadline(uv_timer_t *t)
+{
+    struct lv_request *r = container_of(t, struct lv_request, deadline_timer);
+    if (!r->active)
+        return;
+    if (r->head_sent) {
+        /* The response is streaming: the deadline covers getting it, not reading it. */
+        return;
+    }
+    r->flags |= LV_ACCESS_DEADLINE_EXCEEDED;
+    if (r->uc || r->acquiring)
+        record_try(r, r->uc ? LV_OUT_TIMEOUT : LV_OUT_CONNECT_FAILURE, 0);
+    release_upstream(r, false);
+    send_error(r, LV_GWERR_DEADLINE_EXCEEDED, NULL, -1);
+    request_end(r, r->resp_close);
+}
+
+/* ---- response */
+
+static void write_client_head(struct lv_request *r, const struct lv_resphead *h)
+{
+    struct lv_buf *o = &r->out;
+    lv_buf_reset(o);
+    lv_buf_printf(o, "HTTP/1.1 %d ", h->status);
+    if (h->reason_phrase.len)
+        lv_buf_append(o, h->reason_phrase.p, h->reason_phrase.len);
+    else
+        lv_buf_puts(o, lv_http_reason(h->status));
+    lv_buf_puts(o, "\r\n");
+    for (uint32_t i = 0; i < h->nfields; i++) {
+        const struct lv_field *f = &h->fields[i];
+        if (f->flags & LV_FIELD_HOP)
+            continue;
+        if (f->id == LV_FID_CONTENT_LENGTH || f->id == LV_FID_TRANSFER_ENCODING ||
+            f->id == LV_FID_X_REQUEST_ID)
+            continue;
+        lv_buf_append(o, f->name.p, f->name.len);
+        lv_buf_puts(o, ": ");
+        lv_buf_append(o, f->value.p, f->value.len);
+        lv_buf_puts(o, "\r\n");
+    }
+    lv_buf_puts(o, "X-Request-Id: ");
+    lv_buf_puts(o, r->rid);
+    lv_buf_puts(o, "\r\n");
+    if (h->status >= 200) {
+        if (r->resp_no_body) {
+            /* HEAD and 304 keep the length the upstream announced; 204 has none. */
+            if (h->has_content_length && h->status != 204) {
+                lv_buf_puts(o, "Content-Length: ");
+                lv_buf_putu(o, h->content_length);
+                lv_buf_puts(o, "\r\n");
+            }
+        } else if (h->body == LV_BODY_LENGTH) {
+            lv_buf_puts(o, "Content-Length: ");
+            lv_buf_putu(o, h->content_length);
+            lv_buf_puts(o, "\r\n");
+        } else if (!r->http10) {
+            lv_buf_puts(o, "Transfer-Encoding: chunked\r\n");
+            r->resp_rechunk = true;
+        } else {
+            r->resp_close = true; /* HTTP/1.0 client: the body ends at close */
+        }
+        bool close = r->resp_close || !r->client_keep_alive || r->s->draining;
+        if (close) {
+            r->resp_close = true;
+            lv_buf_puts(o, "Connection: close\r\n");
+        } else if (r->http10) {
+            lv_buf_puts(o, "Connection: keep-alive\r\n");
+        }
+    }
+    lv_buf_puts(o, "\r\n");
+    r->bytes_out += o->len;
+    lv_client_write(r->c, o->data, o->len);
+}
+
+struct resp_sink {
+    struct lv_request *r;
+};
+
+static void on_resp_data(void *arg, const char *p, size_t n)
+{
+    struct lv_request *r = arg;
+    uv_buf_t b[3];
+    unsigned nb = 0;
+    char sz[24];
+    if (r->resp_rechunk) {
+        int m = snprintf(sz, sizeof(sz), "%zx\r\n", n);
+        b[nb++] = uv_buf_init(sz, (unsigned)m);
+    }
+    b[nb++] = uv_buf_init((char *)p, (unsigned)n);
+    if (r->resp_rechunk)
+        b[nb++] = uv_buf_init("\r\n", 2);
+    for (unsigned i = 0; i < nb; i++)
+        r->bytes_out += b[i].len;
+    lv_client_writev(r->c, b, nb);
+}
+
+static void response_complete(struct lv_request *r, bool clean)
+{
+    if (r->resp_rechunk) {
+        static const char last[] = "0\r\n\r\n";
+        r->bytes_out += 5;
+        lv_client_write(r->c, last, 5);
+    }
+    if (!clean)
+        r->up_reusable = false;
+    finish(r);
+}
+
+/* Feed response body bytes; returns false if the request ended. */
+static bool feed_resp_body(struct lv_request *r, const char *data, size_t n)
+{
+    if (n == 0)
+        return true;
+    /* Idle bound while streaming: the route timeout between two reads. */
+    uv_timer_start(&r->try_timer, on_try_timeout, r->route->timeout_ms, 0);
+    size_t used = 0;
+    int rc = body_feed(r->resp_dec, data, n, &used, on_resp_data, r);
+    if (rc < 0) {
+        lv_warn("route %s: upstream %s sent a broken body: %s", r->route->name,
+                r->last_server ? r->last_server->name : "?",
+                ((struct lv_body *)r->resp_dec)->reason);
+        abort_client(r, LV_ACCESS_UPSTREAM_ABORT);
+        return false;
+    }
+    if (rc == 1) {
+        /* Bytes after a complete response were never asked for: never pool that connection. */
+        response_complete(r, used == n);
+        return false;
+    }
+    if (!r->c->closed && r->c->write_queued >= LV_CLIENT_WRITE_HIGH && r->uc) {
+        lv_upconn_read_stop(r->uc);
+        r->upstream_paused = true;
+    }
+    return true;
+}
+
+void lv_request_client_drained(struct lv_request *r)
+{
+    if (r->active && r->upstream_paused && r->uc) {
+        r->upstream_paused = false;
+        lv_upconn_read_start(r->uc, on_up_read, r);
+    }
+}
+
+static void on_response_head(struct lv_request *r)
+{
+    struct lv_field fields[MAX_FIELDS];
+    struct lv_resphead h;
+    for (;;) {
+        int st = lv_resphead_parse(&h, r->rhead.data, r->rhs.head_len, r->method == 2, fields,
+                                   MAX_FIELDS);
+        if (st != 0) {
+            lv_warn("route %s: upstream %s sent an invalid response head: %s", r->route->name,
+                    r->last_server ? r->last_server->name : "?", h.reason ? h.reason : "");
+            attempt_failed(r, LV_OUT_PROTOCOL_ERROR, h.reason);
+            return;
+        }
+        if (h.status == 101) {
+            attempt_failed(r, LV_OUT_PROTOCOL_ERROR, "unrequested 101 Switching Protocols");
+            return;
+        }
+        if (h.status < 200) {
+            /* Interim response: pass it on to HTTP/1.1 clients (not 100: Expect is ours). */
+            if (!r->http10 && h.status != 100) {
+                r->resp_no_body = true;
+                write_client_head(r, &h);
+            }
+            size_t rest = r->rhead.len - r->rhs.head_len;
+            lv_buf_consume(&r->rhead, r->rhs.head_len);
+            lv_headscan_init(&r->rhs, true, MAX_RESP_HEAD, MAX_RESP_HEAD, 1000);
+            if (rest == 0)
+                return;
+            enum lv_headscan_result res = lv_headscan_feed(&r->rhs, r->rhead.data, r->rhead.len);
+            if (res == LV_HEADSCAN_MORE)
+                return;
+            if (res == LV_HEADSCAN_ERROR) {
+                attempt_failed(r, LV_OUT_PROTOCOL_ERROR, r->rhs.reason);
+                return;
+            }
+            continue;
+        }
+        break;
+    }
+    /* A final head. */
+    uv_timer_stop(&r->try_timer);
+    r->resp_started = true;
+    r->upstream_ms = ms_since(r->attempt_start_ns);
+    if (should_retry(r, LV_OUT_STATUS, h.status)) {
+        record_try(r, LV_OUT_STATUS, h.status);
+        release_upstream(r, false);
+        r->resp_started = false;
+        r->flags |= LV_ACCESS_RETRIED;
+        lv_metric_add(r->rs->retries, 1);
+        attempt_start(r);
+        return;
+    }
+    record_try(r, LV_OUT_STATUS, h.status);
+    r->status = h.status;
+    r->resp_no_body = h.body == LV_BODY_NONE;
+    r->resp_until_eof = h.body == LV_BODY_EOF;
+    r->resp_rechunk = false;
+    r->up_reusable = h.reusable;
+    write_client_head(r, &h);
+    r->head_sent = true;
+    if (r->resp_no_body) {
+        size_t rest = r->rhead.len - r->rhs.head_len;
+        response_complete(r, rest == 0);
+        return;
+    }
+    lv_body_init(r->resp_dec, h.body, h.content_length, LV_BODY_UNLIMITED);
+    if (h.body == LV_BODY_LENGTH && h.content_length == 0) {
+        response_complete(r, r->rhead.len == r->rhs.head_len);
+        return;
+    }
+    feed_resp_body(r, r->rhead.data + r->rhs.head_len, r->rhead.len - r->rhs.head_len);
+}
+
+static void on_up_read(struct lv_upconn *uc, ssize_t nread, const char *data, void *arg)
+{
+    struct lv_request *r = arg;
+    if (!r || !r->active || r->uc != uc)
+        return;
+    if (nread < 0) {
+        if (!r->resp_started) {
+            attempt_failed(r, LV_OUT_RESET,
+                           nread == UV_EOF ? "upstream closed the connection"
+                                           : uv_strerror((int)nread));
+            return;
+        }
+        if (r->resp_until_eof && nread == UV_EOF) {
+            lv_body_eof(r->resp_dec);
+            r->up_reusable = false;
+            response_complete(r, false);
+            return;
+        }
+        lv_warn("route %s: upstream %s: response truncated (%s)", r->route->name,
+                r->last_server ? r->last_server->name : "?", uv_strerror((int)nread));
+        abort_client(r, LV_ACCESS_UPSTREAM_ABORT);
+        return;
+    }
+    if (!r->resp_started) {
+        if (r->rhead.len + (size_t)nread > MAX_RESP_HEAD + 65536) {
+            attempt_failed(r, LV_OUT_PROTOCOL_ERROR, "response head too large");
+            return;
+        }
+        lv_buf_append(&r->rhead, data, (size_t)nread);
+        enum lv_headscan_result res = lv_headscan_feed(&r->rhs, r->rhead.data, r->rhead.len);
+        if (res == LV_HEADSCAN_MORE)
+            return;
+        if (res == LV_HEADSCAN_ERROR) {
+            lv_warn("route %s: upstream %s sent an invalid response: %s", r->route->name,
+                    r->last_server ? r->last_server->name : "?", r->rhs.reason);
+            attempt_failed(r, LV_OUT_PROTOCOL_ERROR, r->rhs.reason);
+            return;
+        }
+        on_response_head(r);
+        return;
+    }
+    feed_resp_body(r, data, (size_t)nread);
+}

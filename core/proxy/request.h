@@ -1,0 +1,145 @@
+/*
+ * request: the life of one proxied request, from a validated head to the last response
+ * byte. It routes the request, rebuilds the head to forward (one canonical framing header,
+ * hop-by-hop fields dropped, X-Forwarded-*, Via, X-Request-Id), streams the body upstream
+ * with backpressure, runs attempts against the route's upstream (pooled connection, per-try
+ * timeout, deadline, safe re-send on a stale reused connection, the retry policy), validates
+ * and streams the response back, and logs it.
+ *
+ * Owned by its client connection (client->req). Pins its configuration generation for its
+ * whole life, so a reload never changes a request in flight.
+ */
+#ifndef LV_REQUEST_H
+#define LV_REQUEST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "base/buf.h"
+#include "http/headscan.h"
+#include "net/upstream.h"
+
+struct lv_client;
+struct lv_server;
+struct lv_config;
+struct lv_route_cfg;
+struct lv_route_state;
+
+#define LV_MAX_TRIES 16
+
+/* Outcome of one attempt (SPEC §4): a status, or an error. */
+enum lv_outcome_kind {
+    LV_OUT_NONE,
+    LV_OUT_STATUS,
+    LV_OUT_CONNECT_FAILURE,
+    LV_OUT_RESET,
+    LV_OUT_TIMEOUT,
+    LV_OUT_PROTOCOL_ERROR,
+};
+
+struct lv_try {
+    enum lv_outcome_kind kind;
+    int status;
+    const char *server; /* borrowed from the runtime upstream (lives as long as the server) */
+    double ms;
+};
+
+/*
+ * One request. It lives inside its client connection (one request at a time per connection:
+ * pipelined requests are served in order), so its buffers keep their capacity from one
+ * request to the next and the steady state allocates nothing per request.
+ */
+struct lv_request {
+    struct lv_client *c;
+    struct lv_server *s;
+    struct lv_config *cfg; /* pinned while active */
+    const struct lv_route_cfg *route;
+    struct lv_route_state *rs;
+    struct lv_upstream *up;
+    bool active;
+
+    /* what the client asked */
+    int method;
+    bool http10;
+    bool client_keep_alive;
+    bool expect_continue;
+    char rid[204];
+    struct lv_buf target; /* raw request target, NUL-terminated */
+    struct lv_buf host;   /* Host (or absolute-form authority), NUL-terminated */
+    uint64_t start_ns;
+    double start_unix;
+
+    /* the head we forward (without Levee-Attempt and the final CRLF) */
+    struct lv_buf fwd;
+
+    /* request body */
+    int body_kind; /* 0 none, 1 content-length, 2 chunked */
+    uint64_t body_cl;
+    void *body_dec; /* struct lv_body (http/body.h), allocated with the slot */
+    uint64_t body_in;
+    bool body_done;
+    struct lv_buf replay;
+    bool replay_valid;
+    bool body_sent_any;   /* body bytes reached the current attempt */
+    bool body_final_sent; /* the last chunk (or last byte) went to the current attempt */
+
+    /* attempts */
+    int attempt;
+    bool stale_resend_used;
+    bool want_fresh;
+    struct lv_acquire acq;
+    bool acquiring;
+    struct lv_upconn *uc;
+    const struct lv_upserver *last_server;
+    size_t up_queued;
+    bool head_written;
+    uint64_t attempt_start_ns;
+    uv_timer_t deadline_timer;
+    uv_timer_t try_timer;
+    struct lv_try tries[LV_MAX_TRIES];
+    int ntries;
+
+    /* response */
+    struct lv_buf rhead;
+    struct lv_headscan rhs;
+    void *resp_dec; /* struct lv_body for the response */
+    bool resp_started;
+    bool head_sent;
+    bool resp_no_body;
+    bool resp_until_eof;
+    bool resp_rechunk; /* re-frame as chunked for the client */
+    bool resp_close;   /* close the client after this response */
+    bool up_reusable;
+    bool upstream_paused;
+    int status;
+    uint64_t bytes_out;
+    double upstream_ms;
+    struct lv_buf out; /* scratch for building client output */
+
+    /* log */
+    unsigned flags;
+    const char *error_token;
+    uint64_t bytes_in;
+};
+
+/** Sets up the request slot of a new client connection (its timers). */
+void lv_request_init(struct lv_request *r, struct lv_client *c);
+/** Closes the slot's handles (`close_cb` once per handle, data = the client) and frees its
+ *  buffers; the request must not be active. Returns the number of handles closing. */
+int lv_request_dispose(struct lv_request *r, uv_close_cb close_cb);
+
+/** Starts serving the head at the start of client->in (head_len bytes, pre-validated). The
+ *  request may finish before this returns (an error answer); client state tells. */
+void lv_request_begin(struct lv_client *c, size_t head_len);
+/** More input arrived (body bytes). */
+void lv_request_client_data(struct lv_request *r);
+/** The client half-closed while the request runs. */
+void lv_request_client_eof(struct lv_request *r);
+/** The client's output queue drained below the low mark: resume reading the upstream. */
+void lv_request_client_drained(struct lv_request *r);
+/** The client connection is gone: abort (cancel, close the upstream connection) and free. */
+void lv_request_client_gone(struct lv_request *r);
+
+#endif

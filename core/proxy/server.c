@@ -1,0 +1,520 @@
+#include "proxy/server.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "admin/admin.h"
+#include "base/log.h"
+#include "net/upstream.h"
+#include "proxy/client.h"
+
+static const char *const L_ROUTE_CODE[] = {"route", "code", NULL};
+static const char *const L_ROUTE[] = {"route", NULL};
+static const char *const L_RESULT[] = {"result", NULL};
+static const char *const L_UPCONN[] = {"upstream", "state", NULL};
+static const char *const L_CODE[] = {"code", NULL};
+static const char *const L_ROUTE_OUTCOME[] = {"route", "outcome", NULL};
+
+/* ---- listeners */
+
+static void on_connection(uv_stream_t *ls, int status)
+{
+    struct lv_listener *l = ls->data;
+    struct lv_server *s = l->server;
+    if (status < 0) {
+        lv_warn("accept on %s: %s", l->name, uv_strerror(status));
+        return;
+    }
+    lv_client_accept(s, ls);
+}
+
+static int listener_open(struct lv_server *s, const struct lv_listen_cfg *lc,
+                         struct lv_listener **out)
+{
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
+    const char *host = lc->addr.host;
+    char tmp[64];
+    size_t hn = strlen(host);
+    if (hn > 2 && host[0] == '[' && host[hn - 1] == ']' && hn - 2 < sizeof(tmp)) {
+        memcpy(tmp, host + 1, hn - 2);
+        tmp[hn - 2] = '\0';
+        host = tmp;
+    }
+    if (strcmp(host, "localhost") == 0)
+        host = "127.0.0.1";
+    int family = AF_INET;
+    if (uv_ip4_addr(host, lc->addr.port, (struct sockaddr_in *)&ss) != 0) {
+        if (uv_ip6_addr(host, lc->addr.port, (struct sockaddr_in6 *)&ss) != 0) {
+            lv_error("listen %s:%u: not an IP address", lc->addr.host, lc->addr.port);
+            return UV_EINVAL;
+        }
+        family = AF_INET6;
+    }
+    struct lv_listener *l = lv_xcalloc(1, sizeof(*l));
+    l->server = s;
+    l->addr.host = lv_xstrdup(lc->addr.host);
+    l->addr.port = lc->addr.port;
+    snprintf(l->name, sizeof(l->name), "%s:%u", lc->addr.host, lc->addr.port);
+    uv_tcp_init_ex(s->loop, &l->tcp, (unsigned)family);
+    l->tcp.data = l;
+    uv_os_fd_t fd;
+    if (uv_fileno((uv_handle_t *)&l->tcp, &fd) == 0) {
+        int one = 1;
+        /* Several workers may share the port later (one accept queue each). */
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+    }
+    int rc = uv_tcp_bind(&l->tcp, (const struct sockaddr *)&ss, 0);
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)&l->tcp, 1024, on_connection);
+    if (rc != 0) {
+        lv_error("listen %s: %s", l->name, uv_strerror(rc));
+        l->closing = true;
+        uv_close((uv_handle_t *)&l->tcp, (uv_close_cb)free);
+        free(l->addr.host);
+        return rc;
+    }
+    lv_info("listening on %s", l->name);
+    *out = l;
+    return 0;
+}
+
+static void listener_closed(uv_handle_t *h)
+{
+    struct lv_listener *l = h->data;
+    free(l->addr.host);
+    free(l);
+}
+
+static void listener_close(struct lv_listener *l)
+{
+    if (l->closing)
+        return;
+    l->closing = true;
+    uv_close((uv_handle_t *)&l->tcp, listener_closed);
+}
+
+/* ---- upstream and route registries */
+
+static void upstream_closed(struct lv_upstream *up)
+{
+    lv_upstream_free(up);
+}
+
+static void sync_upstreams(struct lv_server *s, struct lv_config *cfg)
+{
+    /* Keep runtime upstreams whose servers are unchanged (their pools survive); replace the
+     * others; drop the ones the new config no longer has. */
+    struct lv_upstream **next = lv_xcalloc(cfg->nupstreams, sizeof(*next));
+    bool *kept = lv_xcalloc(s->nupstreams + 1, sizeof(*kept));
+    for (size_t i = 0; i < cfg->nupstreams; i++) {
+        const struct lv_upstream_cfg *uc = &cfg->upstreams[i];
+        for (size_t j = 0; j < s->nupstreams; j++) {
+            if (!kept[j] && strcmp(s->upstreams[j]->name, uc->name) == 0 &&
+                lv_upstream_same_servers(s->upstreams[j], uc)) {
+                kept[j] = true;
+                next[i] = s->upstreams[j];
+                lv_upstream_update(next[i], uc);
+                break;
+            }
+        }
+        if (!next[i])
+            next[i] = lv_upstream_create(s->loop, uc);
+        next[i]->on_closed = upstream_closed;
+    }
+    for (size_t j = 0; j < s->nupstreams; j++)
+        if (!kept[j])
+            lv_upstream_destroy(s->upstreams[j]);
+    free(kept);
+    free(s->upstreams);
+    s->upstreams = next;
+    s->nupstreams = cfg->nupstreams;
+}
+
+struct lv_upstream *lv_server_upstream(struct lv_server *s, const struct lv_upstream_cfg *cfg)
+{
+    for (size_t i = 0; i < s->nupstreams; i++)
+        if (s->upstreams[i]->cfg == cfg)
+            return s->upstreams[i];
+    for (size_t i = 0; i < s->nupstreams; i++)
+        if (strcmp(s->upstreams[i]->name, cfg->name) == 0)
+            return s->upstreams[i];
+    return NULL;
+}
+
+struct lv_route_state *lv_server_route_state(struct lv_server *s, const char *name)
+{
+    for (size_t i = 0; i < s->nroutes; i++)
+        if (strcmp(s->routes[i]->name, name) == 0)
+            return s->routes[i];
+    struct lv_route_state *rs = lv_xcalloc(1, sizeof(*rs));
+    rs->name = lv_xstrdup(name);
+    const char *lv[] = {name, NULL};
+    rs->duration = lv_metric_series(s->m_duration, lv);
+    rs->retries = lv_metric_series(s->m_retries, lv);
+    rs->budget_exhausted = lv_metric_series(s->m_budget_exhausted, lv);
+    s->routes = lv_xrealloc(s->routes, (s->nroutes + 1) * sizeof(*s->routes));
+    s->routes[s->nroutes++] = rs;
+    return rs;
+}
+
+void lv_server_count_request(struct lv_server *s, struct lv_route_state *rs, int status,
+                             double seconds)
+{
+    if (!rs)
+        return;
+    rs->requests++;
+    if (status >= 100 && status <= 599) {
+        struct lv_metric **slot = &rs->by_code[status / 100][status % 100];
+        if (!*slot) {
+            char code[8];
+            snprintf(code, sizeof(code), "%d", status);
+            const char *lv[] = {rs->name, code, NULL};
+            *slot = lv_metric_series(s->m_requests, lv);
+        }
+        lv_metric_add(*slot, 1);
+    }
+    lv_metric_observe(rs->duration, seconds);
+}
+
+/* ---- metrics computed at render time */
+
+static void render_gauges(struct lv_metrics *m, void *arg)
+{
+    struct lv_server *s = arg;
+    lv_metric_set(lv_metric_series(s->m_generation, NULL), (double)s->generation);
+    lv_metric_set(lv_metric_series(s->m_clients, NULL), (double)s->nclients);
+    for (size_t i = 0; i < s->nupstreams; i++) {
+        uint32_t active, idle;
+        lv_upstream_counts(s->upstreams[i], &active, &idle);
+        const char *la[] = {s->upstreams[i]->name, "active", NULL};
+        const char *li[] = {s->upstreams[i]->name, "idle", NULL};
+        lv_metric_set(lv_metric_series(s->m_upconns, la), active);
+        lv_metric_set(lv_metric_series(s->m_upconns, li), idle);
+    }
+}
+
+static void metrics_setup(struct lv_server *s)
+{
+    struct lv_metrics *m = s->metrics = lv_metrics_create();
+    s->m_requests =
+        lv_metrics_family(m, "levee_requests_total", "Requests answered, by route and status.",
+                          LV_METRIC_COUNTER, L_ROUTE_CODE, NULL, 0);
+    s->m_duration = lv_metrics_family(m, "levee_request_duration_seconds",
+                                      "Time from the request head to the last response byte.",
+                                      LV_METRIC_HISTOGRAM, L_ROUTE, NULL, 0);
+    s->m_retries = lv_metrics_family(m, "levee_retries_total", "Retries sent, by route.",
+                                     LV_METRIC_COUNTER, L_ROUTE, NULL, 0);
+    s->m_budget_exhausted =
+        lv_metrics_family(m, "levee_retry_budget_exhausted_total",
+                          "Retries refused because the route's retry budget was spent.",
+                          LV_METRIC_COUNTER, L_ROUTE, NULL, 0);
+    s->m_attempts = lv_metrics_family(m, "levee_upstream_attempts_total",
+                                      "Upstream attempts, by route and outcome.", LV_METRIC_COUNTER,
+                                      L_ROUTE_OUTCOME, NULL, 0);
+    s->m_reloads =
+        lv_metrics_family(m, "levee_config_reloads_total", "Configuration reloads, by result.",
+                          LV_METRIC_COUNTER, L_RESULT, NULL, 0);
+    const char *ok[] = {"ok", NULL}, *err[] = {"error", NULL};
+    s->m_reload_ok = lv_metric_series(s->m_reloads, ok);
+    s->m_reload_err = lv_metric_series(s->m_reloads, err);
+    s->m_generation = lv_metrics_family(m, "levee_config_generation",
+                                        "Generation number of the configuration in force.",
+                                        LV_METRIC_GAUGE, NULL, NULL, 0);
+    s->m_clients = lv_metrics_family(m, "levee_client_connections", "Open client connections.",
+                                     LV_METRIC_GAUGE, NULL, NULL, 0);
+    s->m_upconns = lv_metrics_family(m, "levee_upstream_connections",
+                                     "Upstream connections, by upstream and state (active, idle).",
+                                     LV_METRIC_GAUGE, L_UPCONN, NULL, 0);
+    s->m_bad_requests = lv_metrics_family(m, "levee_bad_requests_total",
+                                          "Requests refused before routing, by status.",
+                                          LV_METRIC_COUNTER, L_CODE, NULL, 0);
+    lv_metrics_on_render(m, render_gauges, s);
+}
+
+/* ---- access log */
+
+static void flush_access_log(struct lv_server *s);
+
+void lv_server_access_log(struct lv_server *s, const char *line, size_t len)
+{
+    if (s->access_fd < 0)
+        return;
+    lv_buf_append(&s->access_buf, line, len);
+    if (s->access_buf.len >= 64 * 1024)
+        flush_access_log(s);
+}
+
+static void flush_access_log(struct lv_server *s)
+{
+    size_t off = 0;
+    while (off < s->access_buf.len) {
+        ssize_t n = write(s->access_fd, s->access_buf.data + off, s->access_buf.len - off);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            break; /* EAGAIN or a broken pipe: drop rather than block the loop */
+        }
+        off += (size_t)n;
+    }
+    s->access_buf.len = 0;
+}
+
+static void on_flush_check(uv_check_t *h)
+{
+    struct lv_server *s = h->data;
+    if (s->access_buf.len)
+        flush_access_log(s);
+}
+
+static void access_log_open(struct lv_server *s, const struct lv_config *cfg)
+{
+    if (s->access_fd_owned && s->access_fd >= 0)
+        close(s->access_fd);
+    s->access_fd = -1;
+    s->access_fd_owned = false;
+    switch (cfg->access_log) {
+    case LV_ACCESS_LOG_OFF:
+        break;
+    case LV_ACCESS_LOG_STDOUT:
+        s->access_fd = STDOUT_FILENO;
+        break;
+    case LV_ACCESS_LOG_STDERR:
+        s->access_fd = STDERR_FILENO;
+        break;
+    case LV_ACCESS_LOG_FILE:
+        s->access_fd = open(cfg->access_log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+        if (s->access_fd < 0)
+            lv_error("access_log %s: %s", cfg->access_log_path, strerror(errno));
+        else
+            s->access_fd_owned = true;
+        break;
+    }
+}
+
+/* ---- request ids */
+
+void lv_server_request_id(struct lv_server *s, char out[33])
+{
+    static const char hex[] = "0123456789abcdef";
+    for (int half = 0; half < 2; half++) {
+        uint64_t x = s->rid_state += 0x9E3779B97F4A7C15ULL;
+        x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+        x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+        x ^= x >> 31;
+        for (int i = 0; i < 16; i++)
+            out[half * 16 + i] = hex[(x >> (i * 4)) & 15];
+    }
+    out[32] = '\0';
+}
+
+/* ---- lifecycle */
+
+static void on_tick(uv_timer_t *t)
+{
+    struct lv_server *s = t->data;
+    for (size_t i = 0; i < s->nupstreams; i++)
+        lv_upstream_tick(s->upstreams[i]);
+}
+
+static void stop_loop_handles(struct lv_server *s)
+{
+    uv_signal_stop(&s->sig_term);
+    uv_signal_stop(&s->sig_int);
+    uv_signal_stop(&s->sig_hup);
+    uv_timer_stop(&s->tick);
+    uv_timer_stop(&s->drain_timer);
+    uv_close((uv_handle_t *)&s->sig_term, NULL);
+    uv_close((uv_handle_t *)&s->sig_int, NULL);
+    uv_close((uv_handle_t *)&s->sig_hup, NULL);
+    uv_close((uv_handle_t *)&s->tick, NULL);
+    uv_close((uv_handle_t *)&s->drain_timer, NULL);
+    if (s->access_buf.len)
+        flush_access_log(s);
+    uv_check_stop(&s->flush_check);
+    uv_close((uv_handle_t *)&s->flush_check, NULL);
+    for (size_t i = 0; i < s->nupstreams; i++)
+        lv_upstream_destroy(s->upstreams[i]);
+    if (s->admin) {
+        lv_admin_stop(s->admin);
+        s->admin = NULL;
+    }
+}
+
+static void maybe_finish_drain(struct lv_server *s)
+{
+    if (s->draining && s->nclients == 0 && !uv_is_closing((uv_handle_t *)&s->tick))
+        stop_loop_handles(s);
+}
+
+void lv_server_client_closed(struct lv_server *s, struct lv_client *c)
+{
+    (void)c;
+    maybe_finish_drain(s);
+}
+
+static void on_drain_timeout(uv_timer_t *t)
+{
+    struct lv_server *s = t->data;
+    lv_warn("drain_timeout reached with %u connections open: closing them", s->nclients);
+    lv_client_close_all(s);
+}
+
+void lv_server_shutdown(struct lv_server *s)
+{
+    if (s->draining)
+        return;
+    s->draining = true;
+    lv_info("shutting down: finishing %u connections (drain_timeout %llums)", s->nclients,
+            (unsigned long long)s->cfg->drain_timeout_ms);
+    for (size_t i = 0; i < s->nlisteners; i++)
+        listener_close(s->listeners[i]);
+    s->nlisteners = 0;
+    lv_client_drain_idle(s);
+    uv_timer_start(&s->drain_timer, on_drain_timeout, s->cfg->drain_timeout_ms, 0);
+    maybe_finish_drain(s);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    struct lv_server *s = h->data;
+    if (signum == SIGHUP) {
+        struct lv_buf errors = LV_BUF_INIT;
+        lv_server_reload(s, &errors);
+        lv_buf_dispose(&errors);
+        return;
+    }
+    lv_server_shutdown(s);
+}
+
+static int sync_listeners(struct lv_server *s, const struct lv_config *cfg)
+{
+    /* Unchanged addresses keep their sockets (no accept gap); new ones open; removed ones
+     * stop accepting (their connections finish normally). */
+    struct lv_listener **next = lv_xcalloc(cfg->nlistens + 1, sizeof(*next));
+    bool *kept = lv_xcalloc(s->nlisteners + 1, sizeof(*kept));
+    int rc = 0;
+    for (size_t i = 0; i < cfg->nlistens; i++) {
+        const struct lv_listen_cfg *lc = &cfg->listens[i];
+        for (size_t j = 0; j < s->nlisteners; j++) {
+            if (!kept[j] && strcmp(s->listeners[j]->addr.host, lc->addr.host) == 0 &&
+                s->listeners[j]->addr.port == lc->addr.port) {
+                kept[j] = true;
+                next[i] = s->listeners[j];
+                break;
+            }
+        }
+        if (!next[i]) {
+            int r = listener_open(s, lc, &next[i]);
+            if (r != 0) {
+                rc = r;
+                next[i] = NULL;
+            }
+        }
+    }
+    size_t n = 0;
+    for (size_t i = 0; i < cfg->nlistens; i++)
+        if (next[i])
+            next[n++] = next[i];
+    for (size_t j = 0; j < s->nlisteners; j++)
+        if (!kept[j])
+            listener_close(s->listeners[j]);
+    free(kept);
+    free(s->listeners);
+    s->listeners = next;
+    s->nlisteners = n;
+    return rc;
+}
+
+static void install_config(struct lv_server *s, struct lv_config *cfg)
+{
+    cfg->generation = ++s->generation;
+    struct lv_config *old = s->cfg;
+    s->cfg = cfg;
+    sync_upstreams(s, cfg);
+    for (size_t i = 0; i < cfg->nroutes; i++)
+        lv_server_route_state(s, cfg->routes[i].name);
+    access_log_open(s, cfg);
+    s->reload_at = (double)time(NULL);
+    if (old)
+        lv_config_unpin(old);
+}
+
+int lv_server_start(struct lv_server *s, uv_loop_t *loop, struct lv_config *cfg)
+{
+    s->loop = loop;
+    s->access_fd = -1;
+    s->rid_state = uv_hrtime() ^ ((uint64_t)getpid() << 32);
+    metrics_setup(s);
+    uv_check_init(loop, &s->flush_check);
+    s->flush_check.data = s;
+    uv_check_start(&s->flush_check, on_flush_check);
+    install_config(s, cfg);
+    snprintf(s->last_reload_result, sizeof(s->last_reload_result), "initial load");
+    int rc = sync_listeners(s, cfg);
+    if (rc != 0)
+        return rc;
+    if (cfg->admin_enabled) {
+        s->admin = lv_admin_start(s, &cfg->admin);
+        if (!s->admin)
+            return UV_EADDRINUSE;
+    }
+    uv_signal_init(loop, &s->sig_term);
+    uv_signal_init(loop, &s->sig_int);
+    uv_signal_init(loop, &s->sig_hup);
+    s->sig_term.data = s->sig_int.data = s->sig_hup.data = s;
+    uv_signal_start(&s->sig_term, on_signal, SIGTERM);
+    uv_signal_start(&s->sig_int, on_signal, SIGINT);
+    uv_signal_start(&s->sig_hup, on_signal, SIGHUP);
+    uv_timer_init(loop, &s->tick);
+    s->tick.data = s;
+    uv_timer_start(&s->tick, on_tick, 1000, 1000);
+    uv_timer_init(loop, &s->drain_timer);
+    s->drain_timer.data = s;
+    return 0;
+}
+
+int lv_server_reload(struct lv_server *s, struct lv_buf *errors)
+{
+    if (s->draining || !s->config_path) {
+        lv_buf_puts(errors, s->draining ? "shutting down\n" : "no configuration file to reload\n");
+        return -1;
+    }
+    struct lv_config *cfg = lv_config_load(s->config_path, s->lua_dir, errors);
+    if (!cfg) {
+        lv_metric_add(s->m_reload_err, 1);
+        lv_error("reload refused, the configuration in force keeps serving:\n%.*s",
+                 (int)errors->len, errors->data ? errors->data : "");
+        snprintf(s->last_reload_result, sizeof(s->last_reload_result), "error: %.*s",
+                 (int)(errors->len > 400 ? 400 : errors->len), errors->data ? errors->data : "");
+        return -1;
+    }
+    install_config(s, cfg);
+    sync_listeners(s, cfg);
+    lv_metric_add(s->m_reload_ok, 1);
+    snprintf(s->last_reload_result, sizeof(s->last_reload_result), "ok");
+    lv_info("configuration reloaded: generation %llu", (unsigned long long)s->generation);
+    return 0;
+}
+
+void lv_server_free(struct lv_server *s)
+{
+    for (size_t i = 0; i < s->nroutes; i++) {
+        free(s->routes[i]->name);
+        free(s->routes[i]);
+    }
+    free(s->routes);
+    free(s->upstreams); /* each upstream freed itself when its handles closed */
+    free(s->listeners);
+    lv_buf_dispose(&s->access_buf);
+    if (s->access_fd_owned && s->access_fd >= 0)
+        close(s->access_fd);
+    if (s->cfg)
+        lv_config_unpin(s->cfg);
+    lv_metrics_destroy(s->metrics);
+}

@@ -1,0 +1,117 @@
+/*
+ * server: one worker loop and everything it owns: the listeners, the current configuration
+ * generation, the runtime upstreams (by name), the route state registry (by name), the
+ * metrics registry, the admin listener, the access log, signals and graceful shutdown.
+ *
+ * Nothing on the request path is global: a client connection reaches all of it through its
+ * server pointer, so several workers (SO_REUSEPORT listeners, one loop per thread) can run
+ * side by side later without a rewrite.
+ */
+#ifndef LV_SERVER_H
+#define LV_SERVER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "base/buf.h"
+#include "obs/metrics.h"
+#include "script/config.h"
+
+struct lv_client;
+struct lv_admin;
+struct lv_upstream;
+
+/* Per-route state that outlives a configuration generation (kept by route name). */
+struct lv_route_state {
+    char *name;
+    int refs;                           /* generations that have a route with this name */
+    struct lv_metric *duration;         /* levee_request_duration_seconds{route} */
+    struct lv_metric *by_code[6][100];  /* levee_requests_total{route,code}, lazily */
+    struct lv_metric *retries;          /* levee_retries_total{route} */
+    struct lv_metric *budget_exhausted; /* levee_retry_budget_exhausted_total{route} */
+    uint64_t requests, errors;
+};
+
+struct lv_listener {
+    uv_tcp_t tcp;
+    struct lv_server *server;
+    struct lv_hostport addr;
+    char name[80];
+    bool closing;
+};
+
+struct lv_server {
+    uv_loop_t *loop;
+    struct lv_config *cfg; /* current generation: the server holds one reference */
+    uint64_t generation;
+    char *config_path;
+    const char *lua_dir;
+    bool dev_mode;
+
+    struct lv_listener **listeners;
+    size_t nlisteners;
+    struct lv_admin *admin;
+
+    struct lv_upstream **upstreams; /* runtime upstreams, by name */
+    size_t nupstreams;
+    struct lv_route_state **routes; /* route state registry, by name */
+    size_t nroutes;
+
+    struct lv_metrics *metrics;
+    struct lv_metric_family *m_requests, *m_duration, *m_retries, *m_budget_exhausted, *m_reloads,
+        *m_generation, *m_upconns, *m_clients, *m_bad_requests, *m_attempts;
+    struct lv_metric *m_reload_ok, *m_reload_err;
+
+    /* client connections */
+    struct lv_client *clients; /* intrusive list head */
+    uint32_t nclients;
+    uint64_t next_conn_id;
+    uint64_t rid_state; /* request id generator */
+
+    /* access log */
+    int access_fd; /* -1: off */
+    bool access_fd_owned;
+    struct lv_buf access_buf;
+    uv_check_t flush_check;
+
+    uv_signal_t sig_term, sig_int, sig_hup;
+    uv_timer_t tick;
+    uv_timer_t drain_timer;
+    bool draining;
+    int exit_code;
+    double reload_at;
+    char last_reload_result[512];
+};
+
+/** Sets up the server on `loop` with `cfg` (takes the caller's reference), binds listeners.
+ *  Returns 0 or a negative libuv error (logged). */
+int lv_server_start(struct lv_server *s, uv_loop_t *loop, struct lv_config *cfg);
+/** Loads the config file again and swaps it in when valid. Errors go to `errors`.
+ *  Returns 0 on success, -1 if the new file was refused (the old one keeps serving). */
+int lv_server_reload(struct lv_server *s, struct lv_buf *errors);
+/** Stops accepting, lets requests in flight finish (up to drain_timeout), then stops. */
+void lv_server_shutdown(struct lv_server *s);
+
+/** Frees what the server owns, after its loop ran to completion. */
+void lv_server_free(struct lv_server *s);
+
+/** The runtime upstream for a route of the current or an older generation. */
+struct lv_upstream *lv_server_upstream(struct lv_server *s, const struct lv_upstream_cfg *cfg);
+/** Route state by name (created when missing). */
+struct lv_route_state *lv_server_route_state(struct lv_server *s, const char *name);
+
+/** Appends one access log line (already formatted, ends with \n). */
+void lv_server_access_log(struct lv_server *s, const char *line, size_t len);
+
+/** Called by client.c when a connection closes. */
+void lv_server_client_closed(struct lv_server *s, struct lv_client *c);
+
+/** Fills a new request id (32 hex chars + NUL). */
+void lv_server_request_id(struct lv_server *s, char out[33]);
+
+/** Counts a finished request in the metrics. */
+void lv_server_count_request(struct lv_server *s, struct lv_route_state *rs, int status,
+                             double seconds);
+
+#endif

@@ -1,0 +1,1296 @@
+-- levee.config: loads a levee.lua configuration file and turns it into a normalized table.
+--
+-- compile(path, lua_dir) reads the file as text and runs it in a sandbox (safe standard
+-- libraries only, an instruction limit, and a `require` that loads text modules from the
+-- file's folder and lua_dir only). It then validates every key of the returned table and
+-- collects every error as "FILE:LINE: key.path: message", the line found by levee.keylines.
+-- On success it returns the normalized table and the list of files read (for `watch`); on
+-- failure nil and the list of errors.
+--
+-- The normalized table mirrors core/script/config.h field for field, so config.c walks it
+-- without decisions: durations are integer milliseconds in `*_ms` keys, sizes are integer
+-- bytes, every default is filled in, host:port values are { host =, port = }, method sets are
+-- lists of upper-case names, retry.on is { errors = { names }, statuses = { ints } }, and
+-- hooks are the function values. dev(url, listen) builds the `levee dev` configuration
+-- through the same validation.
+--
+-- Called by core/script/config.c (lv_config_load, lv_config_dev) and by spec/unit.
+
+local keylines = require("levee.keylines")
+
+local M = {}
+
+local KiB, MiB, GiB = 1024, 1024 * 1024, 1024 * 1024 * 1024
+local SECOND, MINUTE, HOUR = 1000, 60 * 1000, 3600 * 1000
+
+-- Upper bounds that keep values exact in C (uint32 counters, ms and byte counts in 2^53).
+local MAX_U32 = 2147483647
+local MAX_MS = 1 << 40   -- about 34 years
+local MAX_SIZE = 1 << 50 -- 1 PiB
+
+-- Instructions a configuration file may run while loading: enough for any table-building
+-- code, small enough that an endless loop is an error after a second or two, not a hang.
+local RUN_TICK = 100000
+local RUN_TICKS = 2000
+
+-- Same names and order as core/base/method.c.
+local METHODS = {}
+for _, m in ipairs({ "DELETE", "GET", "HEAD", "POST", "PUT", "CONNECT", "OPTIONS", "TRACE",
+    "COPY", "LOCK", "MKCOL", "MOVE", "PROPFIND", "PROPPATCH", "SEARCH", "UNLOCK", "BIND",
+    "REBIND", "UNBIND", "ACL", "REPORT", "MKACTIVITY", "CHECKOUT", "MERGE", "M-SEARCH",
+    "NOTIFY", "SUBSCRIBE", "UNSUBSCRIBE", "PATCH", "PURGE", "MKCALENDAR", "LINK", "UNLINK",
+    "SOURCE" }) do
+    METHODS[m] = true
+end
+
+local RETRY_ERRORS = { "connect-failure", "reset", "timeout", "protocol-error" }
+local RETRY_GROUPS = {
+    ["5xx"] = {},
+    ["gateway-error"] = { 502, 503, 504 },
+    ["retriable-4xx"] = { 409, 425, 429 },
+}
+for s = 500, 599 do
+    RETRY_GROUPS["5xx"][#RETRY_GROUPS["5xx"] + 1] = s
+end
+
+local join = keylines.join
+
+------------------------------------------------------------------------------------------
+-- Values as the user wrote them, for messages.
+
+local function show(v)
+    local t = type(v)
+    if t == "string" then
+        if #v > 60 then
+            v = v:sub(1, 57) .. "..."
+        end
+        return (string.format("%q", v):gsub("\\\n", "\\n"))
+    elseif t == "number" then
+        if math.type(v) == "float" and v == math.floor(v) and v > -1e15 and v < 1e15 then
+            return string.format("%d", v)
+        end
+        return tostring(v)
+    elseif t == "nil" or t == "boolean" then
+        return tostring(v)
+    end
+    return "a " .. t
+end
+
+local function fmt_ms(ms)
+    if ms == 0 then
+        return "0"
+    elseif ms % HOUR == 0 then
+        return (ms // HOUR) .. "h"
+    elseif ms % MINUTE == 0 then
+        return (ms // MINUTE) .. "m"
+    elseif ms % SECOND == 0 then
+        return (ms // SECOND) .. "s"
+    end
+    return ms .. "ms"
+end
+
+local function fmt_size(n)
+    if n == 0 then
+        return "0"
+    elseif n % GiB == 0 then
+        return (n // GiB) .. "GiB"
+    elseif n % MiB == 0 then
+        return (n // MiB) .. "MiB"
+    elseif n % KiB == 0 then
+        return (n // KiB) .. "KiB"
+    end
+    return n .. "B"
+end
+
+------------------------------------------------------------------------------------------
+-- Units.
+
+local DURATION_UNITS = { ms = 1, s = SECOND, m = MINUTE, h = HOUR }
+local SIZE_UNITS = { B = 1, KiB = KiB, MiB = MiB, GiB = GiB }
+
+--- Milliseconds for "250ms", "2s", "1.5s", "5m", "24h", "1h30m" or a number of seconds;
+-- nil when the value is not a duration. Rounded to the nearest millisecond.
+function M.parse_duration(v)
+    local ms
+    if type(v) == "number" then
+        if v ~= v or v == math.huge or v == -math.huge then
+            return nil
+        end
+        ms = v * SECOND
+    elseif type(v) == "string" then
+        if v == "" then
+            return nil
+        end
+        ms = 0
+        local pos = 1
+        while pos <= #v do
+            local num, unit, after = v:match("^(%d+%.?%d*)(%a+)()", pos)
+            if not num then
+                num, unit, after = v:match("^(%.%d+)(%a+)()", pos)
+            end
+            if not num or not DURATION_UNITS[unit] then
+                return nil
+            end
+            ms = ms + tonumber(num) * DURATION_UNITS[unit]
+            pos = after
+        end
+    else
+        return nil
+    end
+    return math.floor(ms + 0.5)
+end
+
+--- Bytes for "512B", "64KiB", "1MiB", "1GiB", "1.5MiB" or a number of bytes; nil otherwise.
+function M.parse_size(v)
+    local n
+    if type(v) == "number" then
+        if v ~= v or v == math.huge or v == -math.huge then
+            return nil
+        end
+        n = v
+    elseif type(v) == "string" then
+        local num, unit = v:match("^(%d+%.?%d*)(%a+)$")
+        if not num then
+            num, unit = v:match("^(%.%d+)(%a+)$")
+        end
+        if not num or not SIZE_UNITS[unit] then
+            return nil
+        end
+        n = tonumber(num) * SIZE_UNITS[unit]
+    else
+        return nil
+    end
+    return math.floor(n)
+end
+
+--- host, port for "host:port", "1.2.3.4:80" or "[::1]:80"; nil and a reason otherwise.
+function M.parse_hostport(s)
+    if type(s) ~= "string" then
+        return nil, "syntax"
+    end
+    local host, port = s:match("^%[([%x:%.]+)%]:(%d+)$")
+    if not host then
+        host, port = s:match("^([%w%.%-_]+):(%d+)$")
+        if host and (host:match("^[%.%-]") or host:match("%.%.")) then
+            host = nil
+        end
+    end
+    if not host then
+        return nil, "syntax"
+    end
+    port = tonumber(port)
+    if port < 1 or port > 65535 then
+        return nil, "port"
+    end
+    return host, port
+end
+
+------------------------------------------------------------------------------------------
+-- Validation context: collects errors by key path, reads typed values.
+
+local Cx = {}
+Cx.__index = Cx
+
+local function new_cx(file, lines, base_dir)
+    return setmetatable({ file = file, lines = lines, base_dir = base_dir, errors = {} }, Cx)
+end
+
+function Cx:err(path, msg)
+    self.errors[#self.errors + 1] = { path = path, msg = msg, n = #self.errors + 1 }
+end
+
+-- Line of a key path in the file; 0 for a table built in code (no file).
+function Cx:line(path)
+    if not self.lines then
+        return 0
+    end
+    return keylines.line(self.lines, path)
+end
+
+-- Errors as "FILE:LINE: path: message", in line order (then in the order found).
+function Cx:formatted()
+    local es = {}
+    for _, e in ipairs(self.errors) do
+        es[#es + 1] = { line = self:line(e.path), n = e.n, path = e.path, msg = e.msg }
+    end
+    table.sort(es, function(a, b)
+        if a.line ~= b.line then
+            return a.line < b.line
+        end
+        return a.n < b.n
+    end)
+    local out = {}
+    for _, e in ipairs(es) do
+        local where = self.lines and self.file .. ":" .. e.line .. ": " or self.file .. ": "
+        out[#out + 1] = where .. (e.path ~= "" and e.path .. ": " or "") .. e.msg
+    end
+    return out
+end
+
+local function distance(a, b)
+    local prev = {}
+    for j = 0, #b do
+        prev[j] = j
+    end
+    for i = 1, #a do
+        local cur = { [0] = i }
+        for j = 1, #b do
+            local cost = a:sub(i, i) == b:sub(j, j) and 0 or 1
+            cur[j] = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+        end
+        prev = cur
+    end
+    return prev[#b]
+end
+
+local function suggest(key, allowed)
+    local best, bd = nil, 3
+    for _, k in ipairs(allowed) do
+        local d = distance(key:lower(), k)
+        if d < bd then
+            best, bd = k, d
+        end
+    end
+    return best
+end
+
+-- Keys of t in a stable order (strings sorted, then numbers), for deterministic messages.
+local function sorted_keys(t)
+    local ks = {}
+    for k in pairs(t) do
+        ks[#ks + 1] = k
+    end
+    table.sort(ks, function(a, b)
+        local ta, tb = type(a), type(b)
+        if ta ~= tb then
+            return ta > tb
+        end
+        if ta == "string" or ta == "number" then
+            return a < b
+        end
+        return false
+    end)
+    return ks
+end
+
+--- A table of named fields: reports a wrong type and every unknown key. Returns the table,
+-- or {} (so defaults apply) when v is nil or not a table.
+function Cx:record(v, path, allowed)
+    if v == nil then
+        return {}
+    end
+    if type(v) ~= "table" then
+        self:err(path, "expected a table, got " .. show(v))
+        return {}
+    end
+    local known = {}
+    for _, k in ipairs(allowed) do
+        known[k] = true
+    end
+    for _, k in ipairs(sorted_keys(v)) do
+        if type(k) ~= "string" then
+            self:err(join(path, k), "unexpected positional value; expected one of: "
+                .. table.concat(allowed, ", "))
+        elseif not known[k] then
+            local s = suggest(k, allowed)
+            self:err(join(path, k), "unknown key" .. (s and (' (did you mean "' .. s .. '"?)')
+                or "; expected one of: " .. table.concat(allowed, ", ")))
+        end
+    end
+    return v
+end
+
+--- A sequence: reports a wrong type and any key that is not 1..n. Returns the list or {}.
+function Cx:list(v, path, what)
+    if v == nil then
+        return {}
+    end
+    if type(v) ~= "table" then
+        self:err(path, "expected a list of " .. what .. ", got " .. show(v))
+        return {}
+    end
+    local n = #v
+    local ok = true
+    for _, k in ipairs(sorted_keys(v)) do
+        if math.type(k) ~= "integer" or k < 1 or k > n then
+            self:err(join(path, k), "unexpected key in a list of " .. what)
+            ok = false
+        end
+    end
+    if not ok then
+        local out = {}
+        for i = 1, n do
+            out[i] = v[i]
+        end
+        return out
+    end
+    return v
+end
+
+local function range_text(o, fmt)
+    fmt = fmt or tostring
+    if o.min and o.max then
+        return " between " .. fmt(o.min) .. " and " .. fmt(o.max)
+    elseif o.gt then
+        return o.max and (" > " .. fmt(o.gt) .. " and <= " .. fmt(o.max)) or (" > " .. fmt(o.gt))
+    elseif o.min then
+        return " >= " .. fmt(o.min)
+    elseif o.max then
+        return " <= " .. fmt(o.max)
+    end
+    return ""
+end
+
+-- Checks x against o.min/o.max/o.gt and a silent type cap; returns the range text that
+-- failed, or nil.
+local function out_of_range(x, o, cap, fmt)
+    if (o.min and x < o.min) or (o.max and x > o.max) or (o.gt and x <= o.gt) then
+        return range_text(o, fmt)
+    end
+    if cap and x > cap then
+        return " <= " .. (fmt or tostring)(cap)
+    end
+end
+
+-- Every reader takes (v, path, o) where o has default, required and range keys, reports
+-- what is wrong, and returns the normalized value (o.default when v is nil or invalid).
+local function missing(self, path, o, what)
+    if o.required then
+        self:err(path, "required key is missing; expected " .. what)
+    end
+    return o.default
+end
+
+function Cx:integer(v, path, o)
+    o = o or {}
+    local what = "integer" .. range_text(o)
+    if v == nil then
+        return missing(self, path, o, what)
+    end
+    local x = type(v) == "number" and math.tointeger(v) or nil
+    if x == nil then
+        self:err(path, "expected " .. what .. ", got " .. show(v))
+        return o.default
+    end
+    local bad = out_of_range(x, o, MAX_U32)
+    if bad then
+        self:err(path, "expected integer" .. bad .. ", got " .. show(v))
+        return o.default
+    end
+    return x
+end
+
+function Cx:number(v, path, o)
+    o = o or {}
+    local what = "number" .. range_text(o)
+    if v == nil then
+        return missing(self, path, o, what)
+    end
+    if type(v) ~= "number" or v ~= v or out_of_range(v, o, 1e15) then
+        self:err(path, "expected " .. what .. ", got " .. show(v))
+        return o.default
+    end
+    return v + 0.0
+end
+
+function Cx:boolean(v, path, o)
+    o = o or {}
+    if v == nil then
+        return missing(self, path, o, "true or false")
+    end
+    if type(v) ~= "boolean" then
+        self:err(path, "expected true or false, got " .. show(v))
+        return o.default
+    end
+    return v
+end
+
+function Cx:func(v, path, o)
+    o = o or {}
+    if v == nil then
+        return missing(self, path, o, "a function")
+    end
+    if type(v) ~= "function" then
+        self:err(path, "expected a function, got " .. show(v))
+        return nil
+    end
+    return v
+end
+
+--- A string; o.pattern (a Lua pattern) and o.what (its description) restrict it.
+function Cx:string(v, path, o)
+    o = o or {}
+    local what = o.what or "a string"
+    if v == nil then
+        return missing(self, path, o, what)
+    end
+    if type(v) ~= "string" or (o.pattern and not v:match(o.pattern)) or (o.maxlen and #v > o.maxlen) then
+        self:err(path, "expected " .. what .. ", got " .. show(v))
+        return o.default
+    end
+    return v
+end
+
+function Cx:enum(v, path, o)
+    local quoted = {}
+    for i, c in ipairs(o.choices) do
+        quoted[i] = '"' .. c .. '"'
+    end
+    local what = #quoted == 2 and (quoted[1] .. " or " .. quoted[2])
+        or (table.concat(quoted, ", ", 1, #quoted - 1) .. " or " .. quoted[#quoted])
+    if v == nil then
+        return missing(self, path, o, what)
+    end
+    for _, c in ipairs(o.choices) do
+        if v == c then
+            return v
+        end
+    end
+    self:err(path, "expected " .. what .. ", got " .. show(v))
+    return o.default
+end
+
+local DURATION_SYNTAX = 'a duration like "250ms", "2s", "5m", "24h" or a number of seconds'
+local SIZE_SYNTAX = 'a size like "512B", "64KiB", "16MiB", "1GiB" or a number of bytes'
+
+--- Milliseconds; o.min/o.max/o.gt are in milliseconds too.
+function Cx:duration(v, path, o)
+    o = o or {}
+    if v == nil then
+        return missing(self, path, o, DURATION_SYNTAX)
+    end
+    local ms = M.parse_duration(v)
+    if ms == nil or (type(v) == "number" and v < 0) then
+        self:err(path, "expected " .. DURATION_SYNTAX .. ", got " .. show(v))
+        return o.default
+    end
+    local bad = out_of_range(ms, o, MAX_MS, fmt_ms)
+    if bad then
+        self:err(path, "expected a duration" .. bad .. ", got " .. show(v))
+        return o.default
+    end
+    return ms
+end
+
+--- Bytes; o.min/o.max are in bytes.
+function Cx:size(v, path, o)
+    o = o or {}
+    if v == nil then
+        return missing(self, path, o, SIZE_SYNTAX)
+    end
+    local n = M.parse_size(v)
+    if n == nil or (type(v) == "number" and v < 0) then
+        self:err(path, "expected " .. SIZE_SYNTAX .. ", got " .. show(v))
+        return o.default
+    end
+    local bad = out_of_range(n, o, MAX_SIZE, fmt_size)
+    if bad then
+        self:err(path, "expected a size" .. bad .. ", got " .. show(v))
+        return o.default
+    end
+    return n
+end
+
+local HOSTPORT_SYNTAX = 'expected "host:port" (like "127.0.0.1:8080" or "[::1]:8080")'
+
+--- { host, port } or nil.
+function Cx:hostport(v, path, o)
+    o = o or {}
+    if v == nil then
+        missing(self, path, o, '"host:port"')
+        return nil
+    end
+    local host, why = M.parse_hostport(v)
+    if not host then
+        if why == "port" then
+            self:err(path, "expected a port between 1 and 65535, got " .. show(v))
+        else
+            self:err(path, HOSTPORT_SYNTAX .. ", got " .. show(v))
+        end
+        return nil
+    end
+    return { host = host, port = why }
+end
+
+--- A readable file, resolved against the configuration file's folder; nil if not.
+function Cx:readable_file(v, path, o)
+    local s = self:string(v, path, { required = o and o.required, pattern = "^[^%z]+$",
+        what = "a file path" })
+    if not s then
+        return nil
+    end
+    local p = s
+    if p:sub(1, 1) ~= "/" and self.base_dir and self.base_dir ~= "." then
+        p = self.base_dir .. "/" .. p
+    end
+    local f, err = io.open(p, "rb")
+    if f then
+        -- An empty file reads as nil without an error; a folder fails with one.
+        local _, rerr = f:read(1)
+        f:close()
+        if not rerr then
+            return p
+        end
+        err = rerr:gsub("^.*: ", "")
+    else
+        err = err:gsub("^.*: ", "")
+    end
+    self:err(path, "cannot read " .. show(p) .. ": " .. err)
+    return nil
+end
+
+--- A list of HTTP method names, deduplicated, in the order written; nil when absent.
+function Cx:methods(v, path, o)
+    if v == nil then
+        return o and o.default
+    end
+    local list = self:list(v, path, "method names")
+    local out, seen = {}, {}
+    for i, m in ipairs(list) do
+        if type(m) == "string" and METHODS[m] then
+            if not seen[m] then
+                seen[m] = true
+                out[#out + 1] = m
+            end
+        else
+            self:err(join(path, i), 'expected an upper-case HTTP method name like "GET", got '
+                .. show(m))
+        end
+    end
+    if #list == 0 and type(v) == "table" then
+        self:err(path, "expected at least one method name")
+    end
+    return out
+end
+
+------------------------------------------------------------------------------------------
+-- Sections. Each takes the raw value and its path and returns the normalized table.
+
+local NAME_PATTERN = "^[%w_%.:%-]+$"
+local NAME_WHAT = 'a name of letters, digits, "_", "-", ".", ":" (at most 64)'
+local TOKEN_PATTERN = "^[%w!#%$%%&'%*%+%-%.%^_`|~]+$"
+
+local function listen_entry(cx, v, path)
+    if type(v) == "table" then
+        local t = cx:record(v, path, { "addr", "tls" })
+        local addr = cx:hostport(t.addr, join(path, "addr"), { required = true })
+        local out = { addr = addr }
+        if t.tls ~= nil then
+            local tp = join(path, "tls")
+            local tls = cx:record(t.tls, tp, { "cert", "key" })
+            out.tls_cert = cx:readable_file(tls.cert, join(tp, "cert"), { required = true })
+            out.tls_key = cx:readable_file(tls.key, join(tp, "key"), { required = true })
+        end
+        return addr and out
+    end
+    local addr = cx:hostport(v, path)
+    return addr and { addr = addr }
+end
+
+local function listens(cx, v, path)
+    if v == nil then
+        v = { "127.0.0.1:8080" }
+    elseif type(v) == "string" or (type(v) == "table" and v.addr ~= nil) then
+        -- A single address is a list of one; the path stays "listen" for its messages.
+        local e = listen_entry(cx, v, path)
+        return { e }
+    end
+    local list = cx:list(v, path, '"host:port" addresses')
+    local out, seen = {}, {}
+    for i, e in ipairs(list) do
+        local p = join(path, i)
+        local l = listen_entry(cx, e, p)
+        if l then
+            local key = l.addr.host .. ":" .. l.addr.port
+            if seen[key] then
+                cx:err(p, "address " .. show(key) .. " is already listed at " .. seen[key])
+            else
+                seen[key] = p
+            end
+            out[#out + 1] = l
+        end
+    end
+    if #list == 0 and type(v) == "table" then
+        cx:err(path, "expected at least one address")
+    end
+    return out
+end
+
+local function limits(cx, v, path)
+    local t = cx:record(v, path, { "header_size", "request_line", "header_count", "body_size",
+        "header_timeout", "idle_timeout", "send_timeout", "max_connections" })
+    local function p(k)
+        return join(path, k)
+    end
+    local r = {
+        header_size = cx:size(t.header_size, p("header_size"),
+            { default = 32 * KiB, min = 1 * KiB, max = 1 * MiB }),
+        header_count = cx:integer(t.header_count, p("header_count"),
+            { default = 100, min = 1, max = 10000 }),
+        body_size = cx:size(t.body_size, p("body_size"), { default = 16 * MiB }),
+        header_timeout_ms = cx:duration(t.header_timeout, p("header_timeout"),
+            { default = 10 * SECOND, gt = 0 }),
+        idle_timeout_ms = cx:duration(t.idle_timeout, p("idle_timeout"),
+            { default = 60 * SECOND, gt = 0 }),
+        send_timeout_ms = cx:duration(t.send_timeout, p("send_timeout"),
+            { default = 60 * SECOND, gt = 0 }),
+        max_connections = cx:integer(t.max_connections, p("max_connections"),
+            { default = 10000, min = 1 }),
+    }
+    r.request_line = cx:size(t.request_line, p("request_line"),
+        { default = math.min(8 * KiB, r.header_size), min = 256, max = r.header_size })
+    return r
+end
+
+local function access_log(cx, v, path)
+    if v == nil then
+        return "stdout", nil
+    elseif v == false then
+        return "off", nil
+    elseif v == "stdout" or v == "stderr" then
+        return v, nil
+    elseif type(v) == "string" and v ~= "" and not v:find("%z") then
+        local p = v
+        if p:sub(1, 1) ~= "/" and cx.base_dir and cx.base_dir ~= "." then
+            p = cx.base_dir .. "/" .. p
+        end
+        return "file", p
+    end
+    cx:err(path, 'expected "stdout", "stderr", a file path or false, got ' .. show(v))
+    return "stdout", nil
+end
+
+local function upstream(cx, name, v, path)
+    if type(v) ~= "table" then
+        cx:err(path, "expected an upstream table { servers = { ... } }, got " .. show(v))
+        return nil
+    end
+    local t = cx:record(v, path, { "servers", "balance", "connect_timeout", "pool", "tls" })
+    local function p(k)
+        return join(path, k)
+    end
+    local u = { name = name, servers = {} }
+    local sp = p("servers")
+    if t.servers == nil then
+        cx:err(sp, 'required key is missing; expected a list of "host:port"')
+    end
+    local list = cx:list(t.servers, sp, '"host:port" addresses')
+    for i, s in ipairs(list) do
+        local hp = cx:hostport(s, join(sp, i))
+        if hp then
+            u.servers[#u.servers + 1] = hp
+        end
+    end
+    if t.servers ~= nil and type(t.servers) == "table" and #list == 0 then
+        cx:err(sp, "expected at least one server")
+    end
+    u.balance = cx:enum(t.balance, p("balance"),
+        { default = "round_robin", choices = { "round_robin", "least_request" } })
+    u.connect_timeout_ms = cx:duration(t.connect_timeout, p("connect_timeout"),
+        { default = 1 * SECOND, gt = 0 })
+
+    local pp = p("pool")
+    local pool = cx:record(t.pool, pp, { "max_idle", "idle_timeout", "max_lifetime",
+        "max_connections", "queue_size", "queue_timeout" })
+    u.pool = {
+        max_idle = cx:integer(pool.max_idle, join(pp, "max_idle"), { default = 64, min = 0 }),
+        idle_timeout_ms = cx:duration(pool.idle_timeout, join(pp, "idle_timeout"),
+            { default = 60 * SECOND, gt = 0 }),
+        max_lifetime_ms = cx:duration(pool.max_lifetime, join(pp, "max_lifetime"),
+            { default = 10 * MINUTE, gt = 0 }),
+        max_connections = cx:integer(pool.max_connections, join(pp, "max_connections"),
+            { default = 1024, min = 1 }),
+        queue_size = cx:integer(pool.queue_size, join(pp, "queue_size"),
+            { default = 1024, min = 0 }),
+        queue_timeout_ms = cx:duration(pool.queue_timeout, join(pp, "queue_timeout"),
+            { default = u.connect_timeout_ms, min = 0 }),
+    }
+
+    local tp = p("tls")
+    u.tls, u.tls_verify = false, true
+    if t.tls == true then
+        u.tls = true
+    elseif t.tls ~= nil and t.tls ~= false then
+        if type(t.tls) ~= "table" then
+            cx:err(tp, "expected true, false or a table { sni, verify, ca }, got " .. show(t.tls))
+        else
+            local tls = cx:record(t.tls, tp, { "sni", "verify", "ca" })
+            u.tls = true
+            u.tls_sni = cx:string(tls.sni, join(tp, "sni"),
+                { pattern = "^[%w%.%-_]+$", what = "a host name" })
+            u.tls_verify = cx:boolean(tls.verify, join(tp, "verify"), { default = true })
+            if tls.ca ~= nil then
+                u.tls_ca = cx:readable_file(tls.ca, join(tp, "ca"))
+            end
+        end
+    end
+    return u
+end
+
+local function upstreams(cx, v, path)
+    local out, by_name = {}, {}
+    if v == nil then
+        return out, by_name
+    end
+    if type(v) ~= "table" then
+        cx:err(path, "expected a table of upstreams by name, got " .. show(v))
+        return out, by_name
+    end
+    for _, name in ipairs(sorted_keys(v)) do
+        local p = join(path, name)
+        if type(name) ~= "string" then
+            cx:err(p, "expected upstreams by name: upstreams = { api = { servers = { ... } } }")
+        elseif not name:match(NAME_PATTERN) or #name > 64 then
+            cx:err(p, "expected " .. NAME_WHAT .. " as the upstream name, got " .. show(name))
+        else
+            local u = upstream(cx, name, v[name], p)
+            out[#out + 1] = u
+            -- A broken upstream is still known by name: no second error on its routes.
+            by_name[name] = u or true
+        end
+    end
+    return out, by_name
+end
+
+local function retry_on(cx, v, path)
+    local errs, statuses = {}, {}
+    local list = cx:list(v, path, "outcomes")
+    for i, x in ipairs(list) do
+        local codes
+        if math.type(x) == "integer" or (type(x) == "number" and math.tointeger(x)) then
+            codes = { math.tointeger(x) }
+        elseif type(x) == "string" and x:match("^%d%d%d$") then
+            codes = { tonumber(x) }
+        elseif type(x) == "string" and RETRY_GROUPS[x] then
+            codes = RETRY_GROUPS[x]
+        end
+        local known_error = false
+        for _, e in ipairs(RETRY_ERRORS) do
+            if x == e then
+                errs[e] = true
+                known_error = true
+            end
+        end
+        local ok = known_error
+        if codes then
+            ok = true
+            for _, c in ipairs(codes) do
+                if c < 100 or c > 599 then
+                    ok = false
+                else
+                    statuses[c] = true
+                end
+            end
+        end
+        if not ok then
+            cx:err(join(path, i), 'expected "connect-failure", "reset", "timeout", '
+                .. '"protocol-error", "5xx", "gateway-error", "retriable-4xx" or a status code '
+                .. "100-599, got " .. show(x))
+        end
+    end
+    local out = { errors = {}, statuses = {} }
+    for _, e in ipairs(RETRY_ERRORS) do
+        if errs[e] then
+            out.errors[#out.errors + 1] = e
+        end
+    end
+    for s = 100, 599 do
+        if statuses[s] then
+            out.statuses[#out.statuses + 1] = s
+        end
+    end
+    return out
+end
+
+local function retry(cx, v, path)
+    local t = cx:record(v, path, { "attempts", "on", "backoff", "budget", "non_idempotent",
+        "buffer" })
+    local function p(k)
+        return join(path, k)
+    end
+    local r = {
+        attempts = cx:integer(t.attempts, p("attempts"), { default = 2, min = 1 }),
+        non_idempotent = cx:boolean(t.non_idempotent, p("non_idempotent"), { default = false }),
+        buffer = cx:size(t.buffer, p("buffer"), { default = 64 * KiB, max = 1 * GiB }),
+    }
+    if t.on == nil then
+        r.on = { errors = { "connect-failure", "reset" }, statuses = {} }
+    else
+        r.on = retry_on(cx, t.on, p("on"))
+    end
+
+    local bp = p("backoff")
+    local b = cx:record(t.backoff, bp, { "base", "max", "jitter" })
+    r.backoff_base_ms = cx:duration(b.base, join(bp, "base"), { default = 25, min = 0 })
+    r.backoff_max_ms = cx:duration(b.max, join(bp, "max"), { default = 1 * SECOND, min = 0 })
+    if r.backoff_max_ms < r.backoff_base_ms then
+        cx:err(join(bp, b.max ~= nil and "max" or "base"), "backoff.max ("
+            .. fmt_ms(r.backoff_max_ms) .. ") must not be less than backoff.base ("
+            .. fmt_ms(r.backoff_base_ms) .. ")")
+    end
+    r.jitter = cx:enum(b.jitter, join(bp, "jitter"),
+        { default = "full", choices = { "full", "equal", "decorrelated", "none" } })
+
+    local gp = p("budget")
+    local g = cx:record(t.budget, gp, { "ratio", "min_per_second", "window" })
+    r.budget_ratio = cx:number(g.ratio, join(gp, "ratio"), { default = 0.2, min = 0, max = 1 })
+    r.budget_min_per_second = cx:number(g.min_per_second, join(gp, "min_per_second"),
+        { default = 10.0, min = 0 })
+    r.budget_window_ms = cx:duration(g.window, join(gp, "window"),
+        { default = 10 * SECOND, gt = 0 })
+    return r
+end
+
+local function breaker(cx, v, path)
+    if v == nil or v == false then
+        return { enabled = false }
+    end
+    if v == true then
+        v = {}
+    end
+    local t = cx:record(v, path, { "failure_ratio", "min_requests", "window",
+        "consecutive_failures", "open_for", "max_open_for", "half_open_requests", "slow_call" })
+    local function p(k)
+        return join(path, k)
+    end
+    local b = {
+        enabled = true,
+        failure_ratio = cx:number(t.failure_ratio, p("failure_ratio"),
+            { default = 0.5, gt = 0, max = 1 }),
+        min_requests = cx:integer(t.min_requests, p("min_requests"), { default = 20, min = 1 }),
+        window_ms = cx:duration(t.window, p("window"), { default = 10 * SECOND, gt = 0 }),
+        consecutive_failures = cx:integer(t.consecutive_failures, p("consecutive_failures"),
+            { default = 5, min = 0 }),
+        open_for_ms = cx:duration(t.open_for, p("open_for"), { default = 5 * SECOND, gt = 0 }),
+        half_open_requests = cx:integer(t.half_open_requests, p("half_open_requests"),
+            { default = 1, min = 1 }),
+        slow_call_ms = 0,
+        slow_call_ratio = 1.0,
+    }
+    b.max_open_for_ms = cx:duration(t.max_open_for, p("max_open_for"),
+        { default = b.open_for_ms, min = 0 })
+    if b.max_open_for_ms < b.open_for_ms then
+        cx:err(p("max_open_for"), "max_open_for (" .. fmt_ms(b.max_open_for_ms)
+            .. ") must not be less than open_for (" .. fmt_ms(b.open_for_ms) .. ")")
+    end
+    if t.slow_call ~= nil then
+        local sp = p("slow_call")
+        local s = cx:record(t.slow_call, sp, { "duration", "ratio" })
+        if type(t.slow_call) == "table" then
+            b.slow_call_ms = cx:duration(s.duration, join(sp, "duration"),
+                { required = true, default = 0, gt = 0 })
+        end
+        b.slow_call_ratio = cx:number(s.ratio, join(sp, "ratio"), { default = 1.0, gt = 0, max = 1 })
+    end
+    return b
+end
+
+local function idempotency(cx, v, path)
+    if v == nil or v == false then
+        return { enabled = false }
+    end
+    if v == true then
+        v = {}
+    end
+    local t = cx:record(v, path, { "header", "ttl", "methods", "required", "store", "max_body",
+        "max_memory", "key", "on_conflict", "on_store_error" })
+    local function p(k)
+        return join(path, k)
+    end
+    local d = {
+        enabled = true,
+        header = cx:string(t.header, p("header"), { default = "Idempotency-Key",
+            pattern = TOKEN_PATTERN, what = "a header name" }),
+        ttl_ms = cx:duration(t.ttl, p("ttl"), { default = 24 * HOUR, gt = 0 }),
+        methods = cx:methods(t.methods, p("methods"), { default = { "POST", "PATCH" } }),
+        required = cx:boolean(t.required, p("required"), { default = false }),
+        store = "memory",
+        redis_prefix = "levee:",
+        max_body = cx:size(t.max_body, p("max_body"), { default = 1 * MiB, max = 1 * GiB }),
+        max_memory = cx:size(t.max_memory, p("max_memory"), { default = 64 * MiB, min = 1 }),
+        key = cx:func(t.key, p("key")),
+        on_conflict = cx:enum(t.on_conflict, p("on_conflict"),
+            { default = "reject", choices = { "reject", "wait" } }),
+        on_store_error = cx:enum(t.on_store_error, p("on_store_error"),
+            { default = "fail_closed", choices = { "fail_closed", "fail_open" } }),
+    }
+    if d.max_memory < d.max_body then
+        cx:err(p("max_memory"), "max_memory (" .. fmt_size(d.max_memory)
+            .. ") must not be less than max_body (" .. fmt_size(d.max_body) .. ")")
+    end
+    local sp = p("store")
+    if type(t.store) == "table" then
+        local s = cx:record(t.store, sp, { "redis", "prefix" })
+        d.store = "redis"
+        d.redis = cx:hostport(s.redis, join(sp, "redis"), { required = true })
+        d.redis_prefix = cx:string(s.prefix, join(sp, "prefix"), { default = "levee:" })
+    elseif t.store ~= nil and t.store ~= "memory" then
+        cx:err(sp, 'expected "memory" or { redis = "host:port" }, got ' .. show(t.store))
+    end
+    return d
+end
+
+local function match(cx, v, path)
+    local t = cx:record(v, path, { "prefix", "path", "host", "methods" })
+    local m = {}
+    local function p(k)
+        return join(path, k)
+    end
+    m.prefix = cx:string(t.prefix, p("prefix"), { pattern = "^/[%g]*$",
+        what = 'a path prefix starting with "/"' })
+    m.path = cx:string(t.path, p("path"), { pattern = "^/[%g]*$",
+        what = 'a path starting with "/"' })
+    local host = cx:string(t.host, p("host"), { pattern = "^[%w%.%-_]+$",
+        what = "a host name without port" })
+    m.host = host and host:lower()
+    m.methods = cx:methods(t.methods, p("methods"))
+    return m
+end
+
+local function route(cx, v, path, by_name, names)
+    if type(v) ~= "table" then
+        cx:err(path, "expected a route table { name = ..., upstream = ... }, got " .. show(v))
+        return nil
+    end
+    local t = cx:record(v, path, { "name", "match", "upstream", "timeout", "try_timeout", "retry",
+        "breaker", "idempotency", "classify", "fallback" })
+    local function p(k)
+        return join(path, k)
+    end
+    local r = { line = cx:line(path) }
+    r.name = cx:string(t.name, p("name"), { required = true, pattern = NAME_PATTERN,
+        maxlen = 64, what = NAME_WHAT })
+    if r.name then
+        if names[r.name] then
+            local other = names[r.name]
+            cx:err(p("name"), "duplicate route name " .. show(r.name) .. " (also " .. other
+                .. (cx.lines and (", line " .. cx:line(other)) or "") .. ")")
+        else
+            names[r.name] = path
+        end
+    end
+    local mt = match(cx, t.match, p("match"))
+    r.match_prefix, r.match_path, r.match_host = mt.prefix, mt.path, mt.host
+    r.match_methods = mt.methods or {}
+    r.upstream = cx:string(t.upstream, p("upstream"), { required = true,
+        what = "the name of an upstream" })
+    if r.upstream and not by_name[r.upstream] then
+        local known = {}
+        for n in pairs(by_name) do
+            known[#known + 1] = n
+        end
+        table.sort(known)
+        local s = suggest(r.upstream, known)
+        cx:err(p("upstream"), "no upstream named " .. show(r.upstream)
+            .. (s and (' (did you mean "' .. s .. '"?)') or (#known > 0 and
+                ("; upstreams: " .. table.concat(known, ", ")) or "; upstreams is empty")))
+    end
+    r.timeout_ms = cx:duration(t.timeout, p("timeout"), { default = 15 * SECOND, gt = 0 })
+    r.try_timeout_ms = cx:duration(t.try_timeout, p("try_timeout"),
+        { default = r.timeout_ms, gt = 0 })
+    if r.try_timeout_ms > r.timeout_ms then
+        cx:err(p("try_timeout"), "try_timeout (" .. fmt_ms(r.try_timeout_ms)
+            .. ") must not be more than timeout (" .. fmt_ms(r.timeout_ms) .. ")")
+    end
+    r.retry = retry(cx, t.retry, p("retry"))
+    r.breaker = breaker(cx, t.breaker, p("breaker"))
+    r.idempotency = idempotency(cx, t.idempotency, p("idempotency"))
+    r.classify = cx:func(t.classify, p("classify"))
+    r.fallback = cx:func(t.fallback, p("fallback"))
+    return r
+end
+
+local TOP_KEYS = { "listen", "admin", "limits", "access_log", "watch", "drain_timeout",
+    "upstreams", "routes" }
+
+local function validate(cx, v)
+    local t = cx:record(v, "", TOP_KEYS)
+    local c = {}
+    c.listen = listens(cx, t.listen, "listen")
+    if t.admin ~= nil and t.admin ~= false then
+        c.admin = cx:hostport(t.admin, "admin")
+        for i, l in ipairs(c.listen) do
+            if c.admin and l.addr.host == c.admin.host and l.addr.port == c.admin.port then
+                cx:err("admin", "address " .. show(t.admin) .. " is also listen[" .. i .. "]")
+            end
+        end
+    end
+    c.limits = limits(cx, t.limits, "limits")
+    c.access_log, c.access_log_path = access_log(cx, t.access_log, "access_log")
+    c.watch = cx:boolean(t.watch, "watch", { default = false })
+    c.drain_timeout_ms = cx:duration(t.drain_timeout, "drain_timeout",
+        { default = 10 * SECOND, min = 0 })
+    local by_name
+    c.upstreams, by_name = upstreams(cx, t.upstreams, "upstreams")
+    c.routes = {}
+    if t.routes == nil then
+        cx:err("routes", "required key is missing; expected a list of routes")
+    elseif type(t.routes) == "table" and next(t.routes) == nil then
+        cx:err("routes", "expected at least one route")
+    end
+    local list = cx:list(t.routes, "routes", "routes ({ name = ..., upstream = ... })")
+    local names = {}
+    for i, rv in ipairs(list) do
+        c.routes[#c.routes + 1] = route(cx, rv, join("routes", i), by_name, names)
+    end
+    return c
+end
+
+------------------------------------------------------------------------------------------
+-- Running the file.
+
+local function sandbox()
+    local env = {}
+    for _, k in ipairs({ "pairs", "ipairs", "type", "tostring", "tonumber", "select", "error",
+        "assert", "pcall", "xpcall", "setmetatable", "getmetatable", "next", "rawget", "rawset",
+        "rawequal", "rawlen", "_VERSION" }) do
+        env[k] = _G[k]
+    end
+    for _, lib in ipairs({ "string", "table", "math", "utf8" }) do
+        local copy = {}
+        for k, f in pairs(_G[lib]) do
+            copy[k] = f
+        end
+        env[lib] = copy
+    end
+    env.string.dump = nil
+    env.os = { getenv = os.getenv, time = os.time, clock = os.clock }
+    env._G = env
+    return env
+end
+
+local function read_text(path)
+    local f, err = io.open(path, "rb")
+    if not f then
+        return nil, err
+    end
+    local src = f:read("a")
+    f:close()
+    if not src then
+        return nil, path .. ": not a readable file"
+    end
+    -- A "#!" first line is allowed, as with the lua command; keep the line count.
+    if src:sub(1, 1) == "#" then
+        src = src:gsub("^[^\n]*", "", 1)
+    end
+    return src
+end
+
+local LOADING = {}
+
+-- "a", "a.b_c", "my-mod": dot-separated segments, nothing that could climb out of a folder.
+local function valid_module_name(name)
+    if type(name) ~= "string" or name == "" then
+        return false
+    end
+    for seg in (name .. "."):gmatch("([^.]*)%.") do
+        if not seg:match("^[%w_%-]+$") then
+            return false
+        end
+    end
+    return true
+end
+
+-- `require` for the sandbox: text modules from `dirs` only, each file recorded in `files`.
+local function make_require(env, dirs, files)
+    local loaded = {}
+    return function(name)
+        if not valid_module_name(name) then
+            error("require: bad module name " .. show(name), 2)
+        end
+        local v = loaded[name]
+        if v == LOADING then
+            error("require: module '" .. name .. "' is being loaded (a require loop)", 2)
+        elseif v ~= nil then
+            return v
+        end
+        local rel = name:gsub("%.", "/")
+        local tried, src, found = {}, nil, nil
+        for _, d in ipairs(dirs) do
+            for _, pat in ipairs({ "%s/%s.lua", "%s/%s/init.lua" }) do
+                local p = pat:format(d, rel)
+                src = read_text(p)
+                if src then
+                    found = p
+                    break
+                end
+                tried[#tried + 1] = p
+            end
+            if found then
+                break
+            end
+        end
+        if not found then
+            error("module '" .. name .. "' not found (looked for " .. table.concat(tried, ", ")
+                .. ")", 2)
+        end
+        local chunk, err = load(src, "@" .. found, "t", env)
+        if not chunk then
+            error(err, 0)
+        end
+        files[#files + 1] = found
+        loaded[name] = LOADING
+        local ok, res = pcall(chunk, name, found)
+        if not ok then
+            loaded[name] = nil
+            error(res, 0)
+        end
+        if res == nil then
+            res = true
+        end
+        loaded[name] = res
+        return res
+    end
+end
+
+-- Runs chunk with an instruction limit; returns ok, result like pcall. The chunk runs in a
+-- coroutine of its own because count hooks are per thread: the limit then never fires in
+-- this module's code, whatever the chunk did to it.
+local function run_limited(chunk)
+    local co = coroutine.create(chunk)
+    local ticks = 0
+    local function hook()
+        ticks = ticks + 1
+        if ticks > RUN_TICKS then
+            -- From now on every instruction fails, so a pcall in a loop cannot outlast it.
+            debug.sethook(co, hook, "", 1)
+            error("the configuration ran too long (an endless loop?)", 2)
+        end
+    end
+    debug.sethook(co, hook, "", RUN_TICK)
+    local ok, res = coroutine.resume(co)
+    if ok and coroutine.status(co) ~= "dead" then
+        return false, "the configuration must not yield"
+    end
+    return ok, res
+end
+
+local function dirname(path)
+    return path:match("^(.*)/[^/]*$") or "."
+end
+
+-- An error from loading or running the file, as "FILE:LINE: message". Lua shortens long
+-- chunk names to "...tail"; the full path of the file it came from is put back.
+local function error_text(path, files, e)
+    if type(e) ~= "string" then
+        e = "error: " .. show(e)
+    end
+    local tail, rest = e:match("^%.%.%.([^\n]-)(:%d+: .*)$")
+    if tail then
+        for _, f in ipairs(files) do
+            if f:sub(-#tail) == tail then
+                return f .. rest
+            end
+        end
+    end
+    if not e:match("^[^\n]-:%d+: ") then
+        e = path .. ":1: " .. e
+    end
+    return e
+end
+
+--- Loads and validates the configuration file at `path`. `lua_dir` is the second folder
+-- `require` searches (after the file's own). Returns (config, files) or (nil, errors).
+function M.compile(path, lua_dir)
+    local src, err = read_text(path)
+    if not src then
+        err = err:sub(1, #path + 2) == path .. ": " and err:sub(#path + 3) or err
+        return nil, { path .. ":1: cannot read the file: " .. err }
+    end
+    local base = dirname(path)
+    local files = { path }
+    local env = sandbox()
+    local dirs = { base }
+    if lua_dir and lua_dir ~= base then
+        dirs[2] = lua_dir
+    end
+    env.require = make_require(env, dirs, files)
+    local chunk, lerr = load(src, "@" .. path, "t", env)
+    if not chunk then
+        return nil, { error_text(path, files, lerr) }
+    end
+    local ok, res = run_limited(chunk)
+    if not ok then
+        return nil, { error_text(path, files, res) }
+    end
+    local lines = keylines.scan(src)
+    if type(res) ~= "table" then
+        return nil, { path .. ":" .. keylines.line(lines, "")
+            .. ": the file must return a table (return { listen = ..., routes = ... }), got "
+            .. show(res) }
+    end
+    local cx = new_cx(path, lines, base)
+    local c = validate(cx, res)
+    if #cx.errors > 0 then
+        return nil, cx:formatted()
+    end
+    return c, files
+end
+
+--- Validates a configuration table built in code (no file, no lines). `label` starts each
+-- error ("label: key.path: message"). Returns the normalized table or nil, errors.
+function M.compile_table(t, label)
+    local cx = new_cx(label, nil, nil)
+    local c = validate(cx, t)
+    if #cx.errors > 0 then
+        return nil, cx:formatted()
+    end
+    return c
+end
+
+--- The `levee dev URL [--listen ADDR]` configuration: one upstream "app" at URL, one
+-- catch-all route "dev" with the default retry policy and a breaker. URL is
+-- "http://host:port", "host:port", "https://host[:port]" or a bare port.
+-- Returns (config, {}) or (nil, errors).
+function M.dev(url, listen)
+    local errs = {}
+    local tls = false
+    local rest = type(url) == "string" and url or ""
+    local scheme, after = rest:match("^(%a[%w+.-]*)://(.*)$")
+    if scheme then
+        scheme = scheme:lower()
+        if scheme == "https" then
+            tls = true
+        elseif scheme ~= "http" then
+            errs[#errs + 1] = "levee dev: URL: expected an http:// or https:// URL, got " .. show(url)
+        end
+        rest = after
+    end
+    rest = rest:gsub("/$", "")
+    local server
+    if rest:match("^%d+$") then
+        server = "127.0.0.1:" .. rest
+    elseif rest:match("^[%w%.%-_]+$") or rest:match("^%[[%x:%.]+%]$") then
+        server = rest .. ":" .. (tls and 443 or 80)
+    else
+        server = rest
+    end
+    if #errs == 0 and not M.parse_hostport(server) then
+        errs[#errs + 1] = 'levee dev: URL: expected "http://host:port" (no path), got ' .. show(url)
+    end
+    listen = listen or "127.0.0.1:8080"
+    local _, why = M.parse_hostport(listen)
+    if not _ then
+        errs[#errs + 1] = "levee dev: --listen: "
+            .. (why == "port" and "expected a port between 1 and 65535" or HOSTPORT_SYNTAX)
+            .. ", got " .. show(listen)
+    end
+    if #errs > 0 then
+        return nil, errs
+    end
+    local host = M.parse_hostport(server)
+    local c, cerrs = M.compile_table({
+        listen = { listen },
+        access_log = "stdout",
+        watch = false,
+        upstreams = { app = { servers = { server }, tls = tls and { sni = host:match("^[%w%.%-_]+$")
+            and host or nil } or nil } },
+        routes = { { name = "dev", upstream = "app", breaker = {} } },
+    }, "levee dev")
+    if not c then
+        return nil, cerrs
+    end
+    return c, {}
+end
+
+return M
