@@ -23,7 +23,6 @@ awk -F'\t' 'NR > 1 {rps[$1" "$2" "$3" "$4] = $5; p99[$1" "$2" "$3" "$4] = $7; k[
   function med(a, n,   i, j, x) { for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j-1] > a[j]; j--) {x = a[j]; a[j] = a[j-1]; a[j-1] = x}
                                    return n % 2 ? a[(n+1)/2] : (a[n/2] + a[n/2+1]) / 2 }
   END {
-    printf "%-8s %-6s %-8s %12s %12s\n", "workers", "body", "peer", "req/s ratio", "p99 ratio"
     for (kk in k) for (p in t) {
       if (p == "levee" || p == "direct") continue
       n = 0; delete a; delete b
@@ -31,5 +30,6 @@ awk -F'\t' 'NR > 1 {rps[$1" "$2" "$3" "$4] = $5; p99[$1" "$2" "$3" "$4] = $7; k[
         if ((x in rps) && (y in rps) && rps[y] > 0 && p99[y] > 0) { n++; a[n] = rps[x] / rps[y]; b[n] = p99[x] / p99[y] } }
       if (n) { split(kk, w, " "); printf "%-8s %-6s %-8s %12.3f %12.3f\n", w[1], w[2], p, med(a, n), med(b, n) }
     }
-  }' "$out/rounds.tsv" | sort | tee "$out/levee-ratios.txt"
+  }' "$out/rounds.tsv" | sort | { printf "%-8s %-6s %-8s %12s %12s\n" workers body peer "req/s ratio" "p99 ratio"; cat; } |
+  tee "$out/levee-ratios.txt"
 echo "(p99 ratio < 1 means levee's p99 latency is lower; raw data in $out)"

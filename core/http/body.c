@@ -132,13 +132,17 @@ enum lv_body_result lv_body_next(struct lv_body *b, const char *data, size_t len
                 r = LV_BODY_MORE;
                 goto out;
             }
+            /* Hand out what fits, then refuse: the result must not depend on the split. */
+            uint64_t room = b->max_body - b->received;
             size_t n = len - i;
-            if (n > b->max_body - b->received) {
+            if (room == 0) {
                 b->state = B_TOO_LARGE;
                 b->reason = "body exceeds the size limit";
                 r = LV_BODY_TOO_LARGE;
                 goto out;
             }
+            if (n > room)
+                n = (size_t)room;
             out->p = data + i;
             out->len = n;
             i += n;

@@ -11,6 +11,7 @@ static _Thread_local char read_block[64 * 1024];
 
 static void dispatch_waiters(struct lv_upstream *up);
 static void connect_next(struct lv_upconn *uc);
+static void conn_reading(struct lv_upconn *uc, bool on);
 
 static uint64_t now_ms(const struct lv_upstream *up)
 {
@@ -291,6 +292,7 @@ static void on_connected(uv_connect_t *req, int status)
     }
     s->connects++;
     uv_tcp_nodelay(&uc->tcp, 1);
+    conn_reading(uc, true);
     uc->state = LV_UPCONN_BUSY;
     uc->requests = 1;
     uc->reused = false;
@@ -325,19 +327,29 @@ static void connect_next(struct lv_upconn *uc)
 
 /* ---- idle pool */
 
-static void on_idle_read_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+static void on_conn_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     buf->base = read_block;
     buf->len = sizeof(read_block);
 }
 
-static void on_idle_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+/* A connection reads for its whole life (no epoll churn per request); what it read goes to
+ * the owner while BUSY. An idle connection that speaks or closes is unusable: drop it before
+ * anyone reuses it. */
+static void on_conn_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
     struct lv_upconn *uc = stream->data;
     if (nread == 0)
         return;
-    /* An idle connection that speaks or closes is unusable: drop it before anyone reuses it. */
-    conn_close(uc, false);
+    if (uc->state == LV_UPCONN_BUSY && uc->on_read) {
+        uc->on_read(uc, nread, buf->base, uc->read_arg);
+        return;
+    }
+    if (uc->state == LV_UPCONN_IDLE || uc->state == LV_UPCONN_BUSY) {
+        struct lv_upstream *up = uc->server->up;
+        conn_close(uc, false);
+        dispatch_waiters(up);
+    }
 }
 
 static void on_idle_timeout(uv_timer_t *t)
@@ -345,37 +357,27 @@ static void on_idle_timeout(uv_timer_t *t)
     conn_close(t->data, false);
 }
 
-static void on_busy_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+static void conn_reading(struct lv_upconn *uc, bool on)
 {
-    buf->base = read_block;
-    buf->len = sizeof(read_block);
-}
-
-static void on_busy_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
-{
-    struct lv_upconn *uc = stream->data;
-    if (nread == 0)
-        return;
-    if (uc->on_read)
-        uc->on_read(uc, nread, buf->base, uc->read_arg);
+    if (on && !uc->reading) {
+        uv_read_start((uv_stream_t *)&uc->tcp, on_conn_alloc, on_conn_read);
+        uc->reading = true;
+    } else if (!on && uc->reading) {
+        uv_read_stop((uv_stream_t *)&uc->tcp);
+        uc->reading = false;
+    }
 }
 
 void lv_upconn_read_start(struct lv_upconn *uc, lv_upconn_read_cb cb, void *arg)
 {
     uc->on_read = cb;
     uc->read_arg = arg;
-    if (!uc->reading) {
-        uv_read_start((uv_stream_t *)&uc->tcp, on_busy_alloc, on_busy_read);
-        uc->reading = true;
-    }
+    conn_reading(uc, true);
 }
 
 void lv_upconn_read_stop(struct lv_upconn *uc)
 {
-    if (uc->reading) {
-        uv_read_stop((uv_stream_t *)&uc->tcp);
-        uc->reading = false;
-    }
+    conn_reading(uc, false);
 }
 
 void lv_upconn_release(struct lv_upconn *uc)
@@ -384,7 +386,6 @@ void lv_upconn_release(struct lv_upconn *uc)
     struct lv_upstream *up = s->up;
     uint64_t now = now_ms(up);
     const struct lv_pool_cfg *pc = &up->cfg->pool;
-    lv_upconn_read_stop(uc);
     uc->on_read = NULL;
     uc->read_arg = NULL;
     if (up->closing || s->idle >= pc->max_idle ||
@@ -398,8 +399,7 @@ void lv_upconn_release(struct lv_upconn *uc)
     uc->state = LV_UPCONN_IDLE;
     uc->idle_since_ms = now;
     conn_list_push(&s->idle_head, uc);
-    uv_read_start((uv_stream_t *)&uc->tcp, on_idle_read_alloc, on_idle_read);
-    uc->reading = true;
+    conn_reading(uc, true);
     uint64_t to = pc->idle_timeout_ms ? pc->idle_timeout_ms : 60000;
     if (pc->max_lifetime_ms) {
         uint64_t left = pc->max_lifetime_ms - (now - uc->created_ms);
@@ -463,8 +463,6 @@ static bool try_acquire(struct lv_upstream *up, struct lv_acquire *acq, bool *ca
             s->idle--;
             s->active++;
             uv_timer_stop(&uc->timer);
-            uv_read_stop((uv_stream_t *)&uc->tcp);
-            uc->reading = false;
             uc->state = LV_UPCONN_BUSY;
             uc->requests++;
             uc->reused = true;

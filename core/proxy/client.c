@@ -18,6 +18,7 @@ struct write_req {
     uv_write_t req;
     struct lv_client *c;
     size_t len;
+    char *owned; /* a buffer handed over by lv_client_write_buf, or NULL */
     char data[];
 };
 
@@ -126,6 +127,7 @@ static void on_write(uv_write_t *req, int status)
     struct write_req *w = (struct write_req *)req;
     struct lv_client *c = w->c;
     c->write_queued -= w->len;
+    free(w->owned);
     free(w);
     if (c->closed)
         return;
@@ -150,6 +152,7 @@ int lv_client_writev(struct lv_client *c, const uv_buf_t *bufs, unsigned nbufs)
     struct write_req *w = lv_xmalloc(sizeof(*w) + total);
     w->c = c;
     w->len = total;
+    w->owned = NULL;
     size_t off = 0;
     for (unsigned i = 0; i < nbufs; i++) {
         memcpy(w->data + off, bufs[i].base, bufs[i].len);
@@ -162,6 +165,34 @@ int lv_client_writev(struct lv_client *c, const uv_buf_t *bufs, unsigned nbufs)
     int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_write);
     if (rc < 0) {
         c->write_queued -= total;
+        free(w);
+        client_close(c, true);
+        return -1;
+    }
+    return 0;
+}
+
+int lv_client_write_buf(struct lv_client *c, struct lv_buf *b)
+{
+    if (b->len == 0)
+        return 0;
+    if (c->closed) {
+        b->len = 0;
+        return -1;
+    }
+    struct write_req *w = lv_xmalloc(sizeof(*w));
+    w->c = c;
+    w->len = b->len;
+    w->owned = b->data; /* no copy: the buffer's memory goes with the write */
+    uv_buf_t ub = uv_buf_init(b->data, (unsigned)b->len);
+    *b = (struct lv_buf)LV_BUF_INIT;
+    if (c->write_queued == 0)
+        c->last_write_ms = uv_now(c->server->loop);
+    c->write_queued += w->len;
+    int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &ub, 1, on_write);
+    if (rc < 0) {
+        c->write_queued -= w->len;
+        free(w->owned);
         free(w);
         client_close(c, true);
         return -1;

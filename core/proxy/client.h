@@ -63,7 +63,10 @@ void lv_client_accept(struct lv_server *s, uv_stream_t *ls);
 
 /** Queues bytes for the client (copied). Returns 0, or -1 if the connection is gone. */
 int lv_client_write(struct lv_client *c, const char *data, size_t len);
-/** Same, for several pieces in one write. */
+/** Queues the bytes of `b` without copying: its memory goes with the write, and `b` is left
+ *  empty (LV_BUF_INIT). Returns 0, or -1 if the connection is gone. */
+int lv_client_write_buf(struct lv_client *c, struct lv_buf *b);
+/** Same as lv_client_write, for several pieces in one write. */
 int lv_client_writev(struct lv_client *c, const uv_buf_t *bufs, unsigned nbufs);
 
 /** request.c: the current request is finished; `close` means the connection must close. */

@@ -103,6 +103,7 @@ int lv_request_dispose(struct lv_request *r, uv_close_cb close_cb)
     lv_buf_dispose(&r->replay);
     lv_buf_dispose(&r->rhead);
     lv_buf_dispose(&r->out);
+    lv_buf_dispose(&r->cout);
     free(r->body_dec);
     free(r->resp_dec);
     r->body_dec = r->resp_dec = NULL;
@@ -236,10 +237,18 @@ static void log_request(struct lv_request *r)
     lv_buf_dispose(&line);
 }
 
+/* Client output made while handling one upstream read goes out in one write. */
+static void flush_client(struct lv_request *r)
+{
+    if (r->cout.len)
+        lv_client_write_buf(r->c, &r->cout);
+}
+
 static void request_end(struct lv_request *r, bool close_client)
 {
     if (!r->active)
         return;
+    flush_client(r);
     r->active = false;
     uv_timer_stop(&r->deadline_timer);
     uv_timer_stop(&r->try_timer);
@@ -261,11 +270,11 @@ static void finish(struct lv_request *r)
 /* Something broke after response bytes went out: the client must see a broken message. */
 static void abort_client(struct lv_request *r, unsigned flag)
 {
+    /* What was received goes out, then the connection closes without completing the
+     * message (no last chunk, or fewer bytes than Content-Length): the client sees it broke. */
     r->flags |= flag;
     release_upstream(r, false);
-    struct lv_client *c = r->c;
     request_end(r, true);
-    lv_client_abort(c, true);
 }
 
 void lv_request_client_gone(struct lv_request *r)
@@ -870,8 +879,8 @@ static void on_deadline(uv_timer_t *t)
 
 static void write_client_head(struct lv_request *r, const struct lv_resphead *h)
 {
-    struct lv_buf *o = &r->out;
-    lv_buf_reset(o);
+    struct lv_buf *o = &r->cout;
+    size_t start = o->len;
     lv_buf_printf(o, "HTTP/1.1 %d ", h->status);
     if (h->reason_phrase.len)
         lv_buf_append(o, h->reason_phrase.p, h->reason_phrase.len);
@@ -920,8 +929,7 @@ static void write_client_head(struct lv_request *r, const struct lv_resphead *h)
         }
     }
     lv_buf_puts(o, "\r\n");
-    r->bytes_out += o->len;
-    lv_client_write(r->c, o->data, o->len);
+    r->bytes_out += o->len - start;
 }
 
 struct resp_sink {
@@ -931,27 +939,20 @@ struct resp_sink {
 static void on_resp_data(void *arg, const char *p, size_t n)
 {
     struct lv_request *r = arg;
-    uv_buf_t b[3];
-    unsigned nb = 0;
-    char sz[24];
-    if (r->resp_rechunk) {
-        int m = snprintf(sz, sizeof(sz), "%zx\r\n", n);
-        b[nb++] = uv_buf_init(sz, (unsigned)m);
-    }
-    b[nb++] = uv_buf_init((char *)p, (unsigned)n);
+    size_t start = r->cout.len;
     if (r->resp_rechunk)
-        b[nb++] = uv_buf_init("\r\n", 2);
-    for (unsigned i = 0; i < nb; i++)
-        r->bytes_out += b[i].len;
-    lv_client_writev(r->c, b, nb);
+        lv_buf_printf(&r->cout, "%zx\r\n", n);
+    lv_buf_append(&r->cout, p, n);
+    if (r->resp_rechunk)
+        lv_buf_append(&r->cout, "\r\n", 2);
+    r->bytes_out += r->cout.len - start;
 }
 
 static void response_complete(struct lv_request *r, bool clean)
 {
     if (r->resp_rechunk) {
-        static const char last[] = "0\r\n\r\n";
+        lv_buf_append(&r->cout, "0\r\n\r\n", 5);
         r->bytes_out += 5;
-        lv_client_write(r->c, last, 5);
     }
     if (!clean)
         r->up_reusable = false;
@@ -979,6 +980,7 @@ static bool feed_resp_body(struct lv_request *r, const char *data, size_t n)
         response_complete(r, used == n);
         return false;
     }
+    flush_client(r);
     if (!r->c->closed && r->c->write_queued >= LV_CLIENT_WRITE_HIGH && r->uc) {
         lv_upconn_read_stop(r->uc);
         r->upstream_paused = true;
@@ -1106,6 +1108,7 @@ static void on_up_read(struct lv_upconn *uc, ssize_t nread, const char *data, vo
             return;
         }
         on_response_head(r);
+        flush_client(r); /* interim heads */
         return;
     }
     feed_resp_body(r, data, (size_t)nread);

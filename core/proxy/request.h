@@ -116,7 +116,8 @@ struct lv_request {
     int status;
     uint64_t bytes_out;
     double upstream_ms;
-    struct lv_buf out; /* scratch for building client output */
+    struct lv_buf out;  /* scratch for building upstream output */
+    struct lv_buf cout; /* client output staged during one upstream read, sent in one write */
 
     /* log */
     unsigned flags;

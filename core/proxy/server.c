@@ -61,14 +61,10 @@ static int listener_open(struct lv_server *s, const struct lv_listen_cfg *lc,
     l->addr.host = lv_xstrdup(lc->addr.host);
     l->addr.port = lc->addr.port;
     snprintf(l->name, sizeof(l->name), "%s:%u", lc->addr.host, lc->addr.port);
+    /* No SO_REUSEPORT yet: with one worker, a second levee on the same port must fail loudly
+     * rather than silently share the port. Workers will set it on their own sockets. */
     uv_tcp_init_ex(s->loop, &l->tcp, (unsigned)family);
     l->tcp.data = l;
-    uv_os_fd_t fd;
-    if (uv_fileno((uv_handle_t *)&l->tcp, &fd) == 0) {
-        int one = 1;
-        /* Several workers may share the port later (one accept queue each). */
-        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
-    }
     int rc = uv_tcp_bind(&l->tcp, (const struct sockaddr *)&ss, 0);
     if (rc == 0)
         rc = uv_listen((uv_stream_t *)&l->tcp, 1024, on_connection);

@@ -291,6 +291,70 @@ T_TEST(error_is_sticky_and_more_does_not_rescan)
     T_CHECK_INT(s.status, 400);
 }
 
+/* Deterministic pseudo-random heads over an alphabet of the bytes that matter: whatever they
+ * are, the result must not depend on how they are split, and nothing may be read past len. */
+static uint32_t rng = 12345;
+static uint32_t next_rand(void)
+{
+    rng = rng * 1103515245u + 12345u;
+    return rng >> 8;
+}
+
+T_TEST(random_heads_are_split_invariant)
+{
+    /* Mostly well-formed pieces, some hostile bytes. */
+    static const char *const pieces[] = {"Host: a\r\n", "X-A: b c\r\n", "Content_Length: 1\r\n",
+                                         "Y:\r\n",       "\r\n",          "\r",
+                                         "\n",            " ",             "\t",
+                                         ":",             "_",             "\x01",
+                                         "\x7f",          "\x80",          "Z",
+                                         "#",             "z: \xff\r\n"};
+    static const char *const starts[] = {"GET / HTTP/1.1\r\n", "HTTP/1.1 200 OK\r\n", ""};
+    char buf[160];
+    int done = 0, errors = 0;
+    for (int iter = 0; iter < 3000; iter++) {
+        struct vec v = {"random", buf, 0, iter % 3 == 1, 0, NULL, 100, 24, 3};
+        size_t n = strlen(starts[iter % 3]);
+        memcpy(buf, starts[iter % 3], n);
+        size_t npieces = next_rand() % 5;
+        for (size_t k = 0; k < npieces; k++) {
+            /* Well-formed lines (the first two) twice as likely as any other piece. */
+            size_t pick = next_rand() % (sizeof(pieces) / sizeof(pieces[0]) + 4);
+            const char *p = pieces[pick < 17 ? pick : pick % 2];
+            memcpy(buf + n, p, strlen(p));
+            n += strlen(p);
+        }
+        if (next_rand() % 2) {
+            memcpy(buf + n, "\r\n", 2);
+            n += 2;
+        }
+        v.len = n;
+        char *heap = malloc(n ? n : 1);
+        memcpy(heap, buf, n);
+        struct outcome whole = run_split(&v, heap, n, n);
+        struct outcome b = run_bytes(&v, heap, n);
+        struct outcome sp = run_split(&v, heap, n, next_rand() % (n + 1));
+        T_CHECK(same(whole, b));
+        T_CHECK(same(whole, sp));
+        if (whole.r == DONE) {
+            done++;
+            T_CHECK(whole.head_len <= n);
+        } else if (whole.r != MORE) {
+            errors++;
+            T_CHECK(whole.reason != NULL);
+            T_CHECK(v.response ? whole.r == 502
+                               : (whole.r == 400 || whole.r == 414 || whole.r == 431 ||
+                                  whole.r == 505));
+        }
+        free(heap);
+    }
+    /* The generator must exercise both outcomes, or this test proves nothing. */
+    if (done < 200 || errors < 500)
+        fprintf(stderr, "random heads: %d done, %d errors\n", done, errors);
+    T_CHECK(done >= 200);
+    T_CHECK(errors >= 500);
+}
+
 int main(void)
 {
     T_RUN(vectors_whole_split_and_bytewise);
@@ -298,5 +362,6 @@ int main(void)
     T_RUN(leading_empty_lines_move_start);
     T_RUN(response_errors_are_502_even_for_limits);
     T_RUN(error_is_sticky_and_more_does_not_rescan);
+    T_RUN(random_heads_are_split_invariant);
     T_DONE();
 }

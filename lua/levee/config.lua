@@ -1124,11 +1124,11 @@ local function make_require(env, dirs, files)
             error("module '" .. name .. "' not found (looked for " .. table.concat(tried, ", ")
                 .. ")", 2)
         end
+        files[#files + 1] = found
         local chunk, err = load(src, "@" .. found, "t", env)
         if not chunk then
             error(err, 0)
         end
-        files[#files + 1] = found
         loaded[name] = LOADING
         local ok, res = pcall(chunk, name, found)
         if not ok then

@@ -180,9 +180,13 @@ function H.cleanup()
     for c in pairs(conns) do c:close() end
     local pids = {}
     for pid in pairs(procs) do
-        pids[#pids + 1] = pid
-        proc.kill(pid, "TERM", true)
+        -- a pid already reaped is not signalled: the number may belong to someone else now
+        if proc.alive(pid) then
+            pids[#pids + 1] = pid
+            proc.kill(pid, "TERM", true)
+        end
     end
+    procs = {}
     local deadline = now() + 3 * H.scale
     for _, pid in ipairs(pids) do
         local left = deadline - now()
@@ -191,7 +195,6 @@ function H.cleanup()
             proc.wait(pid, 5)
         end
         proc.kill(pid, "KILL", true)
-        procs[pid] = nil
     end
     if os.getenv("LEVEE_KEEP_TMP") ~= "1" then
         for _, dir in ipairs(tmpdirs) do
@@ -204,10 +207,12 @@ function H.cleanup()
     tmpdirs = {}
 end
 
---- Pids of processes started and not yet stopped (for specs that check cleanup).
+--- Processes started and still running, as { pid =, what = } (for specs that check cleanup).
 function H.tracked()
     local out = {}
-    for pid, p in pairs(procs) do out[#out + 1] = { pid = pid, what = p.what } end
+    for pid, p in pairs(procs) do
+        if proc.alive(pid) then out[#out + 1] = { pid = pid, what = p.what } end
+    end
     return out
 end
 

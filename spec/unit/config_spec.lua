@@ -497,6 +497,20 @@ return {
         assert.matches("^levee%.lua:3: '}' expected %(to close '{' at line 1%) near 'routes'$", errs[1])
     end)
 
+    it("names a file with a long path in full", function()
+        local long = dir .. "/" .. string.rep("d", 80)
+        assert(os.execute("mkdir -p '" .. long .. "'"))
+        write(string.rep("d", 80) .. "/mod.lua", "local t\nreturn t.x\n")
+        write(string.rep("d", 80) .. "/levee.lua", "local m = require 'mod'\nreturn {\n  watch = 1\n")
+        local c, errs = config.compile(long .. "/levee.lua", LUA_DIR)
+        assert.is_nil(c)
+        assert.are.same({ long .. "/levee.lua:4: '}' expected (to close '{' at line 2) near <eof>" },
+            errs)
+        write(string.rep("d", 80) .. "/levee.lua", "local m = require 'mod'\nreturn m\n")
+        c, errs = config.compile(long .. "/levee.lua", LUA_DIR)
+        assert.are.same({ long .. "/mod.lua:2: attempt to index a nil value (local 't')" }, errs)
+    end)
+
     it("reports runtime errors with file and line", function()
         assert.are.same({ "levee.lua:2: attempt to index a nil value (local 'x')" },
             errors_of("local x\nreturn x.y\n"))
