@@ -326,10 +326,10 @@ enum lv_body_result lv_body_next(struct lv_body *b, const char *data, size_t len
                 b->tname_len = 1;
                 b->state = T_NAME;
             } else {
-                why = c == '\n'               ? "bare LF in trailer section"
-                      : is_ws(c)              ? "obs-fold in trailer section"
-                      : c == ':'              ? "empty trailer field name"
-                                              : "invalid byte in trailer field name";
+                why = c == '\n'  ? "bare LF in trailer section"
+                      : is_ws(c) ? "obs-fold in trailer section"
+                      : c == ':' ? "empty trailer field name"
+                                 : "invalid byte in trailer field name";
                 goto error;
             }
             break;

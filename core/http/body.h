@@ -57,7 +57,7 @@ struct lv_body {
     uint8_t mode;  /* enum lv_body_mode */
     uint8_t state; /* private */
     uint8_t tname_len;
-    char tname[18]; /* lower-cased start of the current trailer name */
+    char tname[18];     /* lower-cased start of the current trailer name */
     const char *reason; /* on LV_BODY_ERROR / LV_BODY_TOO_LARGE: static text */
 };
 

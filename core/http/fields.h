@@ -136,12 +136,12 @@ struct lv_span lv_span_trim_ows(struct lv_span s);
 
 /* Byte classes shared by the http modules (one table lookup each). */
 extern const uint8_t lv__http_cls[256];
-#define LV__C_TCHAR 0x01 /* RFC 9110 tchar */
-#define LV__C_VALUE 0x02 /* field-value byte: HTAB SP VCHAR obs-text */
-#define LV__C_VCHAR 0x04 /* 0x21-0x7E */
-#define LV__C_HEX   0x08
-#define LV__C_HOST  0x10 /* reg-name: unreserved / sub-delims ('%' handled apart) */
-#define LV__C_TARGET 0x20 /* request-target byte: VCHAR except '#' */
+#define LV__C_TCHAR      0x01 /* RFC 9110 tchar */
+#define LV__C_VALUE      0x02 /* field-value byte: HTAB SP VCHAR obs-text */
+#define LV__C_VCHAR      0x04 /* 0x21-0x7E */
+#define LV__C_HEX        0x08
+#define LV__C_HOST       0x10 /* reg-name: unreserved / sub-delims ('%' handled apart) */
+#define LV__C_TARGET     0x20 /* request-target byte: VCHAR except '#' */
 #define lv__is_tchar(c)  (lv__http_cls[(uint8_t)(c)] & LV__C_TCHAR)
 #define lv__is_value(c)  (lv__http_cls[(uint8_t)(c)] & LV__C_VALUE)
 #define lv__is_vchar(c)  (lv__http_cls[(uint8_t)(c)] & LV__C_VCHAR)

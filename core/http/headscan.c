@@ -91,8 +91,8 @@ static enum lv_headscan_result check_request_line(struct lv_headscan *s, const u
     const unsigned char *v = d + s->mark;
     size_t vlen = cr - s->mark;
     if (!(vlen == 8 && memcmp(v, "HTTP/1.", 7) == 0 && (v[7] == '0' || v[7] == '1'))) {
-        if (vlen == 8 && memcmp(v, "HTTP/", 5) == 0 && v[5] >= '0' && v[5] <= '9' &&
-            v[6] == '.' && v[7] >= '0' && v[7] <= '9') {
+        if (vlen == 8 && memcmp(v, "HTTP/", 5) == 0 && v[5] >= '0' && v[5] <= '9' && v[6] == '.' &&
+            v[7] >= '0' && v[7] <= '9') {
             if (v[5] == '2' && v[7] == '0')
                 return fail(s, cr, 505, "HTTP/2.0 request line (no h2c, no prior knowledge)");
             return fail(s, cr, 505, "unsupported HTTP version");
@@ -219,8 +219,9 @@ enum lv_headscan_result lv_headscan_feed(struct lv_headscan *s, const char *data
             return fail(s, i, 400,
                         c == '\n' ? "bare LF in request line" : "malformed request line");
         case S_SVER:
-            if (s->idx < 7 ? c == (unsigned char)"HTTP/1."[s->idx]
-                           : s->idx == 7 ? (c == '0' || c == '1') : c == ' ') {
+            if (s->idx < 7    ? c == (unsigned char)"HTTP/1."[s->idx]
+                : s->idx == 7 ? (c == '0' || c == '1')
+                              : c == ' ') {
                 i++;
                 if (++s->idx == 9) {
                     s->idx = 0;

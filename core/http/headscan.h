@@ -39,10 +39,10 @@ struct lv_headscan {
     size_t target;     /* request line: target is [target, target_end) */
     size_t target_end;
     /* results */
-    size_t start;    /* offset of the start line (request mode skips leading empty lines) */
-    uint32_t fields; /* field lines seen */
-    size_t head_len; /* on DONE: bytes of the head including the final CRLFCRLF */
-    int status;      /* on ERROR: 400, 414, 431, 501, 505 for requests; always 502 for responses */
+    size_t start;       /* offset of the start line (request mode skips leading empty lines) */
+    uint32_t fields;    /* field lines seen */
+    size_t head_len;    /* on DONE: bytes of the head including the final CRLFCRLF */
+    int status;         /* on ERROR: 400, 414, 431, 505 for requests; always 502 for responses */
     const char *reason; /* on ERROR: static text, e.g. "bare LF in header section" */
 };
 

@@ -53,8 +53,8 @@ int lv_resphead_parse(struct lv_resphead *h, const char *data, size_t head_len, 
         h->has_content_length = true;
     }
     if (e)
-        return fail(h, c.overflow ? "too many header fields in response"
-                                  : "malformed response head");
+        return fail(h,
+                    c.overflow ? "too many header fields in response" : "malformed response head");
     if (h->major != 1 || h->minor > 1)
         return fail(h, "unsupported HTTP version in response");
     if (h->status < 100 || h->status > 599)

@@ -28,11 +28,11 @@ struct lv_resphead {
     enum lv_body_mode body;       /* framing of the body that follows this head */
     uint64_t content_length;      /* valid when has_content_length */
     bool has_content_length;
-    bool chunked;    /* Transfer-Encoding: chunked (whether or not a body follows) */
-    bool keep_alive; /* from the version and our own Connection tokenising */
-    bool reusable;   /* the connection can serve another request after this response */
-    bool interim;    /* 1xx other than 101: another head follows on this connection */
-    bool upgrade;    /* 101 Switching Protocols (502 unless the client asked to upgrade) */
+    bool chunked;       /* Transfer-Encoding: chunked (whether or not a body follows) */
+    bool keep_alive;    /* from the version and our own Connection tokenising */
+    bool reusable;      /* the connection can serve another request after this response */
+    bool interim;       /* 1xx other than 101: the final head follows (reusable is false here) */
+    bool upgrade;       /* 101 Switching Protocols (502 unless the client asked to upgrade) */
     const char *reason; /* when lv_resphead_parse returns non-zero: static text */
 };
 

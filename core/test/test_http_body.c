@@ -24,11 +24,17 @@ struct vec {
 };
 
 #define CH(name, s, want, data, consumed, why)                                                     \
-    {name, s, sizeof(s) - 1, LV_BODY_CHUNKED, 0, LV_BODY_UNLIMITED, want, data, consumed, why}
+    {                                                                                              \
+        name, s, sizeof(s) - 1, LV_BODY_CHUNKED, 0, LV_BODY_UNLIMITED, want, data, consumed, why   \
+    }
 #define CHM(name, s, max, want, data, consumed, why)                                               \
-    {name, s, sizeof(s) - 1, LV_BODY_CHUNKED, 0, max, want, data, consumed, why}
+    {                                                                                              \
+        name, s, sizeof(s) - 1, LV_BODY_CHUNKED, 0, max, want, data, consumed, why                 \
+    }
 #define CL(name, s, cl, max, want, data, consumed)                                                 \
-    {name, s, sizeof(s) - 1, LV_BODY_LENGTH, cl, max, want, data, consumed, NULL}
+    {                                                                                              \
+        name, s, sizeof(s) - 1, LV_BODY_LENGTH, cl, max, want, data, consumed, NULL                \
+    }
 
 static const struct vec vecs[] = {
     CL("CL exact", "abcde", 5, LV_BODY_UNLIMITED, LV_BODY_DONE, "abcde", ALL),
@@ -47,8 +53,8 @@ static const struct vec vecs[] = {
        ALL, NULL),
     CH("extension BWS", "5 ;a = b ;c\r\nabcde\r\n0\r\n\r\n", LV_BODY_ERROR, "", 1,
        "invalid chunk size"),
-    CH("extension BWS after ;", "5; a = b\t; c\r\nabcde\r\n0\r\n\r\n", LV_BODY_DONE, "abcde",
-       ALL, NULL),
+    CH("extension BWS after ;", "5; a = b\t; c\r\nabcde\r\n0\r\n\r\n", LV_BODY_DONE, "abcde", ALL,
+       NULL),
     CH("extension obs-text in quoted", "1;a=\"\xe9\"\r\nz\r\n0\r\n\r\n", LV_BODY_DONE, "z", ALL,
        NULL),
     CH("trailers dropped", "5\r\nabcde\r\n0\r\nX-T: v\r\nY:\r\n\r\n", LV_BODY_DONE, "abcde", ALL,
@@ -85,8 +91,7 @@ static const struct vec vecs[] = {
        "bare LF"),
     CH("ext value missing", "5;a=\r\nabcde\r\n0\r\n\r\n", LV_BODY_ERROR, "", 4, "extension"),
     CH("ext BWS before CRLF", "5;a \r\nabcde\r\n0\r\n\r\n", LV_BODY_ERROR, "", 4, "extension"),
-    CH("ext DEL in quoted", "5;a=\"\x7f\"\r\nabcde\r\n0\r\n\r\n", LV_BODY_ERROR, "", 5,
-       "control"),
+    CH("ext DEL in quoted", "5;a=\"\x7f\"\r\nabcde\r\n0\r\n\r\n", LV_BODY_ERROR, "", 5, "control"),
     /* row 48 */
     CH("row 48 CL trailer", "0\r\nContent-Length: 50\r\n\r\n", LV_BODY_ERROR, "", 17, "framing"),
     CH("row 48 TE trailer", "0\r\ntransfer-encoding: chunked\r\n\r\n", LV_BODY_ERROR, "", 20,
@@ -102,8 +107,8 @@ static const struct vec vecs[] = {
        ALL, NULL),
     /* 413 */
     CHM("chunk over limit", "5\r\nabcde\r\n0\r\n\r\n", 4, LV_BODY_TOO_LARGE, "", 3, "limit"),
-    CHM("second chunk over limit", "3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n", 5, LV_BODY_TOO_LARGE,
-        "abc", 11, "limit"),
+    CHM("second chunk over limit", "3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n", 5, LV_BODY_TOO_LARGE, "abc",
+        11, "limit"),
     CHM("chunks at limit", "3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n", 5, LV_BODY_DONE, "abcde", ALL, NULL),
     {"EOF mode", "anything\r\n0\r\n", 13, LV_BODY_EOF, 0, LV_BODY_UNLIMITED, LV_BODY_MORE,
      "anything\r\n0\r\n", ALL, NULL},
@@ -184,9 +189,8 @@ T_TEST(vectors_whole_split_and_bytewise)
                   memcmp(whole.data, v->data, whole.dlen) == 0 && whole.wire == want_used &&
                   (!v->why || (whole.reason && strstr(whole.reason, v->why)));
         if (!ok)
-            fprintf(stderr, "vector \"%s\": r=%d data=%zu wire=%llu reason=%s\n", v->name,
-                    whole.r, whole.dlen, (unsigned long long)whole.wire,
-                    whole.reason ? whole.reason : "-");
+            fprintf(stderr, "vector \"%s\": r=%d data=%zu wire=%llu reason=%s\n", v->name, whole.r,
+                    whole.dlen, (unsigned long long)whole.wire, whole.reason ? whole.reason : "-");
         T_CHECK(ok);
         for (size_t k = 0; k <= v->len; k++) {
             struct outcome o = run(v, buf, &k, 1);

@@ -28,8 +28,8 @@ static int parse_n(const char *head, size_t len, uint32_t max_fields)
     return lv_reqhead_parse(&h, head, len, fields, max_fields);
 }
 
-#define PARSE(lit) parse_n(lit, sizeof(lit) - 1, NF)
-#define H          "Host: a\r\n"
+#define PARSE(lit)       parse_n(lit, sizeof(lit) - 1, NF)
+#define H                "Host: a\r\n"
 #define SPAN_IS(sp, lit) ((sp).len == sizeof(lit) - 1 && memcmp((sp).p, lit, (sp).len) == 0)
 
 T_TEST(simple_get)
@@ -118,12 +118,20 @@ T_TEST(framing_rows_1_to_6)
     T_CHECK_INT(PARSE("POST / HTTP/1.1\r\n" H "Content-Length: 5\r\nContent-Length: 5\r\n\r\n"),
                 400);
     T_CHECK_INT(PARSE("POST / HTTP/1.1\r\n" H "Content-Length: 5, 5\r\n\r\n"), 400);
-    static const char *bad[] = {"+5", "-1", "0x5", "5a", "1 0", "1_0", "", "\t5\t",
-                                "18446744073709551616", "9007199254740993"};
+    static const char *bad[] = {"+5",
+                                "-1",
+                                "0x5",
+                                "5a",
+                                "1 0",
+                                "1_0",
+                                "",
+                                "\t5\t",
+                                "18446744073709551616",
+                                "9007199254740993"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         char req[128];
-        int n = snprintf(req, sizeof(req), "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: %s\r\n\r\n",
-                         bad[i]);
+        int n = snprintf(req, sizeof(req),
+                         "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: %s\r\n\r\n", bad[i]);
         int st = parse_n(req, (size_t)n, NF);
         if (st != 400)
             fprintf(stderr, "CL \"%s\" -> %d\n", bad[i], st);
@@ -143,11 +151,23 @@ T_TEST(transfer_encoding_rows_8_to_13)
         const char *te;
         int want;
     } v[] = {
-        {"chunked", 0},          {"\tchunked", 0},         {"chunked ", 0},
-        {"Chunked", 0},          {"identity", 400},        {"xchunked", 400},
-        {"chunked-false", 400},  {"chunked, identity", 400}, {"\"chunked\"", 400},
-        {"chunked;ext=val", 400}, {"\xa0" "chunked", 400}, {"chunked, chunked", 400},
-        {",chunked", 400},       {"gzip, chunked", 501},   {"identity, chunked", 501},
+        {"chunked", 0},
+        {"\tchunked", 0},
+        {"chunked ", 0},
+        {"Chunked", 0},
+        {"identity", 400},
+        {"xchunked", 400},
+        {"chunked-false", 400},
+        {"chunked, identity", 400},
+        {"\"chunked\"", 400},
+        {"chunked;ext=val", 400},
+        {"\xa0"
+         "chunked",
+         400},
+        {"chunked, chunked", 400},
+        {",chunked", 400},
+        {"gzip, chunked", 501},
+        {"identity, chunked", 501},
         {"gzip", 400},
     };
     for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
@@ -228,7 +248,8 @@ T_TEST(keep_alive_rows_39_40)
     T_CHECK_INT(PARSE("GET / HTTP/1.1\r\n" H "Connection: close\r\n\r\n"), 0);
     T_CHECK(!h.keep_alive);
     /* row 40: llhttp 8.1 says keep-alive here. */
-    T_CHECK_INT(PARSE("POST / HTTP/1.1\r\n" H "Content-Length: 1\r\nConnection: close\t\r\n\r\n"), 0);
+    T_CHECK_INT(PARSE("POST / HTTP/1.1\r\n" H "Content-Length: 1\r\nConnection: close\t\r\n\r\n"),
+                0);
     T_CHECK(!h.keep_alive);
     T_CHECK_INT(PARSE("GET / HTTP/1.1\r\n" H "Connection: keep-alive, CLOSE\r\n\r\n"), 0);
     T_CHECK(!h.keep_alive);
@@ -317,6 +338,62 @@ T_TEST(field_array_limit)
     T_CHECK_INT(parse_n(req, sizeof(req) - 1, 0), 431);
 }
 
+static uint32_t rng = 777;
+static uint32_t next_rand(void)
+{
+    rng = rng * 1103515245u + 12345u;
+    return rng >> 8;
+}
+
+/* Mutated requests: whatever headscan lets through, reqhead answers with a known status, and
+ * an accepted head keeps the invariants the forwarder relies on. */
+T_TEST(mutations_keep_invariants)
+{
+    static const char *const base[] = {
+        "POST /a?b HTTP/1.1\r\nHost: a.example:80\r\nContent-Length: 3\r\n"
+        "Connection: keep-alive, X-A\r\nX-A: 1\r\n\r\n",
+        "GET http://h/p HTTP/1.0\r\nTransfer-Encoding: chunked\r\nHost: h\r\n\r\n",
+        "PUT / HTTP/1.1\r\nHost: b\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n",
+    };
+    static const char subst[] = " \t:,;_-0159aAzZ/@[]#*?\"\x80\xff";
+    char buf[256];
+    int accepted = 0, refused = 0;
+    for (int iter = 0; iter < 20000; iter++) {
+        const char *b = base[iter % 3];
+        size_t n = strlen(b);
+        memcpy(buf, b, n);
+        int muts = 1 + (int)(next_rand() % 3);
+        /* Never touch the final CRLFCRLF, so most mutants remain complete heads. */
+        for (int m = 0; m < muts; m++)
+            buf[next_rand() % (n - 4)] = subst[next_rand() % (sizeof(subst) - 1)];
+        struct lv_headscan sc;
+        lv_headscan_init(&sc, false, 32768, 8192, 100);
+        if (lv_headscan_feed(&sc, buf, n) != LV_HEADSCAN_DONE || sc.head_len != n)
+            continue;
+        int st = lv_reqhead_parse(&h, buf, n, fields, NF);
+        T_CHECK(st == 0 || st == 400 || st == 405 || st == 501 || st == 505);
+        if (st) {
+            refused++;
+            T_CHECK(h.reason != NULL);
+            continue;
+        }
+        accepted++;
+        T_CHECK(!(h.has_content_length && h.chunked));
+        T_CHECK(h.major == 1 && h.minor <= 1);
+        T_CHECK(h.minor == 0 || h.host.len > 0);
+        T_CHECK(h.minor == 1 || !h.chunked);
+        T_CHECK(h.method >= 0 && h.method != HTTP_CONNECT && h.method != HTTP_TRACE);
+        T_CHECK(h.path.len > 0);
+        for (uint32_t i = 0; i < h.nfields; i++) {
+            T_CHECK(fields[i].name.len > 0);
+            T_CHECK(fields[i].name.p >= buf && fields[i].name.p + fields[i].name.len <= buf + n);
+            T_CHECK(memchr(fields[i].value.p, '\r', fields[i].value.len) == NULL);
+        }
+    }
+    T_CHECK(accepted > 1000);
+    T_CHECK(refused > 1000);
+}
+
 int main(void)
 {
     T_RUN(simple_get);
@@ -332,5 +409,6 @@ int main(void)
     T_RUN(expect_and_upgrade);
     T_RUN(request_id);
     T_RUN(field_array_limit);
+    T_RUN(mutations_keep_invariants);
     T_DONE();
 }

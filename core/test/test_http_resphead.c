@@ -24,8 +24,8 @@ static int parse_n(const char *head, size_t len, bool head_request, uint32_t max
     return lv_resphead_parse(&h, head, len, head_request, fields, max_fields);
 }
 
-#define GET(lit)  parse_n(lit, sizeof(lit) - 1, false, NF)
-#define HEAD(lit) parse_n(lit, sizeof(lit) - 1, true, NF)
+#define GET(lit)         parse_n(lit, sizeof(lit) - 1, false, NF)
+#define HEAD(lit)        parse_n(lit, sizeof(lit) - 1, true, NF)
 #define SPAN_IS(sp, lit) ((sp).len == sizeof(lit) - 1 && memcmp((sp).p, lit, (sp).len) == 0)
 
 T_TEST(plain_responses)
