@@ -30,15 +30,15 @@
 #include <sys/resource.h>
 
 #define TU_MAX_LISTENERS 64
-#define TU_HEAD_MAX (64 * 1024)
-#define TU_LINE_MAX 4096
-#define TU_PIECE (64 * 1024)
-#define TU_HIGH_WATER (1024 * 1024)
-#define TU_INBUF_MAX (4 * 1024 * 1024)
-#define TU_LINGER_MS 2000
-#define TU_MAX_KEYS 4096
-#define TU_FNV_OFFSET 0xcbf29ce484222325ULL
-#define TU_FNV_PRIME 0x100000001b3ULL
+#define TU_HEAD_MAX      (64 * 1024)
+#define TU_LINE_MAX      4096
+#define TU_PIECE         (64 * 1024)
+#define TU_HIGH_WATER    (1024 * 1024)
+#define TU_INBUF_MAX     (4 * 1024 * 1024)
+#define TU_LINGER_MS     2000
+#define TU_MAX_KEYS      4096
+#define TU_FNV_OFFSET    0xcbf29ce484222325ULL
+#define TU_FNV_PRIME     0x100000001b3ULL
 
 /* ---- small growable string ---------------------------------------------------------------- */
 
@@ -227,9 +227,8 @@ enum action {
     A_SLOW_READ,
 };
 
-static const char *const action_names[] = {"none",     "hang",        "reset",    "close", "garbage",
-                                           "raw",      "truncate",    "close-after",
-                                           "slow-read"};
+static const char *const action_names[] = {"none", "hang",     "reset",       "close",    "garbage",
+                                           "raw",  "truncate", "close-after", "slow-read"};
 
 enum after { AF_KEEP, AF_CLOSE, AF_CLOSE_AFTER };
 
@@ -582,26 +581,46 @@ static void timer_arm(struct conn *c, enum tpurpose tp, long ms)
 static const char *reason(int status)
 {
     switch (status) {
-    case 100: return "Continue";
-    case 200: return "OK";
-    case 201: return "Created";
-    case 204: return "No Content";
-    case 301: return "Moved Permanently";
-    case 302: return "Found";
-    case 304: return "Not Modified";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 409: return "Conflict";
-    case 413: return "Content Too Large";
-    case 422: return "Unprocessable Content";
-    case 429: return "Too Many Requests";
-    case 500: return "Internal Server Error";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    default: return "Status";
+    case 100:
+        return "Continue";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 204:
+        return "No Content";
+    case 301:
+        return "Moved Permanently";
+    case 302:
+        return "Found";
+    case 304:
+        return "Not Modified";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 409:
+        return "Conflict";
+    case 413:
+        return "Content Too Large";
+    case 422:
+        return "Unprocessable Content";
+    case 429:
+        return "Too Many Requests";
+    case 500:
+        return "Internal Server Error";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    default:
+        return "Status";
     }
 }
 
@@ -801,8 +820,9 @@ static void respond_normal(struct conn *c)
 static void stats_json(struct sbuf *b)
 {
     sb_printf(b,
-              "{\"requests\":%" PRIu64 ",\"connections\":%" PRIu64 ",\"active_connections\":%" PRId64
-              ",\"accepted\":%" PRIu64 ",\"open\":%" PRId64 ",\"by_path\":",
+              "{\"requests\":%" PRIu64 ",\"connections\":%" PRIu64
+              ",\"active_connections\":%" PRId64 ",\"accepted\":%" PRIu64 ",\"open\":%" PRId64
+              ",\"by_path\":",
               g.requests, g.connections, g.active, g.accepted, g.open);
     ctab_json(b, &g.by_path);
     sb_puts(b, ",\"by_port\":");
@@ -891,6 +911,10 @@ static void act_now(struct conn *c)
     }
     case A_HANG:
         c->st = RS_HANG;
+        if (c->peer_eof)
+            conn_close(c);
+        else
+            read_start(c);
         break;
     default:
         respond_normal(c);
@@ -1246,7 +1270,9 @@ static void on_complete(struct conn *c)
         respond_control(c);
     } else if (r->act == A_HANG) {
         c->st = RS_HANG;
-        if (!c->peer_eof)
+        if (c->peer_eof)
+            conn_close(c); /* nobody left to hang up on */
+        else
             read_start(c);
     } else if (r->delay_ms > 0) {
         timer_arm(c, T_HEAD_DELAY, r->delay_ms);
@@ -1319,8 +1345,7 @@ static void process(struct conn *c)
             errno = 0;
             unsigned long long sz = len > 0 ? strtoull(line, &endp, 16) : 0;
             if (len < 0 || len == 0 || !isxdigit((unsigned char)line[0]) || errno ||
-                (*endp && *endp != ';' && *endp != ' ' && *endp != '\t') ||
-                sz > (1ULL << 62)) {
+                (*endp && *endp != ';' && *endp != ' ' && *endp != '\t') || sz > (1ULL << 62)) {
                 bad_request(c, "bad chunk size");
                 return;
             }

@@ -257,10 +257,10 @@ describe("lv-testupstream", function()
 
         -- with a close delay the connection stays open for a while, then goes
         local c2 = assert(H.conn(up.ports[1]))
-        c2:send("GET / HTTP/1.1\r\nX-Test-Action: close-after\r\nX-Test-Close-Delay-Ms: 300\r\n\r\n")
+        c2:send("GET / HTTP/1.1\r\nX-Test-Action: close-after\r\nX-Test-Close-Delay-Ms: 1000\r\n\r\n")
         assert.equal(200, assert(c2:read_response()).status)
         assert.is_false(c2:closed(0.1))
-        assert.is_true(c2:closed(3))
+        assert.is_true(c2:closed(5))
     end)
 
     it("delays the head and the body, and drips chunks", function()
@@ -268,12 +268,10 @@ describe("lv-testupstream", function()
         local c = assert(H.conn(up.ports[1]))
         c:send("GET / HTTP/1.1\r\nX-Test-Delay-Ms: 200\r\nX-Test-Body-Delay-Ms: 300\r\nX-Test-Body: late\r\n\r\n")
         local head = assert(c:read_response({ head_only = true }))
-        local t1 = proc.now()
         assert.equal(200, head.status)
-        assert.is_true(t1 - t0 >= 0.2)
-        assert.equal("", c:buffered())
+        assert.is_true(proc.now() - t0 >= 0.2)
         assert.equal(4, c:skip(4))
-        assert.is_true(proc.now() - t1 >= 0.25)
+        assert.is_true(proc.now() - t0 >= 0.5)
 
         t0 = proc.now()
         local r = req(up.ports[1], "/", { { "X-Test-Body-Size", "30" }, { "X-Test-Chunked", "1" },

@@ -63,13 +63,24 @@ end
 ---------------------------------------------------------------------------------------------
 -- small utilities
 
---- Decodes JSON with cjson; the error names the text that failed.
+-- cjson decodes every number as a float; integral ones become integers so that
+-- tostring(e.conn) is "3", not "3.0".
+local function intify(v)
+    if type(v) == "table" then
+        for k, x in pairs(v) do v[k] = intify(x) end
+    elseif math.type(v) == "float" then
+        return math.tointeger(v) or v
+    end
+    return v
+end
+
+--- Decodes JSON with cjson (integral numbers as integers); the error names the text.
 function H.json(s)
     local ok, v = pcall(cjson.decode, s)
     if not ok then
         error(("H.json: %s in: %s"):format(v, tostring(s):sub(1, 300)), 2)
     end
-    return v
+    return intify(v)
 end
 
 H.json_encode = cjson.encode
@@ -384,8 +395,9 @@ local function config_text(config)
     return config
 end
 
+-- The first quoted "host:port" after `listen =`, for configs written with fixed ports.
 local function guess_listen_port(text)
-    local p = text:match("listen%s*=%s*{?%s*{?%s*a?d?d?r?%s*=?%s*[\"'][^\"']-:(%d+)[\"']")
+    local p = text:match("listen%s*=.-[\"'][^\"'\n]*:(%d+)[\"']")
     return p and tonumber(p)
 end
 

@@ -87,10 +87,9 @@ static const struct {
     const char *name;
     int num;
 } signames[] = {
-    {"HUP", SIGHUP},   {"INT", SIGINT},   {"QUIT", SIGQUIT}, {"KILL", SIGKILL},
-    {"TERM", SIGTERM}, {"USR1", SIGUSR1}, {"USR2", SIGUSR2}, {"STOP", SIGSTOP},
-    {"CONT", SIGCONT}, {"ABRT", SIGABRT}, {"SEGV", SIGSEGV}, {"PIPE", SIGPIPE},
-    {"ALRM", SIGALRM}, {"CHLD", SIGCHLD},
+    {"HUP", SIGHUP},   {"INT", SIGINT},   {"QUIT", SIGQUIT}, {"KILL", SIGKILL}, {"TERM", SIGTERM},
+    {"USR1", SIGUSR1}, {"USR2", SIGUSR2}, {"STOP", SIGSTOP}, {"CONT", SIGCONT}, {"ABRT", SIGABRT},
+    {"SEGV", SIGSEGV}, {"PIPE", SIGPIPE}, {"ALRM", SIGALRM}, {"CHLD", SIGCHLD},
 };
 
 static int check_signal(lua_State *L, int idx)
@@ -182,12 +181,14 @@ static int l_spawn(lua_State *L)
     }
 
     int pipefd[2];
-    if (pipe(pipefd) != 0 || fcntl(pipefd[0], F_SETFD, FD_CLOEXEC) != 0 ||
-        fcntl(pipefd[1], F_SETFD, FD_CLOEXEC) != 0) {
+    if (pipe(pipefd) != 0) {
         lua_pushnil(L);
         lua_pushfstring(L, "pipe: %s", strerror(errno));
         return 2;
     }
+    /* close-on-exec: a successful exec closes the write end, so the read sees EOF */
+    fcntl(pipefd[0], F_SETFD, FD_CLOEXEC);
+    fcntl(pipefd[1], F_SETFD, FD_CLOEXEC);
     fflush(NULL);
     pid_t parent = getpid();
     pid_t pid = fork();
@@ -446,9 +447,10 @@ static int l_getpid(lua_State *L)
 int luaopen_lvproc(lua_State *L)
 {
     static const luaL_Reg fns[] = {
-        {"spawn", l_spawn}, {"kill", l_kill},     {"wait", l_wait},         {"alive", l_alive},
-        {"now", l_now},     {"sleep", l_sleep},   {"rss_kb", l_rss_kb},     {"fd_count", l_fd_count},
-        {"mkdtemp", l_mkdtemp}, {"getpid", l_getpid}, {"recv", l_recv}, {NULL, NULL},
+        {"spawn", l_spawn},   {"kill", l_kill},         {"wait", l_wait},
+        {"alive", l_alive},   {"now", l_now},           {"sleep", l_sleep},
+        {"rss_kb", l_rss_kb}, {"fd_count", l_fd_count}, {"mkdtemp", l_mkdtemp},
+        {"getpid", l_getpid}, {"recv", l_recv},         {NULL, NULL},
     };
     lua_getfield(L, LUA_REGISTRYINDEX, LVP_REAPED);
     if (!lua_istable(L, -1)) {
