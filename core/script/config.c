@@ -16,6 +16,7 @@
 
 #include "base/log.h"
 #include "base/method.h"
+#include "script/hooks.h"
 
 #ifndef LEVEE_LUA_DIR
 #define LEVEE_LUA_DIR "/usr/local/share/levee/lua"
@@ -46,6 +47,19 @@ static void *lalloc(void *ud, void *ptr, size_t osize, size_t nsize)
     if (p)
         a->used = a->used - old + nsize;
     return p;
+}
+
+/* For hooks.c (declared in hooks.h): a per-call memory cap. `extra` > 0 lowers the limit to
+ * what the state holds now plus `extra` (never above the state-wide cap), so one hook call
+ * cannot grow the state by more; 0 puts the state-wide cap back. */
+void lv__config_lua_cap(lua_State *L, size_t extra)
+{
+    void *ud = NULL;
+    lua_getallocf(L, &ud);
+    struct lv__lalloc *a = ud;
+    a->limit = LV__CONFIG_LUA_MEM_LIMIT;
+    if (extra > 0 && a->used < LV__CONFIG_LUA_MEM_LIMIT - extra)
+        a->limit = a->used + extra;
 }
 
 static void state_close(lua_State *L)
@@ -636,6 +650,12 @@ static struct lv_config *run(const char *fn, const char *const *args, int nargs,
     } else {
         /* Only the hooks stay reachable (from the registry); drop the rest now. */
         lua_gc(L, LUA_GCCOLLECT);
+        /* hooks.c seals the sandbox and makes the hook thread (hooks.h). */
+        if (lv__hooks_init(L, c, errors) != 0) {
+            state_close(L);
+            config_free(c);
+            return NULL;
+        }
         c->L = L;
     }
     c->loaded_at = unix_now();

@@ -1,0 +1,88 @@
+#include "policy/retry.h"
+
+#include "base/method.h"
+#include "policy/backoff.h"
+#include "policy/retry_after.h"
+
+static bool safe_to_replay(const struct lv_retry_ask *a)
+{
+    return a->outcome.kind == LV_OUT_CONNECT_FAILURE || lv_method_idempotent(a->method) ||
+           a->has_idempotency_key || a->non_idempotent_allowed;
+}
+
+enum lv_retry_no lv_retry_decide(const struct lv_retry_ask *a, uint64_t *delay_ms_out)
+{
+    if (a->verdict != LV_VERDICT_RETRY)
+        return LV_RETRY_NO_VERDICT;
+    if (a->attempts_made >= a->max_attempts)
+        return LV_RETRY_NO_ATTEMPTS;
+    if (a->response_started)
+        return LV_RETRY_NO_STARTED;
+    if (!safe_to_replay(a))
+        return LV_RETRY_NO_UNSAFE;
+    if (!a->replayable)
+        return LV_RETRY_NO_REPLAY;
+
+    /* a try of 0 ms is no try at all */
+    uint64_t min_try = a->min_try_ms > 0 ? a->min_try_ms : 1;
+    uint64_t left = a->deadline_ms > a->now_ms ? a->deadline_ms - a->now_ms : 0;
+    if (left < min_try)
+        return LV_RETRY_NO_DEADLINE;
+    uint64_t room = left - min_try, delay = a->delay_ms;
+    if (delay > room) {
+        if (a->delay_from_server)
+            return LV_RETRY_NO_DEADLINE; /* coming back early would ignore what we were told */
+        delay = room;
+    }
+
+    if (!a->budget_allows)
+        return LV_RETRY_NO_BUDGET;
+    if (delay_ms_out)
+        *delay_ms_out = delay;
+    return LV_RETRY_GO;
+}
+
+const char *lv_retry_no_name(enum lv_retry_no no)
+{
+    switch (no) {
+    case LV_RETRY_GO:
+        return "go";
+    case LV_RETRY_NO_VERDICT:
+        return "verdict";
+    case LV_RETRY_NO_ATTEMPTS:
+        return "attempts";
+    case LV_RETRY_NO_STARTED:
+        return "response-started";
+    case LV_RETRY_NO_UNSAFE:
+        return "unsafe";
+    case LV_RETRY_NO_REPLAY:
+        return "replay";
+    case LV_RETRY_NO_DEADLINE:
+        return "deadline";
+    case LV_RETRY_NO_BUDGET:
+        return "budget-exhausted";
+    }
+    return "?";
+}
+
+bool lv_retry_after_applies(struct lv_outcome o)
+{
+    return o.kind == LV_OUT_STATUS && (o.status == 429 || o.status == 503);
+}
+
+uint64_t lv_retry_delay(const struct lv_retry_delay_ask *a, bool *from_server)
+{
+    uint64_t d;
+    bool server = true;
+    if (a->has_hook_delay)
+        d = a->hook_delay_ms;
+    else if (!(lv_retry_after_applies(a->outcome) && a->retry_after &&
+               lv_retry_after_parse(a->retry_after, a->retry_after_len, a->now_unix_s, &d) == 0)) {
+        d = lv_backoff_ms(a->jitter, a->base_ms, a->max_ms, a->retry_number, a->prev_delay_ms,
+                          a->rand64);
+        server = false;
+    }
+    if (from_server)
+        *from_server = server;
+    return d;
+}

@@ -1,0 +1,148 @@
+/*
+ * hooks: runs a route's Lua hooks (SPEC §4 classify, §5 fallback) for the request path, and
+ * turns what they return into C values: a verdict and an optional delay, or a complete HTTP
+ * response. It is the only code that calls into the configuration's Lua state after loading.
+ *
+ * Every call runs on one Lua thread owned by the configuration (created at load by
+ * lv__hooks_init), under pcall with a traceback handler, an instruction limit and a memory
+ * limit per call. A hook that raises an error, loops, allocates without bound or returns
+ * something unexpected fails that call only: the caller gets LV_HOOK_NONE (or -1) and a
+ * one-line message for the log, and the state stays usable for the next call.
+ *
+ * Hooks see the configuration's sandbox (config.lua), sealed once the file has loaded:
+ * globals and the library tables (string, table, math, utf8, os) become read-only, `require`
+ * fails, and `setmetatable` refuses __gc (a finalizer would run outside every limit). State a
+ * hook keeps on purpose lives in locals of the configuration file (upvalues), e.g. the module
+ * returned by `require "levee.policy"` at the top of the file.
+ *
+ * The tables a hook receives are built per call and cheaply: `headers` and `request` are
+ * filled in only when the hook reads them (one table and one string per header). They are
+ * valid during the call only; a table a hook keeps past its call no longer fills them in.
+ *
+ * Owns nothing the caller sees: every argument is borrowed for the duration of the call.
+ * Called by the request path (core/proxy) once per attempt when the route has a classify hook,
+ * and when the breaker rejects a request on a route with a fallback hook.
+ */
+#ifndef LV_HOOKS_H
+#define LV_HOOKS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base/buf.h"
+#include "script/config.h"
+
+/* Lua VM instructions one call may run (about 10 ms of pure Lua). Pure-C library calls
+ * (e.g. one string.find with a pathological pattern) run to completion: they are not counted. */
+#define LV_HOOK_MAX_INSTRUCTIONS 1000000
+/* Bytes one call may add to the state (an allocation beyond fails the call with a memory
+ * error); the state-wide cap of config.c still applies on top. */
+#define LV_HOOK_MAX_MEMORY ((size_t)8 << 20)
+/* A longer retry delay from a hook is capped (the deadline then decides; no deadline fits). */
+#define LV_HOOK_MAX_DELAY_MS ((uint64_t)86400 * 1000)
+/* Largest response head a fallback may produce (status line and headers). */
+#define LV_HOOK_MAX_FALLBACK_HEAD ((size_t)64 << 10)
+
+/* One header field, borrowed: not NUL-terminated. */
+struct lv_hook_header {
+    const char *name;
+    size_t name_len;
+    const char *value;
+    size_t value_len;
+};
+
+/* What a classify hook sees (SPEC §4), as the table
+ * { status, error, headers, duration, number, route, request = { method, path, headers } }. */
+struct lv_hook_attempt {
+    int status;        /* the upstream's status; 0 when the attempt ended in an error */
+    const char *error; /* "connect-failure", "reset", "timeout", "protocol-error", or NULL */
+    const struct lv_hook_header *headers; /* response headers (status outcomes only) */
+    size_t nheaders;
+    double duration_s; /* this attempt, start to outcome */
+    int number;        /* 1 for the first attempt */
+    const char *route; /* route name */
+    const char *method;
+    const char *path; /* request-target as received (query included) */
+    size_t path_len;
+    const struct lv_hook_header *req_headers;
+    size_t nreq_headers;
+};
+
+/* Same order as enum lv_verdict (policy/outcome.h), so one converts to the other by value. */
+enum lv_hook_verdict {
+    LV_HOOK_NONE = 0, /* no verdict: the hook returned nil, failed, or there is no hook */
+    LV_HOOK_OK,
+    LV_HOOK_FAIL,
+    LV_HOOK_RETRY,
+};
+
+/**
+ * Runs the classify hook `ref` (a route's classify_ref) of `cfg` on attempt `a` (borrowed for
+ * the call). Returns the verdict the hook named. On LV_HOOK_RETRY with a second return value
+ * (seconds as a number, or a string: a duration "250ms", "1.5s", "1m30s", or bare seconds
+ * "120"), sets *delay_ms (capped at LV_HOOK_MAX_DELAY_MS) and *has_delay = true; otherwise
+ * *has_delay = false.
+ *
+ * LV_HOOK_NONE means "classify as if there were no hook". `err` is reset first; it stays empty
+ * when there is no hook (ref < 0, no state) or the hook returned nil on purpose, and holds a
+ * one-line NUL-terminated message to log when the hook failed: raised an error, ran over
+ * LV_HOOK_MAX_INSTRUCTIONS or LV_HOOK_MAX_MEMORY, or returned something other than
+ * "ok"/"fail"/"retry"/nil or a bad delay.
+ */
+enum lv_hook_verdict lv_hook_classify(struct lv_config *cfg, int ref,
+                                      const struct lv_hook_attempt *a, uint64_t *delay_ms,
+                                      bool *has_delay, struct lv_buf *err);
+
+/* The request a fallback hook sees, as { method, path, headers, route, request_id }. */
+struct lv_hook_request {
+    const char *method;
+    const char *path;
+    size_t path_len;
+    const struct lv_hook_header *headers;
+    size_t nheaders;
+    const char *route;
+    const char *request_id; /* sent back as X-Request-Id (the hook's own is dropped); may be NULL */
+    bool close; /* the connection closes after this response: the head says Connection: close */
+};
+
+/**
+ * Runs the fallback hook `ref` (a route's fallback_ref) as fallback(req, why), `why` being the
+ * reason the upstream is not asked ("breaker-open"). The hook returns
+ *   { status = 503, headers = { ["Name"] = "value" | number | { list }, ... } or
+ *     { { "Name", "value" }, ... }, body = "..." }
+ * (status defaults to 503, headers and body to none). On success appends a complete HTTP/1.1
+ * response to `out` (status line, the hook's headers, Content-Length computed, X-Request-Id,
+ * Connection: close when req->close; the body unless req->method is HEAD), stores the status
+ * in *status and returns 0. Headers levee owns (Content-Length, Transfer-Encoding, the
+ * hop-by-hop ones such as Connection, and X-Request-Id when req->request_id is set) are
+ * dropped, not sent.
+ *
+ * Returns -1 and leaves `out` untouched when the caller must answer by itself (503
+ * breaker-open): `err` (reset first) is empty when there is no hook or it returned nil on
+ * purpose, and holds a one-line message when it failed: an error, a limit, a wrong type, a
+ * status outside 200-599, a header name that is not a token, a value with CR, LF or another
+ * control byte, a body on 204/304, an unknown key, or a head over LV_HOOK_MAX_FALLBACK_HEAD.
+ */
+int lv_hook_fallback(struct lv_config *cfg, int ref, const struct lv_hook_request *req,
+                     const char *why, struct lv_buf *out, int *status, struct lv_buf *err);
+
+/* ---- internal: the bridge between config.c and this module. */
+
+struct lua_State;
+
+/**
+ * Called by config.c once a configuration with hooks has loaded, on its state: creates the
+ * hook thread and the metatables, and seals the sandbox environments the hooks (and what
+ * they reach through upvalues) use. Returns 0, or -1 with a message appended to `errors`.
+ */
+int lv__hooks_init(struct lua_State *L, struct lv_config *c, struct lv_buf *errors);
+
+/**
+ * Defined in config.c, which owns the allocator: `extra` > 0 limits the state to `extra`
+ * bytes above what it holds now (never above the state-wide cap); 0 restores the state-wide
+ * cap. Used around each hook call.
+ */
+void lv__config_lua_cap(struct lua_State *L, size_t extra);
+
+#endif
