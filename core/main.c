@@ -50,12 +50,15 @@ static int run(struct lv_config *cfg, const char *path, bool dev)
     int rc = lv_server_start(s, &loop, cfg);
     if (rc != 0) {
         lv_error("cannot start: %s", uv_strerror(rc));
-        return 1;
+        s->exit_code = 1;
+        lv_server_shutdown(s); /* close what was opened, so the exit is clean */
+    } else {
+        lv_info("levee %s started (generation %llu, %zu routes)", LEVEE_VERSION,
+                (unsigned long long)s->generation, s->cfg->nroutes);
     }
-    lv_info("levee %s started (generation %llu, %zu routes)", LEVEE_VERSION,
-            (unsigned long long)s->generation, s->cfg->nroutes);
     uv_run(&loop, UV_RUN_DEFAULT);
-    lv_info("stopped");
+    if (rc == 0)
+        lv_info("stopped");
     rc = s->exit_code;
     lv_server_free(s);
     if (uv_loop_close(&loop) != 0) {

@@ -68,16 +68,19 @@ static void on_written(uv_write_t *req, int status)
     conn_close(ac);
 }
 
-static void respond(struct admin_conn *ac, int status, const char *ctype, const char *body,
-                    size_t len)
+static void respond_allow(struct admin_conn *ac, int status, const char *ctype, const char *body,
+                          size_t len, const char *allow)
 {
     ac->done = true;
     uv_read_stop((uv_stream_t *)&ac->tcp);
     struct lv_buf out = LV_BUF_INIT;
     lv_buf_printf(&out,
                   "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-                  "Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+                  "Cache-Control: no-store\r\nConnection: close\r\n",
                   status, lv_http_reason(status), ctype, len);
+    if (allow)
+        lv_buf_printf(&out, "Allow: %s\r\n", allow);
+    lv_buf_puts(&out, "\r\n");
     lv_buf_append(&out, body, len);
     uv_write_t *w = lv_xmalloc(sizeof(*w) + out.len);
     char *data = (char *)(w + 1);
@@ -91,14 +94,26 @@ static void respond(struct admin_conn *ac, int status, const char *ctype, const 
     }
 }
 
-static void respond_json_error(struct admin_conn *ac, int status, const char *msg)
+static void respond(struct admin_conn *ac, int status, const char *ctype, const char *body,
+                    size_t len)
+{
+    respond_allow(ac, status, ctype, body, len, NULL);
+}
+
+static void respond_json_error_allow(struct admin_conn *ac, int status, const char *msg,
+                                     const char *allow)
 {
     struct lv_buf b = LV_BUF_INIT;
     lv_buf_puts(&b, "{\"error\":\"");
     lv_buf_json_escape(&b, msg, strlen(msg));
     lv_buf_puts(&b, "\"}\n");
-    respond(ac, status, "application/json", b.data, b.len);
+    respond_allow(ac, status, "application/json", b.data, b.len, allow);
     lv_buf_dispose(&b);
+}
+
+static void respond_json_error(struct admin_conn *ac, int status, const char *msg)
+{
+    respond_json_error_allow(ac, status, msg, NULL);
 }
 
 static void json_str(struct lv_buf *b, const char *s)
@@ -232,9 +247,10 @@ static void handle(struct admin_conn *ac)
         lv_buf_dispose(&errors);
     } else if (PATH_IS("/") && get) {
         respond(ac, 200, "text/html; charset=utf-8", lv_dashboard_html, strlen(lv_dashboard_html));
-    } else if (PATH_IS("/healthz") || PATH_IS("/metrics") || PATH_IS("/status") ||
-               PATH_IS("/reload") || PATH_IS("/")) {
-        respond_json_error(ac, 405, "method not allowed");
+    } else if (PATH_IS("/reload")) {
+        respond_json_error_allow(ac, 405, "method not allowed", "POST");
+    } else if (PATH_IS("/healthz") || PATH_IS("/metrics") || PATH_IS("/status") || PATH_IS("/")) {
+        respond_json_error_allow(ac, 405, "method not allowed", "GET, HEAD");
     } else {
         respond_json_error(ac, 404, "not found");
     }

@@ -50,13 +50,19 @@ enum lv_field_id lv_field_classify(const char *name, size_t len)
     case 7:
         if (lv_field_name_eq(name, len, "upgrade"))
             return LV_FID_UPGRADE;
-        return lv_field_name_eq(name, len, "trailer") ? LV_FID_TRAILER : LV_FID_OTHER;
+        if (lv_field_name_eq(name, len, "trailer"))
+            return LV_FID_TRAILER;
+        break; /* "Proxy-X" is 7 long too */
     case 9:
-        return lv_field_name_eq(name, len, "forwarded") ? LV_FID_FORWARDED : LV_FID_OTHER;
+        if (lv_field_name_eq(name, len, "forwarded"))
+            return LV_FID_FORWARDED;
+        break; /* "Proxy-Foo" */
     case 10:
         if (lv_field_name_eq(name, len, "connection"))
             return LV_FID_CONNECTION;
-        return lv_field_name_eq(name, len, "keep-alive") ? LV_FID_KEEP_ALIVE : LV_FID_OTHER;
+        if (lv_field_name_eq(name, len, "keep-alive"))
+            return LV_FID_KEEP_ALIVE;
+        break; /* "Proxy-Abcd" */
     case 12:
         if (lv_field_name_eq(name, len, "x-request-id"))
             return LV_FID_X_REQUEST_ID;
@@ -352,4 +358,38 @@ unsigned lv_fields_mark_hop(struct lv_field *fields, uint32_t n)
         }
     }
     return conn;
+}
+
+/* One '.' of a path segment, literal or percent-encoded; returns its length or 0. */
+static size_t dot_at(const char *p, const char *end)
+{
+    if (p < end && *p == '.')
+        return 1;
+    if (end - p >= 3 && p[0] == '%' && p[1] == '2' && (p[2] == 'e' || p[2] == 'E'))
+        return 3;
+    return 0;
+}
+
+bool lv_path_safe(const char *p, size_t n)
+{
+    const char *end = p + n;
+    for (const char *q = p; q + 2 < end; q++)
+        if (q[0] == '%' && q[1] == '0' && q[2] == '0')
+            return false;
+    /* Dot segments: "/." or "/.." followed by "/" or the end, dots possibly encoded. */
+    for (const char *q = p; q < end; q++) {
+        if (*q != '/')
+            continue;
+        const char *s = q + 1;
+        size_t d1 = dot_at(s, end);
+        if (!d1)
+            continue;
+        s += d1;
+        if (s == end || *s == '/')
+            return false;
+        size_t d2 = dot_at(s, end);
+        if (d2 && (s + d2 == end || s[d2] == '/'))
+            return false;
+    }
+    return true;
 }

@@ -131,6 +131,12 @@ int lv_content_length_parse(const char *v, size_t n, uint64_t *out);
 /** X-Request-Id we keep: 1..200 bytes of visible ASCII (0x21-0x7E). */
 bool lv_request_id_valid(const char *v, size_t n);
 
+/** A request path levee will route on: no "%00" and no dot segments ("/./", "/../", also
+ *  percent-encoded as %2e), so a prefix route can never be escaped by "/public/../admin".
+ *  Clients normalise dot segments before sending (RFC 3986 §5.2.4), so real traffic has none;
+ *  the proxy answers 400 to the rest, as nginx does for ".." above the root. */
+bool lv_path_safe(const char *p, size_t n);
+
 /** Trim leading and trailing SP/HTAB from a span. */
 struct lv_span lv_span_trim_ows(struct lv_span s);
 

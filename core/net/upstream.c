@@ -437,10 +437,13 @@ static struct lv_upserver *pick_server(struct lv_upstream *up, const struct lv_u
             return sa;
         return sb->inflight < sa->inflight ? sb : sa;
     }
-    struct lv_upserver *s = &up->servers[up->rr++ % n];
-    if (s == avoid)
-        s = &up->servers[up->rr++ % n];
-    return s;
+    if (avoid) {
+        /* A retry takes the server after the one that failed, without moving the shared
+         * rotation: otherwise a dead server would be every request's first pick. */
+        size_t i = (size_t)(avoid - up->servers);
+        return &up->servers[(i + 1) % n];
+    }
+    return &up->servers[up->rr++ % n];
 }
 
 /* Try to satisfy `acq` now. Returns true if it was handled (callback scheduled or queued

@@ -254,6 +254,12 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         c->eof = true;
         uv_read_stop(stream);
         c->reading = false;
+        if (nread != UV_EOF) {
+            /* Reset (not a half-close): the client is gone; abort its request at once so
+             * the upstream connection and its pool slot are freed. */
+            client_close(c, false);
+            return;
+        }
         if (c->state == LV_CLIENT_REQUEST && c->req) {
             lv_request_client_eof(c->req);
             return;

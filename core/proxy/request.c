@@ -481,6 +481,12 @@ void lv_request_begin(struct lv_client *c, size_t head_len)
     r->error_token = NULL;
     r->upstream_paused = false;
 
+    if (!lv_path_safe(h.path.p, h.path.len)) {
+        lv_buf_consume(&c->in, head_len);
+        send_error(r, LV_GWERR_BAD_REQUEST, "path has %00 or a dot segment", -1);
+        request_end(r, true);
+        return;
+    }
     if (h.expect_other) {
         lv_buf_consume(&c->in, head_len);
         send_error(r, LV_GWERR_EXPECTATION_FAILED, NULL, -1);

@@ -447,9 +447,18 @@ int lv_server_start(struct lv_server *s, uv_loop_t *loop, struct lv_config *cfg)
     s->access_fd = -1;
     s->rid_state = uv_hrtime() ^ ((uint64_t)getpid() << 32);
     metrics_setup(s);
+    /* Loop handles first: whatever fails later, lv_server_shutdown can close them all. */
     uv_check_init(loop, &s->flush_check);
     s->flush_check.data = s;
     uv_check_start(&s->flush_check, on_flush_check);
+    uv_signal_init(loop, &s->sig_term);
+    uv_signal_init(loop, &s->sig_int);
+    uv_signal_init(loop, &s->sig_hup);
+    s->sig_term.data = s->sig_int.data = s->sig_hup.data = s;
+    uv_timer_init(loop, &s->tick);
+    s->tick.data = s;
+    uv_timer_init(loop, &s->drain_timer);
+    s->drain_timer.data = s;
     install_config(s, cfg);
     snprintf(s->last_reload_result, sizeof(s->last_reload_result), "initial load");
     int rc = sync_listeners(s, cfg);
@@ -460,18 +469,10 @@ int lv_server_start(struct lv_server *s, uv_loop_t *loop, struct lv_config *cfg)
         if (!s->admin)
             return UV_EADDRINUSE;
     }
-    uv_signal_init(loop, &s->sig_term);
-    uv_signal_init(loop, &s->sig_int);
-    uv_signal_init(loop, &s->sig_hup);
-    s->sig_term.data = s->sig_int.data = s->sig_hup.data = s;
     uv_signal_start(&s->sig_term, on_signal, SIGTERM);
     uv_signal_start(&s->sig_int, on_signal, SIGINT);
     uv_signal_start(&s->sig_hup, on_signal, SIGHUP);
-    uv_timer_init(loop, &s->tick);
-    s->tick.data = s;
     uv_timer_start(&s->tick, on_tick, 1000, 1000);
-    uv_timer_init(loop, &s->drain_timer);
-    s->drain_timer.data = s;
     return 0;
 }
 

@@ -33,10 +33,10 @@ struct lv_listen_cfg {
 };
 
 struct lv_limits_cfg {
-    size_t header_size;       /* whole request head, request line included; default 32 KiB -> 431 */
-    size_t request_line;      /* default 8 KiB -> 414 */
-    uint32_t header_count;    /* default 100 -> 431 */
-    size_t body_size;         /* default 16 MiB -> 413 */
+    size_t header_size;    /* whole request head, request line included; default 32 KiB -> 431 */
+    size_t request_line;   /* default 8 KiB -> 414 */
+    uint32_t header_count; /* default 100 -> 431 */
+    size_t body_size;      /* default 16 MiB -> 413 */
     uint64_t header_timeout_ms; /* default 10 s -> 408 */
     uint64_t idle_timeout_ms;   /* keep-alive idle, default 60 s */
     uint64_t send_timeout_ms;   /* a client that reads nothing this long is closed, default 60 s */
@@ -61,10 +61,10 @@ struct lv_upstream_cfg {
     enum lv_balance balance;
     uint64_t connect_timeout_ms; /* default 1 s */
     struct lv_pool_cfg pool;
-    bool tls;          /* TLS to the upstream */
-    char *tls_sni;     /* default: the server's host */
-    bool tls_verify;   /* default true */
-    char *tls_ca;      /* CA file; NULL: system default */
+    bool tls;        /* TLS to the upstream */
+    char *tls_sni;   /* default: the server's host */
+    bool tls_verify; /* default true */
+    char *tls_ca;    /* CA file; NULL: system default */
 };
 
 /* Outcome kinds a retry policy can name (retry.on). */
@@ -87,8 +87,8 @@ struct lv_retry_cfg {
     double budget_ratio;      /* default 0.2 */
     double budget_min_per_second; /* default 10 */
     uint64_t budget_window_ms;    /* default 10 s */
-    bool non_idempotent;      /* default false */
-    size_t buffer;            /* replay buffer, default 64 KiB */
+    bool non_idempotent;          /* default false */
+    size_t buffer;                /* replay buffer, default 64 KiB */
 };
 
 struct lv_breaker_cfg {
@@ -109,31 +109,31 @@ enum lv_idem_on_conflict { LV_IDEM_CONFLICT_REJECT, LV_IDEM_CONFLICT_WAIT };
 enum lv_idem_on_store_error { LV_IDEM_FAIL_CLOSED, LV_IDEM_FAIL_OPEN };
 
 struct lv_idem_cfg {
-    bool enabled;               /* false when the route has no idempotency table */
-    char *header;               /* default "Idempotency-Key" */
-    uint64_t ttl_ms;            /* default 24 h */
-    uint64_t methods;           /* LV_METHOD_BIT set; default POST|PATCH */
-    bool required;              /* default false */
-    enum lv_idem_store store;   /* default memory */
-    struct lv_hostport redis;   /* store = { redis = "host:port" } */
-    char *redis_prefix;         /* default "levee:" */
-    size_t max_body;            /* largest stored response body, default 1 MiB */
-    size_t max_memory;          /* memory store cap, default 64 MiB */
+    bool enabled;                               /* false when the route has no idempotency table */
+    char *header;                               /* default "Idempotency-Key" */
+    uint64_t ttl_ms;                            /* default 24 h */
+    uint64_t methods;                           /* LV_METHOD_BIT set; default POST|PATCH */
+    bool required;                              /* default false */
+    enum lv_idem_store store;                   /* default memory */
+    struct lv_hostport redis;                   /* store = { redis = "host:port" } */
+    char *redis_prefix;                         /* default "levee:" */
+    size_t max_body;                            /* largest stored response body, default 1 MiB */
+    size_t max_memory;                          /* memory store cap, default 64 MiB */
     enum lv_idem_on_conflict on_conflict;       /* default reject (409) */
     enum lv_idem_on_store_error on_store_error; /* default fail_closed */
-    int key_ref;                /* Lua registry ref of key(req), or -1 (LUA_NOREF) */
+    int key_ref; /* Lua registry ref of key(req), or -1 (LUA_NOREF) */
 };
 
 struct lv_route_cfg {
-    char *name;       /* stable identity: state is kept by name across reloads */
-    int line;         /* line of the route in the file, for messages */
-    char *match_prefix; /* NULL: any */
-    char *match_path;   /* exact path, NULL: any */
-    char *match_host;   /* exact host (no port, lower case), NULL: any */
-    uint64_t match_methods; /* LV_METHOD_BIT set, 0: any */
+    char *name;                       /* stable identity: state is kept by name across reloads */
+    int line;                         /* line of the route in the file, for messages */
+    char *match_prefix;               /* NULL: any */
+    char *match_path;                 /* exact path, NULL: any */
+    char *match_host;                 /* exact host (no port, lower case), NULL: any */
+    uint64_t match_methods;           /* LV_METHOD_BIT set, 0: any */
     struct lv_upstream_cfg *upstream; /* points into lv_config.upstreams */
-    uint64_t timeout_ms;     /* whole request deadline, default 15 s */
-    uint64_t try_timeout_ms; /* one attempt until response head, default = timeout */
+    uint64_t timeout_ms;              /* whole request deadline, default 15 s */
+    uint64_t try_timeout_ms;          /* one attempt until response head, default = timeout */
     struct lv_retry_cfg retry;
     struct lv_breaker_cfg breaker;
     struct lv_idem_cfg idempotency;
@@ -141,11 +141,16 @@ struct lv_route_cfg {
     int fallback_ref; /* Lua registry ref, or -1 */
 };
 
-enum lv_access_log { LV_ACCESS_LOG_OFF, LV_ACCESS_LOG_STDOUT, LV_ACCESS_LOG_STDERR, LV_ACCESS_LOG_FILE };
+enum lv_access_log {
+    LV_ACCESS_LOG_OFF,
+    LV_ACCESS_LOG_STDOUT,
+    LV_ACCESS_LOG_STDERR,
+    LV_ACCESS_LOG_FILE
+};
 
 struct lv_config {
-    char *file;          /* absolute path of the file loaded */
-    char **files;        /* the file and every Lua module it required (for watch); NULL-terminated */
+    char *file;   /* absolute path of the file loaded */
+    char **files; /* the file and every Lua module it required (for watch); NULL-terminated */
     struct lv_listen_cfg *listens;
     size_t nlistens;
     bool admin_enabled;

@@ -18,7 +18,7 @@ static int t__cur_failed;
         if (!(cond)) {                                                                             \
             t__failed++;                                                                           \
             t__cur_failed = 1;                                                                     \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);             \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);               \
         }                                                                                          \
     } while (0)
 
@@ -29,7 +29,7 @@ static int t__cur_failed;
         if (t__a != t__b) {                                                                        \
             t__failed++;                                                                           \
             t__cur_failed = 1;                                                                     \
-            fprintf(stderr, "%s:%d: %s == %s: got %lld, want %lld\n", __FILE__, __LINE__, #a, #b, \
+            fprintf(stderr, "%s:%d: %s == %s: got %lld, want %lld\n", __FILE__, __LINE__, #a, #b,  \
                     t__a, t__b);                                                                   \
         }                                                                                          \
     } while (0)
@@ -41,7 +41,7 @@ static int t__cur_failed;
         if (!t__a || !t__b || strcmp(t__a, t__b) != 0) {                                           \
             t__failed++;                                                                           \
             t__cur_failed = 1;                                                                     \
-            fprintf(stderr, "%s:%d: %s: got \"%s\", want \"%s\"\n", __FILE__, __LINE__, #a,       \
+            fprintf(stderr, "%s:%d: %s: got \"%s\", want \"%s\"\n", __FILE__, __LINE__, #a,        \
                     t__a ? t__a : "(null)", t__b ? t__b : "(null)");                               \
         }                                                                                          \
     } while (0)
@@ -55,7 +55,7 @@ static int t__cur_failed;
         name();                                                                                    \
         if (t__cur_failed)                                                                         \
             t__tests_failed++;                                                                     \
-        fprintf(stderr, "%s %s\n", t__cur_failed ? "FAIL" : "ok  ", #name);                      \
+        fprintf(stderr, "%s %s\n", t__cur_failed ? "FAIL" : "ok  ", #name);                        \
     } while (0)
 
 #define T_DONE()                                                                                   \

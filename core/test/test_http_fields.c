@@ -38,6 +38,11 @@ T_TEST(classify_and_hop_by_hop)
     T_CHECK_INT(lv_field_classify(S("Content-Type")), LV_FID_OTHER);
     T_CHECK_INT(lv_field_classify(S("Content_Length")), LV_FID_OTHER);
     T_CHECK_INT(lv_field_classify(S("Proxy-")), LV_FID_OTHER);
+    /* Every length that also has a special name of its own. */
+    T_CHECK_INT(lv_field_classify(S("Proxy-X")), LV_FID_PROXY);
+    T_CHECK_INT(lv_field_classify(S("Proxy-Foo")), LV_FID_PROXY);
+    T_CHECK_INT(lv_field_classify(S("Proxy-Abcd")), LV_FID_PROXY);
+    T_CHECK_INT(lv_field_classify(S("proxy-x-request")), LV_FID_PROXY);
 
     const char *hop[] = {"Connection",       "keep-alive",        "TE",
                          "Trailer",          "Transfer-Encoding", "Upgrade",
@@ -54,6 +59,19 @@ T_TEST(classify_and_hop_by_hop)
                          "Via"};
     for (size_t i = 0; i < sizeof(e2e) / sizeof(e2e[0]); i++)
         T_CHECK(!lv_field_is_hop_by_hop(e2e[i], strlen(e2e[i])));
+}
+
+T_TEST(path_safety)
+{
+    const char *ok[] = {"/",      "/a/b",     "/a.b/c", "/.well-known/x", "/a/..b",
+                        "/a/b..", "/%2e%2fx", "/a%20b", "/a/%2ex",        "/%01"};
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++)
+        T_CHECK(lv_path_safe(ok[i], strlen(ok[i])));
+    const char *bad[] = {"/%00",    "/a%00b", "/..",      "/a/../b",
+                         "/a/..",   "/./a",   "/a/.",     "/%2e%2e/x",
+                         "/%2E./x", "/.%2e",  "/a/%2e/b", "/../../etc/passwd"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        T_CHECK(!lv_path_safe(bad[i], strlen(bad[i])));
 }
 
 T_TEST(list_iteration)
@@ -280,6 +298,7 @@ int main(void)
 {
     T_RUN(name_eq);
     T_RUN(classify_and_hop_by_hop);
+    T_RUN(path_safety);
     T_RUN(list_iteration);
     T_RUN(connection_options);
     T_RUN(transfer_encoding);
