@@ -157,7 +157,27 @@ void lv_admin_status_json(struct lv_server *s, struct lv_buf *b)
         json_str(b, r->upstream->name);
         lv_buf_puts(b, ",\"requests\":");
         lv_buf_putu(b, rs->requests);
-        lv_buf_puts(b, ",\"breaker\":{\"state\":\"closed\"}");
+        uint64_t now = uv_now(s->loop);
+        if (rs->breaker_enabled) {
+            struct lv_breaker_stats st;
+            lv_breaker_stats(&rs->breaker, now, &st);
+            lv_buf_printf(b,
+                          ",\"breaker\":{\"enabled\":true,\"state\":\"%s\",\"open_left_ms\":%llu,"
+                          "\"open_for_ms\":%llu,\"window\":{\"requests\":%llu,\"failures\":%llu,"
+                          "\"slow\":%llu},\"consecutive_failures\":%u,\"probes_in_flight\":%u,"
+                          "\"times_opened\":%llu}",
+                          lv_breaker_state_name(st.state), (unsigned long long)st.open_left_ms,
+                          (unsigned long long)st.open_for_ms, (unsigned long long)st.requests,
+                          (unsigned long long)st.failures, (unsigned long long)st.slow,
+                          st.consecutive, st.probes_in_flight, (unsigned long long)st.to_open);
+        } else {
+            lv_buf_puts(b, ",\"breaker\":{\"enabled\":false,\"state\":\"closed\"}");
+        }
+        uint64_t breq = 0, bret = 0, bavail = 0;
+        lv_budget_stats(&rs->budget, now, &breq, &bret, &bavail);
+        lv_buf_printf(b, ",\"budget\":{\"requests\":%llu,\"retries\":%llu,\"available\":%llu}",
+                      (unsigned long long)breq, (unsigned long long)bret,
+                      (unsigned long long)bavail);
         lv_buf_putc(b, '}');
     }
     lv_buf_puts(b, "],\"upstreams\":[");

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "base/gwerr.h"
 #include "base/log.h"
@@ -16,6 +17,9 @@
 #include "proxy/errresp.h"
 #include "proxy/router.h"
 #include "proxy/server.h"
+#include "policy/backoff.h"
+#include "policy/retry.h"
+#include "script/hooks.h"
 
 #define container_of(p, type, member) ((type *)((char *)(p)-offsetof(type, member)))
 
@@ -37,6 +41,7 @@ static void attempt_start(struct lv_request *r);
 static void attempt_failed(struct lv_request *r, enum lv_outcome_kind kind, const char *detail);
 static void finish(struct lv_request *r);
 static void pump_body(struct lv_request *r);
+static void hook_failed(struct lv_request *r, int which, const struct lv_buf *err);
 static void on_up_read(struct lv_upconn *uc, ssize_t nread, const char *data, void *arg);
 
 static double ms_since(uint64_t ns)
@@ -104,6 +109,7 @@ int lv_request_dispose(struct lv_request *r, uv_close_cb close_cb)
     lv_buf_dispose(&r->rhead);
     lv_buf_dispose(&r->out);
     lv_buf_dispose(&r->cout);
+    lv_buf_dispose(&r->hook_head);
     free(r->body_dec);
     free(r->resp_dec);
     r->body_dec = r->resp_dec = NULL;
@@ -194,6 +200,7 @@ static void release_upstream(struct lv_request *r, bool reusable)
             lv_upconn_discard(uc, false);
     }
     uv_timer_stop(&r->try_timer);
+    r->in_backoff = false;
 }
 
 static void log_request(struct lv_request *r)
@@ -222,6 +229,7 @@ static void log_request(struct lv_request *r)
     e.upstream_ms = r->resp_started ? r->upstream_ms : -1;
     e.error = r->error_token;
     e.flags = r->flags;
+    e.backoff_ms = r->backoff_ms;
     e.ntries = (unsigned)(r->ntries < LV_ACCESS_MAX_TRIES ? r->ntries : LV_ACCESS_MAX_TRIES);
     for (unsigned i = 0; i < e.ntries; i++) {
         static const char *const names[] = {"none",  "",        "connect-failure",
@@ -244,10 +252,19 @@ static void flush_client(struct lv_request *r)
         lv_client_write_buf(r->c, &r->cout);
 }
 
+/* A breaker probe that ended with no outcome frees its slot (else the route stays shut). */
+static void drop_probe(struct lv_request *r)
+{
+    if (r->probe && r->rs && r->rs->breaker_enabled)
+        lv_breaker_release_probe(&r->rs->breaker);
+    r->probe = false;
+}
+
 static void request_end(struct lv_request *r, bool close_client)
 {
     if (!r->active)
         return;
+    drop_probe(r);
     flush_client(r);
     r->active = false;
     uv_timer_stop(&r->deadline_timer);
@@ -284,6 +301,7 @@ void lv_request_client_gone(struct lv_request *r)
     r->flags |= LV_ACCESS_CLIENT_ABORT;
     if (!r->status)
         r->status = 499;
+    drop_probe(r);
     release_upstream(r, false);
     r->active = false;
     uv_timer_stop(&r->deadline_timer);
@@ -410,6 +428,70 @@ static enum lv_gwerr status_to_err(int status)
     }
 }
 
+/* Hooks may read the request's headers after its head left the input buffer: keep a copy
+ * (only on routes that have a hook). */
+static void keep_hook_headers(struct lv_request *r, const struct lv_reqhead *h, const char *base)
+{
+    lv_buf_reset(&r->hook_head);
+    lv_buf_append(&r->hook_head, base,
+                  h->fields && h->nfields ? (size_t)(h->fields[h->nfields - 1].value.p +
+                                                     h->fields[h->nfields - 1].value.len - base)
+                                          : 0);
+    size_t n = h->nfields < LV_HOOK_MAX_HEADERS ? h->nfields : LV_HOOK_MAX_HEADERS;
+    for (size_t i = 0; i < n; i++) {
+        const struct lv_field *f = &h->fields[i];
+        r->hook_req[i].name = r->hook_head.data + (f->name.p - base);
+        r->hook_req[i].name_len = f->name.len;
+        r->hook_req[i].value = r->hook_head.data + (f->value.p - base);
+        r->hook_req[i].value_len = f->value.len;
+    }
+    r->nhook_req = n;
+}
+
+/* The breaker is open: the route's fallback answers, or 503 breaker-open. */
+static void breaker_open(struct lv_request *r, uint64_t left_ms)
+{
+    struct lv_route_state *rs = r->rs;
+    r->flags |= LV_ACCESS_BREAKER_OPEN;
+    lv_metric_add(rs->breaker_rejected, 1);
+    if (r->body_kind)
+        r->resp_close = true; /* its body is not read */
+    bool close = r->resp_close || !r->client_keep_alive;
+    if (r->route->fallback_ref >= 0) {
+        struct lv_hook_request hr = {
+            .method = lv_method_name(r->method),
+            .path = r->target.data,
+            .path_len = r->target.len,
+            .headers = r->hook_req,
+            .nheaders = r->nhook_req,
+            .route = r->route->name,
+            .request_id = r->rid,
+            .close = close,
+        };
+        struct lv_buf err = LV_BUF_INIT;
+        int status = 0;
+        lv_buf_reset(&r->cout);
+        if (lv_hook_fallback(r->cfg, r->route->fallback_ref, &hr, "breaker-open", &r->cout, &status,
+                             &err) == 0) {
+            lv_buf_dispose(&err);
+            r->flags |= LV_ACCESS_FALLBACK;
+            lv_metric_add(rs->fallbacks, 1);
+            r->status = status;
+            r->bytes_out += r->cout.len;
+            r->head_sent = true;
+            r->resp_close = close;
+            request_end(r, close);
+            return;
+        }
+        lv_buf_reset(&r->cout);
+        if (err.len)
+            hook_failed(r, 1, &err);
+        lv_buf_dispose(&err);
+    }
+    send_error(r, LV_GWERR_BREAKER_OPEN, NULL, (int)((left_ms + 999) / 1000));
+    request_end(r, r->resp_close);
+}
+
 void lv_request_begin(struct lv_client *c, size_t head_len)
 {
     struct lv_request *r = &c->rq;
@@ -480,6 +562,15 @@ void lv_request_begin(struct lv_client *c, size_t head_len)
     r->flags = 0;
     r->error_token = NULL;
     r->upstream_paused = false;
+    r->start_ms = uv_now(s->loop);
+    r->probe = false;
+    r->in_backoff = false;
+    r->prev_delay_ms = 0;
+    r->backoff_ms = 0;
+    r->has_idem_key = false;
+    r->nhook_req = 0;
+    if (r->rng == 0)
+        r->rng = uv_hrtime() ^ (uint64_t)(uintptr_t)r;
 
     if (!lv_path_safe(h.path.p, h.path.len)) {
         lv_buf_consume(&c->in, head_len);
@@ -509,17 +600,37 @@ void lv_request_begin(struct lv_client *c, size_t head_len)
     if (r->host.len)
         lv_host_split(r->host.data, r->host.len, hostbuf, sizeof(hostbuf), &hostlen, &port);
     r->route = lv_router_match(r->cfg, r->method, h.path.p, h.path.len, hostbuf, hostlen);
-    build_forward_head(r, &h);
-    lv_buf_consume(&c->in, head_len);
-    lv_client_input_consumed(c);
-
     if (!r->route) {
+        lv_buf_consume(&c->in, head_len);
         send_error(r, LV_GWERR_NO_ROUTE, NULL, -1);
         request_end(r, r->resp_close);
         return;
     }
+    build_forward_head(r, &h);
     r->rs = lv_server_route_state(s, r->route->name);
     r->up = lv_server_upstream(s, r->route->upstream);
+    const struct lv_idem_cfg *ic = &r->route->idempotency;
+    if (ic->enabled && (ic->methods & LV_METHOD_BIT(r->method))) {
+        for (uint32_t i = 0; i < h.nfields; i++)
+            if (h.fields[i].name.len == strlen(ic->header) && h.fields[i].value.len > 0 &&
+                strncasecmp(h.fields[i].name.p, ic->header, h.fields[i].name.len) == 0)
+                r->has_idem_key = true;
+    }
+    if (r->route->classify_ref >= 0 || r->route->fallback_ref >= 0)
+        keep_hook_headers(r, &h, c->in.data);
+    lv_budget_on_request(&r->rs->budget, r->start_ms);
+    if (r->rs->breaker_enabled) {
+        uint64_t left = 0;
+        enum lv_breaker_admit ad = lv_breaker_admit(&r->rs->breaker, r->start_ms, &left);
+        if (ad == LV_BREAKER_REJECT) {
+            lv_buf_consume(&c->in, head_len);
+            breaker_open(r, left);
+            return;
+        }
+        r->probe = ad == LV_BREAKER_PROBE;
+    }
+    lv_buf_consume(&c->in, head_len);
+    lv_client_input_consumed(c);
     if (r->body_kind)
         lv_body_init(r->body_dec, r->body_kind == 2 ? LV_BODY_CHUNKED : LV_BODY_LENGTH, r->body_cl,
                      s->cfg->limits.body_size);
@@ -654,32 +765,13 @@ void lv_request_client_data(struct lv_request *r)
 
 /* ---- attempts */
 
-static bool retry_safe(const struct lv_request *r, enum lv_outcome_kind kind)
+/* Replaying is safe (SPEC §5): nothing reached the upstream, or an idempotent method, or an
+ * idempotency key on a route with idempotency on, or retry.non_idempotent. The retry rule in
+ * policy/retry.c applies the same test; this copy serves the stale-connection re-send only. */
+static bool replay_safe(const struct lv_request *r, enum lv_outcome_kind kind)
 {
-    if (kind == LV_OUT_CONNECT_FAILURE)
-        return true; /* nothing reached the upstream */
-    if (lv_method_idempotent(r->method))
-        return true;
-    return r->route->retry.non_idempotent;
-}
-
-static bool outcome_retryable(const struct lv_request *r, enum lv_outcome_kind kind, int status)
-{
-    const struct lv_retry_cfg *rc = &r->route->retry;
-    switch (kind) {
-    case LV_OUT_CONNECT_FAILURE:
-        return rc->on_errors & LV_RETRY_ON_CONNECT_FAILURE;
-    case LV_OUT_RESET:
-        return rc->on_errors & LV_RETRY_ON_RESET;
-    case LV_OUT_TIMEOUT:
-        return rc->on_errors & LV_RETRY_ON_TIMEOUT;
-    case LV_OUT_PROTOCOL_ERROR:
-        return rc->on_errors & LV_RETRY_ON_PROTOCOL_ERROR;
-    case LV_OUT_STATUS:
-        return status >= 100 && status < 640 && (rc->on_status[status / 64] >> (status % 64)) & 1;
-    default:
-        return false;
-    }
+    return kind == LV_OUT_CONNECT_FAILURE || lv_method_idempotent(r->method) || r->has_idem_key ||
+           r->route->retry.non_idempotent;
 }
 
 /* Can the request be sent again? (the body is all in the replay buffer, or there is none) */
@@ -687,24 +779,200 @@ static bool can_replay(const struct lv_request *r)
 {
     if (r->body_kind == 0)
         return true;
-    return r->replay_valid && (r->body_done || !r->body_sent_any || true) &&
-           (r->replay.len == r->body_in);
+    return r->replay_valid && r->replay.len == r->body_in;
 }
 
-static bool should_retry(struct lv_request *r, enum lv_outcome_kind kind, int status)
+static uint64_t rand64(struct lv_request *r)
 {
-    if (r->head_sent)
+    uint64_t x = r->rng += 0x9E3779B97F4A7C15ULL;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+    return x ^ (x >> 31);
+}
+
+static void hook_headers(const struct lv_field *f, uint32_t n, struct lv_hook_header *out,
+                         size_t *nout, size_t cap)
+{
+    size_t k = 0;
+    for (uint32_t i = 0; i < n && k < cap; i++) {
+        out[k].name = f[i].name.p;
+        out[k].name_len = f[i].name.len;
+        out[k].value = f[i].value.p;
+        out[k].value_len = f[i].value.len;
+        k++;
+    }
+    *nout = k;
+}
+
+static void hook_failed(struct lv_request *r, int which, const struct lv_buf *err)
+{
+    r->flags |= LV_ACCESS_HOOK_ERROR;
+    lv_metric_add(r->rs->hook_errors[which], 1);
+    /* At most one log line per route per second: a broken hook must not flood the log. */
+    uint64_t now = uv_now(r->s->loop);
+    if (now - r->rs->hook_log_at >= 1000 || r->rs->hook_log_at == 0) {
+        r->rs->hook_log_at = now;
+        lv_warn("route %s: %s hook failed (counted as no hook): %.*s", r->route->name,
+                which ? "fallback" : "classify", (int)err->len, err->data ? err->data : "");
+    }
+}
+
+/* The verdict on one attempt: the route's classify hook when it gives one, else retry.on. */
+static enum lv_verdict classify(struct lv_request *r, struct lv_outcome o,
+                                const struct lv_resphead *h, double attempt_ms,
+                                uint64_t *hook_delay, bool *has_hook_delay)
+{
+    *has_hook_delay = false;
+    const struct lv_route_cfg *rt = r->route;
+    if (rt->classify_ref >= 0) {
+        struct lv_hook_header rh[64], qh[64];
+        size_t nrh = 0, nqh = 0;
+        if (h)
+            hook_headers(h->fields, h->nfields, rh, &nrh, 64);
+        for (size_t i = 0; i < r->nhook_req && nqh < 64; i++)
+            qh[nqh++] = r->hook_req[i];
+        struct lv_hook_attempt a = {
+            .status = o.kind == LV_OUT_STATUS ? o.status : 0,
+            .error = o.kind == LV_OUT_STATUS ? NULL : lv_outcome_name(o.kind),
+            .headers = rh,
+            .nheaders = nrh,
+            .duration_s = attempt_ms / 1000.0,
+            .number = r->attempt,
+            .route = rt->name,
+            .method = lv_method_name(r->method),
+            .path = r->target.data,
+            .path_len = r->target.len,
+            .req_headers = qh,
+            .nreq_headers = nqh,
+        };
+        struct lv_buf err = LV_BUF_INIT;
+        enum lv_hook_verdict hv =
+            lv_hook_classify(r->cfg, rt->classify_ref, &a, hook_delay, has_hook_delay, &err);
+        if (hv == LV_HOOK_NONE && err.len)
+            hook_failed(r, 0, &err);
+        lv_buf_dispose(&err);
+        if (hv != LV_HOOK_NONE)
+            return (enum lv_verdict)hv;
+        *has_hook_delay = false;
+    }
+    return lv_classify_default(rt->retry.on_errors, rt->retry.on_status, o);
+}
+
+static void on_backoff_done(uv_timer_t *t);
+static void start_backoff(struct lv_request *r);
+
+/*
+ * An attempt ended with outcome `o` (h: its response head, for a status). Classifies it,
+ * tells the breaker, and asks the one retry rule (policy/retry.c) whether to go again.
+ * Returns true when a retry is scheduled: the caller then drops this attempt's result.
+ */
+static bool next_attempt(struct lv_request *r, struct lv_outcome o, const struct lv_resphead *h)
+{
+    struct lv_route_state *rs = r->rs;
+    const struct lv_retry_cfg *rc = &r->route->retry;
+    uint64_t now = uv_now(r->s->loop);
+    double attempt_ms = ms_since(r->attempt_start_ns);
+    char name[8];
+    if (o.kind == LV_OUT_STATUS)
+        snprintf(name, sizeof(name), "%d", o.status);
+    lv_server_count_attempt(r->s, rs, o.kind == LV_OUT_STATUS ? name : lv_outcome_name(o.kind));
+
+    uint64_t hook_delay = 0;
+    bool has_hook_delay = false;
+    enum lv_verdict v = classify(r, o, h, attempt_ms, &hook_delay, &has_hook_delay);
+    if (rs->breaker_enabled && v != LV_VERDICT_NONE) {
+        lv_breaker_record(&rs->breaker, now, lv_verdict_is_failure(v),
+                          lv_breaker_is_slow(&rs->breaker, (uint64_t)attempt_ms), r->probe);
+        r->probe = false;
+    }
+    if (v != LV_VERDICT_RETRY)
         return false;
-    if (!outcome_retryable(r, kind, status))
+
+    const char *ra = NULL;
+    size_t ra_len = 0;
+    for (uint32_t i = 0; h && i < h->nfields; i++) {
+        if (lv_field_name_eq(h->fields[i].name.p, h->fields[i].name.len, "retry-after")) {
+            ra = h->fields[i].value.p;
+            ra_len = h->fields[i].value.len;
+        }
+    }
+    uv_timeval64_t tv = {0, 0};
+    uv_gettimeofday(&tv);
+    struct lv_retry_delay_ask da = {
+        .outcome = o,
+        .has_hook_delay = has_hook_delay,
+        .hook_delay_ms = hook_delay,
+        .retry_after = ra,
+        .retry_after_len = ra_len,
+        .now_unix_s = tv.tv_sec,
+        .jitter = (int)rc->jitter,
+        .base_ms = rc->backoff_base_ms,
+        .max_ms = rc->backoff_max_ms,
+        .retry_number = (uint32_t)r->attempt,
+        .prev_delay_ms = r->prev_delay_ms,
+        .rand64 = rand64(r),
+    };
+    bool from_server = false;
+    uint64_t delay = lv_retry_delay(&da, &from_server);
+    uint64_t planned = delay;
+    uint64_t try_ms = r->route->try_timeout_ms;
+    struct lv_retry_ask ask = {
+        .verdict = v,
+        .outcome = o,
+        .attempts_made = (uint32_t)r->attempt,
+        .max_attempts = rc->attempts,
+        .now_ms = now,
+        .deadline_ms = r->start_ms + r->route->timeout_ms,
+        .delay_ms = delay,
+        .delay_from_server = from_server,
+        .min_try_ms = try_ms && try_ms < 10 ? try_ms : 10,
+        .response_started = r->head_sent,
+        .method = r->method,
+        .has_idempotency_key = r->has_idem_key,
+        .non_idempotent_allowed = rc->non_idempotent,
+        .replayable = can_replay(r),
+        .budget_allows = lv_budget_can_retry(&rs->budget, now),
+    };
+    enum lv_retry_no no = lv_retry_decide(&ask, &delay);
+    if (no == LV_RETRY_NO_BUDGET) {
+        r->flags |= LV_ACCESS_BUDGET_EXHAUSTED;
+        lv_metric_add(rs->budget_exhausted, 1);
+    }
+    if (no != LV_RETRY_GO)
         return false;
-    if (!retry_safe(r, kind) || !can_replay(r))
-        return false;
-    if ((uint32_t)r->attempt >= r->route->retry.attempts)
-        return false;
-    uint64_t elapsed = (uv_hrtime() - r->start_ns) / 1000000;
-    if (elapsed >= r->route->timeout_ms)
-        return false;
+    if (rs->breaker_enabled) {
+        uint64_t left = 0;
+        enum lv_breaker_admit ad = lv_breaker_admit(&rs->breaker, now, &left);
+        if (ad == LV_BREAKER_REJECT) {
+            r->flags |= LV_ACCESS_BREAKER_OPEN;
+            return false; /* the client gets this attempt's result */
+        }
+        r->probe = ad == LV_BREAKER_PROBE;
+    }
+    /* Counted now, so retries waiting in backoff count against the budget. */
+    lv_budget_on_retry(&rs->budget, now);
+    r->prev_delay_ms = planned;
+    r->backoff_ms += (double)delay;
+    r->flags |= LV_ACCESS_RETRIED;
+    lv_metric_add(rs->retries, 1);
+    r->backoff_next_ms = delay;
     return true;
+}
+
+/* Wait out the backoff, then the next attempt. Called once the last attempt's connection
+ * was let go (release_upstream stops the timer we use). */
+static void start_backoff(struct lv_request *r)
+{
+    r->in_backoff = true;
+    uv_timer_start(&r->try_timer, on_backoff_done, r->backoff_next_ms, 0);
+}
+
+static void on_backoff_done(uv_timer_t *t)
+{
+    struct lv_request *r = container_of(t, struct lv_request, try_timer);
+    r->in_backoff = false;
+    if (r->active)
+        attempt_start(r);
 }
 
 static void record_try(struct lv_request *r, enum lv_outcome_kind kind, int status)
@@ -743,20 +1011,18 @@ static void attempt_failed(struct lv_request *r, enum lv_outcome_kind kind, cons
     /* A reused keep-alive connection the upstream had already closed: send once more on a
      * fresh connection, when replaying is safe (not counted as a retry). */
     if (was_reused && kind == LV_OUT_RESET && !got_bytes && !r->stale_resend_used &&
-        retry_safe(r, kind) && can_replay(r)) {
+        replay_safe(r, kind) && can_replay(r)) {
         r->stale_resend_used = true;
         r->want_fresh = true;
         r->attempt--;
         attempt_start(r);
         return;
     }
-    if (should_retry(r, kind, 0)) {
-        r->flags |= LV_ACCESS_RETRIED;
-        lv_metric_add(r->rs->retries, 1);
-        attempt_start(r);
+    if (next_attempt(r, (struct lv_outcome){kind, 0}, NULL)) {
+        start_backoff(r);
         return;
     }
-    if (kind == LV_OUT_TIMEOUT && (uv_hrtime() - r->start_ns) / 1000000 >= r->route->timeout_ms) {
+    if (kind == LV_OUT_TIMEOUT && uv_now(r->s->loop) - r->start_ms >= r->route->timeout_ms) {
         r->flags |= LV_ACCESS_DEADLINE_EXCEEDED;
         send_error(r, LV_GWERR_DEADLINE_EXCEEDED, NULL, -1);
     } else {
@@ -850,7 +1116,7 @@ static void attempt_start(struct lv_request *r)
 static void on_try_timeout(uv_timer_t *t)
 {
     struct lv_request *r = container_of(t, struct lv_request, try_timer);
-    if (!r->active)
+    if (!r->active || r->in_backoff)
         return;
     if (r->resp_started) {
         /* The upstream stalled in the middle of the body. */
@@ -1045,16 +1311,14 @@ static void on_response_head(struct lv_request *r)
     uv_timer_stop(&r->try_timer);
     r->resp_started = true;
     r->upstream_ms = ms_since(r->attempt_start_ns);
-    if (should_retry(r, LV_OUT_STATUS, h.status)) {
-        record_try(r, LV_OUT_STATUS, h.status);
+    record_try(r, LV_OUT_STATUS, h.status);
+    if (next_attempt(r, (struct lv_outcome){LV_OUT_STATUS, h.status}, &h)) {
+        /* This response is dropped: its connection cannot be reused with a body unread. */
         release_upstream(r, false);
         r->resp_started = false;
-        r->flags |= LV_ACCESS_RETRIED;
-        lv_metric_add(r->rs->retries, 1);
-        attempt_start(r);
+        start_backoff(r);
         return;
     }
-    record_try(r, LV_OUT_STATUS, h.status);
     r->status = h.status;
     r->resp_no_body = h.body == LV_BODY_NONE;
     r->resp_until_eof = h.body == LV_BODY_EOF;

@@ -20,6 +20,8 @@
 #include "base/buf.h"
 #include "http/headscan.h"
 #include "net/upstream.h"
+#include "policy/outcome.h"
+#include "script/hooks.h"
 
 struct lv_client;
 struct lv_server;
@@ -27,17 +29,8 @@ struct lv_config;
 struct lv_route_cfg;
 struct lv_route_state;
 
-#define LV_MAX_TRIES 16
-
-/* Outcome of one attempt (SPEC §4): a status, or an error. */
-enum lv_outcome_kind {
-    LV_OUT_NONE,
-    LV_OUT_STATUS,
-    LV_OUT_CONNECT_FAILURE,
-    LV_OUT_RESET,
-    LV_OUT_TIMEOUT,
-    LV_OUT_PROTOCOL_ERROR,
-};
+#define LV_MAX_TRIES        16
+#define LV_HOOK_MAX_HEADERS 64
 
 struct lv_try {
     enum lv_outcome_kind kind;
@@ -118,6 +111,19 @@ struct lv_request {
     double upstream_ms;
     struct lv_buf out;  /* scratch for building upstream output */
     struct lv_buf cout; /* client output staged during one upstream read, sent in one write */
+
+    /* resilience */
+    uint64_t start_ms; /* loop clock, for the deadline and the policy */
+    uint64_t rng;
+    uint64_t prev_delay_ms; /* last backoff planned (decorrelated jitter) */
+    double backoff_ms;      /* total slept in backoff */
+    bool probe;             /* the current attempt is a breaker probe */
+    bool in_backoff;
+    uint64_t backoff_next_ms;
+    bool has_idem_key;       /* carries an idempotency key on a route with idempotency on */
+    struct lv_buf hook_head; /* copy of the head, for hooks that read request headers */
+    struct lv_hook_header hook_req[LV_HOOK_MAX_HEADERS];
+    size_t nhook_req;
 
     /* log */
     unsigned flags;

@@ -19,6 +19,7 @@ static const char *const L_RESULT[] = {"result", NULL};
 static const char *const L_UPCONN[] = {"upstream", "state", NULL};
 static const char *const L_CODE[] = {"code", NULL};
 static const char *const L_ROUTE_OUTCOME[] = {"route", "outcome", NULL};
+static const char *const L_ROUTE_HOOK[] = {"route", "hook", NULL};
 
 /* ---- listeners */
 
@@ -154,9 +155,52 @@ struct lv_route_state *lv_server_route_state(struct lv_server *s, const char *na
     rs->duration = lv_metric_series(s->m_duration, lv);
     rs->retries = lv_metric_series(s->m_retries, lv);
     rs->budget_exhausted = lv_metric_series(s->m_budget_exhausted, lv);
+    rs->fallbacks = lv_metric_series(s->m_fallbacks, lv);
+    rs->breaker_rejected = lv_metric_series(s->m_breaker_rejected, lv);
+    const char *lc[] = {name, "classify", NULL}, *lf[] = {name, "fallback", NULL};
+    rs->hook_errors[0] = lv_metric_series(s->m_hook_errors, lc);
+    rs->hook_errors[1] = lv_metric_series(s->m_hook_errors, lf);
     s->routes = lv_xrealloc(s->routes, (s->nroutes + 1) * sizeof(*s->routes));
     s->routes[s->nroutes++] = rs;
     return rs;
+}
+
+void lv_server_count_attempt(struct lv_server *s, struct lv_route_state *rs, const char *outcome)
+{
+    const char *lv[] = {rs->name, outcome, NULL};
+    lv_metric_add(lv_metric_series(s->m_attempts, lv), 1);
+}
+
+/* New thresholds apply at once; counts and breaker state carry over (SPEC §5). */
+static void route_state_configure(struct lv_server *s, struct lv_route_state *rs,
+                                  const struct lv_route_cfg *r)
+{
+    uint64_t now = uv_now(s->loop);
+    const struct lv_retry_cfg *rc = &r->retry;
+    if (!rs->policy_ready)
+        lv_budget_init(&rs->budget, rc->budget_ratio, rc->budget_min_per_second,
+                       rc->budget_window_ms, now);
+    else
+        lv_budget_configure(&rs->budget, rc->budget_ratio, rc->budget_min_per_second,
+                            rc->budget_window_ms, now);
+    const struct lv_breaker_cfg *bc = &r->breaker;
+    struct lv_breaker_params p = {
+        .failure_ratio = bc->failure_ratio,
+        .min_requests = bc->min_requests,
+        .window_ms = bc->window_ms,
+        .consecutive_failures = bc->consecutive_failures,
+        .open_for_ms = bc->open_for_ms,
+        .max_open_for_ms = bc->max_open_for_ms,
+        .half_open_requests = bc->half_open_requests,
+        .slow_call_ms = bc->slow_call_ms,
+        .slow_call_ratio = bc->slow_call_ratio,
+    };
+    if (bc->enabled && (!rs->policy_ready || !rs->breaker_enabled))
+        lv_breaker_init(&rs->breaker, &p, now);
+    else if (bc->enabled)
+        lv_breaker_configure(&rs->breaker, &p, now);
+    rs->breaker_enabled = bc->enabled;
+    rs->policy_ready = true;
 }
 
 void lv_server_count_request(struct lv_server *s, struct lv_route_state *rs, int status,
@@ -185,6 +229,15 @@ static void render_gauges(struct lv_metrics *m, void *arg)
     struct lv_server *s = arg;
     lv_metric_set(lv_metric_series(s->m_generation, NULL), (double)s->generation);
     lv_metric_set(lv_metric_series(s->m_clients, NULL), (double)s->nclients);
+    uint64_t now = uv_now(s->loop);
+    for (size_t i = 0; i < s->cfg->nroutes; i++) {
+        struct lv_route_state *rs = lv_server_route_state(s, s->cfg->routes[i].name);
+        struct lv_breaker_stats st = {0};
+        if (rs->breaker_enabled)
+            lv_breaker_stats(&rs->breaker, now, &st);
+        const char *lv[] = {rs->name, NULL};
+        lv_metric_set(lv_metric_series(s->m_breaker_state, lv), (double)st.state);
+    }
     for (size_t i = 0; i < s->nupstreams; i++) {
         uint32_t active, idle;
         lv_upstream_counts(s->upstreams[i], &active, &idle);
@@ -213,6 +266,19 @@ static void metrics_setup(struct lv_server *s)
     s->m_attempts = lv_metrics_family(m, "levee_upstream_attempts_total",
                                       "Upstream attempts, by route and outcome.", LV_METRIC_COUNTER,
                                       L_ROUTE_OUTCOME, NULL, 0);
+    s->m_breaker_state = lv_metrics_family(m, "levee_breaker_state",
+                                           "Circuit breaker state: 0 closed, 1 open, 2 half-open.",
+                                           LV_METRIC_GAUGE, L_ROUTE, NULL, 0);
+    s->m_fallbacks = lv_metrics_family(m, "levee_fallbacks_total",
+                                       "Responses served by the route's fallback hook.",
+                                       LV_METRIC_COUNTER, L_ROUTE, NULL, 0);
+    s->m_breaker_rejected = lv_metrics_family(
+        m, "levee_breaker_rejected_total",
+        "Requests answered at once because the breaker was open (fallback or 503).",
+        LV_METRIC_COUNTER, L_ROUTE, NULL, 0);
+    s->m_hook_errors = lv_metrics_family(m, "levee_hook_errors_total",
+                                         "Hook calls that failed and counted as no hook.",
+                                         LV_METRIC_COUNTER, L_ROUTE_HOOK, NULL, 0);
     s->m_reloads =
         lv_metrics_family(m, "levee_config_reloads_total", "Configuration reloads, by result.",
                           LV_METRIC_COUNTER, L_RESULT, NULL, 0);
@@ -434,7 +500,7 @@ static void install_config(struct lv_server *s, struct lv_config *cfg)
     s->cfg = cfg;
     sync_upstreams(s, cfg);
     for (size_t i = 0; i < cfg->nroutes; i++)
-        lv_server_route_state(s, cfg->routes[i].name);
+        route_state_configure(s, lv_server_route_state(s, cfg->routes[i].name), &cfg->routes[i]);
     access_log_open(s, cfg);
     s->reload_at = (double)time(NULL);
     if (old)

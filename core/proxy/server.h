@@ -16,6 +16,8 @@
 
 #include "base/buf.h"
 #include "obs/metrics.h"
+#include "policy/breaker.h"
+#include "policy/budget.h"
 #include "script/config.h"
 
 struct lv_client;
@@ -30,7 +32,16 @@ struct lv_route_state {
     struct lv_metric *by_code[6][100];  /* levee_requests_total{route,code}, lazily */
     struct lv_metric *retries;          /* levee_retries_total{route} */
     struct lv_metric *budget_exhausted; /* levee_retry_budget_exhausted_total{route} */
+    struct lv_metric *fallbacks;        /* levee_fallbacks_total{route} */
+    struct lv_metric *breaker_rejected; /* levee_breaker_rejected_total{route} */
+    struct lv_metric *hook_errors[2]; /* levee_hook_errors_total{route,hook}: classify, fallback */
     uint64_t requests, errors;
+    /* Resilience state, kept by route name across reloads; thresholds follow the newest config. */
+    struct lv_budget budget;
+    struct lv_breaker breaker;
+    bool breaker_enabled;
+    bool policy_ready;
+    uint64_t hook_log_at; /* rate limit for hook error log lines */
 };
 
 struct lv_listener {
@@ -60,7 +71,8 @@ struct lv_server {
 
     struct lv_metrics *metrics;
     struct lv_metric_family *m_requests, *m_duration, *m_retries, *m_budget_exhausted, *m_reloads,
-        *m_generation, *m_upconns, *m_clients, *m_bad_requests, *m_attempts;
+        *m_generation, *m_upconns, *m_clients, *m_bad_requests, *m_attempts, *m_breaker_state,
+        *m_fallbacks, *m_breaker_rejected, *m_hook_errors;
     struct lv_metric *m_reload_ok, *m_reload_err;
 
     /* client connections */
@@ -109,6 +121,9 @@ void lv_server_client_closed(struct lv_server *s, struct lv_client *c);
 
 /** Fills a new request id (32 hex chars + NUL). */
 void lv_server_request_id(struct lv_server *s, char out[33]);
+
+/** Counts one upstream attempt's outcome ("200", "reset", ...). */
+void lv_server_count_attempt(struct lv_server *s, struct lv_route_state *rs, const char *outcome);
 
 /** Counts a finished request in the metrics. */
 void lv_server_count_request(struct lv_server *s, struct lv_route_state *rs, int status,
