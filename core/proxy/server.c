@@ -375,6 +375,102 @@ void lv_server_request_id(struct lv_server *s, char out[33])
     out[32] = '\0';
 }
 
+/* ---- watching the configuration files (watch = true) */
+
+/* Editors often save by writing a new file and renaming it over the old one, which a watch
+ * on the file itself would lose (new inode). So each watcher watches a folder and reacts to
+ * the names of the files the configuration was built from. */
+struct lv_watch {
+    uv_fs_event_t ev;
+    struct lv_server *server;
+    struct lv_watch *next;
+    char *dir;
+    char **names; /* basenames in that folder, NULL-terminated */
+};
+
+static void watch_closed(uv_handle_t *h)
+{
+    struct lv_watch *w = h->data;
+    for (char **n = w->names; n && *n; n++)
+        free(*n);
+    free(w->names);
+    free(w->dir);
+    free(w);
+}
+
+static void watches_stop(struct lv_server *s)
+{
+    struct lv_watch *w = s->watches;
+    s->watches = NULL;
+    while (w) {
+        struct lv_watch *next = w->next;
+        uv_fs_event_stop(&w->ev);
+        uv_close((uv_handle_t *)&w->ev, watch_closed);
+        w = next;
+    }
+}
+
+static void on_watch_debounced(uv_timer_t *t)
+{
+    struct lv_server *s = t->data;
+    struct lv_buf errors = LV_BUF_INIT;
+    lv_info("configuration file changed: reloading");
+    s->reloads_by_watch++;
+    lv_server_reload(s, &errors);
+    lv_buf_dispose(&errors);
+}
+
+static void on_watch_event(uv_fs_event_t *h, const char *filename, int events, int status)
+{
+    struct lv_watch *w = h->data;
+    struct lv_server *s = w->server;
+    if (status < 0 || s->draining)
+        return;
+    bool ours = filename == NULL;
+    for (char **n = w->names; !ours && n && *n; n++)
+        ours = strcmp(*n, filename) == 0;
+    if (!ours)
+        return;
+    /* Editors touch a file several times per save: reload once, after things settle. */
+    uv_timer_start(&s->watch_debounce, on_watch_debounced, 150, 0);
+}
+
+static void watches_start(struct lv_server *s, const struct lv_config *cfg)
+{
+    watches_stop(s);
+    if (!cfg->watch || !cfg->files)
+        return;
+    for (char **f = cfg->files; *f; f++) {
+        const char *slash = strrchr(*f, '/');
+        char *dir = slash ? lv_xstrndup(*f, (size_t)(slash - *f) + (slash == *f)) : lv_xstrdup(".");
+        const char *base = slash ? slash + 1 : *f;
+        struct lv_watch *w = s->watches;
+        while (w && strcmp(w->dir, dir) != 0)
+            w = w->next;
+        if (!w) {
+            w = lv_xcalloc(1, sizeof(*w));
+            w->server = s;
+            w->dir = dir;
+            w->names = lv_xcalloc(1, sizeof(char *));
+            uv_fs_event_init(s->loop, &w->ev);
+            w->ev.data = w;
+            int rc = uv_fs_event_start(&w->ev, on_watch_event, dir, 0);
+            if (rc != 0)
+                lv_warn("watch %s: %s", dir, uv_strerror(rc));
+            w->next = s->watches;
+            s->watches = w;
+        } else {
+            free(dir);
+        }
+        size_t n = 0;
+        while (w->names[n])
+            n++;
+        w->names = lv_xrealloc(w->names, (n + 2) * sizeof(char *));
+        w->names[n] = lv_xstrdup(base);
+        w->names[n + 1] = NULL;
+    }
+}
+
 /* ---- lifecycle */
 
 static void on_tick(uv_timer_t *t)
@@ -391,6 +487,9 @@ static void stop_loop_handles(struct lv_server *s)
     uv_signal_stop(&s->sig_hup);
     uv_timer_stop(&s->tick);
     uv_timer_stop(&s->drain_timer);
+    uv_timer_stop(&s->watch_debounce);
+    uv_close((uv_handle_t *)&s->watch_debounce, NULL);
+    watches_stop(s);
     uv_close((uv_handle_t *)&s->sig_term, NULL);
     uv_close((uv_handle_t *)&s->sig_int, NULL);
     uv_close((uv_handle_t *)&s->sig_hup, NULL);
@@ -502,6 +601,8 @@ static void install_config(struct lv_server *s, struct lv_config *cfg)
     for (size_t i = 0; i < cfg->nroutes; i++)
         route_state_configure(s, lv_server_route_state(s, cfg->routes[i].name), &cfg->routes[i]);
     access_log_open(s, cfg);
+    if (s->config_path)
+        watches_start(s, cfg);
     s->reload_at = (double)time(NULL);
     if (old)
         lv_config_unpin(old);
@@ -525,6 +626,8 @@ int lv_server_start(struct lv_server *s, uv_loop_t *loop, struct lv_config *cfg)
     s->tick.data = s;
     uv_timer_init(loop, &s->drain_timer);
     s->drain_timer.data = s;
+    uv_timer_init(loop, &s->watch_debounce);
+    s->watch_debounce.data = s;
     install_config(s, cfg);
     snprintf(s->last_reload_result, sizeof(s->last_reload_result), "initial load");
     int rc = sync_listeners(s, cfg);

@@ -87,6 +87,11 @@ struct lv_server {
     struct lv_buf access_buf;
     uv_check_t flush_check;
 
+    /* watch = true: one fs watcher per folder holding the file or a module it required */
+    struct lv_watch *watches;
+    uv_timer_t watch_debounce;
+    uint64_t reloads_by_watch;
+
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t tick;
     uv_timer_t drain_timer;
