@@ -140,6 +140,40 @@ static void on_write(uv_write_t *req, int status)
         lv_request_client_drained(c->req);
 }
 
+/* Write what the socket takes now, without going through libuv's queue: a fully written
+ * uv_write still costs an epoll_ctl (libuv re-arms the watcher), uv_try_write does not.
+ * Returns bytes written (maybe partial), or -1 when the connection broke (closed). */
+static ssize_t try_write_now(struct lv_client *c, const uv_buf_t *bufs, unsigned nbufs)
+{
+    if (c->write_queued > 0)
+        return 0; /* keep order behind what is queued */
+    int n = uv_try_write((uv_stream_t *)&c->tcp, bufs, nbufs);
+    if (n == UV_EAGAIN)
+        return 0;
+    if (n < 0) {
+        client_close(c, true);
+        return -1;
+    }
+    c->last_write_ms = uv_now(c->server->loop);
+    return n;
+}
+
+static void queue_write(struct lv_client *c, struct write_req *w, char *base, size_t len)
+{
+    uv_buf_t b = uv_buf_init(base, (unsigned)len);
+    if (c->write_queued == 0)
+        c->last_write_ms = uv_now(c->server->loop);
+    w->c = c;
+    w->len = len;
+    c->write_queued += len;
+    if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_write) < 0) {
+        c->write_queued -= len;
+        free(w->owned);
+        free(w);
+        client_close(c, true);
+    }
+}
+
 int lv_client_writev(struct lv_client *c, const uv_buf_t *bufs, unsigned nbufs)
 {
     if (c->closed)
@@ -149,27 +183,27 @@ int lv_client_writev(struct lv_client *c, const uv_buf_t *bufs, unsigned nbufs)
         total += bufs[i].len;
     if (total == 0)
         return 0;
-    struct write_req *w = lv_xmalloc(sizeof(*w) + total);
-    w->c = c;
-    w->len = total;
-    w->owned = NULL;
-    size_t off = 0;
-    for (unsigned i = 0; i < nbufs; i++) {
-        memcpy(w->data + off, bufs[i].base, bufs[i].len);
-        off += bufs[i].len;
-    }
-    uv_buf_t b = uv_buf_init(w->data, (unsigned)total);
-    if (c->write_queued == 0)
-        c->last_write_ms = uv_now(c->server->loop);
-    c->write_queued += total;
-    int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_write);
-    if (rc < 0) {
-        c->write_queued -= total;
-        free(w);
-        client_close(c, true);
+    ssize_t done = try_write_now(c, bufs, nbufs);
+    if (done < 0)
         return -1;
+    if ((size_t)done == total)
+        return 0;
+    /* Copy what is left into one queued write. */
+    struct write_req *w = lv_xmalloc(sizeof(*w) + total - (size_t)done);
+    w->owned = NULL;
+    size_t skip = (size_t)done, off = 0;
+    for (unsigned i = 0; i < nbufs; i++) {
+        size_t len = bufs[i].len;
+        if (skip >= len) {
+            skip -= len;
+            continue;
+        }
+        memcpy(w->data + off, bufs[i].base + skip, len - skip);
+        off += len - skip;
+        skip = 0;
     }
-    return 0;
+    queue_write(c, w, w->data, off);
+    return c->closed ? -1 : 0;
 }
 
 int lv_client_write_buf(struct lv_client *c, struct lv_buf *b)
@@ -180,24 +214,24 @@ int lv_client_write_buf(struct lv_client *c, struct lv_buf *b)
         b->len = 0;
         return -1;
     }
-    struct write_req *w = lv_xmalloc(sizeof(*w));
-    w->c = c;
-    w->len = b->len;
-    w->owned = b->data; /* no copy: the buffer's memory goes with the write */
     uv_buf_t ub = uv_buf_init(b->data, (unsigned)b->len);
-    *b = (struct lv_buf)LV_BUF_INIT;
-    if (c->write_queued == 0)
-        c->last_write_ms = uv_now(c->server->loop);
-    c->write_queued += w->len;
-    int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &ub, 1, on_write);
-    if (rc < 0) {
-        c->write_queued -= w->len;
-        free(w->owned);
-        free(w);
-        client_close(c, true);
+    ssize_t done = try_write_now(c, &ub, 1);
+    if (done < 0) {
+        b->len = 0;
         return -1;
     }
-    return 0;
+    if ((size_t)done == b->len) {
+        b->len = 0; /* all sent: the buffer keeps its memory for the next response */
+        return 0;
+    }
+    /* The rest goes with a queued write that takes the buffer's memory (no copy). */
+    struct write_req *w = lv_xmalloc(sizeof(*w));
+    w->owned = b->data;
+    char *base = b->data + done;
+    size_t len = b->len - (size_t)done;
+    *b = (struct lv_buf)LV_BUF_INIT;
+    queue_write(c, w, base, len);
+    return c->closed ? -1 : 0;
 }
 
 int lv_client_write(struct lv_client *c, const char *data, size_t len)

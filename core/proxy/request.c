@@ -139,15 +139,32 @@ static int up_write(struct lv_request *r, const uv_buf_t *bufs, unsigned n)
         total += bufs[i].len;
     if (total == 0)
         return 0;
-    struct up_write *w = lv_xmalloc(sizeof(*w) + total);
-    w->uc = r->uc;
-    w->len = total;
-    size_t off = 0;
-    for (unsigned i = 0; i < n; i++) {
-        memcpy(w->data + off, bufs[i].base, bufs[i].len);
-        off += bufs[i].len;
+    size_t done = 0;
+    if (uv_stream_get_write_queue_size((uv_stream_t *)&r->uc->tcp) == 0) {
+        /* Straight to the socket when nothing is queued: no epoll re-arm (see client.c). */
+        int rc = uv_try_write((uv_stream_t *)&r->uc->tcp, bufs, n);
+        if (rc < 0 && rc != UV_EAGAIN)
+            return rc;
+        if (rc > 0)
+            done = (size_t)rc;
+        if (done == total)
+            return 0;
     }
-    uv_buf_t b = uv_buf_init(w->data, (unsigned)total);
+    struct up_write *w = lv_xmalloc(sizeof(*w) + total - done);
+    w->uc = r->uc;
+    w->len = total - done;
+    size_t off = 0, skip = done;
+    for (unsigned i = 0; i < n; i++) {
+        size_t len = bufs[i].len;
+        if (skip >= len) {
+            skip -= len;
+            continue;
+        }
+        memcpy(w->data + off, bufs[i].base + skip, len - skip);
+        off += len - skip;
+        skip = 0;
+    }
+    uv_buf_t b = uv_buf_init(w->data, (unsigned)off);
     int rc = uv_write(&w->req, (uv_stream_t *)&r->uc->tcp, &b, 1, on_up_write);
     if (rc < 0) {
         free(w);
@@ -872,10 +889,7 @@ static bool next_attempt(struct lv_request *r, struct lv_outcome o, const struct
     const struct lv_retry_cfg *rc = &r->route->retry;
     uint64_t now = uv_now(r->s->loop);
     double attempt_ms = ms_since(r->attempt_start_ns);
-    char name[8];
-    if (o.kind == LV_OUT_STATUS)
-        snprintf(name, sizeof(name), "%d", o.status);
-    lv_server_count_attempt(r->s, rs, o.kind == LV_OUT_STATUS ? name : lv_outcome_name(o.kind));
+    lv_server_count_attempt(r->s, rs, (int)o.kind, o.status);
 
     uint64_t hook_delay = 0;
     bool has_hook_delay = false;

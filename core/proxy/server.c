@@ -11,6 +11,7 @@
 #include "admin/admin.h"
 #include "base/log.h"
 #include "net/upstream.h"
+#include "policy/outcome.h"
 #include "proxy/client.h"
 
 static const char *const L_ROUTE_CODE[] = {"route", "code", NULL};
@@ -165,10 +166,26 @@ struct lv_route_state *lv_server_route_state(struct lv_server *s, const char *na
     return rs;
 }
 
-void lv_server_count_attempt(struct lv_server *s, struct lv_route_state *rs, const char *outcome)
+void lv_server_count_attempt(struct lv_server *s, struct lv_route_state *rs, int kind, int status)
 {
-    const char *lv[] = {rs->name, outcome, NULL};
-    lv_metric_add(lv_metric_series(s->m_attempts, lv), 1);
+    struct lv_metric **slot;
+    char name[16];
+    if (kind == LV_OUT_STATUS) {
+        if (status < 100 || status > 599)
+            return;
+        slot = &rs->att_by_code[status / 100][status % 100];
+        snprintf(name, sizeof(name), "%d", status);
+    } else {
+        if (kind < 0 || kind >= 8)
+            return;
+        slot = &rs->att_by_error[kind];
+        snprintf(name, sizeof(name), "%s", lv_outcome_name((enum lv_outcome_kind)kind));
+    }
+    if (!*slot) {
+        const char *lv[] = {rs->name, name, NULL};
+        *slot = lv_metric_series(s->m_attempts, lv);
+    }
+    lv_metric_add(*slot, 1);
 }
 
 /* New thresholds apply at once; counts and breaker state carry over (SPEC §5). */

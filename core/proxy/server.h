@@ -32,6 +32,9 @@ struct lv_route_state {
     struct lv_metric *by_code[6][100];  /* levee_requests_total{route,code}, lazily */
     struct lv_metric *retries;          /* levee_retries_total{route} */
     struct lv_metric *budget_exhausted; /* levee_retry_budget_exhausted_total{route} */
+    struct lv_metric
+        *att_by_code[6][100]; /* levee_upstream_attempts_total{route,outcome}, lazily */
+    struct lv_metric *att_by_error[8];
     struct lv_metric *fallbacks;        /* levee_fallbacks_total{route} */
     struct lv_metric *breaker_rejected; /* levee_breaker_rejected_total{route} */
     struct lv_metric *hook_errors[2]; /* levee_hook_errors_total{route,hook}: classify, fallback */
@@ -127,8 +130,8 @@ void lv_server_client_closed(struct lv_server *s, struct lv_client *c);
 /** Fills a new request id (32 hex chars + NUL). */
 void lv_server_request_id(struct lv_server *s, char out[33]);
 
-/** Counts one upstream attempt's outcome ("200", "reset", ...). */
-void lv_server_count_attempt(struct lv_server *s, struct lv_route_state *rs, const char *outcome);
+/** Counts one upstream attempt's outcome: a status, or an error kind (enum lv_outcome_kind). */
+void lv_server_count_attempt(struct lv_server *s, struct lv_route_state *rs, int kind, int status);
 
 /** Counts a finished request in the metrics. */
 void lv_server_count_request(struct lv_server *s, struct lv_route_state *rs, int status,

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# bench/policy.sh: what the policy path costs. One nginx origin, two levee processes — the
+# plain route (bench/levee-bench.lua) and the same route with retries, budget, breaker and a
+# Lua classify hook on every attempt (bench/levee-policy.lua) — loaded in alternating rounds
+# with wrk; prints each round and the median policy/plain ratios.
+#   ROUNDS=8 DURATION=2 CONNS=50 bench/policy.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+ROUNDS=${ROUNDS:-8} DURATION=${DURATION:-2} CONNS=${CONNS:-50}
+BASE=${BASE_PORT:-18180}
+scripts/setup.sh --bench
+scripts/build.sh release >/dev/null
+work=$(mktemp -d /tmp/levee-policy.XXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+cat > "$work/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $work/nginx.pid;
+error_log $work/error.log;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$BASE; location / { return 200 "ok\n"; } } }
+CONF
+nginx -c "$work/nginx.conf" -p "$work" & pids+=($!)
+ORIGIN_PORT=$BASE EXTRA_PORT=$((BASE + 1)) build/levee -c bench/levee-bench.lua 2>"$work/plain.log" & pids+=($!)
+plain_pid=$!
+ORIGIN_PORT=$BASE EXTRA_PORT=$((BASE + 2)) build/levee -c bench/levee-policy.lua 2>"$work/policy.log" & pids+=($!)
+policy_pid=$!
+for p in $BASE $((BASE + 1)) $((BASE + 2)); do
+  for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$p/" && break; sleep 0.05; done
+done
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# rps SECONDS PORT PID -> "req/s cpu_us_per_request" (CPU: the levee process's user+sys time)
+rps() {
+  local t0 t1 out
+  t0=$(ticks "$3")
+  out=$(wrk -t1 -c"$CONNS" -d"$1"s "http://127.0.0.1:$2/")
+  t1=$(ticks "$3")
+  awk -v t="$((t1 - t0))" -v hz="$(getconf CLK_TCK)" '/ requests in / {n = $1} /^Requests\/sec/ {r = $2}
+    END {printf "%s %.2f\n", r, n ? t * 1e6 / hz / n : 0}' <<<"$out"
+}
+rps 1 $((BASE + 1)) "$plain_pid" >/dev/null; rps 1 $((BASE + 2)) "$policy_pid" >/dev/null
+: > "$work/rounds"
+for ((r = 1; r <= ROUNDS; r++)); do
+  if ((r % 2)); then a=$(rps "$DURATION" $((BASE + 1)) "$plain_pid"); b=$(rps "$DURATION" $((BASE + 2)) "$policy_pid")
+  else b=$(rps "$DURATION" $((BASE + 2)) "$policy_pid"); a=$(rps "$DURATION" $((BASE + 1)) "$plain_pid"); fi
+  echo "$r $a $b" | tee -a "$work/rounds" |
+    awk '{printf "round %d: plain %.0f req/s %.1f us/req, policy %.0f req/s %.1f us/req\n", $1, $2, $3, $4, $5}'
+done
+med() { sort -g | awk '{v[NR] = $1} END {print NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+rr=$(awk '{print $4 / $2}' "$work/rounds" | med)
+cr=$(awk '{print $5 / $3}' "$work/rounds" | med)
+awk -v rr="$rr" -v cr="$cr" -v n="$ROUNDS" 'BEGIN {
+  printf "median over %d rounds: policy/plain req/s %.3f (cost %.1f%%); policy/plain CPU per request %.3f (+%.1f%%)\n",
+         n, rr, (1 - rr) * 100, cr, (cr - 1) * 100 }'
