@@ -25,7 +25,8 @@ static void usage(FILE *f)
 static int cmd_check(const char *file)
 {
     struct lv_buf errors = LV_BUF_INIT;
-    struct lv_config *cfg = lv_config_load(file, NULL, &errors);
+    struct lv_config *cfg =
+        lv_config_refuse_unsupported(lv_config_load(file, NULL, &errors), file, &errors);
     if (!cfg) {
         fwrite(errors.data, 1, errors.len, stdout);
         if (errors.len && errors.data[errors.len - 1] != '\n')
@@ -108,7 +109,8 @@ int main(int argc, char **argv)
             return 2;
         }
         struct lv_buf errors = LV_BUF_INIT;
-        struct lv_config *cfg = lv_config_dev(url, listen, NULL, &errors);
+        struct lv_config *cfg = lv_config_refuse_unsupported(
+            lv_config_dev(url, listen, NULL, &errors), "levee dev", &errors);
         if (!cfg) {
             fwrite(errors.data, 1, errors.len, stderr);
             lv_buf_dispose(&errors);
@@ -129,7 +131,8 @@ int main(int argc, char **argv)
         }
     }
     struct lv_buf errors = LV_BUF_INIT;
-    struct lv_config *cfg = lv_config_load(file, NULL, &errors);
+    struct lv_config *cfg =
+        lv_config_refuse_unsupported(lv_config_load(file, NULL, &errors), file, &errors);
     if (!cfg) {
         fwrite(errors.data, 1, errors.len, stderr);
         lv_buf_dispose(&errors);
