@@ -388,7 +388,7 @@ void lv_upconn_release(struct lv_upconn *uc)
     const struct lv_pool_cfg *pc = &up->cfg->pool;
     uc->on_read = NULL;
     uc->read_arg = NULL;
-    if (up->closing || s->idle >= pc->max_idle ||
+    if (up->closing || up->retired || s->idle >= pc->max_idle ||
         (pc->max_lifetime_ms && now - uc->created_ms >= pc->max_lifetime_ms)) {
         conn_close(uc, false);
         dispatch_waiters(up);
@@ -654,6 +654,16 @@ static void on_upstream_timer_closed(uv_handle_t *h)
     up->open_handles--;
     if (up->open_handles == 0 && up->on_closed)
         up->on_closed(up);
+}
+
+void lv_upstream_retire(struct lv_upstream *up)
+{
+    up->retired = true;
+    for (size_t i = 0; i < up->nservers; i++) {
+        struct lv_upserver *s = &up->servers[i];
+        while (s->idle_head.next != &s->idle_head)
+            conn_close(s->idle_head.next, false);
+    }
 }
 
 void lv_upstream_destroy(struct lv_upstream *up)

@@ -112,6 +112,8 @@ struct lv_upstream {
     uint32_t nwaiting;
     uv_timer_t timer; /* queue timeouts, idle expiry, re-resolution: one periodic tick */
     bool closing;
+    bool retired;   /* replaced by a reload: serves the requests that use it, pools nothing */
+    uint32_t users; /* requests using this upstream now (a retired one goes when it reaches 0) */
     int open_handles;
     void (*on_closed)(struct lv_upstream *up);
     uint64_t fingerprint; /* of the servers list, to decide reuse across reloads */
@@ -123,6 +125,9 @@ struct lv_upstream *lv_upstream_create(uv_loop_t *loop, const struct lv_upstream
 bool lv_upstream_same_servers(const struct lv_upstream *up, const struct lv_upstream_cfg *cfg);
 /** Points the upstream at a new config block with the same servers (a reload). */
 void lv_upstream_update(struct lv_upstream *up, const struct lv_upstream_cfg *cfg);
+/** A reload replaced this upstream: close its idle connections, pool nothing more; requests
+ *  that already use it finish on it. */
+void lv_upstream_retire(struct lv_upstream *up);
 /** Closes idle connections and handles; frees the upstream when the last handle closed.
  *  Busy connections are closed by their owners. */
 void lv_upstream_destroy(struct lv_upstream *up);

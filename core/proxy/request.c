@@ -283,10 +283,15 @@ static void request_end(struct lv_request *r, bool close_client)
         return;
     drop_probe(r);
     flush_client(r);
+    release_upstream(r, false); /* no-op when already let go */
     r->active = false;
     uv_timer_stop(&r->deadline_timer);
     uv_timer_stop(&r->try_timer);
     log_request(r);
+    if (r->up) { /* after the log: its tries name the upstream's servers */
+        lv_server_upstream_unuse(r->s, r->up);
+        r->up = NULL;
+    }
     lv_config_unpin(r->cfg);
     r->cfg = NULL;
     lv_client_request_done(r->c, close_client);
@@ -323,6 +328,10 @@ void lv_request_client_gone(struct lv_request *r)
     r->active = false;
     uv_timer_stop(&r->deadline_timer);
     log_request(r);
+    if (r->up) {
+        lv_server_upstream_unuse(r->s, r->up);
+        r->up = NULL;
+    }
     lv_config_unpin(r->cfg);
     r->cfg = NULL;
 }
@@ -626,6 +635,7 @@ void lv_request_begin(struct lv_client *c, size_t head_len)
     build_forward_head(r, &h);
     r->rs = lv_server_route_state(s, r->route->name);
     r->up = lv_server_upstream(s, r->route->upstream);
+    lv_server_upstream_use(s, r->up);
     const struct lv_idem_cfg *ic = &r->route->idempotency;
     if (ic->enabled && (ic->methods & LV_METHOD_BIT(r->method))) {
         for (uint32_t i = 0; i < h.nfields; i++)

@@ -125,9 +125,20 @@ static void sync_upstreams(struct lv_server *s, struct lv_config *cfg)
             next[i] = lv_upstream_create(s->loop, uc);
         next[i]->on_closed = upstream_closed;
     }
-    for (size_t j = 0; j < s->nupstreams; j++)
-        if (!kept[j])
-            lv_upstream_destroy(s->upstreams[j]);
+    for (size_t j = 0; j < s->nupstreams; j++) {
+        if (kept[j])
+            continue;
+        struct lv_upstream *up = s->upstreams[j];
+        if (up->users == 0) {
+            lv_upstream_destroy(up);
+            continue;
+        }
+        /* Requests of older generations still use it (some may wait in its queue): they
+         * finish on it; it goes with its last user. */
+        lv_upstream_retire(up);
+        s->retired = lv_xrealloc(s->retired, (s->nretired + 1) * sizeof(*s->retired));
+        s->retired[s->nretired++] = up;
+    }
     free(kept);
     free(s->upstreams);
     s->upstreams = next;
@@ -143,6 +154,25 @@ struct lv_upstream *lv_server_upstream(struct lv_server *s, const struct lv_upst
         if (strcmp(s->upstreams[i]->name, cfg->name) == 0)
             return s->upstreams[i];
     return NULL;
+}
+
+void lv_server_upstream_use(struct lv_server *s, struct lv_upstream *up)
+{
+    (void)s;
+    up->users++;
+}
+
+void lv_server_upstream_unuse(struct lv_server *s, struct lv_upstream *up)
+{
+    if (--up->users > 0 || !up->retired)
+        return;
+    for (size_t i = 0; i < s->nretired; i++) {
+        if (s->retired[i] == up) {
+            s->retired[i] = s->retired[--s->nretired];
+            break;
+        }
+    }
+    lv_upstream_destroy(up);
 }
 
 struct lv_route_state *lv_server_route_state(struct lv_server *s, const char *name)
@@ -518,6 +548,9 @@ static void stop_loop_handles(struct lv_server *s)
     uv_close((uv_handle_t *)&s->flush_check, NULL);
     for (size_t i = 0; i < s->nupstreams; i++)
         lv_upstream_destroy(s->upstreams[i]);
+    for (size_t i = 0; i < s->nretired; i++)
+        lv_upstream_destroy(s->retired[i]);
+    s->nretired = 0;
     if (s->admin) {
         lv_admin_stop(s->admin);
         s->admin = NULL;
@@ -694,6 +727,7 @@ void lv_server_free(struct lv_server *s)
     }
     free(s->routes);
     free(s->upstreams); /* each upstream freed itself when its handles closed */
+    free(s->retired);
     free(s->listeners);
     lv_buf_dispose(&s->access_buf);
     if (s->access_fd_owned && s->access_fd >= 0)

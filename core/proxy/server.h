@@ -69,6 +69,8 @@ struct lv_server {
 
     struct lv_upstream **upstreams; /* runtime upstreams, by name */
     size_t nupstreams;
+    struct lv_upstream **retired; /* replaced by a reload, still used by older requests */
+    size_t nretired;
     struct lv_route_state **routes; /* route state registry, by name */
     size_t nroutes;
 
@@ -118,6 +120,9 @@ void lv_server_free(struct lv_server *s);
 
 /** The runtime upstream for a route of the current or an older generation. */
 struct lv_upstream *lv_server_upstream(struct lv_server *s, const struct lv_upstream_cfg *cfg);
+/** A request starts / stops using a runtime upstream (a retired one goes with its last user). */
+void lv_server_upstream_use(struct lv_server *s, struct lv_upstream *up);
+void lv_server_upstream_unuse(struct lv_server *s, struct lv_upstream *up);
 /** Route state by name (created when missing). */
 struct lv_route_state *lv_server_route_state(struct lv_server *s, const char *name);
 

@@ -31,7 +31,7 @@ end
 -- Configuration text. o.servers: list of "host:port" of upstream "api"; o.routes: route
 -- entries (text) or o.routes_expr: a Lua expression for the whole list; o.listen: placeholder
 -- ports (default { "$PORT" }); o.watch; o.access_log (true = stdout); o.head: text before
--- `return`.
+-- `return`; o.api: more keys of upstream "api" (text starting with ", ").
 local function conf(o)
     local listens, servers = {}, {}
     for _, p in ipairs(o.listen or { "$PORT" }) do listens[#listens + 1] = '"127.0.0.1:' .. p .. '"' end
@@ -44,7 +44,7 @@ local function conf(o)
         "  access_log = " .. (o.access_log and '"stdout"' or "false") .. ",",
         "  watch = " .. tostring(o.watch == true) .. ",",
         "  upstreams = {",
-        "    api = { servers = { " .. table.concat(servers, ", ") .. " } },",
+        "    api = { servers = { " .. table.concat(servers, ", ") .. " }" .. (o.api or "") .. " },",
         "  },",
         "  routes = " .. (o.routes_expr or ("{\n" .. o.routes .. "  }")) .. ",",
         "}",
@@ -350,6 +350,7 @@ describe("a broken file is refused and the old configuration keeps serving", fun
 
     it("by SIGHUP: the reason with FILE:LINE in the log", function()
         local lv, up = start()
+        local pid = lv:pid()
         for i, b in ipairs(broken_files(up)) do
             local kind, text, needle, reason = b[1], b[2], b[3], b[4]
             local written = lv:write_config(text)
@@ -367,6 +368,8 @@ describe("a broken file is refused and the old configuration keeps serving", fun
         assert_echo(wait_route(lv.port, "/two/fixed"), "/two/fixed")
         assert.equal(2, status(lv).generation)
         assert.equal(3, metric(lv, RELOAD_ERR))
+        assert.equal(pid, lv:pid())
+        assert.is_true(lv:alive())
     end)
 
     it("by watch = true: a broken save is logged and refused, the next good save applies", function()
@@ -487,6 +490,33 @@ describe("state across reloads", function()
         assert.equal("fresh", by_path["/again"].route)
     end)
 
+    it("a request queued for an upstream connection is answered when the reload changes the servers", function()
+        local up = H.upstream({ n = 2, name = "q" })
+        local pool = ', pool = { max_connections = 1, queue_timeout = "5s" }'
+        local lv = H.levee({ config = conf({ servers = { up:addr(1) }, api = pool, routes = route("r", "/") }) })
+        -- the only connection is busy for 800 ms; the second request waits in the queue
+        local busy = assert(H.conn(lv.port, { timeout = 10 * H.scale }))
+        assert(busy:send(H.build_request(lv.port, { path = "/busy", headers = { { "X-Test-Delay-Ms", "800" } } })))
+        H.wait_until(function() return up:stats().by_path["/busy"] == 1 end, 5, "the busy request upstream")
+        local queued = assert(H.conn(lv.port, { timeout = 4 * H.scale }))
+        assert(queued:send(H.build_request(lv.port, { path = "/queued" })))
+        H.wait_until(function() return status(lv).upstreams[1].waiting == 1 end, 5 * H.scale, "a queued request")
+
+        lv:write_config(conf({ servers = { up:addr(2) }, api = pool, routes = route("r", "/") }))
+        reload_ok(lv, 2)
+        local r1, e1 = busy:read_response()
+        assert.is_not_nil(r1, e1)
+        assert_echo(r1, "/busy", "q:" .. up.ports[1])
+        -- it started under generation 1: it finishes there, on the old server
+        local r2, e2 = queued:read_response()
+        assert.is_not_nil(r2, e2)
+        assert_echo(r2, "/queued", "q:" .. up.ports[1])
+        assert.is_true(lv:alive())
+        -- new requests go to the new server
+        assert_echo(get(lv.port, "/new"), "/new", "q:" .. up.ports[2])
+        assert.equal(1, up:stats().by_port[tostring(up.ports[2])])
+    end)
+
     it("the pool of an unchanged upstream keeps its idle connection", function()
         local up = H.upstream()
         local lv = H.levee({ config = conf({ servers = { up:addr() }, routes = route("p", "/") }) })
@@ -573,9 +603,11 @@ describe("reloads under load", function()
 
     it("50 reloads (and refused ones) while 8 keep-alive connections send requests: none fails", function()
         local up = H.upstream({ n = 2, name = "L" })
-        -- A and B differ in routes and in the upstream's server, so pools are replaced too
+        -- A and B differ in routes and upstream settings (same servers: the pool is kept; a
+        -- change of servers is covered by "a request queued for a connection..." above)
         local A = conf({ servers = { up:addr(1) }, routes = route("a", "/") })
-        local B = conf({ servers = { up:addr(2) }, routes = route("b1", "/load/1") .. route("b2", "/") })
+        local B = conf({ servers = { up:addr(1) }, api = ', connect_timeout = "2s", pool = { max_idle = 16 }',
+            routes = route("b1", "/load/1") .. route("b2", "/", ', timeout = "7s"') })
         local BAD = conf({ servers = { up:addr(1) }, routes = route("a", "/", ', timeout = "soon"') })
         local lv = H.levee({ config = A })
         local N = 8
@@ -631,7 +663,7 @@ describe("reloads under load", function()
                 assert.equal(reloads + 1, H.json(r.body).generation)
             end
             read_round(paths)
-            for _ = 1, 3 do read_round(send_round(false)) end
+            for _ = 1, 8 do read_round(send_round(false)) end
         end
         local took = H.now() - t0
         io.stderr:write(("\n[reload load] %d requests served on %d keep-alive connections in %d rounds, "
