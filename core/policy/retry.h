@@ -32,12 +32,12 @@ struct lv_retry_ask {
     struct lv_outcome outcome;
     uint32_t attempts_made, max_attempts; /* attempts made so far, first included; retry.attempts */
     uint64_t now_ms, deadline_ms;         /* absolute, same clock */
-    uint64_t delay_ms;           /* backoff, hook delay or Retry-After, from lv_retry_delay */
-    bool delay_from_server;      /* Retry-After or hook delay: never shortened; if it does not fit
-                                    the deadline there is no retry */
-    uint64_t min_try_ms;         /* a useful try needs at least this long after the delay */
-    bool response_started;       /* a byte of the response went to the client */
-    int method;                  /* llhttp method number */
+    uint64_t delay_ms;      /* backoff, hook delay or Retry-After, from lv_retry_delay */
+    bool delay_from_server; /* Retry-After or hook delay (no delay is shortened); if it does not fit
+                               the deadline there is no retry */
+    uint64_t min_try_ms;    /* a useful try needs at least this long after the delay */
+    bool response_started;  /* a byte of the response went to the client */
+    int method;             /* llhttp method number */
     bool has_idempotency_key;    /* the request carries a key on a route with idempotency on */
     bool non_idempotent_allowed; /* retry.non_idempotent */
     bool replayable;             /* the whole body sent so far is buffered (or there is none) */
@@ -63,9 +63,9 @@ enum lv_retry_no {
  * lv_method_idempotent, or it has an idempotency key, or non_idempotent_allowed); a
  * replayable body; room before the deadline; the budget.
  *
- * Deadline: a try needs at least max(min_try_ms, 1) ms before the deadline. A delay from the
- * server must fit whole (delay + min try <= time left), else NO_DEADLINE; a backoff delay is
- * shortened to fit, and NO_DEADLINE only when even no delay leaves too little time.
+ * Deadline: the whole delay and a try of at least max(min_try_ms, 1) ms must fit before the
+ * deadline (delay + min try <= time left), else NO_DEADLINE. No delay is ever shortened:
+ * retrying early would ignore a server's Retry-After, or defeat the backoff.
  *
  * The budget is checked last on purpose: NO_BUDGET then means "everything else allowed it",
  * which is what levee_retry_budget_exhausted_total and the budget-exhausted log flag count,

@@ -897,6 +897,7 @@ static bool next_attempt(struct lv_request *r, struct lv_outcome o, const struct
 {
     struct lv_route_state *rs = r->rs;
     const struct lv_retry_cfg *rc = &r->route->retry;
+    uv_update_time(r->s->loop); /* the cached loop time may lag: the deadline rule needs now */
     uint64_t now = uv_now(r->s->loop);
     double attempt_ms = ms_since(r->attempt_start_ns);
     lv_server_count_attempt(r->s, rs, (int)o.kind, o.status);

@@ -107,19 +107,20 @@ T_TEST(table)
         {"budget spent",                  RETRY,  STATUS,  503, 1,   3,  GET,    0,  0, 0,   1,  0,  1000, 6000,    40,   100, 0,  NO_BUDGET,   0},
         /* deadline: 1000 ms left, 100 ms for a try, so 900 ms of room for a delay */
         {"backoff fits",                  RETRY,  RESET,   0,   1,   3,  GET,    0,  0, 0,   1,  1,  1000, 2000,    900,  100, 0,  GO,          900},
-        {"backoff shortened",             RETRY,  RESET,   0,   1,   3,  GET,    0,  0, 0,   1,  1,  1000, 2000,    5000, 100, 0,  GO,          900},
+        {"backoff too long",              RETRY,  RESET,   0,   1,   3,  GET,    0,  0, 0,   1,  1,  1000, 2000,    901,  100, 0,  NO_DEADLINE, 0},
         {"server delay fits",             RETRY,  STATUS,  503, 1,   3,  GET,    0,  0, 0,   1,  1,  1000, 2000,    900,  100, 1,  GO,          900},
         {"server delay too long",         RETRY,  STATUS,  503, 1,   3,  GET,    0,  0, 0,   1,  1,  1000, 2000,    901,  100, 1,  NO_DEADLINE, 0},
-        {"exactly a try left",            RETRY,  RESET,   0,   1,   3,  GET,    0,  0, 0,   1,  1,  1900, 2000,    40,   100, 0,  GO,          0},
+        {"exactly a try left",            RETRY,  RESET,   0,   1,   3,  GET,    0,  0, 0,   1,  1,  1900, 2000,    0,    100, 0,  GO,          0},
+        {"a try left, no room to wait",   RETRY,  RESET,   0,   1,   3,  GET,    0,  0, 0,   1,  1,  1900, 2000,    40,   100, 0,  NO_DEADLINE, 0},
         {"less than a try left",          RETRY,  RESET,   0,   1,   3,  GET,    0,  0, 0,   1,  1,  1901, 2000,    0,    100, 0,  NO_DEADLINE, 0},
         {"server zero delay, a try left", RETRY,  STATUS,  429, 1,   3,  GET,    0,  0, 0,   1,  1,  1900, 2000,    0,    100, 1,  GO,          0},
         {"deadline now",                  RETRY,  RESET,   0,   1,   3,  GET,    0,  0, 0,   1,  1,  2000, 2000,    0,    0,   0,  NO_DEADLINE, 0},
         {"deadline past",                 RETRY,  RESET,   0,   1,   3,  GET,    0,  0, 0,   1,  1,  9000, 2000,    0,    0,   0,  NO_DEADLINE, 0},
-        {"1 ms left, no min try",         RETRY,  RESET,   0,   1,   3,  GET,    0,  0, 0,   1,  1,  1999, 2000,    50,   0,   0,  GO,          0},
-        {"no min try: delay keeps 1 ms",  RETRY,  RESET,   0,   1,   3,  GET,    0,  0, 0,   1,  1,  1000, 2000,    5000, 0,   0,  GO,          999},
+        {"1 ms left, no min try",         RETRY,  RESET,   0,   1,   3,  GET,    0,  0, 0,   1,  1,  1999, 2000,    0,    0,   0,  GO,          0},
+        {"no min try: delay keeps 1 ms",  RETRY,  RESET,   0,   1,   3,  GET,    0,  0, 0,   1,  1,  1000, 2000,    999,  0,   0,  GO,          999},
         {"huge server delay",             RETRY,  STATUS,  503, 1,   3,  GET,    0,  0, 0,   1,  1,  1000, 2000,    M64,  100, 1,  NO_DEADLINE, 0},
         {"huge min try",                  RETRY,  RESET,   0,   1,   3,  GET,    0,  0, 0,   1,  1,  1000, M64,     0,    M64, 0,  NO_DEADLINE, 0},
-        {"no deadline to speak of",       RETRY,  RESET,   0,   1,   3,  GET,    0,  0, 0,   1,  1,  0,    M64,     M64,  100, 0,  GO,          M64-100},
+        {"no deadline to speak of",       RETRY,  RESET,   0,   1,   3,  GET,    0,  0, 0,   1,  1,  0,    M64,     M64-100, 100, 0,  GO,       M64-100},
         /* order: the first failing rule is the answer */
         {"verdict before attempts",       FAIL,   STATUS,  500, 3,   3,  POST,   0,  0, 1,   0,  0,  2000, 2000,    0,    0,   0,  NO_VERDICT,  0},
         {"attempts before started",       RETRY,  STATUS,  503, 3,   3,  POST,   0,  0, 1,   0,  0,  2000, 2000,    0,    0,   0,  NO_ATTEMPTS, 0},
@@ -176,11 +177,12 @@ static enum lv_retry_no expected(const struct lv_retry_ask *a, uint64_t *delay)
         return LV_RETRY_NO_UNSAFE;
     if (!a->replayable)
         return LV_RETRY_NO_REPLAY;
-    if (left < a->min_try_ms || (a->delay_from_server && a->delay_ms + a->min_try_ms > left))
+    uint64_t min_try = a->min_try_ms ? a->min_try_ms : 1;
+    if (left < min_try || a->delay_ms > left - min_try)
         return LV_RETRY_NO_DEADLINE;
     if (!a->budget_allows)
         return LV_RETRY_NO_BUDGET;
-    *delay = a->delay_ms < left - a->min_try_ms ? a->delay_ms : left - a->min_try_ms;
+    *delay = a->delay_ms;
     return LV_RETRY_GO;
 }
 
@@ -225,9 +227,8 @@ T_TEST(product)
         counts[got & 7]++;
         if (got == LV_RETRY_GO) {
             go++;
-            /* the try after the delay always gets its minimum; a server's delay is kept */
-            if (a.now_ms + d + a.min_try_ms > a.deadline_ms ||
-                (a.delay_from_server && d != a.delay_ms))
+            /* the try after the delay always gets its minimum; the delay is never shortened */
+            if (a.now_ms + d + a.min_try_ms > a.deadline_ms || d != a.delay_ms)
                 bad++;
         }
         if (got != want || (got == LV_RETRY_GO && d != want_d)) {

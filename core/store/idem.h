@@ -1,0 +1,259 @@
+/*
+ * idem: the idempotency-key stores (SPEC §5, issue 4) behind one asynchronous interface, and
+ * the request fingerprint they compare.
+ *
+ * A store maps a key (already namespaced by the caller: route, credential, client key) to
+ * either an in-flight lock, held by one request for a lease, or a completed response kept for
+ * a ttl. Two kinds: the memory store (hash table with a byte cap, one process) and the Redis
+ * store (hiredis on the libuv loop; several gateways sharing one Redis act as one). The
+ * request path (proxy/request.c) asks with lv_idem_begin, and the request that got the lock
+ * ends it exactly once with lv_idem_complete or lv_idem_release. A store is owned by the
+ * server's route-state registry and outlives config generations.
+ *
+ * Every callback runs later from the loop, never inside the call that started it, and never
+ * after lv_idem_cancel. Everything here runs on the loop thread.
+ */
+#ifndef LV_IDEM_H
+#define LV_IDEM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+/* ---- fingerprint: SHA-256 over method, target and the body, streamed */
+
+#define LV_IDEM_FP_LEN 32
+
+struct evp_md_ctx_st;
+
+/* Streams the body digest; init, update per body chunk, final. */
+struct lv_idem_fp {
+    struct evp_md_ctx_st *md; /* body digest in progress; NULL once final or disposed */
+    uint8_t head[LV_IDEM_FP_LEN]; /* digest of method and target, framed */
+};
+
+/** Starts a fingerprint of `method` and `target` (the request target, query included). */
+void lv_idem_fp_init(struct lv_idem_fp *fp, const char *method, size_t mlen, const char *target,
+                     size_t tlen);
+/** Feeds the next body chunk (any split gives the same result). */
+void lv_idem_fp_update(struct lv_idem_fp *fp, const void *chunk, size_t n);
+/**
+ * Writes the fingerprint: SHA-256("levee-idem-1" 0 head 0 SHA-256(body)), where head is
+ * SHA-256 of the length-framed method and target. Frees the digest state.
+ */
+void lv_idem_fp_final(struct lv_idem_fp *fp, uint8_t out[LV_IDEM_FP_LEN]);
+/** Frees the digest state of a fingerprint abandoned before final (no-op after final). */
+void lv_idem_fp_dispose(struct lv_idem_fp *fp);
+/** One-shot form of init + update(body) + final. */
+void lv_idem_fingerprint(const char *method, size_t mlen, const char *target, size_t tlen,
+                         const void *body, size_t blen, uint8_t out[LV_IDEM_FP_LEN]);
+
+/* ---- stores */
+
+/*
+ * The store handle is `struct lv_idem` (not lv_idem_store: script/config.h has an
+ * `enum lv_idem_store`, and C puts struct and enum tags in one namespace).
+ */
+struct lv_idem;
+struct lv_idem_op;
+struct lv_idem_lock;
+
+enum lv_idem_result {
+    LV_IDEM_ACQUIRED,    /* the caller holds the lock: forward, then complete or release */
+    LV_IDEM_REPLAY,      /* completed with the same fingerprint: `stored` is the response */
+    LV_IDEM_IN_FLIGHT,   /* locked by another request with the same fingerprint: 409 or wait */
+    LV_IDEM_MISMATCH,    /* stored or in flight with another fingerprint: 422 */
+    LV_IDEM_FULL,        /* memory store at max_memory: 503 idempotency-store-full */
+    LV_IDEM_UNAVAILABLE, /* Redis down, timed out or answering garbage: on_store_error */
+};
+
+/** "acquired", "replay", "in-flight", "mismatch", "full", "unavailable". */
+const char *lv_idem_result_name(enum lv_idem_result r);
+
+/* A stored response. `head` holds the end-to-end header lines, "Name: value\r\n" each. */
+struct lv_idem_response {
+    int status;
+    const char *head;
+    size_t head_len;
+    const char *body;
+    size_t body_len;
+};
+
+/**
+ * Result of lv_idem_begin. `stored` is non-NULL for REPLAY only and valid during the call.
+ * `lock` is non-NULL for ACQUIRED only: the callee now owns it and must end it exactly once
+ * with lv_idem_complete or lv_idem_release.
+ */
+typedef void (*lv_idem_cb)(enum lv_idem_result r, const struct lv_idem_response *stored,
+                           struct lv_idem_lock *lock, void *arg);
+/** Result of lv_idem_wait: `changed` when the key left the in-flight state, false on timeout. */
+typedef void (*lv_idem_wait_cb)(bool changed, void *arg);
+
+/** Memory store default cap when max_memory is 0. */
+#define LV_IDEM_DEFAULT_MAX_MEMORY (64u * 1024 * 1024)
+
+/**
+ * Creates a memory store on `loop` that holds at most `max_memory` bytes of keys, responses
+ * and per-entry overhead (0: LV_IDEM_DEFAULT_MAX_MEMORY). Its timers do not keep the loop
+ * alive.
+ */
+struct lv_idem *lv_idem_memory_create(uv_loop_t *loop, size_t max_memory);
+
+/**
+ * Replaces the memory store's clock (milliseconds, default uv_now) for tests; `now` must never
+ * go backwards. After moving a fake clock, call lv_idem_memory_sweep.
+ */
+void lv_idem_memory_set_clock(struct lv_idem *s, uint64_t (*now)(void *arg), void *arg);
+
+/**
+ * Drops the expired entries (waking their waiters) and times out the waits that are due, as of
+ * the store's clock. The store's own timer calls it; tests with a fake clock call it directly.
+ */
+void lv_idem_memory_sweep(struct lv_idem *s);
+
+/* Redis store tuning; zero fields take the defaults shown. */
+struct lv_idem_redis_opts {
+    uint64_t connect_timeout_ms; /* 1000: DNS + TCP connect */
+    uint64_t command_timeout_ms; /* 1000: a reply later than this drops the connection */
+    uint64_t poll_ms;            /* 25: how often a waiter looks at its key */
+    uint64_t backoff_min_ms;     /* 50: first reconnect delay, doubled per failure, jittered */
+    uint64_t backoff_max_ms;     /* 2000 */
+};
+
+/**
+ * Creates a Redis store that keeps keys under `prefix` (copied) on host:port (a name is
+ * resolved with uv_getaddrinfo, never blocking). It connects at once and reconnects with
+ * backoff whenever the connection drops; while it has no connection, begin answers
+ * UNAVAILABLE at once. `opts` may be NULL. Its timers do not keep the loop alive.
+ */
+struct lv_idem *lv_idem_redis_create(uv_loop_t *loop, const char *host, uint16_t port,
+                                     const char *prefix, const struct lv_idem_redis_opts *opts);
+
+/**
+ * Destroys a store: operations not yet called back are dropped (their callbacks never run,
+ * their handles become invalid). Locks still held stay valid: ending them after destroy does
+ * nothing in the store and frees them. The memory is freed once the loop has closed the
+ * store's handles and the last lock has ended.
+ */
+void lv_idem_destroy(struct lv_idem *s);
+
+/**
+ * Asks for `key` (borrowed, any bytes) with fingerprint `fp`. On ACQUIRED the key is locked as
+ * in flight for `lease_ms` (the request's remaining deadline): if the lock is not ended by
+ * then, the key frees itself. `cb` runs later from the loop. Returns a handle for
+ * lv_idem_cancel, valid until the callback starts.
+ */
+struct lv_idem_op *lv_idem_begin(struct lv_idem *s, const char *key, size_t klen,
+                                 const uint8_t fp[LV_IDEM_FP_LEN], uint64_t lease_ms,
+                                 lv_idem_cb cb, void *arg);
+
+/**
+ * on_conflict = "wait": `cb(true)` once `key` is no longer in flight (completed, released,
+ * lease over, or store trouble; then call lv_idem_begin again), or `cb(false)` after
+ * `timeout_ms`. Memory: a waiter list on the entry. Redis: each waiter polls its key with
+ * GETRANGE every poll_ms (no keyspace notifications to configure on the server).
+ */
+struct lv_idem_op *lv_idem_wait(struct lv_idem *s, const char *key, size_t klen,
+                                uint64_t timeout_ms, lv_idem_wait_cb cb, void *arg);
+
+/** Cancels a pending begin or wait: its callback will not run. NULL is a no-op. */
+void lv_idem_cancel(struct lv_idem_op *op);
+
+/**
+ * Lock holder's success: stores `resp` (copied) under the key for `ttl_ms`, replacing the lock,
+ * and wakes the waiters. Nothing is stored if the lock is no longer ours (lease over and
+ * taken by another), if ttl_ms is 0, or if the memory store is full (the key is released).
+ * Ends the lock.
+ */
+void lv_idem_complete(struct lv_idem_lock *lock, const struct lv_idem_response *resp,
+                      uint64_t ttl_ms);
+
+/**
+ * Lock holder's failure (upstream 5xx, gateway error, response over max_body, client gone):
+ * deletes the key if the lock is still ours, so the client may retry with it. Ends the lock.
+ */
+void lv_idem_release(struct lv_idem_lock *lock);
+
+struct lv_idem_stats {
+    const char *kind; /* "memory" or "redis" */
+    uint64_t entries; /* memory: keys held; redis: locks held by this process */
+    uint64_t bytes;   /* memory: accounted bytes; redis: 0 */
+    uint64_t max_bytes;
+    bool connected; /* memory: always true */
+};
+
+void lv_idem_stats(struct lv_idem *s, struct lv_idem_stats *out);
+
+/* ---- implementation interface: for memstore.c and redisstore.c only */
+
+struct lv__idem_link {
+    struct lv__idem_link *next, *prev;
+};
+
+struct lv__idem_vt {
+    const char *kind;
+    struct lv_idem_op *(*begin)(struct lv_idem *s, const char *key, size_t klen,
+                                const uint8_t fp[LV_IDEM_FP_LEN], uint64_t lease_ms);
+    struct lv_idem_op *(*wait)(struct lv_idem *s, const char *key, size_t klen,
+                               uint64_t timeout_ms);
+    /* Called right before a begin op's callback, to decide the result then (optional). */
+    void (*resolve)(struct lv_idem_op *op);
+    /* Unlinks a pending op from the store's own structures (not from the ready list). */
+    void (*detach)(struct lv_idem_op *op);
+    void (*complete)(struct lv_idem_lock *lock, const struct lv_idem_response *resp,
+                     uint64_t ttl_ms);
+    void (*release)(struct lv_idem_lock *lock);
+    void (*stats)(struct lv_idem *s, struct lv_idem_stats *out);
+    /* Drops the store's own pending ops and starts closing its handles. */
+    void (*destroy)(struct lv_idem *s);
+    /* Frees the store once nothing refers to it. */
+    void (*free)(struct lv_idem *s);
+};
+
+struct lv_idem {
+    const struct lv__idem_vt *vt;
+    uv_loop_t *loop;
+    uv_timer_t kick;            /* delivers ready ops on the next loop turn */
+    struct lv__idem_link ready; /* ops whose callback is due */
+    unsigned handles;           /* open handles and requests; freed at 0 with no locks */
+    unsigned locks;
+    bool dying;
+};
+
+struct lv_idem_op {
+    struct lv__idem_link link; /* ready list, or the store's pending or waiter list */
+    struct lv_idem *store;
+    bool is_wait;
+    bool in_ready;
+    lv_idem_cb cb;
+    lv_idem_wait_cb wait_cb;
+    void *arg;
+    enum lv_idem_result result;
+    bool changed;
+    struct lv_idem_response stored; /* REPLAY */
+    struct lv_idem_lock *lock;      /* ACQUIRED, handed over on delivery */
+    char *owned;                    /* storage behind `stored`, freed after delivery */
+};
+
+struct lv_idem_lock {
+    struct lv_idem *store;
+};
+
+void lv__idem_link_init(struct lv__idem_link *h);
+void lv__idem_link_append(struct lv__idem_link *h, struct lv__idem_link *l);
+void lv__idem_link_remove(struct lv__idem_link *l);
+bool lv__idem_link_empty(const struct lv__idem_link *h);
+
+/** Sets up the common part; the store counts kick as one handle. */
+void lv__idem_init(struct lv_idem *s, const struct lv__idem_vt *vt, uv_loop_t *loop);
+/** Queues `op` (result already set, or resolved by vt->resolve) for delivery. */
+void lv__idem_post(struct lv_idem_op *op);
+/** Frees an op and whatever it owns (an undelivered lock is released). */
+void lv__idem_op_free(struct lv_idem_op *op);
+/** A handle or request of the store finished closing; frees the store when nothing is left. */
+void lv__idem_unref(struct lv_idem *s);
+/** Ends a lock's count on its store (after the store's own bookkeeping). */
+void lv__idem_lock_ended(struct lv_idem *s);
+
+#endif
