@@ -5,7 +5,7 @@ set -euo pipefail
 
 PKGS=(build-essential cmake pkg-config clang-format
       liblua5.4-dev lua5.4 libuv1-dev libssl-dev node-llhttp libhiredis-dev
-      lua-busted lua-socket lua-cjson redis-server curl openssl)
+      lua-busted lua-socket lua-cjson redis-server curl openssl chromium)
 if [[ ${1:-} == --bench ]]; then PKGS+=(nginx haproxy wrk); fi
 
 missing=()
