@@ -453,42 +453,33 @@ end
 local DURATION_SYNTAX = 'a duration like "250ms", "2s", "5m", "24h" or a number of seconds'
 local SIZE_SYNTAX = 'a size like "512B", "64KiB", "16MiB", "1GiB" or a number of bytes'
 
---- Milliseconds; o.min/o.max/o.gt are in milliseconds too.
-function Cx:duration(v, path, o)
+-- A duration or a size: parsed, checked against its range, or an error at `path`.
+local function measure(cx, v, path, o, parse, syntax, what, max, fmt)
     o = o or {}
     if v == nil then
-        return missing(self, path, o, DURATION_SYNTAX)
+        return missing(cx, path, o, syntax)
     end
-    local ms = M.parse_duration(v)
-    if ms == nil or (type(v) == "number" and v < 0) then
-        self:err(path, "expected " .. DURATION_SYNTAX .. ", got " .. show(v))
+    local n = parse(v)
+    if n == nil or (type(v) == "number" and v < 0) then
+        cx:err(path, "expected " .. syntax .. ", got " .. show(v))
         return o.default
     end
-    local bad = out_of_range(ms, o, MAX_MS, fmt_ms)
+    local bad = out_of_range(n, o, max, fmt)
     if bad then
-        self:err(path, "expected a duration" .. bad .. ", got " .. show(v))
+        cx:err(path, "expected " .. what .. bad .. ", got " .. show(v))
         return o.default
     end
-    return ms
+    return n
+end
+
+--- Milliseconds; o.min/o.max/o.gt are in milliseconds too.
+function Cx:duration(v, path, o)
+    return measure(self, v, path, o, M.parse_duration, DURATION_SYNTAX, "a duration", MAX_MS, fmt_ms)
 end
 
 --- Bytes; o.min/o.max are in bytes.
 function Cx:size(v, path, o)
-    o = o or {}
-    if v == nil then
-        return missing(self, path, o, SIZE_SYNTAX)
-    end
-    local n = M.parse_size(v)
-    if n == nil or (type(v) == "number" and v < 0) then
-        self:err(path, "expected " .. SIZE_SYNTAX .. ", got " .. show(v))
-        return o.default
-    end
-    local bad = out_of_range(n, o, MAX_SIZE, fmt_size)
-    if bad then
-        self:err(path, "expected a size" .. bad .. ", got " .. show(v))
-        return o.default
-    end
-    return n
+    return measure(self, v, path, o, M.parse_size, SIZE_SYNTAX, "a size", MAX_SIZE, fmt_size)
 end
 
 local HOSTPORT_SYNTAX = 'expected "host:port" (like "127.0.0.1:8080" or "[::1]:8080")'

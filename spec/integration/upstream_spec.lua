@@ -31,22 +31,7 @@ local function raw(bytes, keep, extra)
     return h
 end
 
--- A gateway error as SPEC §3 says: status, Levee-Error, JSON {error, route, request_id}
--- with request_id equal to the X-Request-Id response header. Returns the decoded body.
-local function assert_gw_error(r, status, token, route)
-    assert.is_table(r, "no response")
-    assert.equal(status, r.status)
-    assert.equal(token, r.headers["levee-error"])
-    assert.matches("^application/json", r.headers["content-type"])
-    local e = H.json(r.body)
-    assert.equal(token, e.error)
-    assert.equal(route, e.route)
-    local rid = r.headers["x-request-id"]
-    assert.is_string(rid)
-    assert.is_true(#rid > 0)
-    assert.equal(rid, e.request_id)
-    return e
-end
+local assert_gw_error = H.assert_gw_error
 
 local function count(t, k) return (t and t[tostring(k)]) or 0 end
 

@@ -932,6 +932,23 @@ end
 
 -- Processes outlive nothing: if the spec process exits without H.cleanup(), the children
 -- die anyway (PR_SET_PDEATHSIG); this also stops them when the Lua state is closed.
+-- A gateway error as SPEC §3 says: status, Levee-Error, JSON {error, route, request_id}
+-- with request_id equal to the X-Request-Id response header. Returns the decoded body.
+function H.assert_gw_error(r, status, token, route)
+    assert(type(r) == "table", "no response")
+    assert(r.status == status, ("status %s, want %s"):format(tostring(r.status), tostring(status)))
+    assert(r.headers["levee-error"] == token,
+        ("Levee-Error %s, want %s"):format(tostring(r.headers["levee-error"]), tostring(token)))
+    assert((r.headers["content-type"] or ""):match("^application/json"), "not JSON")
+    local e = H.json(r.body)
+    assert(e.error == token, "JSON error " .. tostring(e.error))
+    assert(e.route == route, ("JSON route %s, want %s"):format(tostring(e.route), tostring(route)))
+    local rid = r.headers["x-request-id"]
+    assert(type(rid) == "string" and #rid > 0, "no X-Request-Id")
+    assert(rid == e.request_id, "request_id differs from X-Request-Id")
+    return e
+end
+
 H._sentinel = setmetatable({}, { __gc = function() pcall(H.cleanup) end })
 
 return H
