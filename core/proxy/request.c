@@ -110,6 +110,9 @@ int lv_request_dispose(struct lv_request *r, uv_close_cb close_cb)
     lv_buf_dispose(&r->out);
     lv_buf_dispose(&r->cout);
     lv_buf_dispose(&r->hook_head);
+    lv_buf_dispose(&r->idem_key);
+    lv_buf_dispose(&r->idem_head);
+    lv_buf_dispose(&r->idem_body);
     free(r->body_dec);
     free(r->resp_dec);
     r->body_dec = r->resp_dec = NULL;
@@ -277,11 +280,14 @@ static void drop_probe(struct lv_request *r)
     r->probe = false;
 }
 
+static void idem_end(struct lv_request *r);
+
 static void request_end(struct lv_request *r, bool close_client)
 {
     if (!r->active)
         return;
     drop_probe(r);
+    idem_end(r);
     flush_client(r);
     release_upstream(r, false); /* no-op when already let go */
     r->active = false;
@@ -324,6 +330,7 @@ void lv_request_client_gone(struct lv_request *r)
     if (!r->status)
         r->status = 499;
     drop_probe(r);
+    idem_end(r);
     release_upstream(r, false);
     r->active = false;
     uv_timer_stop(&r->deadline_timer);
@@ -428,6 +435,242 @@ static void build_forward_head(struct lv_request *r, const struct lv_reqhead *h)
     } else if (r->body_kind == 2) {
         lv_buf_puts(b, "Transfer-Encoding: chunked\r\n");
     }
+}
+
+/* ---- idempotency keys (SPEC §5) */
+
+enum { IDEM_NONE, IDEM_WAIT_BODY, IDEM_LOOKUP, IDEM_LOCKED, IDEM_OPEN };
+
+/* The request ends: cancel a lookup, and give back a lock that was not completed (gateway
+ * error, 5xx, response too big, client gone) so the client may retry with its key. */
+static void idem_end(struct lv_request *r)
+{
+    if (r->idem_op) {
+        lv_idem_cancel(r->idem_op);
+        r->idem_op = NULL;
+    }
+    if (r->idem_lock) {
+        lv_idem_release(r->idem_lock);
+        r->idem_lock = NULL;
+    }
+    r->idem_state = IDEM_NONE;
+    r->idem_capture = false;
+}
+
+static bool idem_key_valid(const char *p, size_t n)
+{
+    if (n == 0 || n > 255)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)p[i] < 0x20 || (unsigned char)p[i] == 0x7f)
+            return false; /* HTAB, CTLs: not a key a client meant */
+    return true;
+}
+
+static void idem_replay(struct lv_request *r, const struct lv_idem_response *st)
+{
+    bool close = r->resp_close || !r->client_keep_alive || r->s->draining;
+    struct lv_buf *o = &r->cout;
+    lv_buf_printf(o, "HTTP/1.1 %d %s\r\n", st->status, lv_http_reason(st->status));
+    lv_buf_append(o, st->head, st->head_len);
+    lv_buf_puts(o, "Idempotent-Replayed: true\r\nX-Request-Id: ");
+    lv_buf_puts(o, r->rid);
+    lv_buf_puts(o, "\r\n");
+    if (st->status != 204 && st->status != 304) {
+        lv_buf_puts(o, "Content-Length: ");
+        lv_buf_putu(o, st->body_len);
+        lv_buf_puts(o, "\r\n");
+    }
+    if (close)
+        lv_buf_puts(o, "Connection: close\r\n");
+    lv_buf_puts(o, "\r\n");
+    if (r->method != 2 /* HEAD */)
+        lv_buf_append(o, st->body, st->body_len);
+    r->bytes_out += o->len;
+    r->status = st->status;
+    r->head_sent = true;
+    r->flags |= LV_ACCESS_IDEMPOTENT_REPLAY;
+    lv_metric_add(r->rs->idem_replays, 1);
+    request_end(r, close);
+}
+
+static void idem_lookup(struct lv_request *r);
+
+static void on_idem_waited(bool changed, void *arg)
+{
+    struct lv_request *r = arg;
+    r->idem_op = NULL;
+    if (!r->active)
+        return;
+    if (changed) {
+        idem_lookup(r); /* the first finished (replay) or gave up (take the lock) */
+        return;
+    }
+    r->flags |= LV_ACCESS_IDEMPOTENCY_CONFLICT;
+    send_error(r, LV_GWERR_IDEMPOTENCY_CONFLICT, "waited for the request in flight", -1);
+    request_end(r, r->resp_close);
+}
+
+static uint64_t time_left_ms(struct lv_request *r)
+{
+    uint64_t now = uv_now(r->s->loop), end = r->start_ms + r->route->timeout_ms;
+    return end > now ? end - now : 1;
+}
+
+static void on_idem(enum lv_idem_result res, const struct lv_idem_response *stored,
+                    struct lv_idem_lock *lock, void *arg)
+{
+    struct lv_request *r = arg;
+    r->idem_op = NULL;
+    if (!r->active) {
+        if (lock)
+            lv_idem_release(lock);
+        return;
+    }
+    const struct lv_idem_cfg *ic = &r->route->idempotency;
+    switch (res) {
+    case LV_IDEM_ACQUIRED:
+        r->idem_lock = lock;
+        r->idem_state = IDEM_LOCKED;
+        attempt_start(r);
+        return;
+    case LV_IDEM_REPLAY:
+        idem_replay(r, stored);
+        return;
+    case LV_IDEM_IN_FLIGHT:
+        lv_metric_add(r->rs->idem_conflicts, 1);
+        if (ic->on_conflict == LV_IDEM_CONFLICT_WAIT) {
+            r->idem_op = lv_idem_wait(r->rs->idem, r->idem_key.data, r->idem_key.len,
+                                      time_left_ms(r), on_idem_waited, r);
+            return;
+        }
+        r->flags |= LV_ACCESS_IDEMPOTENCY_CONFLICT;
+        send_error(r, LV_GWERR_IDEMPOTENCY_CONFLICT, NULL, -1);
+        break;
+    case LV_IDEM_MISMATCH:
+        lv_metric_add(r->rs->idem_mismatches, 1);
+        send_error(r, LV_GWERR_IDEMPOTENCY_MISMATCH, NULL, -1);
+        break;
+    case LV_IDEM_FULL:
+        lv_metric_add(r->rs->idem_store_errors, 1);
+        send_error(r, LV_GWERR_IDEMPOTENCY_STORE_FULL, NULL, -1);
+        break;
+    case LV_IDEM_UNAVAILABLE:
+        lv_metric_add(r->rs->idem_store_errors, 1);
+        if (ic->on_store_error == LV_IDEM_FAIL_OPEN) {
+            /* Forward without protection, as configured; the log says so. */
+            r->idem_state = IDEM_OPEN;
+            lv_warn("route %s: idempotency store unavailable, forwarding without protection "
+                    "(on_store_error = fail_open)",
+                    r->route->name);
+            attempt_start(r);
+            return;
+        }
+        send_error(r, LV_GWERR_IDEMPOTENCY_STORE_UNAVAILABLE, NULL, -1);
+        break;
+    }
+    request_end(r, r->resp_close);
+}
+
+/* The whole body is in: fingerprint it (method, target, body digest) and ask the store. */
+static void idem_lookup(struct lv_request *r)
+{
+    uint8_t fp[LV_IDEM_FP_LEN];
+    const char *m = lv_method_name(r->method);
+    lv_idem_fingerprint(m, strlen(m), r->target.data, r->target.len, r->replay.data, r->replay.len,
+                        fp);
+    r->idem_state = IDEM_LOOKUP;
+    r->idem_op = lv_idem_begin(r->rs->idem, r->idem_key.data, r->idem_key.len, fp, time_left_ms(r),
+                               on_idem, r);
+}
+
+/* At the head: is this a keyed request? Returns false when it was answered (400). */
+static bool idem_begin(struct lv_request *r, const struct lv_reqhead *h)
+{
+    const struct lv_idem_cfg *ic = &r->route->idempotency;
+    r->idem_state = IDEM_NONE;
+    if (!ic->enabled || !r->rs->idem || !(ic->methods & LV_METHOD_BIT(r->method)))
+        return true;
+    const struct lv_field *key = NULL;
+    size_t hl = strlen(ic->header);
+    for (uint32_t i = 0; i < h->nfields; i++)
+        if (h->fields[i].name.len == hl && strncasecmp(h->fields[i].name.p, ic->header, hl) == 0)
+            key = &h->fields[i];
+    if (!key) {
+        if (!ic->required)
+            return true;
+        send_error(r, LV_GWERR_IDEMPOTENCY_KEY_REQUIRED, NULL, -1);
+        request_end(r, true);
+        return false;
+    }
+    if (!idem_key_valid(key->value.p, key->value.len)) {
+        send_error(r, LV_GWERR_IDEMPOTENCY_KEY_INVALID, NULL, -1);
+        request_end(r, true);
+        return false;
+    }
+    /* The whole body is kept (it is fingerprinted, and a keyed request may be retried). */
+    if (r->body_kind == 1 && r->body_cl > r->route->retry.buffer) {
+        send_error(r, LV_GWERR_BODY_TOO_LARGE, "keyed request bodies are kept up to retry.buffer",
+                   -1);
+        request_end(r, true);
+        return false;
+    }
+    lv_buf_reset(&r->idem_key);
+    lv_buf_append(&r->idem_key, key->value.p, key->value.len);
+    lv_buf_putc(&r->idem_key, '\0');
+    r->idem_key.len--;
+    r->has_idem_key = true;
+    r->idem_state = IDEM_WAIT_BODY;
+    return true;
+}
+
+/* The final response of a locked request: keep what the store needs. */
+static void idem_capture_head(struct lv_request *r, const struct lv_resphead *h)
+{
+    r->idem_capture = false;
+    if (r->idem_state != IDEM_LOCKED || h->status >= 500)
+        return; /* 5xx is not stored: the key is released at the end */
+    r->idem_capture = true;
+    r->idem_status = h->status;
+    lv_buf_reset(&r->idem_head);
+    lv_buf_reset(&r->idem_body);
+    for (uint32_t i = 0; i < h->nfields; i++) {
+        const struct lv_field *f = &h->fields[i];
+        if ((f->flags & LV_FIELD_HOP) || f->id == LV_FID_CONTENT_LENGTH ||
+            f->id == LV_FID_TRANSFER_ENCODING || f->id == LV_FID_X_REQUEST_ID)
+            continue;
+        lv_buf_append(&r->idem_head, f->name.p, f->name.len);
+        lv_buf_puts(&r->idem_head, ": ");
+        lv_buf_append(&r->idem_head, f->value.p, f->value.len);
+        lv_buf_puts(&r->idem_head, "\r\n");
+    }
+}
+
+static void idem_capture_body(struct lv_request *r, const char *p, size_t n)
+{
+    if (!r->idem_capture)
+        return;
+    if (r->idem_body.len + n > r->route->idempotency.max_body) {
+        r->idem_capture = false; /* forwarded, not stored: the key is released at the end */
+        lv_info("route %s: response for idempotency key not stored: body over max_body (%zu)",
+                r->route->name, r->route->idempotency.max_body);
+        lv_buf_dispose(&r->idem_body);
+        return;
+    }
+    lv_buf_append(&r->idem_body, p, n);
+}
+
+/* The response went out whole: store it under the key. */
+static void idem_store(struct lv_request *r)
+{
+    if (!r->idem_lock || !r->idem_capture)
+        return;
+    struct lv_idem_response resp = {r->idem_status, r->idem_head.data, r->idem_head.len,
+                                    r->idem_body.data, r->idem_body.len};
+    lv_idem_complete(r->idem_lock, &resp, r->route->idempotency.ttl_ms);
+    r->idem_lock = NULL;
+    r->idem_capture = false;
+    lv_metric_add(r->rs->idem_stored, 1);
 }
 
 /* ---- beginning */
@@ -636,13 +879,6 @@ void lv_request_begin(struct lv_client *c, size_t head_len)
     r->rs = lv_server_route_state(s, r->route->name);
     r->up = lv_server_upstream(s, r->route->upstream);
     lv_server_upstream_use(s, r->up);
-    const struct lv_idem_cfg *ic = &r->route->idempotency;
-    if (ic->enabled && (ic->methods & LV_METHOD_BIT(r->method))) {
-        for (uint32_t i = 0; i < h.nfields; i++)
-            if (h.fields[i].name.len == strlen(ic->header) && h.fields[i].value.len > 0 &&
-                strncasecmp(h.fields[i].name.p, ic->header, h.fields[i].name.len) == 0)
-                r->has_idem_key = true;
-    }
     if (r->route->classify_ref >= 0 || r->route->fallback_ref >= 0)
         keep_hook_headers(r, &h, c->in.data);
     lv_budget_on_request(&r->rs->budget, r->start_ms);
@@ -656,6 +892,10 @@ void lv_request_begin(struct lv_client *c, size_t head_len)
         }
         r->probe = ad == LV_BREAKER_PROBE;
     }
+    if (!idem_begin(r, &h)) {
+        lv_buf_consume(&c->in, head_len);
+        return;
+    }
     lv_buf_consume(&c->in, head_len);
     lv_client_input_consumed(c);
     if (r->body_kind)
@@ -667,7 +907,9 @@ void lv_request_begin(struct lv_client *c, size_t head_len)
         lv_client_write(c, cont, sizeof(cont) - 1);
     }
     uv_timer_start(&r->deadline_timer, on_deadline, r->route->timeout_ms, 0);
-    attempt_start(r);
+    if (r->idem_state == IDEM_NONE)
+        attempt_start(r);
+    /* A keyed request first reads its whole body (pump_body asks the store when it is in). */
     if (r->active)
         pump_body(r);
 }
@@ -728,6 +970,8 @@ static void pump_body(struct lv_request *r)
     if (r->body_done) {
         if (r->head_written)
             send_body_end(r);
+        if (r->idem_state == IDEM_WAIT_BODY)
+            idem_lookup(r);
         return;
     }
     bool connected = r->uc && r->head_written;
@@ -741,8 +985,16 @@ static void pump_body(struct lv_request *r)
             if (!r->replay_valid)
                 break;
             size_t room = r->route->retry.buffer - r->replay.len;
-            if (room == 0)
+            if (room == 0) {
+                if (r->idem_state == IDEM_WAIT_BODY && !r->body_done) {
+                    r->resp_close = true;
+                    send_error(r, LV_GWERR_BODY_TOO_LARGE,
+                               "keyed request bodies are kept up to retry.buffer", -1);
+                    request_end(r, true);
+                    return;
+                }
                 break;
+            }
             if (feed > room)
                 feed = room;
         }
@@ -782,6 +1034,8 @@ static void pump_body(struct lv_request *r)
     lv_client_input_consumed(c);
     if (r->body_done && connected)
         send_body_end(r);
+    if (r->body_done && r->idem_state == IDEM_WAIT_BODY)
+        idem_lookup(r);
 }
 
 void lv_request_client_data(struct lv_request *r)
@@ -1242,11 +1496,13 @@ static void on_resp_data(void *arg, const char *p, size_t n)
     lv_buf_append(&r->cout, p, n);
     if (r->resp_rechunk)
         lv_buf_append(&r->cout, "\r\n", 2);
+    idem_capture_body(r, p, n);
     r->bytes_out += r->cout.len - start;
 }
 
 static void response_complete(struct lv_request *r, bool clean)
 {
+    idem_store(r); /* the client has it whole: so does the store */
     if (r->resp_rechunk) {
         lv_buf_append(&r->cout, "0\r\n\r\n", 5);
         r->bytes_out += 5;
@@ -1349,6 +1605,7 @@ static void on_response_head(struct lv_request *r)
     r->resp_until_eof = h.body == LV_BODY_EOF;
     r->resp_rechunk = false;
     r->up_reusable = h.reusable;
+    idem_capture_head(r, &h);
     write_client_head(r, &h);
     r->head_sent = true;
     if (r->resp_no_body) {

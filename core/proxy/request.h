@@ -22,6 +22,7 @@
 #include "net/upstream.h"
 #include "policy/outcome.h"
 #include "script/hooks.h"
+#include "store/idem.h"
 
 struct lv_client;
 struct lv_server;
@@ -124,6 +125,16 @@ struct lv_request {
     struct lv_buf hook_head; /* copy of the head, for hooks that read request headers */
     struct lv_hook_header hook_req[LV_HOOK_MAX_HEADERS];
     size_t nhook_req;
+
+    /* idempotency (SPEC §5) */
+    int idem_state; /* enum in request.c: none, waiting for the body, looking up, locked, open */
+    struct lv_buf idem_key;
+    struct lv_idem_op *idem_op;
+    struct lv_idem_lock *idem_lock;
+    struct lv_buf idem_head; /* the response's end-to-end header lines, to store */
+    struct lv_buf idem_body;
+    int idem_status;
+    bool idem_capture; /* the response is being kept for the store */
 
     /* log */
     unsigned flags;

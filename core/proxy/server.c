@@ -191,6 +191,11 @@ struct lv_route_state *lv_server_route_state(struct lv_server *s, const char *na
     const char *lc[] = {name, "classify", NULL}, *lf[] = {name, "fallback", NULL};
     rs->hook_errors[0] = lv_metric_series(s->m_hook_errors, lc);
     rs->hook_errors[1] = lv_metric_series(s->m_hook_errors, lf);
+    rs->idem_replays = lv_metric_series(s->m_idem_replays, lv);
+    rs->idem_stored = lv_metric_series(s->m_idem_stored, lv);
+    rs->idem_conflicts = lv_metric_series(s->m_idem_conflicts, lv);
+    rs->idem_mismatches = lv_metric_series(s->m_idem_mismatches, lv);
+    rs->idem_store_errors = lv_metric_series(s->m_idem_store_errors, lv);
     s->routes = lv_xrealloc(s->routes, (s->nroutes + 1) * sizeof(*s->routes));
     s->routes[s->nroutes++] = rs;
     return rs;
@@ -248,6 +253,36 @@ static void route_state_configure(struct lv_server *s, struct lv_route_state *rs
         lv_breaker_configure(&rs->breaker, &p, now);
     rs->breaker_enabled = bc->enabled;
     rs->policy_ready = true;
+
+    /* The idempotency store lives as long as its settings: a reload that keeps them keeps the
+     * keys (and the locks of requests in flight). */
+    const struct lv_idem_cfg *ic = &r->idempotency;
+    char sig[512] = "";
+    if (ic->enabled) {
+        if (ic->store == LV_IDEM_STORE_REDIS)
+            snprintf(sig, sizeof(sig), "redis %s:%u %s", ic->redis.host, ic->redis.port,
+                     ic->redis_prefix ? ic->redis_prefix : "levee:");
+        else
+            snprintf(sig, sizeof(sig), "memory %zu", ic->max_memory);
+    }
+    if (rs->idem && (!ic->enabled || !rs->idem_sig || strcmp(rs->idem_sig, sig) != 0)) {
+        s->old_stores = lv_xrealloc(s->old_stores, (s->nold_stores + 1) * sizeof(*s->old_stores));
+        s->old_stores[s->nold_stores++] = rs->idem;
+        rs->idem = NULL;
+    }
+    if (ic->enabled && !rs->idem) {
+        if (ic->store == LV_IDEM_STORE_REDIS) {
+            char prefix[300];
+            /* keys are namespaced by route: one key means one thing per route */
+            snprintf(prefix, sizeof(prefix),
+                     "%s%s:", ic->redis_prefix ? ic->redis_prefix : "levee:", rs->name);
+            rs->idem = lv_idem_redis_create(s->loop, ic->redis.host, ic->redis.port, prefix, NULL);
+        } else {
+            rs->idem = lv_idem_memory_create(s->loop, ic->max_memory);
+        }
+    }
+    free(rs->idem_sig);
+    rs->idem_sig = lv_xstrdup(sig);
 }
 
 void lv_server_count_request(struct lv_server *s, struct lv_route_state *rs, int status,
@@ -284,6 +319,11 @@ static void render_gauges(struct lv_metrics *m, void *arg)
             lv_breaker_stats(&rs->breaker, now, &st);
         const char *lv[] = {rs->name, NULL};
         lv_metric_set(lv_metric_series(s->m_breaker_state, lv), (double)st.state);
+        if (rs->idem) {
+            struct lv_idem_stats is;
+            lv_idem_stats(rs->idem, &is);
+            lv_metric_set(lv_metric_series(s->m_idem_entries, lv), (double)is.entries);
+        }
     }
     for (size_t i = 0; i < s->nupstreams; i++) {
         uint32_t active, idle;
@@ -326,6 +366,25 @@ static void metrics_setup(struct lv_server *s)
     s->m_hook_errors = lv_metrics_family(m, "levee_hook_errors_total",
                                          "Hook calls that failed and counted as no hook.",
                                          LV_METRIC_COUNTER, L_ROUTE_HOOK, NULL, 0);
+    s->m_idem_replays = lv_metrics_family(m, "levee_idempotency_replays_total",
+                                          "Stored responses replayed for a repeated key.",
+                                          LV_METRIC_COUNTER, L_ROUTE, NULL, 0);
+    s->m_idem_stored = lv_metrics_family(m, "levee_idempotency_stored_total",
+                                         "Responses stored under an idempotency key.",
+                                         LV_METRIC_COUNTER, L_ROUTE, NULL, 0);
+    s->m_idem_conflicts = lv_metrics_family(m, "levee_idempotency_conflicts_total",
+                                            "Requests whose key was in flight (409 or waited).",
+                                            LV_METRIC_COUNTER, L_ROUTE, NULL, 0);
+    s->m_idem_mismatches = lv_metrics_family(m, "levee_idempotency_mismatches_total",
+                                             "Keys reused with a different request (422).",
+                                             LV_METRIC_COUNTER, L_ROUTE, NULL, 0);
+    s->m_idem_store_errors =
+        lv_metrics_family(m, "levee_idempotency_store_errors_total",
+                          "Store lookups that failed (store full or unavailable).",
+                          LV_METRIC_COUNTER, L_ROUTE, NULL, 0);
+    s->m_idem_entries =
+        lv_metrics_family(m, "levee_idempotency_store_entries", "Keys held by the route's store.",
+                          LV_METRIC_GAUGE, L_ROUTE, NULL, 0);
     s->m_reloads =
         lv_metrics_family(m, "levee_config_reloads_total", "Configuration reloads, by result.",
                           LV_METRIC_COUNTER, L_RESULT, NULL, 0);
@@ -551,6 +610,15 @@ static void stop_loop_handles(struct lv_server *s)
     for (size_t i = 0; i < s->nretired; i++)
         lv_upstream_destroy(s->retired[i]);
     s->nretired = 0;
+    for (size_t i = 0; i < s->nroutes; i++) {
+        if (s->routes[i]->idem) {
+            lv_idem_destroy(s->routes[i]->idem);
+            s->routes[i]->idem = NULL;
+        }
+    }
+    for (size_t i = 0; i < s->nold_stores; i++)
+        lv_idem_destroy(s->old_stores[i]);
+    s->nold_stores = 0;
     if (s->admin) {
         lv_admin_stop(s->admin);
         s->admin = NULL;
@@ -723,8 +791,10 @@ void lv_server_free(struct lv_server *s)
 {
     for (size_t i = 0; i < s->nroutes; i++) {
         free(s->routes[i]->name);
+        free(s->routes[i]->idem_sig);
         free(s->routes[i]);
     }
+    free(s->old_stores);
     free(s->routes);
     free(s->upstreams); /* each upstream freed itself when its handles closed */
     free(s->retired);

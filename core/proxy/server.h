@@ -19,6 +19,7 @@
 #include "policy/breaker.h"
 #include "policy/budget.h"
 #include "script/config.h"
+#include "store/idem.h"
 
 struct lv_client;
 struct lv_admin;
@@ -45,6 +46,11 @@ struct lv_route_state {
     bool breaker_enabled;
     bool policy_ready;
     uint64_t hook_log_at; /* rate limit for hook error log lines */
+    /* idempotency: the route's store (kept across reloads while its settings are unchanged) */
+    struct lv_idem *idem;
+    char *idem_sig; /* the settings the store was made with */
+    struct lv_metric *idem_replays, *idem_stored, *idem_conflicts, *idem_mismatches,
+        *idem_store_errors;
 };
 
 struct lv_listener {
@@ -71,13 +77,16 @@ struct lv_server {
     size_t nupstreams;
     struct lv_upstream **retired; /* replaced by a reload, still used by older requests */
     size_t nretired;
+    struct lv_idem **old_stores; /* idempotency stores replaced by a reload (freed at exit) */
+    size_t nold_stores;
     struct lv_route_state **routes; /* route state registry, by name */
     size_t nroutes;
 
     struct lv_metrics *metrics;
     struct lv_metric_family *m_requests, *m_duration, *m_retries, *m_budget_exhausted, *m_reloads,
         *m_generation, *m_upconns, *m_clients, *m_bad_requests, *m_attempts, *m_breaker_state,
-        *m_fallbacks, *m_breaker_rejected, *m_hook_errors;
+        *m_fallbacks, *m_breaker_rejected, *m_hook_errors, *m_idem_replays, *m_idem_stored,
+        *m_idem_conflicts, *m_idem_mismatches, *m_idem_store_errors, *m_idem_entries;
     struct lv_metric *m_reload_ok, *m_reload_err;
 
     /* client connections */
