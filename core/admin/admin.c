@@ -173,6 +173,15 @@ void lv_admin_status_json(struct lv_server *s, struct lv_buf *b)
         } else {
             lv_buf_puts(b, ",\"breaker\":{\"enabled\":false,\"state\":\"closed\"}");
         }
+        if (rs->idem) {
+            struct lv_idem_stats is;
+            lv_idem_stats(rs->idem, &is);
+            lv_buf_printf(b,
+                          ",\"idempotency\":{\"store\":\"%s\",\"entries\":%llu,\"bytes\":%llu,"
+                          "\"max_bytes\":%llu,\"connected\":%s}",
+                          is.kind, (unsigned long long)is.entries, (unsigned long long)is.bytes,
+                          (unsigned long long)is.max_bytes, is.connected ? "true" : "false");
+        }
         uint64_t breq = 0, bret = 0, bavail = 0;
         lv_budget_stats(&rs->budget, now, &breq, &bret, &bavail);
         lv_buf_printf(b, ",\"budget\":{\"requests\":%llu,\"retries\":%llu,\"available\":%llu}",
