@@ -596,15 +596,49 @@ static bool idem_begin(struct lv_request *r, const struct lv_reqhead *h)
     for (uint32_t i = 0; i < h->nfields; i++)
         if (h->fields[i].name.len == hl && strncasecmp(h->fields[i].name.p, ic->header, hl) == 0)
             key = &h->fields[i];
-    if (!key) {
+    lv_buf_reset(&r->idem_key);
+    bool have = false;
+    if (ic->key_ref >= 0) {
+        /* key(req) derives the key (namespaced by tenant, credential...); nil: no key. */
+        struct lv_hook_request hr = {
+            .method = lv_method_name(r->method),
+            .path = r->target.data,
+            .path_len = r->target.len,
+            .headers = r->hook_req,
+            .nheaders = r->nhook_req,
+            .route = r->route->name,
+            .request_id = r->rid,
+        };
+        struct lv_buf err = LV_BUF_INIT;
+        int rc = lv_hook_idem_key(r->cfg, ic->key_ref, &hr, &r->idem_key, &err);
+        if (rc < 0) {
+            /* A failed hook counts as no hook: the header's value is the key. */
+            hook_failed(r, 2, &err);
+            lv_buf_reset(&r->idem_key);
+        } else {
+            have = rc == 1 && r->idem_key.len > 0;
+            key = NULL;
+            if (rc == 0 || !have) {
+                lv_buf_dispose(&err);
+                goto no_key;
+            }
+        }
+        lv_buf_dispose(&err);
+    }
+    if (!have && key) {
+        if (!idem_key_valid(key->value.p, key->value.len)) {
+            send_error(r, LV_GWERR_IDEMPOTENCY_KEY_INVALID, NULL, -1);
+            request_end(r, true);
+            return false;
+        }
+        lv_buf_append(&r->idem_key, key->value.p, key->value.len);
+        have = true;
+    }
+no_key:
+    if (!have) {
         if (!ic->required)
             return true;
         send_error(r, LV_GWERR_IDEMPOTENCY_KEY_REQUIRED, NULL, -1);
-        request_end(r, true);
-        return false;
-    }
-    if (!idem_key_valid(key->value.p, key->value.len)) {
-        send_error(r, LV_GWERR_IDEMPOTENCY_KEY_INVALID, NULL, -1);
         request_end(r, true);
         return false;
     }
@@ -615,8 +649,6 @@ static bool idem_begin(struct lv_request *r, const struct lv_reqhead *h)
         request_end(r, true);
         return false;
     }
-    lv_buf_reset(&r->idem_key);
-    lv_buf_append(&r->idem_key, key->value.p, key->value.len);
     lv_buf_putc(&r->idem_key, '\0');
     r->idem_key.len--;
     r->has_idem_key = true;
@@ -879,7 +911,8 @@ void lv_request_begin(struct lv_client *c, size_t head_len)
     r->rs = lv_server_route_state(s, r->route->name);
     r->up = lv_server_upstream(s, r->route->upstream);
     lv_server_upstream_use(s, r->up);
-    if (r->route->classify_ref >= 0 || r->route->fallback_ref >= 0)
+    if (r->route->classify_ref >= 0 || r->route->fallback_ref >= 0 ||
+        r->route->idempotency.key_ref >= 0)
         keep_hook_headers(r, &h, c->in.data);
     lv_budget_on_request(&r->rs->budget, r->start_ms);
     if (r->rs->breaker_enabled) {
@@ -1094,7 +1127,10 @@ static void hook_failed(struct lv_request *r, int which, const struct lv_buf *er
     if (now - r->rs->hook_log_at >= 1000 || r->rs->hook_log_at == 0) {
         r->rs->hook_log_at = now;
         lv_warn("route %s: %s hook failed (counted as no hook): %.*s", r->route->name,
-                which ? "fallback" : "classify", (int)err->len, err->data ? err->data : "");
+                which == 2 ? "idempotency key"
+                : which    ? "fallback"
+                           : "classify",
+                (int)err->len, err->data ? err->data : "");
     }
 }
 

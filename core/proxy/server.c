@@ -191,6 +191,8 @@ struct lv_route_state *lv_server_route_state(struct lv_server *s, const char *na
     const char *lc[] = {name, "classify", NULL}, *lf[] = {name, "fallback", NULL};
     rs->hook_errors[0] = lv_metric_series(s->m_hook_errors, lc);
     rs->hook_errors[1] = lv_metric_series(s->m_hook_errors, lf);
+    const char *lk[] = {name, "key", NULL};
+    rs->hook_errors[2] = lv_metric_series(s->m_hook_errors, lk);
     rs->idem_replays = lv_metric_series(s->m_idem_replays, lv);
     rs->idem_stored = lv_metric_series(s->m_idem_stored, lv);
     rs->idem_conflicts = lv_metric_series(s->m_idem_conflicts, lv);

@@ -38,7 +38,8 @@ struct lv_route_state {
     struct lv_metric *att_by_error[8];
     struct lv_metric *fallbacks;        /* levee_fallbacks_total{route} */
     struct lv_metric *breaker_rejected; /* levee_breaker_rejected_total{route} */
-    struct lv_metric *hook_errors[2]; /* levee_hook_errors_total{route,hook}: classify, fallback */
+    struct lv_metric
+        *hook_errors[3]; /* levee_hook_errors_total{route,hook}: classify, fallback, key */
     uint64_t requests, errors;
     /* Resilience state, kept by route name across reloads; thresholds follow the newest config. */
     struct lv_budget budget;

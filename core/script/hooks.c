@@ -558,6 +558,21 @@ static bool head_request(const struct lv_hook_request *r)
     return r->method && strcmp(r->method, "HEAD") == 0;
 }
 
+/* The `req` table of fallback and idempotency key hooks:
+ * { method, path, headers (lazy), route, request_id }. */
+static void push_hook_request(lua_State *L, struct call *c)
+{
+    push_request(L, c);
+    if (c->req->route) {
+        lua_pushstring(L, c->req->route);
+        lua_setfield(L, -2, "route");
+    }
+    if (c->req->request_id) {
+        lua_pushstring(L, c->req->request_id);
+        lua_setfield(L, -2, "request_id");
+    }
+}
+
 /* Stack: 1 = struct call. */
 static int fallback_main(lua_State *L)
 {
@@ -568,15 +583,7 @@ static int fallback_main(lua_State *L)
         snprintf(c->bad, sizeof(c->bad), "the hook is not a function");
         return 0;
     }
-    push_request(L, c);
-    if (r->route) {
-        lua_pushstring(L, r->route);
-        lua_setfield(L, -2, "route");
-    }
-    if (r->request_id) {
-        lua_pushstring(L, r->request_id);
-        lua_setfield(L, -2, "request_id");
-    }
+    push_hook_request(L, c);
     lua_pushstring(L, c->why ? c->why : "breaker-open");
     lua_call(L, 2, 1);
 
@@ -651,6 +658,46 @@ static int fallback_main(lua_State *L)
     if (!head_request(r))
         lv_buf_append(&c->resp, body, blen);
     c->status = status;
+    return 0;
+}
+
+/* ---- idempotency key */
+
+/* Stack: 1 = struct call. A key goes to c->resp with c->status = 1; nil leaves status 0. */
+static int idem_key_main(lua_State *L)
+{
+    struct call *c = lua_touserdata(L, 1);
+    luaL_checkstack(L, 8, NULL);
+    if (lua_rawgeti(L, LUA_REGISTRYINDEX, c->ref) != LUA_TFUNCTION) {
+        snprintf(c->bad, sizeof(c->bad), "the hook is not a function");
+        return 0;
+    }
+    push_hook_request(L, c);
+    lua_call(L, 1, 1);
+
+    if (lua_type(L, -1) == LUA_TNIL)
+        return 0; /* the request is not keyed */
+    if (lua_type(L, -1) != LUA_TSTRING) {
+        bad_value(c, L, -1, "expected a string key or nil");
+        return 0;
+    }
+    size_t n;
+    const char *k = lua_tolstring(L, -1, &n);
+    if (n > LV_HOOK_MAX_IDEM_KEY) {
+        snprintf(c->bad, sizeof(c->bad), "the key is %zu bytes long; at most %zu are allowed", n,
+                 (size_t)LV_HOOK_MAX_IDEM_KEY);
+        return 0;
+    }
+    /* The key goes into store keys (a Redis key, log lines): no control bytes. */
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)k[i];
+        if (ch < 0x20 || ch == 0x7f) {
+            snprintf(c->bad, sizeof(c->bad), "the key has a control byte (0x%02x) at %zu", ch, i);
+            return 0;
+        }
+    }
+    lv_buf_append(&c->resp, k, n);
+    c->status = 1;
     return 0;
 }
 
@@ -797,6 +844,38 @@ int lv_hook_fallback(struct lv_config *cfg, int ref, const struct lv_hook_reques
     if (rc == 0) {
         lv_buf_append(out, c.resp.data, c.resp.len);
         *status = c.status;
+    }
+    lv_buf_dispose(&c.resp);
+    return rc;
+}
+
+int lv_hook_idem_key(struct lv_config *cfg, int ref, const struct lv_hook_request *req,
+                     struct lv_buf *key, struct lv_buf *err)
+{
+    lv_buf_reset(err);
+    err_end(err);
+    if (!cfg || !cfg->L || ref < 0 || !req)
+        return 0;
+    struct lv__hookrt *rt = rt_of(cfg->L);
+    if (!rt) {
+        lv_buf_puts(err, "idempotency key hook: the Lua state has no hook runtime");
+        err_end(err);
+        return -1;
+    }
+    struct call c = {
+        .ref = ref,
+        .what = "idempotency key",
+        .req = req,
+        .method = req->method,
+        .path = req->path,
+        .path_len = req->path_len,
+        .req_h = req->headers,
+        .n_req = req->nheaders,
+    };
+    int rc = run(cfg->L, rt, idem_key_main, &c, err);
+    if (rc == 0 && c.status == 1) {
+        lv_buf_append(key, c.resp.data, c.resp.len);
+        rc = 1;
     }
     lv_buf_dispose(&c.resp);
     return rc;

@@ -1,7 +1,8 @@
 /*
- * hooks: runs a route's Lua hooks (SPEC §4 classify, §5 fallback) for the request path, and
- * turns what they return into C values: a verdict and an optional delay, or a complete HTTP
- * response. It is the only code that calls into the configuration's Lua state after loading.
+ * hooks: runs a route's Lua hooks (SPEC §4 classify, §5 fallback and idempotency key) for the
+ * request path, and turns what they return into C values: a verdict and an optional delay, a
+ * complete HTTP response, or an idempotency key. It is the only code that calls into the
+ * configuration's Lua state after loading.
  *
  * Every call runs on one Lua thread owned by the configuration (created at load by
  * lv__hooks_init), under pcall with a traceback handler, an instruction limit and a memory
@@ -21,7 +22,8 @@
  *
  * Owns nothing the caller sees: every argument is borrowed for the duration of the call.
  * Called by the request path (core/proxy) once per attempt when the route has a classify hook,
- * and when the breaker rejects a request on a route with a fallback hook.
+ * when the breaker rejects a request on a route with a fallback hook, and before the
+ * idempotency lookup on a route with an idempotency key hook.
  */
 #ifndef LV_HOOKS_H
 #define LV_HOOKS_H
@@ -43,6 +45,8 @@
 #define LV_HOOK_MAX_DELAY_MS ((uint64_t)86400 * 1000)
 /* Largest response head a fallback may produce (status line and headers). */
 #define LV_HOOK_MAX_FALLBACK_HEAD ((size_t)64 << 10)
+/* Longest key an idempotency key hook may return (it becomes part of a store key). */
+#define LV_HOOK_MAX_IDEM_KEY 255
 
 /* One header field, borrowed: not NUL-terminated. */
 struct lv_hook_header {
@@ -126,6 +130,24 @@ struct lv_hook_request {
  */
 int lv_hook_fallback(struct lv_config *cfg, int ref, const struct lv_hook_request *req,
                      const char *why, struct lv_buf *out, int *status, struct lv_buf *err);
+
+/**
+ * Runs the idempotency key hook `ref` (a route's idempotency.key_ref) as key(req), req being
+ * the same table a fallback sees ({ method, path, headers, route, request_id }; header names
+ * in lower case, `req->close` unused). The hook returns the key to use, e.g. namespaced by
+ * tenant: req.headers["x-tenant"] .. ":" .. req.headers["idempotency-key"], or nil for "this
+ * request has no key".
+ *
+ * Returns 1 and appends the key's bytes to `key` when the hook returned a string (at most
+ * LV_HOOK_MAX_IDEM_KEY bytes, none below 0x20 nor 0x7f; "" is returned as is: 1 with nothing
+ * appended); 0 when it returned nil, and also when there is no hook (ref < 0, no state: the
+ * caller checks ref >= 0 first and otherwise reads the configured header itself). Returns -1
+ * with `key` untouched when the hook failed: an error, a limit, a value that is neither a
+ * string nor nil, a key too long or with a control byte. `err` is reset first and holds a
+ * one-line message ("idempotency key hook...") only for -1.
+ */
+int lv_hook_idem_key(struct lv_config *cfg, int ref, const struct lv_hook_request *req,
+                     struct lv_buf *key, struct lv_buf *err);
 
 /* ---- internal: the bridge between config.c and this module. */
 

@@ -167,6 +167,8 @@ struct lv_idem_op *lv_idem_begin(struct lv_idem *s, const char *key, size_t klen
                                  const uint8_t fp[LV_IDEM_FP_LEN], uint64_t lease_ms,
                                  lv_idem_cb cb, void *arg)
 {
+    if (s->dying)
+        return NULL;
     if (lease_ms == 0)
         lease_ms = 1;
     return started(s->vt->begin(s, key, klen, fp, lease_ms), false, cb, NULL, arg);
@@ -175,6 +177,8 @@ struct lv_idem_op *lv_idem_begin(struct lv_idem *s, const char *key, size_t klen
 struct lv_idem_op *lv_idem_wait(struct lv_idem *s, const char *key, size_t klen,
                                 uint64_t timeout_ms, lv_idem_wait_cb cb, void *arg)
 {
+    if (s->dying)
+        return NULL;
     return started(s->vt->wait(s, key, klen, timeout_ms), true, NULL, cb, arg);
 }
 

@@ -132,7 +132,8 @@ struct lv_idem *lv_idem_redis_create(uv_loop_t *loop, const char *host, uint16_t
 
 /**
  * Destroys a store: operations not yet called back are dropped (their callbacks never run,
- * their handles become invalid). Locks still held stay valid: ending them after destroy does
+ * their handles become invalid), and begin or wait from then on (say, from a callback) return
+ * NULL and never call back. Locks still held stay valid: ending them after destroy does
  * nothing in the store and frees them. The memory is freed once the loop has closed the
  * store's handles and the last lock has ended.
  */

@@ -480,7 +480,8 @@ static void mem_complete(struct lv_idem_lock *l, const struct lv_idem_response *
             entry_remove(s, e);
         } else {
             e->resp = lv_xmalloc(add ? add : 1);
-            memcpy(e->resp, resp->head, resp->head_len);
+            if (resp->head_len)
+                memcpy(e->resp, resp->head, resp->head_len);
             if (resp->body_len)
                 memcpy(e->resp + resp->head_len, resp->body, resp->body_len);
             e->status = resp->status;

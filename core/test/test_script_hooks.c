@@ -20,8 +20,10 @@ static char tmpdir[64];
 static int nfile;
 
 /* Loads a configuration with one route "r1" whose hooks are the Lua expressions `classify`
- * and `fallback` (NULL: none), after `prelude` (top-level code of the file). */
-static struct lv_config *load(const char *prelude, const char *classify, const char *fallback)
+ * and `fallback` (NULL: none), and `idem_key` for idempotency = { key = ... } (NULL: no
+ * idempotency table), after `prelude` (top-level code of the file). */
+static struct lv_config *load_idem(const char *prelude, const char *classify, const char *fallback,
+                                   const char *idem_key)
 {
     char path[256];
     snprintf(path, sizeof(path), "%s/levee%d.lua", tmpdir, ++nfile);
@@ -37,9 +39,11 @@ static struct lv_config *load(const char *prelude, const char *classify, const c
             "  routes = { { name = 'r1', upstream = 'api',\n"
             "    classify = %s,\n"
             "    fallback = %s,\n"
+            "    idempotency = %s%s%s,\n"
             "  } },\n"
             "}\n",
-            prelude ? prelude : "", classify ? classify : "nil", fallback ? fallback : "nil");
+            prelude ? prelude : "", classify ? classify : "nil", fallback ? fallback : "nil",
+            idem_key ? "{ key = " : "nil", idem_key ? idem_key : "", idem_key ? " }" : "");
     fclose(f);
     struct lv_buf errs = LV_BUF_INIT;
     struct lv_config *c = lv_config_load(path, NULL, &errs);
@@ -47,6 +51,11 @@ static struct lv_config *load(const char *prelude, const char *classify, const c
         fprintf(stderr, "load failed: %.*s\n", (int)errs.len, errs.data);
     lv_buf_dispose(&errs);
     return c;
+}
+
+static struct lv_config *load(const char *prelude, const char *classify, const char *fallback)
+{
+    return load_idem(prelude, classify, fallback, NULL);
 }
 
 static const struct lv_hook_header rsp_headers[] = {
@@ -905,6 +914,188 @@ T_TEST(test_many_calls_no_growth)
     lv_config_unpin(c);
 }
 
+/* ---- idempotency key */
+
+static const struct lv_hook_header idem_headers[] = {
+    {"Host", 4, "example.com", 11},
+    {"X-Tenant", 8, "acme", 4},
+    {"IDEMPOTENCY-KEY", 15, "k-123", 5},
+};
+
+/* A POST to /v1/pay with the headers above; `mode` (NULL: none) is sent as X-Mode. */
+static struct lv_hook_request idem_request(const char *mode, size_t nheaders,
+                                           struct lv_hook_header hs[4])
+{
+    memcpy(hs, idem_headers, sizeof(idem_headers));
+    size_t n = nheaders;
+    if (mode)
+        hs[n++] = (struct lv_hook_header){"X-Mode", 6, mode, strlen(mode)};
+    struct lv_hook_request r = {
+        .method = "POST",
+        .path = "/v1/pay",
+        .path_len = 7,
+        .headers = hs,
+        .nheaders = n,
+        .route = "r1",
+        .request_id = "req-9",
+    };
+    return r;
+}
+
+/* Runs route r1's key hook on a request with X-Mode: mode (and all three headers above). */
+static int run_idem(struct lv_config *c, const char *mode, struct lv_buf *key)
+{
+    struct lv_hook_header hs[4];
+    struct lv_hook_request r = idem_request(mode, 3, hs);
+    return lv_hook_idem_key(c, c->routes[0].idempotency.key_ref, &r, key, &err);
+}
+
+static bool key_equals(const struct lv_buf *key, const char *want)
+{
+    bool ok = key->len == strlen(want) && (key->len == 0 || memcmp(key->data, want, key->len) == 0);
+    if (!ok)
+        fprintf(stderr, "  key is \"%.*s\", want \"%s\"\n", (int)key->len,
+                key->data ? key->data : "", want);
+    return ok;
+}
+
+T_TEST(test_idem_key)
+{
+    struct lv_config *c = load_idem(
+        NULL, NULL, NULL,
+        "function(req)\n"
+        "  local k = req.headers['idempotency-key']\n"
+        "  if not k then return nil end\n"
+        "  return req.headers['x-tenant'] .. ':' .. k .. '|' .. req.method .. ' ' .. req.path\n"
+        "    .. ' ' .. req.route .. ' ' .. tostring(req.request_id)\n"
+        "end");
+    T_CHECK(c != NULL);
+    if (!c)
+        return;
+    T_CHECK(c->routes[0].idempotency.key_ref >= 0);
+    struct lv_buf key = LV_BUF_INIT;
+    lv_buf_puts(&key, "PREV");
+    /* Mixed-case header names are read in lower case; the key is appended. */
+    T_CHECK_INT(run_idem(c, NULL, &key), 1);
+    T_CHECK_INT(err.len, 0);
+    T_CHECK(key_equals(&key, "PREVacme:k-123|POST /v1/pay r1 req-9"));
+
+    /* No Idempotency-Key header: the hook returns nil, the request is not keyed. */
+    lv_buf_reset(&key);
+    struct lv_hook_header hs[4];
+    struct lv_hook_request r = idem_request(NULL, 2, hs);
+    r.request_id = NULL;
+    T_CHECK_INT(lv_hook_idem_key(c, c->routes[0].idempotency.key_ref, &r, &key, &err), 0);
+    T_CHECK_INT(err.len, 0);
+    T_CHECK_INT(key.len, 0);
+
+    /* No hook: 0, nothing to log. */
+    lv_buf_puts(&err, "stale");
+    T_CHECK_INT(lv_hook_idem_key(c, -1, &r, &key, &err), 0);
+    T_CHECK_INT(err.len, 0);
+    T_CHECK_INT(key.len, 0);
+    lv_buf_dispose(&key);
+    lv_config_unpin(c);
+
+    /* A route without `key` has no ref. */
+    c = load_idem(NULL, NULL, NULL, "nil");
+    T_CHECK(c != NULL);
+    if (c) {
+        T_CHECK_INT(c->routes[0].idempotency.key_ref, -1);
+        lv_config_unpin(c);
+    }
+}
+
+T_TEST(test_idem_key_failures)
+{
+    struct lv_config *c =
+        load_idem("local long = string.rep('k', 256)\n", NULL, NULL,
+                  "function(req)\n"
+                  "  local m = req.headers['x-mode']\n"
+                  "  if m == 'error' then error('no tenant') end\n"
+                  "  if m == 'concat' then return req.headers['x-none'] .. ':x' end\n"
+                  "  if m == 'long' then return long end\n"
+                  "  if m == '255' then return long:sub(2) end\n"
+                  "  if m == 'nl' then return 'a\\nb' end\n"
+                  "  if m == 'del' then return 'a\\127' end\n"
+                  "  if m == 'utf8' then return 'caf\\195\\169 ~' end\n"
+                  "  if m == 'empty' then return '' end\n"
+                  "  if m == 'number' then return 42 end\n"
+                  "  if m == 'table' then return { 'k' } end\n"
+                  "  if m == 'false' then return false end\n"
+                  "  if m == 'loop' then while true do end end\n"
+                  "  if m == 'pcall-loop' then\n"
+                  "    while true do pcall(function() while true do end end) end\n"
+                  "  end\n"
+                  "  if m == 'global' then tenant = 'x' end\n"
+                  "  return 'ok:' .. req.headers['x-tenant']\n"
+                  "end");
+    T_CHECK(c != NULL);
+    if (!c)
+        return;
+    struct lv_buf key = LV_BUF_INIT;
+
+    T_CHECK_INT(run_idem(c, "error", &key), -1);
+    T_CHECK(err_has("idempotency key hook: "));
+    T_CHECK(err_has(".lua:10: no tenant"));
+    T_CHECK_INT(key.len, 0);
+    T_CHECK_INT(run_idem(c, "concat", &key), -1);
+    T_CHECK(err_has("attempt to concatenate"));
+
+    /* Length: 255 bytes is a key, 256 is not. */
+    T_CHECK_INT(run_idem(c, "long", &key), -1);
+    T_CHECK(err_has("idempotency key hook returned a bad value: the key is 256 bytes long; at "
+                    "most 255"));
+    T_CHECK_INT(key.len, 0);
+    T_CHECK_INT(run_idem(c, "255", &key), 1);
+    T_CHECK_INT(key.len, 255);
+    T_CHECK_INT(err.len, 0);
+    lv_buf_reset(&key);
+
+    /* Control bytes are refused; bytes >= 0x80 are fine. */
+    T_CHECK_INT(run_idem(c, "nl", &key), -1);
+    T_CHECK(err_has("control byte (0x0a) at 1"));
+    T_CHECK_INT(run_idem(c, "del", &key), -1);
+    T_CHECK(err_has("control byte (0x7f) at 1"));
+    T_CHECK_INT(key.len, 0);
+    T_CHECK_INT(run_idem(c, "utf8", &key), 1);
+    T_CHECK(key_equals(&key, "caf\xc3\xa9 ~"));
+    lv_buf_reset(&key);
+    T_CHECK_INT(run_idem(c, "empty", &key), 1);
+    T_CHECK_INT(key.len, 0);
+
+    /* Neither a string nor nil. */
+    T_CHECK_INT(run_idem(c, "number", &key), -1);
+    T_CHECK(err_has("expected a string key or nil; got 42"));
+    T_CHECK_INT(run_idem(c, "table", &key), -1);
+    T_CHECK(err_has("got table"));
+    T_CHECK_INT(run_idem(c, "false", &key), -1);
+    T_CHECK(err_has("got boolean"));
+    T_CHECK_INT(key.len, 0);
+
+    /* The sandbox is sealed for this hook too. */
+    T_CHECK_INT(run_idem(c, "global", &key), -1);
+    T_CHECK(err_has("hooks cannot change global tenant"));
+
+    /* Loops stop at the instruction limit, also when caught; the next call works. */
+    const char *loops[] = {"loop", "pcall-loop"};
+    for (int i = 0; i < 2; i++) {
+        double t0 = now_s();
+        T_CHECK_INT(run_idem(c, loops[i], &key), -1);
+        T_CHECK(now_s() - t0 < 5.0);
+        T_CHECK(err_has("idempotency key hook: "));
+        T_CHECK(err_has("instruction limit reached"));
+        T_CHECK_INT(key.len, 0);
+        T_CHECK_INT(run_idem(c, NULL, &key), 1);
+        T_CHECK(key_equals(&key, "ok:acme"));
+        T_CHECK_INT(err.len, 0);
+        lv_buf_reset(&key);
+    }
+    T_CHECK_INT(lua_gettop(c->L), 0);
+    lv_buf_dispose(&key);
+    lv_config_unpin(c);
+}
+
 int main(void)
 {
     snprintf(tmpdir, sizeof(tmpdir), "/tmp/lvhooksXXXXXX");
@@ -928,6 +1119,8 @@ int main(void)
     T_RUN(test_fallback_errors);
     T_RUN(test_hooks_share_state);
     T_RUN(test_many_calls_no_growth);
+    T_RUN(test_idem_key);
+    T_RUN(test_idem_key_failures);
     lv_buf_dispose(&err);
     char cmd[128];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);

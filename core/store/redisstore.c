@@ -1,0 +1,930 @@
+/*
+ * The Redis store: hiredis' async API on the libuv loop, one connection per store, commands
+ * pipelined on it. Layout: one string per key, prefix + key, holding a blob:
+ *
+ *   in flight: "lv1 I " <fingerprint, 64 hex> " " <lock token, 32 hex>     (PX = the lease)
+ *   done:      "lv1 D " <fingerprint, 64 hex> " " <status, 3 digits> " " <head length> "\n"
+ *              <head> <body>                                             (PX = the ttl)
+ *
+ * begin is one script (GET, else SET NX PX: atomic, so several gateways sharing the Redis
+ * never both acquire); complete and release are scripts that act only if the key still holds
+ * our exact in-flight blob (our token), so a holder whose lease lapsed cannot overwrite or
+ * delete the next holder's lock. Waiters poll their key with GETRANGE every poll_ms, which
+ * needs nothing configured on the server (keyspace notifications do).
+ *
+ * Nothing here blocks the loop: names are resolved with uv_getaddrinfo and hiredis is given
+ * an IP; the connect and every command have a deadline. A command past its deadline drops the
+ * connection (its pipeline state is unknown) and the store reconnects with jittered
+ * exponential backoff; while there is no connection, begin answers UNAVAILABLE at once.
+ * hiredis 0.14 has no timeouts of its own, and must never be freed from inside one of its
+ * callbacks: every free happens from our timers or destroy, and every user callback is
+ * delivered from the ready queue, never from inside hiredis.
+ */
+#include <arpa/inet.h>
+#include <hiredis/adapters/libuv.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include <netinet/in.h>
+#include <openssl/rand.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/buf.h"
+#include "base/log.h"
+#include "store/idem.h"
+
+#define TICK_MAX_MS 25
+
+static const char SCRIPT_BEGIN[] =
+    "local v = redis.call('GET', KEYS[1])\n"
+    "if v then return v end\n"
+    "redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])\n"
+    "return 1\n";
+
+static const char SCRIPT_COMPLETE[] =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"
+    "  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])\n"
+    "  return 1\n"
+    "end\n"
+    "return 0\n";
+
+static const char SCRIPT_RELEASE[] = "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"
+                                     "  return redis.call('DEL', KEYS[1])\n"
+                                     "end\n"
+                                     "return 0\n";
+
+#define TAG_LEN      6 /* "lv1 I " */
+#define FPHEX_LEN    (2 * LV_IDEM_FP_LEN)
+#define TOKEN_LEN    32
+#define INFLIGHT_LEN (TAG_LEN + FPHEX_LEN + 1 + TOKEN_LEN)
+
+enum rstate { R_DOWN, R_RESOLVING, R_CONNECTING, R_UP };
+enum rkind { CMD_BEGIN, CMD_POLL, CMD_COMPLETE, CMD_RELEASE };
+
+#define MAX_ADDRS 8
+
+struct rstore {
+    struct lv_idem base;
+    struct lv_idem_redis_opts o;
+    char *host;
+    uint16_t port;
+    bool numeric; /* host is an IP literal: no resolving */
+    char *prefix;
+    size_t plen;
+    enum rstate state;
+    redisAsyncContext *ac; /* while connecting or up */
+    char addrs[MAX_ADDRS][INET6_ADDRSTRLEN];
+    int naddrs, addr_idx; /* the addresses of this attempt, tried in turn */
+    uv_timer_t conn_timer;  /* connect deadline while connecting, backoff while down */
+    uv_timer_t tick;        /* command deadlines and polls, while anything is pending */
+    uv_getaddrinfo_t gai;
+    bool gai_busy;
+    unsigned failures; /* consecutive, for the backoff */
+    bool down_logged;
+    uint64_t rng;
+    char id[17]; /* this store's random part of lock tokens */
+    uint64_t token_seq;
+    struct lv__idem_link pending; /* begin ops: queued until connected, or awaiting a reply */
+    struct lv__idem_link waiters; /* wait ops */
+};
+
+struct rop;
+
+/* One command. Once handed to hiredis it lives until hiredis calls it back (with NULL if the
+ * connection goes). */
+struct rcmd {
+    struct rstore *s;
+    struct rop *op; /* who waits for the reply; NULL once cancelled or timed out */
+    enum rkind kind;
+    uint8_t fp[LV_IDEM_FP_LEN];
+    uint64_t lease_ms;
+    /* CMD_BEGIN: the lock it asks for, handed to the lock on ACQUIRED */
+    char *rkey, *blob;
+    size_t rklen, bloblen;
+};
+
+struct rop {
+    struct lv_idem_op base;
+    struct rcmd *cmd;      /* outstanding command, or (unsent) queued until connected */
+    bool unsent;           /* cmd is still ours, not hiredis' */
+    uint64_t cmd_deadline; /* of cmd */
+    uint64_t deadline;     /* wait: the waiter's timeout */
+    uint64_t next_poll;    /* wait */
+    size_t rklen;
+    char rkey[]; /* wait: prefixed key */
+};
+
+struct rlock {
+    struct lv_idem_lock base;
+    char *rkey, *blob; /* blob: our in-flight value, token included */
+    size_t rklen, bloblen;
+};
+
+static const struct lv__idem_vt redis_vt;
+
+static void start_connect(struct rstore *s);
+static void connect_next(struct rstore *s);
+static void on_tick(uv_timer_t *t);
+
+static uint64_t now_ms(struct rstore *s)
+{
+    return uv_now(s->base.loop);
+}
+
+static struct rop *rop_of(struct lv__idem_link *l)
+{
+    return (struct rop *)((char *)l - offsetof(struct rop, base.link));
+}
+
+static uint64_t rng_next(struct rstore *s)
+{
+    /* xorshift64*: jitter needs spread, not secrecy. */
+    uint64_t x = s->rng;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    s->rng = x;
+    return x * 0x2545F4914F6CDD1DULL;
+}
+
+static void hex(char *out, const uint8_t *p, size_t n)
+{
+    static const char d[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = d[p[i] >> 4];
+        out[2 * i + 1] = d[p[i] & 15];
+    }
+}
+
+static int unhex1(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+static bool unhex(uint8_t *out, const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        int hi = unhex1(p[2 * i]), lo = unhex1(p[2 * i + 1]);
+        if (hi < 0 || lo < 0)
+            return false;
+        out[i] = (uint8_t)(hi << 4 | lo);
+    }
+    return true;
+}
+
+static char *prefixed(struct rstore *s, const char *key, size_t klen, size_t *len)
+{
+    char *k = lv_xmalloc(s->plen + klen + 1);
+    memcpy(k, s->prefix, s->plen);
+    memcpy(k + s->plen, key, klen);
+    k[s->plen + klen] = 0;
+    *len = s->plen + klen;
+    return k;
+}
+
+/* ---- parsing stored values; nothing in them is trusted */
+
+struct blob {
+    bool done;
+    uint8_t fp[LV_IDEM_FP_LEN];
+    struct lv_idem_response resp; /* done: points into the parsed bytes */
+};
+
+static bool parse_blob(const char *p, size_t n, struct blob *b)
+{
+    if (n < TAG_LEN + FPHEX_LEN + 1 || memcmp(p, "lv1 ", 4) != 0 || p[5] != ' ' ||
+        p[TAG_LEN + FPHEX_LEN] != ' ' || !unhex(b->fp, p + TAG_LEN, LV_IDEM_FP_LEN))
+        return false;
+    if (p[4] == 'I') {
+        b->done = false;
+        return n == INFLIGHT_LEN;
+    }
+    if (p[4] != 'D')
+        return false;
+    b->done = true;
+    size_t i = TAG_LEN + FPHEX_LEN + 1;
+    if (n < i + 6)
+        return false;
+    int status = 0;
+    for (int k = 0; k < 3; k++, i++) {
+        if (p[i] < '0' || p[i] > '9')
+            return false;
+        status = status * 10 + (p[i] - '0');
+    }
+    if (status < 100 || p[i++] != ' ')
+        return false;
+    size_t head_len = 0, digits = 0;
+    while (i < n && p[i] >= '0' && p[i] <= '9' && digits < 10) {
+        head_len = head_len * 10 + (size_t)(p[i++] - '0');
+        digits++;
+    }
+    if (digits == 0 || i >= n || p[i++] != '\n' || head_len > n - i)
+        return false;
+    b->resp.status = status;
+    b->resp.head = p + i;
+    b->resp.head_len = head_len;
+    b->resp.body = p + i + head_len;
+    b->resp.body_len = n - i - head_len;
+    return true;
+}
+
+/* ---- connection */
+
+static bool can_send(struct rstore *s)
+{
+    return s->ac && !s->base.dying && s->state == R_UP &&
+           !(s->ac->c.flags & (REDIS_DISCONNECTING | REDIS_FREEING));
+}
+
+/* A connection attempt is under way: new work waits for it rather than failing. */
+static bool connecting(struct rstore *s)
+{
+    return !s->base.dying && (s->state == R_RESOLVING || s->state == R_CONNECTING);
+}
+
+static void ensure_tick(struct rstore *s)
+{
+    if (!uv_is_active((uv_handle_t *)&s->tick)) {
+        uint64_t period = s->o.poll_ms < TICK_MAX_MS ? s->o.poll_ms : TICK_MAX_MS;
+        uv_timer_start(&s->tick, on_tick, period, period);
+    }
+}
+
+static void cmd_free(struct rcmd *cmd)
+{
+    free(cmd->rkey);
+    free(cmd->blob);
+    free(cmd);
+}
+
+static void fail_op(struct rop *op)
+{
+    if (op->cmd && op->unsent)
+        cmd_free(op->cmd);
+    else if (op->cmd)
+        op->cmd->op = NULL;
+    op->cmd = NULL;
+    op->unsent = false;
+    lv__idem_link_remove(&op->base.link);
+    op->base.result = LV_IDEM_UNAVAILABLE;
+    lv__idem_post(&op->base);
+}
+
+static void on_reply(redisAsyncContext *ac, void *reply, void *privdata);
+
+static bool send_cmd(struct rstore *s, struct rcmd *cmd, int argc, const char **argv,
+                     const size_t *lens)
+{
+    if (!can_send(s))
+        return false;
+    return redisAsyncCommandArgv(s->ac, on_reply, cmd, argc, argv, lens) == REDIS_OK;
+}
+
+static bool send_begin(struct rstore *s, struct rcmd *cmd)
+{
+    char lease[24];
+    int ll = snprintf(lease, sizeof(lease), "%llu", (unsigned long long)cmd->lease_ms);
+    const char *argv[] = {"EVAL", SCRIPT_BEGIN, "1", cmd->rkey, cmd->blob, lease};
+    const size_t lens[] = {4, sizeof(SCRIPT_BEGIN) - 1, 1, cmd->rklen, cmd->bloblen, (size_t)ll};
+    return send_cmd(s, cmd, 6, argv, lens);
+}
+
+/* Connected: hand the queued begins to hiredis. */
+static void flush_queued(struct rstore *s)
+{
+    struct lv__idem_link *l = s->pending.next;
+    while (l != &s->pending) {
+        struct rop *op = rop_of(l);
+        l = l->next;
+        if (!op->unsent)
+            continue;
+        op->unsent = false;
+        if (!send_begin(s, op->cmd)) {
+            op->unsent = true;
+            fail_op(op);
+        }
+    }
+}
+
+static void on_conn_timer(uv_timer_t *t);
+
+static void schedule_reconnect(struct rstore *s)
+{
+    s->state = R_DOWN;
+    if (s->base.dying)
+        return;
+    unsigned shift = s->failures < 20 ? s->failures : 20;
+    uint64_t delay = s->o.backoff_min_ms << shift;
+    if (delay > s->o.backoff_max_ms || delay < s->o.backoff_min_ms)
+        delay = s->o.backoff_max_ms;
+    /* Equal jitter: several gateways that lost the same Redis do not come back in step. */
+    delay = delay / 2 + rng_next(s) % (delay / 2 + 1);
+    s->failures++;
+    uv_timer_start(&s->conn_timer, on_conn_timer, delay, 0);
+}
+
+/* The attempt failed for good: what waited for it fails, and the store backs off. */
+static void went_down(struct rstore *s, const char *why)
+{
+    if (!s->down_logged)
+        lv_warn("idempotency: redis %s:%u: %s", s->host, s->port, why);
+    s->down_logged = true;
+    s->state = R_DOWN;
+    struct lv__idem_link *l = s->pending.next;
+    while (l != &s->pending) {
+        struct rop *op = rop_of(l);
+        l = l->next;
+        if (op->unsent)
+            fail_op(op);
+    }
+    schedule_reconnect(s);
+}
+
+/* One address failed: try the next one of this attempt (from a timer, as this may run inside
+ * a hiredis callback), or give up. */
+static void address_failed(struct rstore *s, const char *why)
+{
+    if (++s->addr_idx < s->naddrs) {
+        s->state = R_CONNECTING;
+        uv_timer_start(&s->conn_timer, on_conn_timer, 0, 0);
+        return;
+    }
+    went_down(s, why);
+}
+
+/* Frees the connection from outside hiredis' callbacks: its pending commands are called back
+ * with NULL, which makes their ops UNAVAILABLE. */
+static void drop_connection(struct rstore *s, const char *why)
+{
+    redisAsyncContext *ac = s->ac;
+    bool was_up = s->state == R_UP;
+    s->ac = NULL;
+    s->state = R_DOWN;
+    if (ac)
+        redisAsyncFree(ac);
+    if (was_up)
+        went_down(s, why);
+    else
+        address_failed(s, why);
+}
+
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+    struct rstore *s = ac->data;
+    if (s->ac != ac)
+        return;
+    if (status != REDIS_OK) {
+        /* hiredis frees the context after this returns. */
+        char why[160];
+        snprintf(why, sizeof(why), "connect to %s failed: %s", s->addrs[s->addr_idx],
+                 ac->errstr ? ac->errstr : "?");
+        s->ac = NULL;
+        address_failed(s, why);
+        return;
+    }
+    uv_timer_stop(&s->conn_timer);
+    s->state = R_UP;
+    s->failures = 0;
+    if (s->down_logged)
+        lv_info("idempotency: redis %s:%u: connected", s->host, s->port);
+    s->down_logged = false;
+    flush_queued(s);
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status)
+{
+    struct rstore *s = ac->data;
+    if (s->ac != ac)
+        return;
+    char why[160];
+    snprintf(why, sizeof(why), "connection lost: %s", ac->errstr ? ac->errstr : "closed");
+    s->ac = NULL;
+    went_down(s, why);
+}
+
+/* Connects to addrs[addr_idx]. */
+static void connect_next(struct rstore *s)
+{
+    const char *ip = s->addrs[s->addr_idx];
+    redisAsyncContext *ac = redisAsyncConnect(ip, s->port);
+    if (!ac) {
+        went_down(s, "out of memory");
+        return;
+    }
+    if (ac->err) {
+        char why[160];
+        snprintf(why, sizeof(why), "connect to %s failed: %s", ip, ac->errstr);
+        redisAsyncFree(ac);
+        address_failed(s, why);
+        return;
+    }
+    if (redisLibuvAttach(ac, s->base.loop) != REDIS_OK) {
+        redisAsyncFree(ac);
+        went_down(s, "cannot watch the socket");
+        return;
+    }
+    ac->data = s;
+    s->ac = ac;
+    s->state = R_CONNECTING;
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    /* This also watches for writability, which is how the connect completes. */
+    redisAsyncSetConnectCallback(ac, on_connect);
+    uv_timer_start(&s->conn_timer, on_conn_timer, s->o.connect_timeout_ms, 0);
+}
+
+static void on_gai(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    struct rstore *s = req->data;
+    s->gai_busy = false;
+    if (!s->base.dying && s->state == R_RESOLVING) {
+        s->naddrs = 0;
+        for (struct addrinfo *a = status == 0 ? res : NULL; a && s->naddrs < MAX_ADDRS;
+             a = a->ai_next) {
+            const void *src = NULL;
+            if (a->ai_family == AF_INET)
+                src = &((struct sockaddr_in *)a->ai_addr)->sin_addr;
+            else if (a->ai_family == AF_INET6)
+                src = &((struct sockaddr_in6 *)a->ai_addr)->sin6_addr;
+            if (src && inet_ntop(a->ai_family, src, s->addrs[s->naddrs], INET6_ADDRSTRLEN))
+                s->naddrs++;
+        }
+        if (s->naddrs > 0) {
+            s->addr_idx = 0;
+            connect_next(s);
+        } else {
+            char why[160];
+            snprintf(why, sizeof(why), "cannot resolve: %s",
+                     status ? uv_strerror(status) : "no address");
+            went_down(s, why);
+        }
+    }
+    if (res)
+        uv_freeaddrinfo(res);
+    lv__idem_unref(&s->base);
+}
+
+static void start_connect(struct rstore *s)
+{
+    s->addr_idx = 0;
+    if (s->numeric) {
+        s->naddrs = 1;
+        snprintf(s->addrs[0], sizeof(s->addrs[0]), "%s", s->host);
+        connect_next(s);
+        return;
+    }
+    if (s->gai_busy) {
+        /* The last lookup is still stuck in the thread pool. */
+        went_down(s, "name lookup still pending");
+        return;
+    }
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    s->gai.data = s;
+    if (uv_getaddrinfo(s->base.loop, &s->gai, on_gai, s->host, NULL, &hints) != 0) {
+        went_down(s, "cannot start a name lookup");
+        return;
+    }
+    s->gai_busy = true;
+    s->base.handles++;
+    s->state = R_RESOLVING;
+    uv_timer_start(&s->conn_timer, on_conn_timer, s->o.connect_timeout_ms, 0);
+}
+
+static void on_conn_timer(uv_timer_t *t)
+{
+    struct rstore *s = t->data;
+    switch (s->state) {
+    case R_DOWN:
+        start_connect(s);
+        break;
+    case R_RESOLVING:
+        /* on_gai will see the state changed and ignore the answer. */
+        if (s->gai_busy)
+            uv_cancel((uv_req_t *)&s->gai);
+        went_down(s, "name lookup timed out");
+        break;
+    case R_CONNECTING:
+        if (s->ac)
+            drop_connection(s, "connect timed out");
+        else
+            connect_next(s); /* the next address, after a failed one */
+        break;
+    case R_UP:
+        break;
+    }
+}
+
+/* ---- replies */
+
+static void send_release(struct rstore *s, const char *rkey, size_t rklen, const char *blob,
+                         size_t bloblen)
+{
+    struct rcmd *cmd = lv_xcalloc(1, sizeof(*cmd));
+    cmd->s = s;
+    cmd->kind = CMD_RELEASE;
+    const char *argv[] = {"EVAL", SCRIPT_RELEASE, "1", rkey, blob};
+    const size_t lens[] = {4, sizeof(SCRIPT_RELEASE) - 1, 1, rklen, bloblen};
+    if (!send_cmd(s, cmd, 5, argv, lens)) {
+        lv_warn("idempotency: redis down, a key stays locked until its lease ends");
+        cmd_free(cmd);
+    }
+}
+
+/* The result of the begin script for a caller with fingerprint `fp`. */
+static enum lv_idem_result begin_result(struct rstore *s, const redisReply *r, const uint8_t *fp,
+                                        struct blob *b)
+{
+    if (!r)
+        return LV_IDEM_UNAVAILABLE;
+    if (r->type == REDIS_REPLY_INTEGER && r->integer == 1)
+        return LV_IDEM_ACQUIRED;
+    if (r->type == REDIS_REPLY_STRING && r->str && parse_blob(r->str, r->len, b)) {
+        if (memcmp(b->fp, fp, LV_IDEM_FP_LEN) != 0)
+            return LV_IDEM_MISMATCH;
+        return b->done ? LV_IDEM_REPLAY : LV_IDEM_IN_FLIGHT;
+    }
+    if (r->type == REDIS_REPLY_ERROR)
+        lv_warn("idempotency: redis %s:%u: %.*s", s->host, s->port, (int)r->len,
+                r->str ? r->str : "");
+    else
+        lv_warn("idempotency: redis %s:%u: unexpected value under a key (type %d)", s->host,
+                s->port, r->type);
+    return LV_IDEM_UNAVAILABLE;
+}
+
+static void reply_begin(struct rstore *s, struct rcmd *cmd, const redisReply *r)
+{
+    struct blob b;
+    enum lv_idem_result res = begin_result(s, r, cmd->fp, &b);
+    struct rop *op = cmd->op;
+    if (!op) {
+        /* Cancelled or timed out after the lock was taken: give it back now rather than
+         * leave it until the lease ends. */
+        if (res == LV_IDEM_ACQUIRED)
+            send_release(s, cmd->rkey, cmd->rklen, cmd->blob, cmd->bloblen);
+        return;
+    }
+    lv__idem_link_remove(&op->base.link);
+    op->cmd = NULL;
+    op->base.result = res;
+    if (res == LV_IDEM_ACQUIRED) {
+        struct rlock *lk = lv_xcalloc(1, sizeof(*lk));
+        lk->base.store = &s->base;
+        lk->rkey = cmd->rkey;
+        lk->rklen = cmd->rklen;
+        lk->blob = cmd->blob;
+        lk->bloblen = cmd->bloblen;
+        cmd->rkey = cmd->blob = NULL;
+        s->base.locks++;
+        op->base.lock = &lk->base;
+    } else if (res == LV_IDEM_REPLAY) {
+        /* The reply is freed when we return; the callback runs later. */
+        size_t n = b.resp.head_len + b.resp.body_len;
+        op->base.owned = lv_xmalloc(n ? n : 1);
+        memcpy(op->base.owned, b.resp.head, n);
+        op->base.stored = (struct lv_idem_response){b.resp.status, op->base.owned,
+                                                    b.resp.head_len,
+                                                    op->base.owned + b.resp.head_len,
+                                                    b.resp.body_len};
+    }
+    lv__idem_post(&op->base);
+}
+
+static void reply_poll(struct rstore *s, struct rcmd *cmd, const redisReply *r)
+{
+    struct rop *op = cmd->op;
+    if (!op)
+        return;
+    op->cmd = NULL;
+    bool in_flight = r && r->type == REDIS_REPLY_STRING && r->str && r->len == TAG_LEN &&
+                     memcmp(r->str, "lv1 I ", TAG_LEN) == 0;
+    if (in_flight)
+        return;
+    /* Done, gone, or trouble: the caller asks again and learns which. */
+    lv__idem_link_remove(&op->base.link);
+    op->base.changed = true;
+    lv__idem_post(&op->base);
+}
+
+static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    struct rcmd *cmd = privdata;
+    struct rstore *s = cmd->s;
+    const redisReply *r = reply;
+    if (!s->base.dying) {
+        switch (cmd->kind) {
+        case CMD_BEGIN:
+            reply_begin(s, cmd, r);
+            break;
+        case CMD_POLL:
+            reply_poll(s, cmd, r);
+            break;
+        case CMD_COMPLETE:
+        case CMD_RELEASE:
+            if (r && r->type == REDIS_REPLY_ERROR)
+                lv_warn("idempotency: redis %s:%u: %.*s", s->host, s->port, (int)r->len,
+                        r->str ? r->str : "");
+            else if (r && r->type == REDIS_REPLY_INTEGER && r->integer == 0)
+                lv_debug("idempotency: lock lapsed before it was %s",
+                         cmd->kind == CMD_COMPLETE ? "completed" : "released");
+            break;
+        }
+    }
+    cmd_free(cmd);
+}
+
+/* ---- timers: command deadlines and polls */
+
+static void on_tick(uv_timer_t *t)
+{
+    struct rstore *s = t->data;
+    uint64_t now = now_ms(s);
+    bool timed_out = false;
+    struct lv__idem_link *l = s->pending.next;
+    while (l != &s->pending) {
+        struct rop *op = rop_of(l);
+        l = l->next;
+        if (op->cmd_deadline > now)
+            continue;
+        /* A reply overdue means the connection is stuck; a queued op waited too long for a
+         * connection attempt that has its own deadline. */
+        timed_out = timed_out || !op->unsent;
+        fail_op(op);
+    }
+    l = s->waiters.next;
+    while (l != &s->waiters) {
+        struct rop *op = rop_of(l);
+        l = l->next;
+        bool stuck = op->cmd && op->cmd_deadline <= now;
+        timed_out = timed_out || stuck;
+        if (stuck || op->deadline <= now) {
+            if (op->cmd)
+                op->cmd->op = NULL;
+            op->cmd = NULL;
+            lv__idem_link_remove(&op->base.link);
+            op->base.changed = stuck; /* trouble: the caller asks again and hears it */
+            lv__idem_post(&op->base);
+        } else if (!op->cmd && op->next_poll <= now && !connecting(s)) {
+            struct rcmd *cmd = lv_xcalloc(1, sizeof(*cmd));
+            cmd->s = s;
+            cmd->op = op;
+            cmd->kind = CMD_POLL;
+            const char *argv[] = {"GETRANGE", op->rkey, "0", "5"};
+            const size_t lens[] = {8, op->rklen, 1, 1};
+            if (send_cmd(s, cmd, 4, argv, lens)) {
+                op->cmd = cmd;
+                op->cmd_deadline = now + s->o.command_timeout_ms;
+                op->next_poll = now + s->o.poll_ms;
+            } else {
+                cmd_free(cmd);
+                lv__idem_link_remove(&op->base.link);
+                op->base.changed = true;
+                lv__idem_post(&op->base);
+            }
+        }
+    }
+    if (timed_out && s->ac && s->state == R_UP)
+        drop_connection(s, "command timed out");
+    if (lv__idem_link_empty(&s->pending) && lv__idem_link_empty(&s->waiters))
+        uv_timer_stop(&s->tick);
+}
+
+/* ---- operations */
+
+static struct rop *rop_new(struct rstore *s, size_t extra)
+{
+    struct rop *op = lv_xcalloc(1, sizeof(*op) + extra + 1);
+    op->base.store = &s->base;
+    lv__idem_link_init(&op->base.link);
+    return op;
+}
+
+static struct lv_idem_op *redis_begin(struct lv_idem *base, const char *key, size_t klen,
+                                      const uint8_t fp[LV_IDEM_FP_LEN], uint64_t lease_ms)
+{
+    struct rstore *s = (struct rstore *)base;
+    struct rop *op = rop_new(s, 0);
+    if (!can_send(s) && !connecting(s)) {
+        /* Down, backing off: answer now, the caller applies on_store_error. */
+        op->base.result = LV_IDEM_UNAVAILABLE;
+        lv__idem_post(&op->base);
+        return &op->base;
+    }
+    struct rcmd *cmd = lv_xcalloc(1, sizeof(*cmd));
+    cmd->s = s;
+    cmd->op = op;
+    cmd->kind = CMD_BEGIN;
+    cmd->lease_ms = lease_ms;
+    memcpy(cmd->fp, fp, LV_IDEM_FP_LEN);
+    cmd->rkey = prefixed(s, key, klen, &cmd->rklen);
+    cmd->blob = lv_xmalloc(INFLIGHT_LEN + 1);
+    memcpy(cmd->blob, "lv1 I ", TAG_LEN);
+    hex(cmd->blob + TAG_LEN, fp, LV_IDEM_FP_LEN);
+    cmd->blob[TAG_LEN + FPHEX_LEN] = ' ';
+    snprintf(cmd->blob + TAG_LEN + FPHEX_LEN + 1, TOKEN_LEN + 1, "%s%016llx", s->id,
+             (unsigned long long)++s->token_seq);
+    cmd->bloblen = INFLIGHT_LEN;
+    op->cmd = cmd;
+    op->cmd_deadline = now_ms(s) + s->o.command_timeout_ms;
+    lv__idem_link_append(&s->pending, &op->base.link);
+    if (!can_send(s))
+        op->unsent = true; /* sent once connected, see flush_queued */
+    else if (!send_begin(s, cmd))
+        fail_op(op);
+    ensure_tick(s);
+    return &op->base;
+}
+
+static struct lv_idem_op *redis_wait(struct lv_idem *base, const char *key, size_t klen,
+                                     uint64_t timeout_ms)
+{
+    struct rstore *s = (struct rstore *)base;
+    struct rop *op = rop_new(s, s->plen + klen);
+    memcpy(op->rkey, s->prefix, s->plen);
+    memcpy(op->rkey + s->plen, key, klen);
+    op->rklen = s->plen + klen;
+    if (!can_send(s) && !connecting(s)) {
+        op->base.changed = true; /* the caller's next begin answers UNAVAILABLE */
+        lv__idem_post(&op->base);
+        return &op->base;
+    }
+    uint64_t now = now_ms(s);
+    op->deadline = now + timeout_ms;
+    /* The first look waits a poll period: the caller has just seen the key in flight. */
+    op->next_poll = now + s->o.poll_ms;
+    lv__idem_link_append(&s->waiters, &op->base.link);
+    ensure_tick(s);
+    return &op->base;
+}
+
+static void redis_detach(struct lv_idem_op *o)
+{
+    struct rop *op = (struct rop *)o;
+    if (op->cmd && op->unsent)
+        cmd_free(op->cmd);
+    else if (op->cmd)
+        op->cmd->op = NULL;
+    op->cmd = NULL;
+    op->unsent = false;
+    lv__idem_link_remove(&op->base.link);
+}
+
+static void lock_end(struct rlock *lk)
+{
+    struct lv_idem *s = lk->base.store;
+    free(lk->rkey);
+    free(lk->blob);
+    free(lk);
+    lv__idem_lock_ended(s);
+}
+
+static void redis_release(struct lv_idem_lock *l)
+{
+    struct rlock *lk = (struct rlock *)l;
+    struct rstore *s = (struct rstore *)l->store;
+    if (!s->base.dying)
+        send_release(s, lk->rkey, lk->rklen, lk->blob, lk->bloblen);
+    lock_end(lk);
+}
+
+static void redis_complete(struct lv_idem_lock *l, const struct lv_idem_response *resp,
+                           uint64_t ttl_ms)
+{
+    struct rlock *lk = (struct rlock *)l;
+    struct rstore *s = (struct rstore *)l->store;
+    if (ttl_ms == 0) {
+        redis_release(l);
+        return;
+    }
+    if (s->base.dying) {
+        lock_end(lk);
+        return;
+    }
+    struct lv_buf v = LV_BUF_INIT;
+    lv_buf_append(&v, "lv1 D ", TAG_LEN);
+    lv_buf_append(&v, lk->blob + TAG_LEN, FPHEX_LEN); /* our fingerprint */
+    int status = resp->status >= 100 && resp->status <= 999 ? resp->status : 500;
+    lv_buf_printf(&v, " %03d %zu\n", status, resp->head_len);
+    lv_buf_append(&v, resp->head, resp->head_len);
+    lv_buf_append(&v, resp->body, resp->body_len);
+    char ttl[24];
+    int tl = snprintf(ttl, sizeof(ttl), "%llu", (unsigned long long)ttl_ms);
+    struct rcmd *cmd = lv_xcalloc(1, sizeof(*cmd));
+    cmd->s = s;
+    cmd->kind = CMD_COMPLETE;
+    const char *argv[] = {"EVAL", SCRIPT_COMPLETE, "1", lk->rkey, lk->blob, v.data, ttl};
+    const size_t lens[] = {
+        4, sizeof(SCRIPT_COMPLETE) - 1, 1, lk->rklen, lk->bloblen, v.len, (size_t)tl};
+    if (!send_cmd(s, cmd, 7, argv, lens)) {
+        lv_warn("idempotency: redis down, a response was not stored");
+        cmd_free(cmd);
+    }
+    lv_buf_dispose(&v);
+    lock_end(lk);
+}
+
+static void redis_stats(struct lv_idem *base, struct lv_idem_stats *out)
+{
+    struct rstore *s = (struct rstore *)base;
+    *out = (struct lv_idem_stats){"redis", base->locks, 0, 0, s->state == R_UP};
+}
+
+static void on_handle_close(uv_handle_t *h)
+{
+    lv__idem_unref(h->data);
+}
+
+static void redis_destroy(struct lv_idem *base)
+{
+    struct rstore *s = (struct rstore *)base;
+    struct lv__idem_link *lists[] = {&s->pending, &s->waiters};
+    for (int i = 0; i < 2; i++) {
+        while (!lv__idem_link_empty(lists[i])) {
+            struct rop *op = rop_of(lists[i]->next);
+            redis_detach(&op->base);
+            lv__idem_op_free(&op->base);
+        }
+    }
+    if (s->ac) {
+        redisAsyncContext *ac = s->ac;
+        s->ac = NULL;
+        redisAsyncFree(ac);
+    }
+    if (s->gai_busy)
+        uv_cancel((uv_req_t *)&s->gai);
+    uv_close((uv_handle_t *)&s->tick, on_handle_close);
+    uv_close((uv_handle_t *)&s->conn_timer, on_handle_close);
+}
+
+static void redis_free(struct lv_idem *base)
+{
+    struct rstore *s = (struct rstore *)base;
+    free(s->host);
+    free(s->prefix);
+    free(s);
+}
+
+static const struct lv__idem_vt redis_vt = {
+    .kind = "redis",
+    .begin = redis_begin,
+    .wait = redis_wait,
+    .resolve = NULL,
+    .detach = redis_detach,
+    .complete = redis_complete,
+    .release = redis_release,
+    .stats = redis_stats,
+    .destroy = redis_destroy,
+    .free = redis_free,
+};
+
+struct lv_idem *lv_idem_redis_create(uv_loop_t *loop, const char *host, uint16_t port,
+                                     const char *prefix, const struct lv_idem_redis_opts *opts)
+{
+    struct rstore *s = lv_xcalloc(1, sizeof(*s));
+    lv__idem_init(&s->base, &redis_vt, loop);
+    if (opts)
+        s->o = *opts;
+    if (!s->o.connect_timeout_ms)
+        s->o.connect_timeout_ms = 1000;
+    if (!s->o.command_timeout_ms)
+        s->o.command_timeout_ms = 1000;
+    if (!s->o.poll_ms)
+        s->o.poll_ms = 25;
+    if (!s->o.backoff_min_ms)
+        s->o.backoff_min_ms = 50;
+    if (!s->o.backoff_max_ms)
+        s->o.backoff_max_ms = 2000;
+    if (s->o.backoff_max_ms < s->o.backoff_min_ms)
+        s->o.backoff_max_ms = s->o.backoff_min_ms;
+    s->host = lv_xstrdup(host);
+    s->port = port;
+    unsigned char a[16];
+    s->numeric = inet_pton(AF_INET, host, a) == 1 || inet_pton(AF_INET6, host, a) == 1;
+    s->prefix = lv_xstrdup(prefix ? prefix : "");
+    s->plen = strlen(s->prefix);
+    lv__idem_link_init(&s->pending);
+    lv__idem_link_init(&s->waiters);
+    uint8_t rnd[16];
+    if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
+        uint64_t x = uv_hrtime() ^ (uint64_t)(uintptr_t)s ^ (uint64_t)uv_os_getpid() << 32;
+        memcpy(rnd, &x, 8);
+        x *= 0x9E3779B97F4A7C15ULL;
+        memcpy(rnd + 8, &x, 8);
+    }
+    hex(s->id, rnd, 8);
+    s->id[16] = 0;
+    memcpy(&s->rng, rnd + 8, 8);
+    s->rng |= 1;
+    uv_timer_init(loop, &s->conn_timer);
+    uv_unref((uv_handle_t *)&s->conn_timer);
+    s->conn_timer.data = s;
+    uv_timer_init(loop, &s->tick);
+    s->tick.data = s;
+    s->base.handles += 2;
+    start_connect(s);
+    return &s->base;
+}
