@@ -345,9 +345,10 @@ void lv_request_client_gone(struct lv_request *r)
 
 void lv_request_client_eof(struct lv_request *r)
 {
-    /* A client that half-closes after a complete request still gets its response; one that
-     * stops mid-body aborted. */
-    if (!r->body_done)
+    /* The client closed its side before any response byte: it is gone (as nginx treats it),
+     * so the upstream request is abandoned and an idempotency key is released at once. Once
+     * the response streams, a half-close only means the client sent everything. */
+    if (!r->body_done || !r->head_sent)
         lv_client_abort(r->c, false);
 }
 
