@@ -298,6 +298,10 @@ static void request_end(struct lv_request *r, bool close_client)
         lv_server_upstream_unuse(r->s, r->up);
         r->up = NULL;
     }
+    if (r->rs) {
+        lv_server_route_unuse(r->s, r->rs);
+        r->rs = NULL;
+    }
     lv_config_unpin(r->cfg);
     r->cfg = NULL;
     lv_client_request_done(r->c, close_client);
@@ -338,6 +342,10 @@ void lv_request_client_gone(struct lv_request *r)
     if (r->up) {
         lv_server_upstream_unuse(r->s, r->up);
         r->up = NULL;
+    }
+    if (r->rs) {
+        lv_server_route_unuse(r->s, r->rs);
+        r->rs = NULL;
     }
     lv_config_unpin(r->cfg);
     r->cfg = NULL;
@@ -910,6 +918,7 @@ void lv_request_begin(struct lv_client *c, size_t head_len)
     }
     build_forward_head(r, &h);
     r->rs = lv_server_route_state(s, r->route->name);
+    lv_server_route_use(s, r->rs);
     r->up = lv_server_upstream(s, r->route->upstream);
     lv_server_upstream_use(s, r->up);
     if (r->route->classify_ref >= 0 || r->route->fallback_ref >= 0 ||

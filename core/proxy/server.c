@@ -175,6 +175,43 @@ void lv_server_upstream_unuse(struct lv_server *s, struct lv_upstream *up)
     lv_upstream_destroy(up);
 }
 
+static void route_state_free(struct lv_server *s, size_t i)
+{
+    struct lv_route_state *rs = s->routes[i];
+    s->routes[i] = s->routes[--s->nroutes];
+    /* Its series leave /metrics (they come back, with their values, if the name returns). */
+    struct lv_metric_family *fams[] = {
+        s->m_requests,        s->m_duration,          s->m_retries,     s->m_budget_exhausted,
+        s->m_attempts,        s->m_breaker_state,     s->m_fallbacks,   s->m_breaker_rejected,
+        s->m_hook_errors,     s->m_idem_replays,      s->m_idem_stored, s->m_idem_conflicts,
+        s->m_idem_mismatches, s->m_idem_store_errors, s->m_idem_entries};
+    for (size_t k = 0; k < sizeof(fams) / sizeof(fams[0]); k++)
+        lv_metric_family_remove(fams[k], "route", rs->name);
+    if (rs->idem)
+        lv_idem_destroy(rs->idem);
+    free(rs->idem_sig);
+    free(rs->name);
+    free(rs);
+}
+
+void lv_server_route_use(struct lv_server *s, struct lv_route_state *rs)
+{
+    (void)s;
+    rs->users++;
+}
+
+void lv_server_route_unuse(struct lv_server *s, struct lv_route_state *rs)
+{
+    if (--rs->users > 0 || rs->in_config)
+        return;
+    for (size_t i = 0; i < s->nroutes; i++) {
+        if (s->routes[i] == rs) {
+            route_state_free(s, i);
+            return;
+        }
+    }
+}
+
 struct lv_route_state *lv_server_route_state(struct lv_server *s, const char *name)
 {
     for (size_t i = 0; i < s->nroutes; i++)
@@ -718,8 +755,17 @@ static void install_config(struct lv_server *s, struct lv_config *cfg)
     struct lv_config *old = s->cfg;
     s->cfg = cfg;
     sync_upstreams(s, cfg);
-    for (size_t i = 0; i < cfg->nroutes; i++)
-        route_state_configure(s, lv_server_route_state(s, cfg->routes[i].name), &cfg->routes[i]);
+    for (size_t i = 0; i < s->nroutes; i++)
+        s->routes[i]->in_config = false;
+    for (size_t i = 0; i < cfg->nroutes; i++) {
+        struct lv_route_state *rs = lv_server_route_state(s, cfg->routes[i].name);
+        rs->in_config = true;
+        route_state_configure(s, rs, &cfg->routes[i]);
+    }
+    /* A route that disappeared keeps its state only while requests still use it. */
+    for (size_t i = s->nroutes; i-- > 0;)
+        if (!s->routes[i]->in_config && s->routes[i]->users == 0)
+            route_state_free(s, i);
     access_log_open(s, cfg);
     if (s->config_path)
         watches_start(s, cfg);

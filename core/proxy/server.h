@@ -41,6 +41,8 @@ struct lv_route_state {
     struct lv_metric
         *hook_errors[3]; /* levee_hook_errors_total{route,hook}: classify, fallback, key */
     uint64_t requests, errors;
+    uint32_t users; /* requests using this state now */
+    bool in_config; /* the configuration in force has a route with this name */
     /* Resilience state, kept by route name across reloads; thresholds follow the newest config. */
     struct lv_budget budget;
     struct lv_breaker breaker;
@@ -133,6 +135,10 @@ struct lv_upstream *lv_server_upstream(struct lv_server *s, const struct lv_upst
 /** A request starts / stops using a runtime upstream (a retired one goes with its last user). */
 void lv_server_upstream_use(struct lv_server *s, struct lv_upstream *up);
 void lv_server_upstream_unuse(struct lv_server *s, struct lv_upstream *up);
+/** A request starts / stops using a route's state; the state of a route that left the
+ *  configuration goes with its last user. */
+void lv_server_route_use(struct lv_server *s, struct lv_route_state *rs);
+void lv_server_route_unuse(struct lv_server *s, struct lv_route_state *rs);
 /** Route state by name (created when missing). */
 struct lv_route_state *lv_server_route_state(struct lv_server *s, const char *name);
 

@@ -443,6 +443,16 @@ describe("state across reloads", function()
         rs = route_status(st, "b-renamed")
         assert.equal("closed", rs.breaker.state)
         assert.equal(0, rs.breaker.times_opened)
+        -- the route that left frees its state: its series leave /metrics
+        assert.is_nil(metric(lv, 'levee_breaker_state{route="b"}'))
+        assert.equal(0, metric(lv, 'levee_breaker_state{route="b-renamed"}'))
+
+        -- and a route coming back under its old name starts from nothing: closed
+        lv:write_config(conf({ servers = { up:addr() },
+            routes = route("b", "/", ', timeout = "4s"' .. breaker) }))
+        reload_ok(lv, 4)
+        assert_echo(get(lv.port, "/back"), "/back")
+        assert.equal("closed", route_status(status(lv), "b").breaker.state)
     end)
 
     it("a request in flight finishes under its old generation while new requests see the new one", function()
