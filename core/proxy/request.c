@@ -268,6 +268,8 @@ static void log_request(struct lv_request *r)
 /* Client output made while handling one upstream read goes out in one write. */
 static void flush_client(struct lv_request *r)
 {
+    if (r->idem_op && r->active)
+        return; /* the last bytes wait for the idempotency store (see finish) */
     if (r->cout.len)
         lv_client_write_buf(r->c, &r->cout);
 }
@@ -308,12 +310,45 @@ static void request_end(struct lv_request *r, bool close_client)
 }
 
 /* The response went out whole. */
+static void finish_end(struct lv_request *r)
+{
+    /* An unread request body leaves the connection's framing unknown: close it. */
+    request_end(r, r->resp_close || !r->client_keep_alive || !r->body_done);
+}
+
+static void on_idem_settled(bool changed, void *arg)
+{
+    struct lv_request *r = arg;
+    (void)changed; /* stored or not, the client gets its response now */
+    r->idem_op = NULL;
+    if (r->active)
+        finish_end(r);
+}
+
 static void finish(struct lv_request *r)
 {
     bool reusable = r->up_reusable && r->body_final_sent;
     release_upstream(r, reusable);
-    /* An unread request body leaves the connection's framing unknown: close it. */
-    request_end(r, r->resp_close || !r->client_keep_alive || !r->body_done);
+    if (r->idem_lock) {
+        /* The last bytes wait until the store has the response (or has let the key go):
+         * otherwise the client's next request, through another gateway sharing the store,
+         * could find the key still in flight. One store round trip, keyed requests only. */
+        struct lv_idem_lock *lock = r->idem_lock;
+        r->idem_lock = NULL;
+        if (r->idem_capture) {
+            struct lv_idem_response resp = {r->idem_status, r->idem_head.data, r->idem_head.len,
+                                            r->idem_body.data, r->idem_body.len};
+            lv_metric_add(r->rs->idem_stored, 1);
+            r->idem_op = lv_idem_complete_notify(lock, &resp, r->route->idempotency.ttl_ms,
+                                                 on_idem_settled, r);
+        } else {
+            r->idem_op = lv_idem_release_notify(lock, on_idem_settled, r);
+        }
+        r->idem_capture = false;
+        if (r->idem_op)
+            return;
+    }
+    finish_end(r);
 }
 
 /* Something broke after response bytes went out: the client must see a broken message. */
@@ -551,7 +586,10 @@ static void on_idem(enum lv_idem_result res, const struct lv_idem_response *stor
         if (ic->on_conflict == LV_IDEM_CONFLICT_WAIT) {
             r->idem_op = lv_idem_wait(r->rs->idem, r->idem_key.data, r->idem_key.len,
                                       time_left_ms(r), on_idem_waited, r);
-            return;
+            if (r->idem_op)
+                return;
+            send_error(r, LV_GWERR_IDEMPOTENCY_STORE_UNAVAILABLE, NULL, -1);
+            break;
         }
         r->flags |= LV_ACCESS_IDEMPOTENCY_CONFLICT;
         send_error(r, LV_GWERR_IDEMPOTENCY_CONFLICT, NULL, -1);
@@ -699,19 +737,6 @@ static void idem_capture_body(struct lv_request *r, const char *p, size_t n)
         return;
     }
     lv_buf_append(&r->idem_body, p, n);
-}
-
-/* The response went out whole: store it under the key. */
-static void idem_store(struct lv_request *r)
-{
-    if (!r->idem_lock || !r->idem_capture)
-        return;
-    struct lv_idem_response resp = {r->idem_status, r->idem_head.data, r->idem_head.len,
-                                    r->idem_body.data, r->idem_body.len};
-    lv_idem_complete(r->idem_lock, &resp, r->route->idempotency.ttl_ms);
-    r->idem_lock = NULL;
-    r->idem_capture = false;
-    lv_metric_add(r->rs->idem_stored, 1);
 }
 
 /* ---- beginning */
@@ -1548,7 +1573,6 @@ static void on_resp_data(void *arg, const char *p, size_t n)
 
 static void response_complete(struct lv_request *r, bool clean)
 {
-    idem_store(r); /* the client has it whole: so does the store */
     if (r->resp_rechunk) {
         lv_buf_append(&r->cout, "0\r\n\r\n", 5);
         r->bytes_out += 5;

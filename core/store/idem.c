@@ -131,7 +131,7 @@ void lv__idem_post(struct lv_idem_op *op)
 void lv__idem_op_free(struct lv_idem_op *op)
 {
     if (op->lock)
-        op->store->vt->release(op->lock);
+        op->store->vt->release(op->lock, false);
     free(op->owned);
     free(op);
 }
@@ -164,8 +164,8 @@ static struct lv_idem_op *started(struct lv_idem_op *op, bool is_wait, lv_idem_c
 }
 
 struct lv_idem_op *lv_idem_begin(struct lv_idem *s, const char *key, size_t klen,
-                                 const uint8_t fp[LV_IDEM_FP_LEN], uint64_t lease_ms,
-                                 lv_idem_cb cb, void *arg)
+                                 const uint8_t fp[LV_IDEM_FP_LEN], uint64_t lease_ms, lv_idem_cb cb,
+                                 void *arg)
 {
     if (s->dying)
         return NULL;
@@ -198,12 +198,34 @@ void lv_idem_cancel(struct lv_idem_op *op)
 void lv_idem_complete(struct lv_idem_lock *lock, const struct lv_idem_response *resp,
                       uint64_t ttl_ms)
 {
-    lock->store->vt->complete(lock, resp, ttl_ms);
+    if (lock)
+        lock->store->vt->complete(lock, resp, ttl_ms, false);
+}
+
+struct lv_idem_op *lv_idem_complete_notify(struct lv_idem_lock *lock,
+                                           const struct lv_idem_response *resp, uint64_t ttl_ms,
+                                           lv_idem_wait_cb cb, void *arg)
+{
+    if (!lock)
+        return NULL;
+    bool dying = lock->store->dying;
+    struct lv_idem_op *op = lock->store->vt->complete(lock, resp, ttl_ms, !dying);
+    return op ? started(op, true, NULL, cb, arg) : NULL;
 }
 
 void lv_idem_release(struct lv_idem_lock *lock)
 {
-    lock->store->vt->release(lock);
+    if (lock)
+        lock->store->vt->release(lock, false);
+}
+
+struct lv_idem_op *lv_idem_release_notify(struct lv_idem_lock *lock, lv_idem_wait_cb cb, void *arg)
+{
+    if (!lock)
+        return NULL;
+    bool dying = lock->store->dying;
+    struct lv_idem_op *op = lock->store->vt->release(lock, !dying);
+    return op ? started(op, true, NULL, cb, arg) : NULL;
 }
 
 void lv_idem_stats(struct lv_idem *s, struct lv_idem_stats *out)

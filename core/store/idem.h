@@ -29,7 +29,7 @@ struct evp_md_ctx_st;
 
 /* Streams the body digest; init, update per body chunk, final. */
 struct lv_idem_fp {
-    struct evp_md_ctx_st *md; /* body digest in progress; NULL once final or disposed */
+    struct evp_md_ctx_st *md;     /* body digest in progress; NULL once final or disposed */
     uint8_t head[LV_IDEM_FP_LEN]; /* digest of method and target, framed */
 };
 
@@ -146,8 +146,8 @@ void lv_idem_destroy(struct lv_idem *s);
  * lv_idem_cancel, valid until the callback starts.
  */
 struct lv_idem_op *lv_idem_begin(struct lv_idem *s, const char *key, size_t klen,
-                                 const uint8_t fp[LV_IDEM_FP_LEN], uint64_t lease_ms,
-                                 lv_idem_cb cb, void *arg);
+                                 const uint8_t fp[LV_IDEM_FP_LEN], uint64_t lease_ms, lv_idem_cb cb,
+                                 void *arg);
 
 /**
  * on_conflict = "wait": `cb(true)` once `key` is no longer in flight (completed, released,
@@ -165,16 +165,38 @@ void lv_idem_cancel(struct lv_idem_op *op);
  * Lock holder's success: stores `resp` (copied) under the key for `ttl_ms`, replacing the lock,
  * and wakes the waiters. Nothing is stored if the lock is no longer ours (lease over and
  * taken by another), if ttl_ms is 0, or if the memory store is full (the key is released).
- * Ends the lock.
+ * Ends the lock. NULL is a no-op.
  */
 void lv_idem_complete(struct lv_idem_lock *lock, const struct lv_idem_response *resp,
                       uint64_t ttl_ms);
 
 /**
+ * lv_idem_complete, then `cb(true, arg)` once the store holds the response, so that a duplicate
+ * asking any gateway now gets the replay; `cb(false, arg)` if it could not be stored (lock
+ * lapsed, store full, Redis down or past command_timeout_ms). Lets the caller hold the end of
+ * its response until then: with Redis, complete is otherwise not ordered with another
+ * gateway's begin. Returns a handle for lv_idem_cancel (which drops only the callback), or
+ * NULL if `lock` is NULL or its store was destroyed (cb never runs).
+ */
+struct lv_idem_op *lv_idem_complete_notify(struct lv_idem_lock *lock,
+                                           const struct lv_idem_response *resp, uint64_t ttl_ms,
+                                           lv_idem_wait_cb cb, void *arg);
+
+/**
  * Lock holder's failure (upstream 5xx, gateway error, response over max_body, client gone):
  * deletes the key if the lock is still ours, so the client may retry with it. Ends the lock.
+ * NULL is a no-op.
  */
 void lv_idem_release(struct lv_idem_lock *lock);
+
+/**
+ * lv_idem_release, then `cb(true, arg)` once the store has confirmed that the lock is gone, so
+ * that a retry on any gateway can take the key; `cb(false, arg)` if the store could not be
+ * reached (the key then frees itself when the lease ends). With Redis, release is otherwise
+ * not ordered with another gateway's begin. Returns a handle for lv_idem_cancel (which drops
+ * only the callback), or NULL if `lock` is NULL or its store was destroyed (cb never runs).
+ */
+struct lv_idem_op *lv_idem_release_notify(struct lv_idem_lock *lock, lv_idem_wait_cb cb, void *arg);
 
 struct lv_idem_stats {
     const char *kind; /* "memory" or "redis" */
@@ -202,9 +224,11 @@ struct lv__idem_vt {
     void (*resolve)(struct lv_idem_op *op);
     /* Unlinks a pending op from the store's own structures (not from the ready list). */
     void (*detach)(struct lv_idem_op *op);
-    void (*complete)(struct lv_idem_lock *lock, const struct lv_idem_response *resp,
-                     uint64_t ttl_ms);
-    void (*release)(struct lv_idem_lock *lock);
+    /* Ends the lock; with `notify`, returns an op whose `changed` says "stored". */
+    struct lv_idem_op *(*complete)(struct lv_idem_lock *lock, const struct lv_idem_response *resp,
+                                   uint64_t ttl_ms, bool notify);
+    /* Ends the lock; with `notify`, returns an op whose `changed` says "confirmed". */
+    struct lv_idem_op *(*release)(struct lv_idem_lock *lock, bool notify);
     void (*stats)(struct lv_idem *s, struct lv_idem_stats *out);
     /* Drops the store's own pending ops and starts closing its handles. */
     void (*destroy)(struct lv_idem *s);

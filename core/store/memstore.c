@@ -458,12 +458,24 @@ static void lock_end(struct mlock *lk)
     lv__idem_lock_ended(s);
 }
 
-static void mem_complete(struct lv_idem_lock *l, const struct lv_idem_response *resp,
-                         uint64_t ttl_ms)
+/* A notify op answered on the next loop turn, like every other. */
+static struct lv_idem_op *told(struct lv_idem *s, bool yes)
+{
+    struct mwait *w = lv_xcalloc(1, sizeof(*w));
+    w->base.store = s;
+    lv__idem_link_init(&w->all);
+    w->base.changed = yes;
+    lv__idem_post(&w->base);
+    return &w->base;
+}
+
+static struct lv_idem_op *mem_complete(struct lv_idem_lock *l, const struct lv_idem_response *resp,
+                                       uint64_t ttl_ms, bool notify)
 {
     struct mlock *lk = (struct mlock *)l;
     struct mstore *s = (struct mstore *)l->store;
     struct ment *e = held(s, lk);
+    bool stored = false;
     if (e && ttl_ms == 0) {
         entry_remove(s, e);
     } else if (e) {
@@ -490,13 +502,16 @@ static void mem_complete(struct lv_idem_lock *l, const struct lv_idem_response *
             e->done = true;
             s->bytes += add;
             wake(e);
+            stored = true;
         }
         arm(s);
     }
+    struct lv_idem_op *op = notify ? told(l->store, stored) : NULL;
     lock_end(lk);
+    return op;
 }
 
-static void mem_release(struct lv_idem_lock *l)
+static struct lv_idem_op *mem_release(struct lv_idem_lock *l, bool notify)
 {
     struct mlock *lk = (struct mlock *)l;
     struct mstore *s = (struct mstore *)l->store;
@@ -505,7 +520,9 @@ static void mem_release(struct lv_idem_lock *l)
         entry_remove(s, e);
         arm(s);
     }
+    struct lv_idem_op *op = notify ? told(l->store, true) : NULL;
     lock_end(lk);
+    return op;
 }
 
 static void mem_stats(struct lv_idem *base, struct lv_idem_stats *out)

@@ -19,9 +19,12 @@
  * hiredis 0.14 has no timeouts of its own, and must never be freed from inside one of its
  * callbacks: every free happens from our timers or destroy, and every user callback is
  * delivered from the ready queue, never from inside hiredis.
+ *
+ * The socket is watched by a small adapter of our own rather than hiredis' adapters/libuv.h:
+ * libuv reports POLLERR (a refused connect, a reset) as an error status and stops the handle,
+ * and the 0.14 adapter drops those, so a refused connect would only be seen at its deadline.
  */
 #include <arpa/inet.h>
-#include <hiredis/adapters/libuv.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <netinet/in.h>
@@ -36,18 +39,16 @@
 
 #define TICK_MAX_MS 25
 
-static const char SCRIPT_BEGIN[] =
-    "local v = redis.call('GET', KEYS[1])\n"
-    "if v then return v end\n"
-    "redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])\n"
-    "return 1\n";
+static const char SCRIPT_BEGIN[] = "local v = redis.call('GET', KEYS[1])\n"
+                                   "if v then return v end\n"
+                                   "redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])\n"
+                                   "return 1\n";
 
-static const char SCRIPT_COMPLETE[] =
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"
-    "  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])\n"
-    "  return 1\n"
-    "end\n"
-    "return 0\n";
+static const char SCRIPT_COMPLETE[] = "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"
+                                      "  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])\n"
+                                      "  return 1\n"
+                                      "end\n"
+                                      "return 0\n";
 
 static const char SCRIPT_RELEASE[] = "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"
                                      "  return redis.call('DEL', KEYS[1])\n"
@@ -75,9 +76,9 @@ struct rstore {
     enum rstate state;
     redisAsyncContext *ac; /* while connecting or up */
     char addrs[MAX_ADDRS][INET6_ADDRSTRLEN];
-    int naddrs, addr_idx; /* the addresses of this attempt, tried in turn */
-    uv_timer_t conn_timer;  /* connect deadline while connecting, backoff while down */
-    uv_timer_t tick;        /* command deadlines and polls, while anything is pending */
+    int naddrs, addr_idx;  /* the addresses of this attempt, tried in turn */
+    uv_timer_t conn_timer; /* connect deadline while connecting, backoff while down */
+    uv_timer_t tick;       /* command deadlines and polls, while anything is pending */
     uv_getaddrinfo_t gai;
     bool gai_busy;
     unsigned failures; /* consecutive, for the backoff */
@@ -122,6 +123,105 @@ struct rlock {
 };
 
 static const struct lv__idem_vt redis_vt;
+
+/* ---- hiredis event hooks on a uv_poll_t */
+
+struct rpoll {
+    redisAsyncContext *ac; /* NULL once hiredis let go of it */
+    uv_poll_t poll;
+    int events;
+    int errors; /* error reports in a row: past a few, stop watching (no spinning) */
+};
+
+static void rpoll_cb(uv_poll_t *h, int status, int events);
+
+static void rpoll_update(struct rpoll *p)
+{
+    if (p->events && p->errors < 3)
+        uv_poll_start(&p->poll, p->events, rpoll_cb);
+    else
+        uv_poll_stop(&p->poll);
+}
+
+static void rpoll_cb(uv_poll_t *h, int status, int events)
+{
+    struct rpoll *p = h->data;
+    if (!p->ac)
+        return;
+    if (status < 0) {
+        /* Reading makes hiredis fetch the socket error and disconnect (or fail the connect).
+         * If it somehow does not, the command deadlines drop the connection. */
+        p->errors++;
+        redisAsyncHandleRead(p->ac);
+        if (p->ac)
+            rpoll_update(p);
+        return;
+    }
+    p->errors = 0;
+    if (events & UV_READABLE)
+        redisAsyncHandleRead(p->ac);
+    if (p->ac && (events & UV_WRITABLE))
+        redisAsyncHandleWrite(p->ac);
+}
+
+static void rpoll_add_read(void *arg)
+{
+    struct rpoll *p = arg;
+    p->events |= UV_READABLE;
+    rpoll_update(p);
+}
+
+static void rpoll_del_read(void *arg)
+{
+    struct rpoll *p = arg;
+    p->events &= ~UV_READABLE;
+    rpoll_update(p);
+}
+
+static void rpoll_add_write(void *arg)
+{
+    struct rpoll *p = arg;
+    p->events |= UV_WRITABLE;
+    rpoll_update(p);
+}
+
+static void rpoll_del_write(void *arg)
+{
+    struct rpoll *p = arg;
+    p->events &= ~UV_WRITABLE;
+    rpoll_update(p);
+}
+
+static void rpoll_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+/* hiredis is done with the socket (it closes it right after). */
+static void rpoll_cleanup(void *arg)
+{
+    struct rpoll *p = arg;
+    p->ac = NULL;
+    uv_close((uv_handle_t *)&p->poll, rpoll_closed);
+}
+
+static bool rpoll_attach(redisAsyncContext *ac, uv_loop_t *loop)
+{
+    struct rpoll *p = lv_xcalloc(1, sizeof(*p));
+    if (uv_poll_init(loop, &p->poll, ac->c.fd) != 0) {
+        free(p);
+        return false;
+    }
+    p->poll.data = p;
+    p->ac = ac;
+    ac->ev.data = p;
+    ac->ev.addRead = rpoll_add_read;
+    ac->ev.delRead = rpoll_del_read;
+    ac->ev.addWrite = rpoll_add_write;
+    ac->ev.delWrite = rpoll_del_write;
+    ac->ev.cleanup = rpoll_cleanup;
+    return true;
+}
 
 static void start_connect(struct rstore *s);
 static void connect_next(struct rstore *s);
@@ -423,7 +523,7 @@ static void connect_next(struct rstore *s)
         address_failed(s, why);
         return;
     }
-    if (redisLibuvAttach(ac, s->base.loop) != REDIS_OK) {
+    if (!rpoll_attach(ac, s->base.loop)) {
         redisAsyncFree(ac);
         went_down(s, "cannot watch the socket");
         return;
@@ -520,18 +620,23 @@ static void on_conn_timer(uv_timer_t *t)
 
 /* ---- replies */
 
-static void send_release(struct rstore *s, const char *rkey, size_t rklen, const char *blob,
-                         size_t bloblen)
+static bool send_release(struct rstore *s, const char *rkey, size_t rklen, const char *blob,
+                         size_t bloblen, struct rop *op)
 {
     struct rcmd *cmd = lv_xcalloc(1, sizeof(*cmd));
     cmd->s = s;
     cmd->kind = CMD_RELEASE;
+    cmd->op = op;
     const char *argv[] = {"EVAL", SCRIPT_RELEASE, "1", rkey, blob};
     const size_t lens[] = {4, sizeof(SCRIPT_RELEASE) - 1, 1, rklen, bloblen};
     if (!send_cmd(s, cmd, 5, argv, lens)) {
         lv_warn("idempotency: redis down, a key stays locked until its lease ends");
         cmd_free(cmd);
+        return false;
     }
+    if (op)
+        op->cmd = cmd;
+    return true;
 }
 
 /* The result of the begin script for a caller with fingerprint `fp`. */
@@ -565,7 +670,7 @@ static void reply_begin(struct rstore *s, struct rcmd *cmd, const redisReply *r)
         /* Cancelled or timed out after the lock was taken: give it back now rather than
          * leave it until the lease ends. */
         if (res == LV_IDEM_ACQUIRED)
-            send_release(s, cmd->rkey, cmd->rklen, cmd->blob, cmd->bloblen);
+            send_release(s, cmd->rkey, cmd->rklen, cmd->blob, cmd->bloblen, NULL);
         return;
     }
     lv__idem_link_remove(&op->base.link);
@@ -586,10 +691,9 @@ static void reply_begin(struct rstore *s, struct rcmd *cmd, const redisReply *r)
         size_t n = b.resp.head_len + b.resp.body_len;
         op->base.owned = lv_xmalloc(n ? n : 1);
         memcpy(op->base.owned, b.resp.head, n);
-        op->base.stored = (struct lv_idem_response){b.resp.status, op->base.owned,
-                                                    b.resp.head_len,
-                                                    op->base.owned + b.resp.head_len,
-                                                    b.resp.body_len};
+        op->base.stored =
+            (struct lv_idem_response){b.resp.status, op->base.owned, b.resp.head_len,
+                                      op->base.owned + b.resp.head_len, b.resp.body_len};
     }
     lv__idem_post(&op->base);
 }
@@ -625,6 +729,14 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
             break;
         case CMD_COMPLETE:
         case CMD_RELEASE:
+            if (cmd->op) { /* the _notify forms: stored (1), or our lock is gone (any count) */
+                struct rop *op = cmd->op;
+                lv__idem_link_remove(&op->base.link);
+                op->cmd = NULL;
+                op->base.changed = r && r->type == REDIS_REPLY_INTEGER &&
+                                   (cmd->kind == CMD_RELEASE || r->integer == 1);
+                lv__idem_post(&op->base);
+            }
             if (r && r->type == REDIS_REPLY_ERROR)
                 lv_warn("idempotency: redis %s:%u: %.*s", s->host, s->port, (int)r->len,
                         r->str ? r->str : "");
@@ -782,27 +894,51 @@ static void lock_end(struct rlock *lk)
     lv__idem_lock_ended(s);
 }
 
-static void redis_release(struct lv_idem_lock *l)
+/* Posts a notify op's answer at once. */
+static struct lv_idem_op *told(struct rop *op, bool yes)
 {
-    struct rlock *lk = (struct rlock *)l;
-    struct rstore *s = (struct rstore *)l->store;
-    if (!s->base.dying)
-        send_release(s, lk->rkey, lk->rklen, lk->blob, lk->bloblen);
-    lock_end(lk);
+    if (!op)
+        return NULL;
+    op->base.changed = yes;
+    lv__idem_post(&op->base);
+    return &op->base;
 }
 
-static void redis_complete(struct lv_idem_lock *l, const struct lv_idem_response *resp,
-                           uint64_t ttl_ms)
+/* A notify op waits for its reply like a begin: same deadline, same list. */
+static struct lv_idem_op *awaiting(struct rstore *s, struct rop *op)
+{
+    op->cmd_deadline = now_ms(s) + s->o.command_timeout_ms;
+    lv__idem_link_append(&s->pending, &op->base.link);
+    ensure_tick(s);
+    return &op->base;
+}
+
+static struct lv_idem_op *redis_release(struct lv_idem_lock *l, bool notify)
 {
     struct rlock *lk = (struct rlock *)l;
     struct rstore *s = (struct rstore *)l->store;
+    struct rop *op = notify ? rop_new(s, 0) : NULL;
+    bool sent = !s->base.dying && send_release(s, lk->rkey, lk->rklen, lk->blob, lk->bloblen, op);
+    lock_end(lk);
+    if (!op)
+        return NULL;
+    return sent ? awaiting(s, op) : told(op, false);
+}
+
+static struct lv_idem_op *redis_complete(struct lv_idem_lock *l,
+                                         const struct lv_idem_response *resp, uint64_t ttl_ms,
+                                         bool notify)
+{
+    struct rlock *lk = (struct rlock *)l;
+    struct rstore *s = (struct rstore *)l->store;
+    struct rop *op = notify ? rop_new(s, 0) : NULL;
     if (ttl_ms == 0) {
-        redis_release(l);
-        return;
+        redis_release(l, false);
+        return told(op, false); /* nothing stored, as asked */
     }
     if (s->base.dying) {
         lock_end(lk);
-        return;
+        return told(op, false);
     }
     struct lv_buf v = LV_BUF_INIT;
     lv_buf_append(&v, "lv1 D ", TAG_LEN);
@@ -816,15 +952,22 @@ static void redis_complete(struct lv_idem_lock *l, const struct lv_idem_response
     struct rcmd *cmd = lv_xcalloc(1, sizeof(*cmd));
     cmd->s = s;
     cmd->kind = CMD_COMPLETE;
+    cmd->op = op;
     const char *argv[] = {"EVAL", SCRIPT_COMPLETE, "1", lk->rkey, lk->blob, v.data, ttl};
-    const size_t lens[] = {
-        4, sizeof(SCRIPT_COMPLETE) - 1, 1, lk->rklen, lk->bloblen, v.len, (size_t)tl};
-    if (!send_cmd(s, cmd, 7, argv, lens)) {
-        lv_warn("idempotency: redis down, a response was not stored");
-        cmd_free(cmd);
-    }
+    const size_t lens[] = {4,         sizeof(SCRIPT_COMPLETE) - 1, 1, lk->rklen, lk->bloblen, v.len,
+                           (size_t)tl};
+    bool sent = send_cmd(s, cmd, 7, argv, lens);
     lv_buf_dispose(&v);
     lock_end(lk);
+    if (!sent) {
+        lv_warn("idempotency: redis down, a response was not stored");
+        cmd_free(cmd);
+        return told(op, false);
+    }
+    if (!op)
+        return NULL;
+    op->cmd = cmd;
+    return awaiting(s, op);
 }
 
 static void redis_stats(struct lv_idem *base, struct lv_idem_stats *out)
