@@ -8,28 +8,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-6} DURATION=${DURATION:-2} CONNS=${CONNS:-50}
 BASE=${BASE_PORT:-18280}
-scripts/setup.sh --bench
-scripts/build.sh release >/dev/null
-work=$(mktemp -d /tmp/levee-idem.XXXX)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-cat > "$work/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $work/nginx.pid;
-error_log $work/error.log;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$BASE; location / { return 200 "ok\n"; } } }
-CONF
-nginx -c "$work/nginx.conf" -p "$work" & pids+=($!)
+. bench/lib.sh
+bench_setup idem
+bench_origin "$BASE"
 redis-server --port $((BASE + 2)) --bind 127.0.0.1 --save "" --appendonly no >"$work/redis.log" & pids+=($!)
 REDIS_ADDR=127.0.0.1:$((BASE + 2)) ORIGIN_PORT=$BASE EXTRA_PORT=$((BASE + 1)) \
   build/levee -c bench/levee-idem.lua 2>"$work/levee.log" & pids+=($!)
 levee_pid=$!
-for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$((BASE + 1))/" && break; sleep 0.05; done
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+bench_wait_up $((BASE + 1))
 run() {   # run SECONDS PATH -> "req/s cpu_us_per_request errors"
   local t0 t1 out
   t0=$(ticks "$levee_pid")
@@ -44,7 +30,6 @@ for ((r = 1; r <= ROUNDS; r++)); do
   a=$(run "$DURATION" /plain); b=$(run "$DURATION" /memory/x); c=$(run "$DURATION" /redis/x)
   echo "$r $a $b $c" | tee -a "$work/rounds" | awk '{printf "round %d: plain %.0f req/s %.1f us/req | memory %.0f req/s %.1f us/req | redis %.0f req/s %.1f us/req | non-2xx %d %d %d\n", $1, $2, $3, $5, $6, $8, $9, $4, $7, $10}'
 done
-med() { sort -g | awk '{v[NR] = $1} END {print NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 echo "median over $ROUNDS rounds (same-round ratios to the plain route):"
 echo "  memory store: req/s $(awk '{print $5 / $2}' "$work/rounds" | med), CPU per request $(awk '{print $6 / $3}' "$work/rounds" | med)"
 echo "  redis store:  req/s $(awk '{print $8 / $2}' "$work/rounds" | med), CPU per request $(awk '{print $9 / $3}' "$work/rounds" | med)"

@@ -6,33 +6,16 @@
 #   ROUNDS=8 DURATION=2 CONNS=50 bench/policy.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$PWD
 ROUNDS=${ROUNDS:-8} DURATION=${DURATION:-2} CONNS=${CONNS:-50}
 BASE=${BASE_PORT:-18180}
-scripts/setup.sh --bench
-scripts/build.sh release >/dev/null
-work=$(mktemp -d /tmp/levee-policy.XXXX)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-cat > "$work/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $work/nginx.pid;
-error_log $work/error.log;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$BASE; location / { return 200 "ok\n"; } } }
-CONF
-nginx -c "$work/nginx.conf" -p "$work" & pids+=($!)
+. bench/lib.sh
+bench_setup policy
+bench_origin "$BASE"
 ORIGIN_PORT=$BASE EXTRA_PORT=$((BASE + 1)) build/levee -c bench/levee-bench.lua 2>"$work/plain.log" & pids+=($!)
 plain_pid=$!
 ORIGIN_PORT=$BASE EXTRA_PORT=$((BASE + 2)) build/levee -c bench/levee-policy.lua 2>"$work/policy.log" & pids+=($!)
 policy_pid=$!
-for p in $BASE $((BASE + 1)) $((BASE + 2)); do
-  for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$p/" && break; sleep 0.05; done
-done
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+bench_wait_up $BASE $((BASE + 1)) $((BASE + 2))
 # rps SECONDS PORT PID -> "req/s cpu_us_per_request" (CPU: the levee process's user+sys time)
 rps() {
   local t0 t1 out
@@ -50,7 +33,6 @@ for ((r = 1; r <= ROUNDS; r++)); do
   echo "$r $a $b" | tee -a "$work/rounds" |
     awk '{printf "round %d: plain %.0f req/s %.1f us/req, policy %.0f req/s %.1f us/req\n", $1, $2, $3, $4, $5}'
 done
-med() { sort -g | awk '{v[NR] = $1} END {print NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 rr=$(awk '{print $4 / $2}' "$work/rounds" | med)
 cr=$(awk '{print $5 / $3}' "$work/rounds" | med)
 awk -v rr="$rr" -v cr="$cr" -v n="$ROUNDS" 'BEGIN {
