@@ -76,30 +76,25 @@ local function show(v)
     return "a " .. t
 end
 
-local function fmt_ms(ms)
-    if ms == 0 then
+-- n in the largest unit that divides it exactly ("90s" stays "90s", 2048 bytes is "2KiB").
+local function fmt_units(n, units, base)
+    if n == 0 then
         return "0"
-    elseif ms % HOUR == 0 then
-        return (ms // HOUR) .. "h"
-    elseif ms % MINUTE == 0 then
-        return (ms // MINUTE) .. "m"
-    elseif ms % SECOND == 0 then
-        return (ms // SECOND) .. "s"
     end
-    return ms .. "ms"
+    for _, u in ipairs(units) do
+        if n % u[1] == 0 then
+            return (n // u[1]) .. u[2]
+        end
+    end
+    return n .. base
+end
+
+local function fmt_ms(ms)
+    return fmt_units(ms, { { HOUR, "h" }, { MINUTE, "m" }, { SECOND, "s" } }, "ms")
 end
 
 local function fmt_size(n)
-    if n == 0 then
-        return "0"
-    elseif n % GiB == 0 then
-        return (n // GiB) .. "GiB"
-    elseif n % MiB == 0 then
-        return (n // MiB) .. "MiB"
-    elseif n % KiB == 0 then
-        return (n // KiB) .. "KiB"
-    end
-    return n .. "B"
+    return fmt_units(n, { { GiB, "GiB" }, { MiB, "MiB" }, { KiB, "KiB" } }, "B")
 end
 
 ------------------------------------------------------------------------------------------
