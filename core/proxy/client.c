@@ -5,6 +5,7 @@
 
 #include "base/log.h"
 #include "http/headscan.h"
+#include "net/tls.h"
 #include "proxy/errresp.h"
 #include "proxy/request.h"
 #include "proxy/server.h"
@@ -23,6 +24,7 @@ struct write_req {
 };
 
 static void client_process(struct lv_client *c);
+static int raw_write_buf(struct lv_client *c, struct lv_buf *b);
 static void client_close(struct lv_client *c, bool reset);
 
 /* ---- list */
@@ -58,6 +60,9 @@ static void on_handle_closed(uv_handle_t *h)
     struct lv_server *s = c->server;
     list_remove(s, c);
     lv_buf_dispose(&c->in);
+    lv_buf_dispose(&c->tls_out);
+    if (c->tls)
+        lv_tls_free(c->tls);
     free(c);
     lv_server_client_closed(s, NULL);
 }
@@ -115,6 +120,12 @@ static void client_close_after_write(struct lv_client *c)
     c->state = LV_CLIENT_CLOSING;
     uint64_t to = c->server->cfg->limits.send_timeout_ms;
     uv_timer_start(&c->timer, on_linger_timeout, to ? to : 60000, 0);
+    if (c->tls) {
+        lv_tls_shutdown(c->tls, &c->tls_out);
+        raw_write_buf(c, &c->tls_out);
+        if (c->closed)
+            return;
+    }
     c->shutdown_req.data = c;
     if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) != 0)
         client_close(c, false);
@@ -174,7 +185,7 @@ static void queue_write(struct lv_client *c, struct write_req *w, char *base, si
     }
 }
 
-int lv_client_writev(struct lv_client *c, const uv_buf_t *bufs, unsigned nbufs)
+static int raw_writev(struct lv_client *c, const uv_buf_t *bufs, unsigned nbufs)
 {
     if (c->closed)
         return -1;
@@ -206,7 +217,7 @@ int lv_client_writev(struct lv_client *c, const uv_buf_t *bufs, unsigned nbufs)
     return c->closed ? -1 : 0;
 }
 
-int lv_client_write_buf(struct lv_client *c, struct lv_buf *b)
+static int raw_write_buf(struct lv_client *c, struct lv_buf *b)
 {
     if (b->len == 0)
         return 0;
@@ -232,6 +243,32 @@ int lv_client_write_buf(struct lv_client *c, struct lv_buf *b)
     *b = (struct lv_buf)LV_BUF_INIT;
     queue_write(c, w, base, len);
     return c->closed ? -1 : 0;
+}
+
+/* HTTPS: plaintext goes through the engine; what it produces goes to the socket. */
+int lv_client_writev(struct lv_client *c, const uv_buf_t *bufs, unsigned nbufs)
+{
+    if (!c->tls)
+        return raw_writev(c, bufs, nbufs);
+    if (c->closed)
+        return -1;
+    for (unsigned i = 0; i < nbufs; i++) {
+        if (bufs[i].len && lv_tls_write(c->tls, bufs[i].base, bufs[i].len, &c->tls_out) < 0) {
+            client_close(c, true);
+            return -1;
+        }
+    }
+    return raw_write_buf(c, &c->tls_out);
+}
+
+int lv_client_write_buf(struct lv_client *c, struct lv_buf *b)
+{
+    if (!c->tls)
+        return raw_write_buf(c, b);
+    uv_buf_t ub = uv_buf_init(b->data, (unsigned)b->len);
+    int rc = b->len ? lv_client_writev(c, &ub, 1) : 0;
+    b->len = 0; /* consumed: the buffer keeps its memory */
+    return rc;
 }
 
 int lv_client_write(struct lv_client *c, const char *data, size_t len)
@@ -261,15 +298,28 @@ void lv_client_error_close(struct lv_client *c, int status, enum lv_gwerr err, c
 
 /* ---- reading */
 
+/* HTTPS reads ciphertext here (per thread = per worker loop), then feeds the engine. */
+static _Thread_local char tls_block[64 * 1024];
+
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     struct lv_client *c = h->data;
+    if (c->tls) {
+        buf->base = tls_block;
+        buf->len = sizeof(tls_block);
+        return;
+    }
     size_t want = c->in.len < 16384 ? 16384 : 32768;
     buf->base = lv_buf_reserve(&c->in, want);
     buf->len = c->in.cap - c->in.len;
 }
 
 static void start_timer_for_state(struct lv_client *c);
+
+static void tls_plain(void *arg, const char *p, size_t n)
+{
+    lv_buf_append(arg, p, n); /* only collect: act after lv_tls_feed returns */
+}
 
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
@@ -301,6 +351,25 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         if (c->state == LV_CLIENT_CLOSING)
             return;
         client_close(c, false);
+        return;
+    }
+    if (c->tls) {
+        int rc = lv_tls_feed(c->tls, buf->base, (size_t)nread, tls_plain, &c->in, &c->tls_out);
+        raw_write_buf(c, &c->tls_out); /* handshake records, alerts */
+        if (rc < 0) {
+            lv_debug("client %s: TLS: %s", c->peer, lv_tls_error(c->tls));
+            client_close(c, false);
+            return;
+        }
+        if (c->closed)
+            return;
+        if (c->in.len)
+            client_process(c);
+        if (rc == 1 && !c->closed) {
+            /* close_notify: the same as a TCP end of stream */
+            static const uv_buf_t none = {NULL, 0};
+            on_read(stream, UV_EOF, &none);
+        }
         return;
     }
     c->in.len += (size_t)nread;
@@ -476,7 +545,7 @@ void lv_client_request_done(struct lv_client *c, bool close)
         start_timer_for_state(c);
 }
 
-void lv_client_accept(struct lv_server *s, uv_stream_t *ls)
+void lv_client_accept(struct lv_server *s, uv_stream_t *ls, struct lv_tls_ctx *tls)
 {
     struct lv_client *c = lv_xcalloc(1, sizeof(*c));
     c->server = s;
@@ -506,6 +575,8 @@ void lv_client_accept(struct lv_server *s, uv_stream_t *ls)
         else
             uv_ip6_name((struct sockaddr_in6 *)&ss, c->peer, sizeof(c->peer));
     }
+    if (tls)
+        c->tls = lv_tls_new(tls, true, NULL); /* the handshake fits in header_timeout */
     c->state = LV_CLIENT_IDLE;
     uv_timer_start(&c->timer, on_timer, s->cfg->limits.header_timeout_ms, 0);
     uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);

@@ -23,6 +23,8 @@
 
 struct lv_server;
 struct lv_request;
+struct lv_tls;
+struct lv_tls_ctx;
 
 enum lv_client_state {
     LV_CLIENT_IDLE,    /* between requests */
@@ -53,13 +55,16 @@ struct lv_client {
     bool eof;         /* the client half-closed */
     bool closed;      /* uv_close called */
     bool lingering;
+    struct lv_tls *tls;    /* HTTPS: the TLS engine between the socket and `in` */
+    struct lv_buf tls_out; /* ciphertext to send */
 };
 
 /* Above this much queued output, producers stop reading their source. */
 #define LV_CLIENT_WRITE_HIGH (256 * 1024)
 
-/** Accepts a connection from listener `ls` (closes it at once when over max_connections). */
-void lv_client_accept(struct lv_server *s, uv_stream_t *ls);
+/** Accepts a connection from listener `ls` (closes it at once when over max_connections);
+ *  `tls` (may be NULL) makes it an HTTPS connection. */
+void lv_client_accept(struct lv_server *s, uv_stream_t *ls, struct lv_tls_ctx *tls);
 
 /** Queues bytes for the client (copied). Returns 0, or -1 if the connection is gone. */
 int lv_client_write(struct lv_client *c, const char *data, size_t len);

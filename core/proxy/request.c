@@ -457,7 +457,8 @@ static void build_forward_head(struct lv_request *r, const struct lv_reqhead *h)
         lv_buf_puts(b, ", ");
     }
     lv_buf_puts(b, r->c->peer);
-    lv_buf_puts(b, "\r\nX-Forwarded-Proto: http\r\n");
+    lv_buf_puts(b,
+                r->c->tls ? "\r\nX-Forwarded-Proto: https\r\n" : "\r\nX-Forwarded-Proto: http\r\n");
     if (r->host.len) {
         lv_buf_puts(b, "X-Forwarded-Host: ");
         lv_buf_append(b, r->host.data, r->host.len);

@@ -10,6 +10,7 @@
 
 #include "admin/admin.h"
 #include "base/log.h"
+#include "net/tls.h"
 #include "net/upstream.h"
 #include "policy/outcome.h"
 #include "proxy/client.h"
@@ -32,7 +33,7 @@ static void on_connection(uv_stream_t *ls, int status)
         lv_warn("accept on %s: %s", l->name, uv_strerror(status));
         return;
     }
-    lv_client_accept(s, ls);
+    lv_client_accept(s, ls, l->tls_ctx);
 }
 
 static int listener_open(struct lv_server *s, const struct lv_listen_cfg *lc,
@@ -60,6 +61,18 @@ static int listener_open(struct lv_server *s, const struct lv_listen_cfg *lc,
     }
     struct lv_listener *l = lv_xcalloc(1, sizeof(*l));
     l->server = s;
+    if (lc->tls_cert) {
+        struct lv_buf err = LV_BUF_INIT;
+        l->tls_ctx = lv_tls_server_ctx(lc->tls_cert, lc->tls_key, &err);
+        if (!l->tls_ctx) {
+            lv_error("listen %s:%u: TLS: %.*s", lc->addr.host, lc->addr.port, (int)err.len,
+                     err.data ? err.data : "");
+            lv_buf_dispose(&err);
+            free(l);
+            return UV_EINVAL;
+        }
+        lv_buf_dispose(&err);
+    }
     l->addr.host = lv_xstrdup(lc->addr.host);
     l->addr.port = lc->addr.port;
     snprintf(l->name, sizeof(l->name), "%s:%u", lc->addr.host, lc->addr.port);
@@ -73,6 +86,8 @@ static int listener_open(struct lv_server *s, const struct lv_listen_cfg *lc,
     if (rc != 0) {
         lv_error("listen %s: %s", l->name, uv_strerror(rc));
         l->closing = true;
+        if (l->tls_ctx)
+            lv_tls_ctx_free(l->tls_ctx);
         uv_close((uv_handle_t *)&l->tcp, (uv_close_cb)free);
         free(l->addr.host);
         return rc;
@@ -85,6 +100,8 @@ static int listener_open(struct lv_server *s, const struct lv_listen_cfg *lc,
 static void listener_closed(uv_handle_t *h)
 {
     struct lv_listener *l = h->data;
+    if (l->tls_ctx)
+        lv_tls_ctx_free(l->tls_ctx); /* connections hold their own references */
     free(l->addr.host);
     free(l);
 }
@@ -721,7 +738,8 @@ static int sync_listeners(struct lv_server *s, const struct lv_config *cfg)
         const struct lv_listen_cfg *lc = &cfg->listens[i];
         for (size_t j = 0; j < s->nlisteners; j++) {
             if (!kept[j] && strcmp(s->listeners[j]->addr.host, lc->addr.host) == 0 &&
-                s->listeners[j]->addr.port == lc->addr.port) {
+                s->listeners[j]->addr.port == lc->addr.port &&
+                (s->listeners[j]->tls_ctx != NULL) == (lc->tls_cert != NULL)) {
                 kept[j] = true;
                 next[i] = s->listeners[j];
                 break;

@@ -24,6 +24,7 @@
 struct lv_client;
 struct lv_admin;
 struct lv_upstream;
+struct lv_tls_ctx;
 
 /* Per-route state that outlives a configuration generation (kept by route name). */
 struct lv_route_state {
@@ -61,6 +62,7 @@ struct lv_listener {
     struct lv_server *server;
     struct lv_hostport addr;
     char name[80];
+    struct lv_tls_ctx *tls_ctx; /* listen { tls = { cert, key } }: HTTPS; NULL: plain */
     bool closing;
 };
 

@@ -662,23 +662,14 @@ static struct lv_config *run(const char *fn, const char *const *args, int nargs,
     return c;
 }
 
-/* The TLS engine (net/tls.c) is built and tested but not yet wired into client and upstream
- * connections: refuse TLS settings loudly rather than serve plain text where TLS was asked. */
+/* TLS to upstreams is not wired into upstream connections yet (TLS listeners are): refuse it
+ * loudly rather than talk plain text where TLS was asked. */
 struct lv_config *lv_config_refuse_unsupported(struct lv_config *c, const char *label,
                                                struct lv_buf *errors)
 {
     if (!c)
         return NULL;
     bool bad = false;
-    for (size_t i = 0; i < c->nlistens; i++) {
-        if (c->listens[i].tls_cert) {
-            lv_buf_printf(errors,
-                          "%s: listen[%zu].tls: TLS listeners are not available in this "
-                          "version yet\n",
-                          label, i + 1);
-            bad = true;
-        }
-    }
     for (size_t i = 0; i < c->nupstreams; i++) {
         if (c->upstreams[i].tls) {
             lv_buf_printf(errors,

@@ -183,9 +183,9 @@ struct lv_config *lv_config_dev(const char *url, const char *listen, const char 
                                 struct lv_buf *errors);
 
 /**
- * What this build cannot serve yet (TLS listeners and TLS upstreams: the engine exists but is
- * not wired in): returns `c` when all is servable; otherwise appends "LABEL: key: message"
- * lines to `errors`, unpins `c` and returns NULL. The CLI and reloads call it after loading.
+ * What this build cannot serve yet (TLS to upstreams): returns `c` when all is servable; otherwise
+ * appends "LABEL: key: message" lines to `errors`, unpins `c` and returns NULL. The CLI and reloads
+ * call it after loading.
  */
 struct lv_config *lv_config_refuse_unsupported(struct lv_config *c, const char *label,
                                                struct lv_buf *errors);

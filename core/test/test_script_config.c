@@ -415,7 +415,7 @@ T_TEST(test_tls_refused_until_wired)
     c = lv_config_refuse_unsupported(c, path_of("tls.lua"), &errs);
     T_CHECK(c == NULL); /* ...that this build cannot serve yet */
     lv_buf_putc(&errs, '\0');
-    T_CHECK(strstr(errs.data, "listen[1].tls: TLS listeners are not available") != NULL);
+    T_CHECK(strstr(errs.data, "listen[1].tls") == NULL); /* TLS listeners are served */
     T_CHECK(strstr(errs.data, "upstreams.a.tls: TLS to upstreams is not available") != NULL);
     lv_buf_dispose(&errs);
 }
