@@ -25,8 +25,7 @@ static void usage(FILE *f)
 static int cmd_check(const char *file)
 {
     struct lv_buf errors = LV_BUF_INIT;
-    struct lv_config *cfg =
-        lv_config_refuse_unsupported(lv_config_load(file, NULL, &errors), file, &errors);
+    struct lv_config *cfg = lv_config_load(file, NULL, &errors);
     if (!cfg) {
         fwrite(errors.data, 1, errors.len, stdout);
         if (errors.len && errors.data[errors.len - 1] != '\n')
@@ -109,8 +108,7 @@ int main(int argc, char **argv)
             return 2;
         }
         struct lv_buf errors = LV_BUF_INIT;
-        struct lv_config *cfg = lv_config_refuse_unsupported(
-            lv_config_dev(url, listen, NULL, &errors), "levee dev", &errors);
+        struct lv_config *cfg = lv_config_dev(url, listen, NULL, &errors);
         if (!cfg) {
             fwrite(errors.data, 1, errors.len, stderr);
             lv_buf_dispose(&errors);
@@ -131,8 +129,7 @@ int main(int argc, char **argv)
         }
     }
     struct lv_buf errors = LV_BUF_INIT;
-    struct lv_config *cfg =
-        lv_config_refuse_unsupported(lv_config_load(file, NULL, &errors), file, &errors);
+    struct lv_config *cfg = lv_config_load(file, NULL, &errors);
     if (!cfg) {
         fwrite(errors.data, 1, errors.len, stderr);
         lv_buf_dispose(&errors);

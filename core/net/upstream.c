@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "base/log.h"
+#include "net/tls.h"
 
 /* One read buffer per thread (= per worker loop): readers consume synchronously. */
 static _Thread_local char read_block[64 * 1024];
@@ -12,6 +13,8 @@ static _Thread_local char read_block[64 * 1024];
 static void dispatch_waiters(struct lv_upstream *up);
 static void connect_next(struct lv_upconn *uc);
 static void conn_reading(struct lv_upconn *uc, bool on);
+static void connect_done(struct lv_upconn *uc);
+static void raw_send(struct lv_upconn *uc);
 
 static uint64_t now_ms(const struct lv_upstream *up)
 {
@@ -171,6 +174,10 @@ static void conn_free_if_closed(uv_handle_t *h)
         uc->timer.data = NULL;
     if (uc->tcp.data == NULL && uc->timer.data == NULL) {
         lv_buf_dispose(&uc->tried);
+        lv_buf_dispose(&uc->tls_out);
+        lv_buf_dispose(&uc->tls_in);
+        if (uc->tls)
+            lv_tls_free(uc->tls);
         free(uc);
     }
     if (up->closing && up->open_handles == 0 && up->on_closed)
@@ -290,9 +297,32 @@ static void on_connected(uv_connect_t *req, int status)
         connect_failed(uc, uv_strerror(status));
         return;
     }
-    s->connects++;
     uv_tcp_nodelay(&uc->tcp, 1);
     conn_reading(uc, true);
+    if (s->up->tls_ctx) {
+        /* TLS: the handshake is part of connecting (under the same connect timeout). */
+        const char *sni = s->up->cfg->tls_sni ? s->up->cfg->tls_sni : s->hp.host;
+        uc->tls = lv_tls_new(s->up->tls_ctx, false, sni);
+        uc->handshaking = true;
+        if (lv_tls_start(uc->tls, &uc->tls_out) < 0) {
+            connect_failed(uc, lv_tls_error(uc->tls));
+            return;
+        }
+        raw_send(uc);
+        uint64_t to = s->up->cfg->connect_timeout_ms;
+        uv_timer_start(&uc->timer, on_connect_timeout, to ? to : 1000, 0);
+        return;
+    }
+    connect_done(uc);
+}
+
+/* TCP (and TLS) are up: the connection is the acquirer's. */
+static void connect_done(struct lv_upconn *uc)
+{
+    struct lv_upserver *s = uc->server;
+    uv_timer_stop(&uc->timer);
+    uc->handshaking = false;
+    s->connects++;
     uc->state = LV_UPCONN_BUSY;
     uc->requests = 1;
     uc->reused = false;
@@ -336,11 +366,88 @@ static void on_conn_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 /* A connection reads for its whole life (no epoll churn per request); what it read goes to
  * the owner while BUSY. An idle connection that speaks or closes is unusable: drop it before
  * anyone reuses it. */
+static void tls_collect(void *arg, const char *p, size_t n)
+{
+    lv_buf_append(arg, p, n); /* act only after lv_tls_feed returns */
+}
+
+static void on_write_done(uv_write_t *w, int status)
+{
+    free(w);
+}
+
+/* Ciphertext the engine produced goes out as it is (handshake, alerts, records). */
+static void raw_send(struct lv_upconn *uc)
+{
+    if (uc->tls_out.len == 0 || uc->state == LV_UPCONN_CLOSING)
+        return;
+    uv_write_t *w = lv_xmalloc(sizeof(*w) + uc->tls_out.len);
+    memcpy(w + 1, uc->tls_out.data, uc->tls_out.len);
+    uv_buf_t b = uv_buf_init((char *)(w + 1), (unsigned)uc->tls_out.len);
+    uc->tls_out.len = 0;
+    if (uv_write(w, (uv_stream_t *)&uc->tcp, &b, 1, on_write_done) < 0)
+        free(w);
+}
+
+int lv_upconn_tls_wrap(struct lv_upconn *uc, const uv_buf_t *bufs, unsigned n)
+{
+    for (unsigned i = 0; i < n; i++)
+        if (bufs[i].len && lv_tls_write(uc->tls, bufs[i].base, bufs[i].len, &uc->tls_out) < 0)
+            return -1;
+    return 0;
+}
+
+static void on_conn_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+
+/* Upstream TLS: decrypt, then go on as if the plaintext had been read. */
+static void tls_read(struct lv_upconn *uc, ssize_t nread, const uv_buf_t *buf)
+{
+    if (nread < 0) {
+        if (uc->handshaking) {
+            connect_failed(uc, "closed during the TLS handshake");
+            return;
+        }
+        on_conn_read((uv_stream_t *)&uc->tcp, nread, &(uv_buf_t){NULL, 0});
+        return;
+    }
+    uc->tls_in.len = 0;
+    int rc = lv_tls_feed(uc->tls, buf->base, (size_t)nread, tls_collect, &uc->tls_in, &uc->tls_out);
+    raw_send(uc);
+    if (rc < 0) {
+        if (uc->handshaking) {
+            connect_failed(uc, lv_tls_error(uc->tls)); /* e.g. certificate verify failed */
+            return;
+        }
+        lv_warn("upstream %s: TLS: %s", uc->peer, lv_tls_error(uc->tls));
+        on_conn_read((uv_stream_t *)&uc->tcp, UV_ECONNRESET, &(uv_buf_t){NULL, 0});
+        return;
+    }
+    if (uc->handshaking) {
+        if (lv_tls_handshake_done(uc->tls))
+            connect_done(uc);
+        if (uc->state != LV_UPCONN_BUSY || uc->tls_in.len == 0)
+            return;
+    }
+    if (uc->tls_in.len) {
+        uv_buf_t plain = uv_buf_init(uc->tls_in.data, (unsigned)uc->tls_in.len);
+        uc->tls_plain_now = true;
+        on_conn_read((uv_stream_t *)&uc->tcp, (ssize_t)plain.len, &plain);
+        return; /* uc may be gone */
+    }
+    if (rc == 1)
+        on_conn_read((uv_stream_t *)&uc->tcp, UV_EOF, &(uv_buf_t){NULL, 0});
+}
+
 static void on_conn_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
     struct lv_upconn *uc = stream->data;
     if (nread == 0)
         return;
+    if (uc->tls && !uc->tls_plain_now && uc->state != LV_UPCONN_CLOSING) {
+        tls_read(uc, nread, buf);
+        return;
+    }
+    uc->tls_plain_now = false;
     if (uc->state == LV_UPCONN_BUSY && uc->on_read) {
         uc->on_read(uc, nread, buf->base, uc->read_arg);
         return;
@@ -589,6 +696,12 @@ static uint64_t servers_fingerprint(const struct lv_upstream_cfg *cfg)
         h = (h ^ '|') * 1099511628211ULL;
     }
     h = (h ^ (uint64_t)cfg->tls) * 1099511628211ULL;
+    h = (h ^ (uint64_t)cfg->tls_verify) * 1099511628211ULL;
+    for (const char *p = cfg->tls_sni ? cfg->tls_sni : ""; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+    h = (h ^ '|') * 1099511628211ULL;
+    for (const char *p = cfg->tls_ca ? cfg->tls_ca : ""; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ULL;
     return h;
 }
 
@@ -602,6 +715,14 @@ struct lv_upstream *lv_upstream_create(uv_loop_t *loop, const struct lv_upstream
     if (up->rng == 0)
         up->rng = 1;
     up->fingerprint = servers_fingerprint(cfg);
+    if (cfg->tls) {
+        struct lv_buf err = LV_BUF_INIT;
+        up->tls_ctx = lv_tls_client_ctx(cfg->tls_verify, cfg->tls_ca, &err);
+        if (!up->tls_ctx)
+            lv_error("upstream %s: TLS: %.*s (connections will fail)", cfg->name, (int)err.len,
+                     err.data ? err.data : "");
+        lv_buf_dispose(&err);
+    }
     acq_list_init(&up->waitq);
     uv_timer_init(loop, &up->timer);
     up->timer.data = up;
@@ -699,6 +820,8 @@ void lv_upstream_free(struct lv_upstream *up)
     }
     free(up->servers);
     free(up->name);
+    if (up->tls_ctx)
+        lv_tls_ctx_free(up->tls_ctx);
     free(up);
 }
 

@@ -22,6 +22,8 @@
 struct lv_upstream;
 struct lv_upserver;
 struct lv_upconn;
+struct lv_tls;
+struct lv_tls_ctx;
 
 enum lv_upconn_state { LV_UPCONN_CONNECTING, LV_UPCONN_IDLE, LV_UPCONN_BUSY, LV_UPCONN_CLOSING };
 
@@ -78,6 +80,11 @@ struct lv_upconn {
     int connect_error;
     struct lv_buf tried; /* connect errors so far, for the message */
     /* while BUSY */
+    struct lv_tls *tls;    /* upstream tls: the engine between the socket and the owner */
+    struct lv_buf tls_out; /* ciphertext to send */
+    struct lv_buf tls_in;  /* plaintext collected from one read */
+    bool handshaking;      /* TCP up, TLS handshake under way (still CONNECTING) */
+    bool tls_plain_now;    /* on_conn_read is being given decrypted bytes */
     lv_upconn_read_cb on_read;
     void *read_arg;
     bool reading;
@@ -116,7 +123,8 @@ struct lv_upstream {
     uint32_t users; /* requests using this upstream now (a retired one goes when it reaches 0) */
     int open_handles;
     void (*on_closed)(struct lv_upstream *up);
-    uint64_t fingerprint; /* of the servers list, to decide reuse across reloads */
+    uint64_t fingerprint;       /* of the servers list, to decide reuse across reloads */
+    struct lv_tls_ctx *tls_ctx; /* tls = { ... }: client context; NULL: plain TCP */
 };
 
 /** Creates the runtime upstream for `cfg` (resolves literal addresses now; names async). */
@@ -140,6 +148,10 @@ void lv_upstream_acquire(struct lv_upstream *up, struct lv_acquire *acq,
                          const struct lv_upserver *avoid, bool fresh, lv_acquire_cb cb, void *arg);
 /** Cancels a pending acquire; its callback will not run. */
 void lv_upstream_cancel(struct lv_acquire *acq);
+
+/** Upstream TLS: encrypts `bufs` into uc->tls_out (the caller writes that out and empties
+ *  it). Returns 0 or -1. */
+int lv_upconn_tls_wrap(struct lv_upconn *uc, const uv_buf_t *bufs, unsigned n);
 
 /** Starts delivering bytes from the connection to `cb` (and EOF/errors as nread < 0). */
 void lv_upconn_read_start(struct lv_upconn *uc, lv_upconn_read_cb cb, void *arg);

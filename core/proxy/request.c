@@ -137,6 +137,16 @@ static void on_up_write(uv_write_t *req, int status)
 
 static int up_write(struct lv_request *r, const uv_buf_t *bufs, unsigned n)
 {
+    uv_buf_t sealed;
+    if (r->uc->tls) {
+        /* Upstream TLS: what goes out is the ciphertext of all of it. */
+        if (lv_upconn_tls_wrap(r->uc, bufs, n) < 0)
+            return UV_EPROTO;
+        sealed = uv_buf_init(r->uc->tls_out.data, (unsigned)r->uc->tls_out.len);
+        r->uc->tls_out.len = 0; /* the bytes stay valid until the next wrap: copied below */
+        bufs = &sealed;
+        n = 1;
+    }
     size_t total = 0;
     for (unsigned i = 0; i < n; i++)
         total += bufs[i].len;

@@ -835,8 +835,7 @@ int lv_server_reload(struct lv_server *s, struct lv_buf *errors)
         lv_buf_puts(errors, s->draining ? "shutting down\n" : "no configuration file to reload\n");
         return -1;
     }
-    struct lv_config *cfg = lv_config_refuse_unsupported(
-        lv_config_load(s->config_path, s->lua_dir, errors), s->config_path, errors);
+    struct lv_config *cfg = lv_config_load(s->config_path, s->lua_dir, errors);
     if (!cfg) {
         lv_metric_add(s->m_reload_err, 1);
         lv_error("reload refused, the configuration in force keeps serving:\n%.*s",

@@ -662,30 +662,6 @@ static struct lv_config *run(const char *fn, const char *const *args, int nargs,
     return c;
 }
 
-/* TLS to upstreams is not wired into upstream connections yet (TLS listeners are): refuse it
- * loudly rather than talk plain text where TLS was asked. */
-struct lv_config *lv_config_refuse_unsupported(struct lv_config *c, const char *label,
-                                               struct lv_buf *errors)
-{
-    if (!c)
-        return NULL;
-    bool bad = false;
-    for (size_t i = 0; i < c->nupstreams; i++) {
-        if (c->upstreams[i].tls) {
-            lv_buf_printf(errors,
-                          "%s: upstreams.%s.tls: TLS to upstreams is not available in "
-                          "this version yet\n",
-                          label, c->upstreams[i].name);
-            bad = true;
-        }
-    }
-    if (bad) {
-        lv_config_unpin(c);
-        return NULL;
-    }
-    return c;
-}
-
 struct lv_config *lv_config_load(const char *file, const char *lua_dir, struct lv_buf *errors)
 {
     lua_dir = lua_dir_or_default(lua_dir);

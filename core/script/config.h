@@ -182,14 +182,6 @@ struct lv_config *lv_config_load(const char *file, const char *lua_dir, struct l
 struct lv_config *lv_config_dev(const char *url, const char *listen, const char *lua_dir,
                                 struct lv_buf *errors);
 
-/**
- * What this build cannot serve yet (TLS to upstreams): returns `c` when all is servable; otherwise
- * appends "LABEL: key: message" lines to `errors`, unpins `c` and returns NULL. The CLI and reloads
- * call it after loading.
- */
-struct lv_config *lv_config_refuse_unsupported(struct lv_config *c, const char *label,
-                                               struct lv_buf *errors);
-
 void lv_config_pin(struct lv_config *c);
 /** Drops one reference; frees the config (and its Lua state) on the last one. */
 void lv_config_unpin(struct lv_config *c);

@@ -402,24 +402,6 @@ T_TEST(test_syntax_and_runtime_errors)
     lv_buf_dispose(&errs);
 }
 
-T_TEST(test_tls_refused_until_wired)
-{
-    write_file("tls.lua", "return {\n"
-                          "  listen = { { addr = '127.0.0.1:8443', tls = { cert = '/dev/null', "
-                          "key = '/dev/null' } } },\n"
-                          "  upstreams = { a = { servers = { 'h:1' }, tls = true } },\n"
-                          "  routes = { { name = 'r', upstream = 'a' } },\n}\n");
-    struct lv_buf errs = LV_BUF_INIT;
-    struct lv_config *c = lv_config_load(path_of("tls.lua"), NULL, &errs);
-    T_CHECK(c != NULL); /* valid configuration... */
-    c = lv_config_refuse_unsupported(c, path_of("tls.lua"), &errs);
-    T_CHECK(c == NULL); /* ...that this build cannot serve yet */
-    lv_buf_putc(&errs, '\0');
-    T_CHECK(strstr(errs.data, "listen[1].tls") == NULL); /* TLS listeners are served */
-    T_CHECK(strstr(errs.data, "upstreams.a.tls: TLS to upstreams is not available") != NULL);
-    lv_buf_dispose(&errs);
-}
-
 T_TEST(test_dev)
 {
     struct lv_buf errs = LV_BUF_INIT;
@@ -519,7 +501,6 @@ int main(void)
     T_RUN(test_access_log_file_and_lua_dir);
     T_RUN(test_errors_all_reported);
     T_RUN(test_syntax_and_runtime_errors);
-    T_RUN(test_tls_refused_until_wired);
     T_RUN(test_dev);
     T_RUN(test_examples);
     char cmd[128];

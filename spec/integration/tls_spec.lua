@@ -100,7 +100,7 @@ describe("TLS listeners", function()
         local tls_port = lv.ports.PORT2
         local data, how = H.raw(tls_port, "GET / HTTP/1.1\r\nHost: a\r\n\r\n", { timeout = 3 })
         assert.are_not.equal("timeout", how)
-        assert.is_nil(data:find("HTTP/1.1", 1, true), "no plaintext HTTP answer on a TLS port")
+        assert.is_nil((data or ""):find("HTTP/1.1", 1, true), "no plaintext HTTP answer on a TLS port")
         assert.equal(0, up:stats(1).requests)
         local code, meta = curl("", ("https://localhost:%d/after"):format(tls_port))
         assert.equal(0, code)
@@ -120,14 +120,49 @@ return {
         assert.truthy(err:find("TLS", 1, true), err)
     end)
 
-    it("TLS to upstreams is refused clearly by check (not wired yet)", function()
-        local cfg = H.tmpfile([[
+    it("speak TLS to upstreams: verified, pooled, and a wrong name is a connect-failure", function()
+        local up = H.upstream{}
+        local back = https_levee(up) -- the TLS upstream: levee's own HTTPS listener
+        local front = H.levee{ config = [[
 return {
-  upstreams = { u = { servers = { "127.0.0.1:2" }, tls = true } },
-  routes = { { name = "r", upstream = "u" } },
-}]], "levee.lua")
-        local code, out = H.run_levee({ "check", cfg })
-        assert.equal(1, code)
-        assert.truthy(out:find("upstreams.u.tls: TLS to upstreams is not available", 1, true), out)
+  listen = { "127.0.0.1:$PORT" }, access_log = false,
+  upstreams = {
+    good = { servers = { "127.0.0.1:]] .. back.ports.PORT2 .. [[" },
+             tls = { sni = "localhost", ca = "]] .. certs .. [[/cert.pem" } },
+    wrong = { servers = { "127.0.0.1:]] .. back.ports.PORT2 .. [[" },
+              tls = { sni = "wrong.example", ca = "]] .. certs .. [[/cert.pem" } },
+    unknown_ca = { servers = { "127.0.0.1:]] .. back.ports.PORT2 .. [[" }, tls = { sni = "localhost" } },
+  },
+  routes = {
+    { name = "wrong", match = { prefix = "/wrong" }, upstream = "wrong" },
+    { name = "unknown", match = { prefix = "/unknown" }, upstream = "unknown_ca" },
+    { name = "good", upstream = "good" },
+  },
+}]] }
+        local c = assert(H.conn(front.port))
+        local data = H.pattern(300000)
+        for i = 1, 10 do
+            c:send(H.build_request(front.port, { method = "POST", path = "/t" .. i, body = data }))
+            local r = assert(c:read_response())
+            assert.equal(200, r.status)
+            local echo = H.json(r.body)
+            assert.equal(#data, echo.body_len)
+            assert.equal(H.fnv1a64(data), echo.body_sha)
+        end
+        -- 10 requests and the stats request over pooled connections: the upstream saw one
+        local st = assert(H.json(assert(H.request(front.port, { path = "/__stats" })).body))
+        assert.equal(1, st.connections)
+        local big = assert(H.request(front.port, { path = "/big", headers = { ["X-Test-Body-Size"] = "4000000" } }))
+        assert.equal(4000000, #big.body)
+        assert.is_true(big.body == H.pattern(4000000), "bytes differ after two TLS hops")
+
+        local bad = assert(H.request(front.port, { path = "/wrong/x" }))
+        local e = H.assert_gw_error(bad, 502, "connect-failure", "wrong")
+        assert.truthy(e.detail:find("hostname mismatch", 1, true), e.detail)
+        local unknown = assert(H.request(front.port, { path = "/unknown/x" }))
+        local e2 = H.assert_gw_error(unknown, 502, "connect-failure", "unknown")
+        assert.truthy(e2.detail:find("certificate verify failed", 1, true), e2.detail)
+        assert.is_nil(up:stats(1).by_path["/wrong/x"])
+        assert.is_nil(up:stats(1).by_path["/unknown/x"])
     end)
 end)
