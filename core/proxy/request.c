@@ -1167,7 +1167,16 @@ static void hook_headers(const struct lv_field *f, uint32_t n, struct lv_hook_he
 static void hook_failed(struct lv_request *r, int which, const struct lv_buf *err)
 {
     r->flags |= LV_ACCESS_HOOK_ERROR;
-    lv_metric_add(r->rs->hook_errors[which], 1);
+    /* Series per kind appear on the first failure of that kind: a route whose hooks never
+     * fail adds no lines to /metrics. */
+    static const char *const hook_names[] = {"classify", "fallback", "key"};
+    enum lv_hook_failure kind = lv_hook_last_failure(r->cfg);
+    struct lv_metric **m = &r->rs->hook_errors[which][kind];
+    if (!*m) {
+        const char *lbl[] = {r->rs->name, hook_names[which], lv_hook_failure_name(kind), NULL};
+        *m = lv_metric_series(r->s->m_hook_errors, lbl);
+    }
+    lv_metric_add(*m, 1);
     /* At most one log line per route per second: a broken hook must not flood the log. */
     uint64_t now = uv_now(r->s->loop);
     if (now - r->rs->hook_log_at >= 1000 || r->rs->hook_log_at == 0) {

@@ -21,7 +21,7 @@ static const char *const L_RESULT[] = {"result", NULL};
 static const char *const L_UPCONN[] = {"upstream", "state", NULL};
 static const char *const L_CODE[] = {"code", NULL};
 static const char *const L_ROUTE_OUTCOME[] = {"route", "outcome", NULL};
-static const char *const L_ROUTE_HOOK[] = {"route", "hook", NULL};
+static const char *const L_ROUTE_HOOK[] = {"route", "hook", "kind", NULL};
 
 /* ---- listeners */
 
@@ -242,11 +242,6 @@ struct lv_route_state *lv_server_route_state(struct lv_server *s, const char *na
     rs->budget_exhausted = lv_metric_series(s->m_budget_exhausted, lv);
     rs->fallbacks = lv_metric_series(s->m_fallbacks, lv);
     rs->breaker_rejected = lv_metric_series(s->m_breaker_rejected, lv);
-    const char *lc[] = {name, "classify", NULL}, *lf[] = {name, "fallback", NULL};
-    rs->hook_errors[0] = lv_metric_series(s->m_hook_errors, lc);
-    rs->hook_errors[1] = lv_metric_series(s->m_hook_errors, lf);
-    const char *lk[] = {name, "key", NULL};
-    rs->hook_errors[2] = lv_metric_series(s->m_hook_errors, lk);
     rs->idem_replays = lv_metric_series(s->m_idem_replays, lv);
     rs->idem_stored = lv_metric_series(s->m_idem_stored, lv);
     rs->idem_conflicts = lv_metric_series(s->m_idem_conflicts, lv);

@@ -19,6 +19,7 @@
 #include "policy/breaker.h"
 #include "policy/budget.h"
 #include "script/config.h"
+#include "script/hooks.h"
 #include "store/idem.h"
 
 struct lv_client;
@@ -39,8 +40,8 @@ struct lv_route_state {
     struct lv_metric *att_by_error[8];
     struct lv_metric *fallbacks;        /* levee_fallbacks_total{route} */
     struct lv_metric *breaker_rejected; /* levee_breaker_rejected_total{route} */
-    struct lv_metric
-        *hook_errors[3]; /* levee_hook_errors_total{route,hook}: classify, fallback, key */
+    /* levee_hook_errors_total{route,hook,kind}: hook classify/fallback/key × kind, lazily */
+    struct lv_metric *hook_errors[3][LV_HOOK_FAILURE_KINDS];
     uint64_t requests, errors;
     uint32_t users; /* requests using this state now */
     bool in_config; /* the configuration in force has a route with this name */

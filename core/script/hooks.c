@@ -25,7 +25,8 @@ struct lv__hookrt {
     lua_State *T;   /* the thread every hook call runs on */
     int mt_attempt; /* registry refs: metatables with the lazy __index */
     int mt_request;
-    struct call *cur; /* the call in progress, NULL between calls */
+    struct call *cur;                  /* the call in progress, NULL between calls */
+    enum lv_hook_failure last_failure; /* why the last failed call failed */
 };
 
 static const char rt_key = 0;
@@ -719,6 +720,7 @@ static int run(lua_State *L, struct lv__hookrt *rt, lua_CFunction main, struct c
     if (rt->cur) {
         lv_buf_printf(err, "%s hook: called while another hook runs", c->what);
         err_end(err);
+        rt->last_failure = LV_HOOK_FAILED_ERROR;
         return -1;
     }
     /* The thread's stack is empty between calls, so these three slots are within the
@@ -750,8 +752,12 @@ static int run(lua_State *L, struct lv__hookrt *rt, lua_CFunction main, struct c
         lv_buf_printf(err, "%s hook returned a bad value: ", c->what);
         err_put(err, c->bad, strlen(c->bad));
         err_end(err);
+        rt->last_failure = LV_HOOK_FAILED_VALUE;
         return -1;
     }
+    rt->last_failure = st == LUA_ERRMEM ? LV_HOOK_FAILED_MEMORY
+                       : c->limit_hit   ? LV_HOOK_FAILED_INSTRUCTIONS
+                                        : LV_HOOK_FAILED_ERROR;
     if (st == LUA_ERRMEM) {
         lv_buf_printf(err, "%s hook: out of memory (a call may use at most %zu MiB)", c->what,
                       LV_HOOK_MAX_MEMORY >> 20);
@@ -776,6 +782,26 @@ static int run(lua_State *L, struct lv__hookrt *rt, lua_CFunction main, struct c
     else
         lua_gc(L, LUA_GCSTEP, 0);
     return -1;
+}
+
+const char *lv_hook_failure_name(enum lv_hook_failure f)
+{
+    switch (f) {
+    case LV_HOOK_FAILED_INSTRUCTIONS:
+        return "instruction-limit";
+    case LV_HOOK_FAILED_MEMORY:
+        return "memory-limit";
+    case LV_HOOK_FAILED_VALUE:
+        return "bad-value";
+    default:
+        return "error";
+    }
+}
+
+enum lv_hook_failure lv_hook_last_failure(struct lv_config *cfg)
+{
+    struct lv__hookrt *rt = cfg && cfg->L ? rt_of(cfg->L) : NULL;
+    return rt ? rt->last_failure : LV_HOOK_FAILED_ERROR;
 }
 
 enum lv_hook_verdict lv_hook_classify(struct lv_config *cfg, int ref,

@@ -81,6 +81,22 @@ enum lv_hook_verdict {
     LV_HOOK_RETRY,
 };
 
+/* Why a hook call failed, for levee_hook_errors_total{kind}. */
+enum lv_hook_failure {
+    LV_HOOK_FAILED_ERROR = 0,    /* raised an error (or could not be called) */
+    LV_HOOK_FAILED_INSTRUCTIONS, /* ran over LV_HOOK_MAX_INSTRUCTIONS */
+    LV_HOOK_FAILED_MEMORY,       /* allocated over LV_HOOK_MAX_MEMORY */
+    LV_HOOK_FAILED_VALUE,        /* returned something the hook's contract does not allow */
+    LV_HOOK_FAILURE_KINDS
+};
+
+/** The metric label of `f`: "error", "instruction-limit", "memory-limit" or "bad-value". */
+const char *lv_hook_failure_name(enum lv_hook_failure f);
+
+/** Why the last hook call on `cfg`'s state that failed (returned its failure) failed. Read it
+ * right after that call: the next failing call overwrites it. */
+enum lv_hook_failure lv_hook_last_failure(struct lv_config *cfg);
+
 /**
  * Runs the classify hook `ref` (a route's classify_ref) of `cfg` on attempt `a` (borrowed for
  * the call). Returns the verdict the hook named. On LV_HOOK_RETRY with a second return value

@@ -313,6 +313,45 @@ T_TEST(test_wrong_returns)
     }
 }
 
+/* Each way a call fails has its kind, for levee_hook_errors_total{kind}. */
+T_TEST(test_failure_kinds)
+{
+    T_CHECK_STR(lv_hook_failure_name(LV_HOOK_FAILED_ERROR), "error");
+    T_CHECK_STR(lv_hook_failure_name(LV_HOOK_FAILED_INSTRUCTIONS), "instruction-limit");
+    T_CHECK_STR(lv_hook_failure_name(LV_HOOK_FAILED_MEMORY), "memory-limit");
+    T_CHECK_STR(lv_hook_failure_name(LV_HOOK_FAILED_VALUE), "bad-value");
+    struct lv_config *c = load(NULL,
+                               "function(a)\n"
+                               "  if a.status == 500 then error('boom') end\n"
+                               "  if a.status == 501 then return 42 end\n"
+                               "  if a.status == 502 then while true do end end\n"
+                               "  if a.status == 503 then return string.rep('x', 64 << 20) end\n"
+                               "  return 'ok'\n"
+                               "end",
+                               NULL);
+    T_CHECK(c != NULL);
+    if (!c)
+        return;
+    const struct {
+        int status;
+        enum lv_hook_failure kind;
+    } cases[] = {{500, LV_HOOK_FAILED_ERROR},
+                 {501, LV_HOOK_FAILED_VALUE},
+                 {502, LV_HOOK_FAILED_INSTRUCTIONS},
+                 {503, LV_HOOK_FAILED_MEMORY},
+                 {500, LV_HOOK_FAILED_ERROR}};
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct lv_hook_attempt a = attempt(cases[i].status, NULL);
+        T_CHECK_INT(run_classify(c, &a, NULL, NULL), LV_HOOK_NONE);
+        T_CHECK(err.len > 0);
+        T_CHECK_INT(lv_hook_last_failure(c), cases[i].kind);
+    }
+    /* a call that works leaves the last failure as it was: read it right after the failure */
+    struct lv_hook_attempt ok = attempt(200, NULL);
+    T_CHECK_INT(run_classify(c, &ok, NULL, NULL), LV_HOOK_OK);
+    lv_config_unpin(c);
+}
+
 T_TEST(test_errors)
 {
     T_CHECK_INT(verdict_of("function(a) error('boom') end"), LV_HOOK_NONE);
@@ -331,6 +370,7 @@ T_TEST(test_errors)
     T_CHECK(err_has("attempt to index a number value"));
     T_CHECK(err_has("traceback: "));
     T_CHECK(err_has("in upvalue 'helper'"));
+    T_CHECK_INT(lv_hook_last_failure(c), LV_HOOK_FAILED_ERROR);
     /* the same state keeps working */
     a = attempt(0, "timeout");
     T_CHECK_INT(run_classify(c, &a, NULL, NULL), LV_HOOK_NONE);
@@ -380,9 +420,10 @@ T_TEST(test_endless_loops)
         T_CHECK_INT(run_classify(c, &a, NULL, NULL), LV_HOOK_NONE);
         double dt = now_s() - t0;
         T_CHECK(dt < 5.0);
-        if (i != 5)
+        if (i != 5) {
             T_CHECK(err_has("instruction limit reached"));
-        else
+            T_CHECK_INT(lv_hook_last_failure(c), LV_HOOK_FAILED_INSTRUCTIONS);
+        } else
             T_CHECK(err.len > 0);
         /* Where the loop was, for the log. */
         if (i == 0)
@@ -433,6 +474,7 @@ T_TEST(test_memory_limit)
         h.value_len = strlen(modes[i]);
         T_CHECK_INT(run_classify(c, &a, NULL, NULL), LV_HOOK_NONE);
         T_CHECK(err_has("out of memory"));
+        T_CHECK_INT(lv_hook_last_failure(c), LV_HOOK_FAILED_MEMORY);
         /* the state still works, and the failed call's garbage is gone */
         h.value = "";
         h.value_len = 0;
@@ -1108,6 +1150,7 @@ int main(void)
     T_RUN(test_attempt_table);
     T_RUN(test_delays);
     T_RUN(test_wrong_returns);
+    T_RUN(test_failure_kinds);
     T_RUN(test_errors);
     T_RUN(test_endless_loops);
     T_RUN(test_memory_limit);

@@ -142,6 +142,9 @@ describe("resilience (retries, budgets, deadlines, hooks, breakers)", function()
                         local t = {}
                         for i = 1, 1e9 do t[i] = ("x"):rep(4096) .. i end
                     end]]) },
+                { name = "cbad", match = { prefix = "/cbad/" }, upstream = "main",
+                    retry = { attempts = 3, on = { "503" }, backoff = quick(), budget = generous },
+                    classify = H.code([[function(a) return { "retry" } end]]) },
                 { name = "brk", match = { prefix = "/brk/" }, upstream = "main", retry = one,
                     breaker = { consecutive_failures = 3, open_for = "500ms", min_requests = 1000 } },
                 { name = "ratio", match = { prefix = "/ratio/" }, upstream = "main", retry = one,
@@ -585,12 +588,13 @@ describe("resilience (retries, budgets, deadlines, hooks, breakers)", function()
         end)
 
         local broken = {
-            { "raises an error", "cerr" },
-            { "loops forever", "cloop" },
-            { "allocates without bound", "cmem" },
+            { "raises an error", "cerr", "error" },
+            { "loops forever", "cloop", "instruction-limit" },
+            { "allocates without bound", "cmem", "memory-limit" },
+            { "returns a value of the wrong type", "cbad", "bad-value" },
         }
         for _, b in ipairs(broken) do
-            local what, route = b[1], b[2]
+            local what, route, kind = b[1], b[2], b[3]
             it("a hook that " .. what .. " counts as no hook: the default rule applies, levee stays up", function()
                 -- retry.on = { "503" }: by default 503 then 200 is retried to the 200
                 local p1 = "/" .. route .. "/a"
@@ -606,7 +610,15 @@ describe("resilience (retries, budgets, deadlines, hooks, breakers)", function()
                 assert_upstream_answer(r2, 503, p2)
                 assert.equal(3, hits(p2))
                 -- one failed hook call per attempt: 2 + 3
-                assert.equal(5, metric("levee_hook_errors_total", { route = route, hook = "classify" }))
+                assert.equal(5, metric("levee_hook_errors_total", { route = route, hook = "classify", kind = kind }))
+                -- and no other kind was counted for this route
+                local others = 0
+                for _, m in ipairs(samples()) do
+                    if m.name == "levee_hook_errors_total" and m.labels.route == route and m.labels.kind ~= kind then
+                        others = others + m.value
+                    end
+                end
+                assert.equal(0, others)
                 lv:wait_log("classify hook", 5 * H.scale, true)
                 assert_serves()
             end)
@@ -771,7 +783,7 @@ describe("resilience (retries, budgets, deadlines, hooks, breakers)", function()
             assert.is_true(has_flag(a, "hook-error"))
             assert.is_false(has_flag(a, "fallback"))
             local s = samples()
-            assert.equal(1, metric("levee_hook_errors_total", { route = "fberr", hook = "fallback" }, s))
+            assert.equal(1, metric("levee_hook_errors_total", { route = "fberr", hook = "fallback", kind = "error" }, s))
             assert.equal(0, metric("levee_fallbacks_total", { route = "fberr" }, s))
             lv:wait_log("fallback hook", 5 * H.scale, true)
             assert_serves()
