@@ -275,11 +275,55 @@ static void log_request(struct lv_request *r)
     lv_buf_dispose(&line);
 }
 
+/* Closes the cout range not yet in cpieces, so a pointer piece can follow it. */
+static void cout_mark(struct lv_request *r)
+{
+    if (r->cout.len > r->cout_marked) {
+        r->cpieces[r->ncpieces++] =
+            (struct lv_cpiece){NULL, r->cout_marked, r->cout.len - r->cout_marked};
+        r->cout_marked = r->cout.len;
+    }
+}
+
+/* Copies the pointer pieces into cout, in order: for output that must outlive this read. */
+static void cout_materialize(struct lv_request *r)
+{
+    if (r->ncpieces == 0)
+        return;
+    cout_mark(r);
+    struct lv_buf all = LV_BUF_INIT;
+    for (unsigned i = 0; i < r->ncpieces; i++) {
+        const struct lv_cpiece *pc = &r->cpieces[i];
+        lv_buf_append(&all, pc->p ? pc->p : r->cout.data + pc->off, pc->len);
+    }
+    lv_buf_dispose(&r->cout);
+    r->cout = all;
+    r->ncpieces = 0;
+    r->cout_marked = 0;
+}
+
 /* Client output made while handling one upstream read goes out in one write. */
 static void flush_client(struct lv_request *r)
 {
-    if (r->idem_op && r->active)
+    if (r->idem_op && r->active) {
+        cout_materialize(r);
         return; /* the last bytes wait for the idempotency store (see finish) */
+    }
+    if (r->ncpieces) {
+        cout_mark(r);
+        uv_buf_t bufs[sizeof(r->cpieces) / sizeof(r->cpieces[0])];
+        for (unsigned i = 0; i < r->ncpieces; i++) {
+            const struct lv_cpiece *pc = &r->cpieces[i];
+            bufs[i] =
+                uv_buf_init((char *)(pc->p ? pc->p : r->cout.data + pc->off), (unsigned)pc->len);
+        }
+        unsigned n = r->ncpieces;
+        r->ncpieces = 0;
+        r->cout_marked = 0;
+        r->cout.len = 0;
+        lv_client_writev(r->c, bufs, n); /* copies only what the socket did not take */
+        return;
+    }
     if (r->cout.len)
         lv_client_write_buf(r->c, &r->cout);
 }
@@ -1578,13 +1622,25 @@ struct resp_sink {
     struct lv_request *r;
 };
 
+/* Pieces at least this long are referenced, not copied (below it a copy is cheaper). */
+#define LV_CPIECE_MIN 2048
+
 static void on_resp_data(void *arg, const char *p, size_t n)
 {
     struct lv_request *r = arg;
     size_t start = r->cout.len;
     if (r->resp_rechunk)
         lv_buf_printf(&r->cout, "%zx\r\n", n);
-    lv_buf_append(&r->cout, p, n);
+    /* By reference only while the bytes outlive the write: not for keyed requests, whose
+     * last bytes may wait for the store after this read returns. */
+    bool by_ref = n >= LV_CPIECE_MIN && !r->idem_lock && r->ncpieces + 3 <= 8;
+    if (by_ref) {
+        cout_mark(r);
+        r->cpieces[r->ncpieces++] = (struct lv_cpiece){p, 0, n};
+        r->bytes_out += n;
+    } else {
+        lv_buf_append(&r->cout, p, n);
+    }
     if (r->resp_rechunk)
         lv_buf_append(&r->cout, "\r\n", 2);
     idem_capture_body(r, p, n);
@@ -1611,6 +1667,8 @@ static bool feed_resp_body(struct lv_request *r, const char *data, size_t n)
     uv_timer_start(&r->try_timer, on_try_timeout, r->route->timeout_ms, 0);
     size_t used = 0;
     int rc = body_feed(r->resp_dec, data, n, &used, on_resp_data, r);
+    if (r->ncpieces)
+        flush_client(r); /* the pieces point into `data`: out before anything else happens */
     if (rc < 0) {
         lv_warn("route %s: upstream %s sent a broken body: %s", r->route->name,
                 r->last_server ? r->last_server->name : "?",
@@ -1662,8 +1720,12 @@ static void on_response_head(struct lv_request *r)
                 r->resp_no_body = true;
                 write_client_head(r, &h);
             }
-            size_t rest = r->rhead.len - r->rhs.head_len;
             lv_buf_consume(&r->rhead, r->rhs.head_len);
+            if (r->after_n) { /* the rest of the read becomes the next head's start */
+                lv_buf_append(&r->rhead, r->after_p, r->after_n);
+                r->after_n = 0;
+            }
+            size_t rest = r->rhead.len;
             lv_headscan_init(&r->rhs, true, MAX_RESP_HEAD, MAX_RESP_HEAD, 1000);
             if (rest == 0)
                 return;
@@ -1698,17 +1760,20 @@ static void on_response_head(struct lv_request *r)
     idem_capture_head(r, &h);
     write_client_head(r, &h);
     r->head_sent = true;
+    /* The bytes after the head: still in the read block, or in rhead. */
+    const char *rest = r->after_n ? r->after_p : r->rhead.data + r->rhs.head_len;
+    size_t nrest = r->after_n ? r->after_n : r->rhead.len - r->rhs.head_len;
+    r->after_n = 0;
     if (r->resp_no_body) {
-        size_t rest = r->rhead.len - r->rhs.head_len;
-        response_complete(r, rest == 0);
+        response_complete(r, nrest == 0);
         return;
     }
     lv_body_init(r->resp_dec, h.body, h.content_length, LV_BODY_UNLIMITED);
     if (h.body == LV_BODY_LENGTH && h.content_length == 0) {
-        response_complete(r, r->rhead.len == r->rhs.head_len);
+        response_complete(r, nrest == 0);
         return;
     }
-    feed_resp_body(r, r->rhead.data + r->rhs.head_len, r->rhead.len - r->rhs.head_len);
+    feed_resp_body(r, rest, nrest);
 }
 
 static void on_up_read(struct lv_upconn *uc, ssize_t nread, const char *data, void *arg)
@@ -1739,8 +1804,22 @@ static void on_up_read(struct lv_upconn *uc, ssize_t nread, const char *data, vo
             attempt_failed(r, LV_OUT_PROTOCOL_ERROR, "response head too large");
             return;
         }
-        lv_buf_append(&r->rhead, data, (size_t)nread);
-        enum lv_headscan_result res = lv_headscan_feed(&r->rhs, r->rhead.data, r->rhead.len);
+        enum lv_headscan_result res;
+        if (r->rhead.len == 0) {
+            /* Usually the whole head is in this read: scan it in place and copy only the head,
+             * so the body after it can go to the client without a copy. */
+            res = lv_headscan_feed(&r->rhs, data, (size_t)nread);
+            if (res == LV_HEADSCAN_DONE) {
+                lv_buf_append(&r->rhead, data, r->rhs.head_len);
+                r->after_p = data + r->rhs.head_len;
+                r->after_n = (size_t)nread - r->rhs.head_len;
+            } else {
+                lv_buf_append(&r->rhead, data, (size_t)nread);
+            }
+        } else {
+            lv_buf_append(&r->rhead, data, (size_t)nread);
+            res = lv_headscan_feed(&r->rhs, r->rhead.data, r->rhead.len);
+        }
         if (res == LV_HEADSCAN_MORE)
             return;
         if (res == LV_HEADSCAN_ERROR) {
@@ -1750,6 +1829,7 @@ static void on_up_read(struct lv_upconn *uc, ssize_t nread, const char *data, vo
             return;
         }
         on_response_head(r);
+        r->after_n = 0;  /* it pointed into this read */
         flush_client(r); /* interim heads */
         return;
     }

@@ -112,6 +112,17 @@ struct lv_request {
     double upstream_ms;
     struct lv_buf out;  /* scratch for building upstream output */
     struct lv_buf cout; /* client output staged during one upstream read, sent in one write */
+    /* Zero-copy body: large body pieces are referenced where they were read (the upstream
+     * read block, or rhead) instead of copied into cout, and go out with cout's bytes in one
+     * writev before the read callback returns. Each piece is a cout range or a pointer. */
+    struct lv_cpiece {
+        const char *p; /* NULL: bytes [off, off + len) of cout */
+        size_t off, len;
+    } cpieces[8];
+    unsigned ncpieces;
+    size_t cout_marked;  /* cout bytes [0, cout_marked) are already in cpieces */
+    const char *after_p; /* bytes read after the head, not copied into rhead */
+    size_t after_n;
 
     /* resilience */
     uint64_t start_ms; /* loop clock, for the deadline and the policy */

@@ -327,6 +327,46 @@ describe("upstream → gateway", function()
             assert.same({}, r10.interim_responses)
         end)
 
+        -- Bodies over 2 KiB go to the client by reference to where they were read (no copy):
+        -- these shapes put a head and large body pieces in one upstream write.
+        it("large bodies read together with their head arrive intact: after 103, chunked, until close", function()
+            local body = H.pattern(6000)
+            local c = assert(H.conn(lv.port))
+            local hinted = "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+                .. "HTTP/1.1 200 OK\r\nContent-Length: 6000\r\n\r\n" .. body
+            c:send(H.build_request(lv.port, { path = "/big/hints", headers = raw(hinted, true) }))
+            assert.equal(103, assert(c:read_response()).status)
+            local r = assert(c:read_response())
+            assert.equal(200, r.status)
+            assert.is_true(r.body == body, "103 + 200: body differs")
+
+            -- chunked, several large chunks in one write: re-framed, bytes unchanged
+            local chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                .. ("%x\r\n"):format(2500) .. body:sub(1, 2500) .. "\r\n"
+                .. ("%x\r\n"):format(3500) .. body:sub(2501) .. "\r\n0\r\n\r\n"
+            c:send(H.build_request(lv.port, { path = "/big/chunked", headers = raw(chunked, true) }))
+            local r2 = assert(c:read_response())
+            assert.equal(200, r2.status)
+            assert.equal("chunked", r2.headers["transfer-encoding"])
+            assert.is_true(r2.body == body, "chunked: body differs")
+
+            -- ended by the upstream's close: chunked to an HTTP/1.1 client ...
+            local eof = "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" .. body
+            c:send(H.build_request(lv.port, { path = "/big/eof", headers = raw(eof) }))
+            local r3 = assert(c:read_response())
+            assert.equal(200, r3.status)
+            assert.equal("chunked", r3.headers["transfer-encoding"])
+            assert.is_true(r3.body == body, "until close: body differs")
+            -- ... and the client connection still works
+            c:send(H.build_request(lv.port, { path = "/big/after" }))
+            assert.equal("/big/after", H.json(assert(c:read_response()).body).target)
+            c:close()
+            -- ... and as is, ended by close, to an HTTP/1.0 client
+            local r4 = get("/big/eof10", raw(eof), { version = "HTTP/1.0" })
+            assert.equal(200, r4.status)
+            assert.is_true(r4.body == body, "HTTP/1.0 until close: body differs")
+        end)
+
         it("R14 extra bytes after a complete response are never served to the next request", function()
             local c = assert(H.conn(lv.port))
             local bytes = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
