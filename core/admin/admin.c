@@ -205,12 +205,12 @@ void lv_admin_status_json(struct lv_server *s, struct lv_buf *b)
                 lv_buf_putc(b, ',');
             lv_buf_puts(b, "{\"name\":");
             json_str(b, sv->name);
-            lv_buf_printf(b,
-                          ",\"addresses\":%d,\"active\":%u,\"idle\":%u,\"inflight\":%u,"
-                          "\"connects\":%llu,\"connect_failures\":%llu}",
-                          sv->naddrs, sv->active, sv->idle, sv->inflight,
-                          (unsigned long long)sv->connects,
-                          (unsigned long long)sv->connect_failures);
+            lv_buf_printf(
+                b,
+                ",\"addresses\":%d,\"active\":%u,\"idle\":%u,\"inflight\":%u,"
+                "\"connects\":%llu,\"connect_failures\":%llu,\"tls_resumed\":%llu}",
+                sv->naddrs, sv->active, sv->idle, sv->inflight, (unsigned long long)sv->connects,
+                (unsigned long long)sv->connect_failures, (unsigned long long)sv->tls_resumed);
         }
         lv_buf_puts(b, "]}");
     }

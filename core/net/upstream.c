@@ -323,6 +323,8 @@ static void connect_done(struct lv_upconn *uc)
     uv_timer_stop(&uc->timer);
     uc->handshaking = false;
     s->connects++;
+    if (uc->tls && lv_tls_resumed(uc->tls))
+        s->tls_resumed++;
     uc->state = LV_UPCONN_BUSY;
     uc->requests = 1;
     uc->reused = false;

@@ -104,6 +104,7 @@ struct lv_upserver {
     uint32_t inflight;          /* requests being served (for least_request) */
     struct lv_upconn idle_head; /* sentinel of the idle LIFO list */
     uint64_t connects, connect_failures;
+    uint64_t tls_resumed; /* connects whose TLS handshake resumed a cached session */
 };
 
 struct lv_upstream {

@@ -408,11 +408,20 @@ end)
 describe("helpers", function()
     after_each(H.cleanup)
 
-    it("free_port gives a port that can be bound", function()
-        local p = H.free_port()
-        assert.is_true(p > 0 and p < 65536)
-        local s = assert(require("socket").bind("127.0.0.1", p))
-        s:close()
+    it("free_port gives a port that can be bound, outside the ephemeral range, once", function()
+        local f = assert(io.open("/proc/sys/net/ipv4/ip_local_port_range"))
+        local eph_lo = tonumber(f:read("a"):match("(%d+)"))
+        f:close()
+        local seen = {}
+        for _ = 1, 50 do
+            local p = H.free_port()
+            assert.is_true(p > 0 and p < 65536)
+            if eph_lo > 12000 then assert.is_true(p < eph_lo, "port " .. p .. " is ephemeral") end
+            assert.is_nil(seen[p], "port " .. p .. " given twice")
+            seen[p] = true
+            local s = assert(require("socket").bind("127.0.0.1", p))
+            s:close()
+        end
     end)
 
     it("read_response frames HEAD, 204 and 304 without a body and keeps what follows", function()

@@ -132,8 +132,12 @@ return {
     wrong = { servers = { "127.0.0.1:]] .. back.ports.PORT2 .. [[" },
               tls = { sni = "wrong.example", ca = "]] .. certs .. [[/cert.pem" } },
     unknown_ca = { servers = { "127.0.0.1:]] .. back.ports.PORT2 .. [[" }, tls = { sni = "localhost" } },
+    fresh = { servers = { "127.0.0.1:]] .. back.ports.PORT2 .. [[" }, pool = { max_idle = 0 },
+              tls = { sni = "localhost", ca = "]] .. certs .. [[/cert.pem" } },
   },
+  admin = "127.0.0.1:$ADMIN",
   routes = {
+    { name = "fresh", match = { prefix = "/fresh" }, upstream = "fresh" },
     { name = "wrong", match = { prefix = "/wrong" }, upstream = "wrong" },
     { name = "unknown", match = { prefix = "/unknown" }, upstream = "unknown_ca" },
     { name = "good", upstream = "good" },
@@ -164,5 +168,20 @@ return {
         assert.truthy(e2.detail:find("certificate verify failed", 1, true), e2.detail)
         assert.is_nil(up:stats(1).by_path["/wrong/x"])
         assert.is_nil(up:stats(1).by_path["/unknown/x"])
+
+        -- No idle pool: every request opens a new TLS connection, and all but the first
+        -- resume the session the back levee gave (no full handshake).
+        for i = 1, 4 do
+            local r = assert(H.request(front.port, { path = "/fresh/" .. i }))
+            assert.equal(200, r.status)
+            assert.equal("/fresh/" .. i, H.json(r.body).target)
+        end
+        local status = H.json(assert(front:admin("/status")).body)
+        local server
+        for _, u in ipairs(status.upstreams) do
+            if u.name == "fresh" then server = u.servers[1] end
+        end
+        assert.equal(4, server.connects)
+        assert.equal(3, server.tls_resumed)
     end)
 end)

@@ -102,7 +102,37 @@ function H.wait_until(fn, timeout, what)
 end
 
 --- A port that was free a moment ago (bound to 0, read, closed).
+-- Ports handed out come from below the kernel's ephemeral range: a port the kernel picked
+-- for bind(0) and we closed can be taken by the next outgoing connection of any process
+-- (specs make thousands) before levee binds it. Within the range left, a random start per
+-- process keeps concurrent spec files apart; a port is given out once per process.
+local port_lo, port_hi
+local given = {}
+local function port_range()
+    if port_lo then return port_lo, port_hi end
+    local f = io.open("/proc/sys/net/ipv4/ip_local_port_range")
+    local eph_lo = f and tonumber((f:read("a") or ""):match("(%d+)")) or 32768
+    if f then f:close() end
+    port_lo, port_hi = 10000, eph_lo - 1
+    if port_hi - port_lo < 2000 then port_lo, port_hi = nil, nil end -- no room: bind(0)
+    return port_lo, port_hi
+end
+
 function H.free_port()
+    local lo, hi = port_range()
+    if lo then
+        for _ = 1, 200 do
+            local p = math.random(lo, hi)
+            if not given[p] then
+                local s = socket.bind(HOST, p)
+                if s then
+                    s:close()
+                    given[p] = true
+                    return p
+                end
+            end
+        end
+    end
     local s = assert(socket.bind(HOST, 0))
     local _, port = s:getsockname()
     s:close()
@@ -416,49 +446,53 @@ function H.levee(opts)
     opts = opts or {}
     local self = setmetatable({}, Levee)
     self.dir = H.tmpdir()
-    self.ports = {}
-    for k, v in pairs(opts.ports or {}) do self.ports[k] = v end
-    self.config_path = self.dir .. "/" .. (opts.filename or "levee.lua")
-    local text
-    if opts.config ~= nil then
-        text = substitute(config_text(opts.config), self.ports, self.dir)
-        write_file(self.config_path, text)
-    end
-    self.config_text = text
-    for name, body in pairs(opts.files or {}) do
-        local path = self.dir .. "/" .. name
-        local sub = path:match("^(.*)/[^/]+$")
-        if sub ~= self.dir then
-            local pid = proc.spawn({ "mkdir", "-p", sub })
-            proc.wait(pid, 5)
+    -- Ports this call picks itself may, rarely, be taken by another process before levee
+    -- binds them: then levee is started again on fresh ports (never with preset ones).
+    local tries = (opts.ports or opts.wait == false) and 1 or 3
+    for try = 1, tries do
+        self.ports = {}
+        for k, v in pairs(opts.ports or {}) do self.ports[k] = v end
+        self.config_path = self.dir .. "/" .. (opts.filename or "levee.lua")
+        local text
+        if opts.config ~= nil then
+            text = substitute(config_text(opts.config), self.ports, self.dir)
+            write_file(self.config_path, text)
         end
-        write_file(path, substitute(body, self.ports, self.dir))
-    end
-    local argv = { opts.bin or env_path("LEVEE_BIN", "the levee binary") }
-    if opts.argv then
-        for _, a in ipairs(opts.argv) do argv[#argv + 1] = substitute(tostring(a), self.ports, self.dir) end
-    else
-        argv[#argv + 1] = "-c"
-        argv[#argv + 1] = self.config_path
-        for _, a in ipairs(opts.args or {}) do argv[#argv + 1] = substitute(tostring(a), self.ports, self.dir) end
-    end
-    self.argv = argv
-    self.port = opts.port or self.ports.PORT or (text and guess_listen_port(text))
-    self.admin_port = opts.admin_port or self.ports.ADMIN
-    if self.port then self.url = "http://" .. HOST .. ":" .. self.port end
-    if self.admin_port then self.admin_url = "http://" .. HOST .. ":" .. self.admin_port end
-    self.stdout_path = self.dir .. "/stdout.log"
-    self.stderr_path = self.dir .. "/stderr.log"
-    self._pid = H.spawn(argv, { stdout = self.stdout_path, stderr = self.stderr_path, env = opts.env,
-        cwd = opts.cwd or self.dir }, "levee")
-    if opts.wait ~= false then
+        self.config_text = text
+        for name, body in pairs(opts.files or {}) do
+            local path = self.dir .. "/" .. name
+            local sub = path:match("^(.*)/[^/]+$")
+            if sub ~= self.dir then
+                local pid = proc.spawn({ "mkdir", "-p", sub })
+                proc.wait(pid, 5)
+            end
+            write_file(path, substitute(body, self.ports, self.dir))
+        end
+        local argv = { opts.bin or env_path("LEVEE_BIN", "the levee binary") }
+        if opts.argv then
+            for _, a in ipairs(opts.argv) do argv[#argv + 1] = substitute(tostring(a), self.ports, self.dir) end
+        else
+            argv[#argv + 1] = "-c"
+            argv[#argv + 1] = self.config_path
+            for _, a in ipairs(opts.args or {}) do argv[#argv + 1] = substitute(tostring(a), self.ports, self.dir) end
+        end
+        self.argv = argv
+        self.port = opts.port or self.ports.PORT or (text and guess_listen_port(text))
+        self.admin_port = opts.admin_port or self.ports.ADMIN
+        if self.port then self.url = "http://" .. HOST .. ":" .. self.port end
+        if self.admin_port then self.admin_url = "http://" .. HOST .. ":" .. self.admin_port end
+        self.stdout_path = self.dir .. "/stdout.log"
+        self.stderr_path = self.dir .. "/stderr.log"
+        self._pid = H.spawn(argv, { stdout = self.stdout_path, stderr = self.stderr_path, env = opts.env,
+            cwd = opts.cwd or self.dir }, "levee")
+        if opts.wait == false then return self end
         local ok, err = pcall(self.wait_ready, self, opts.timeout)
-        if not ok then
-            self:stop("KILL")
-            error(err, 2)
-        end
+        if ok then return self end
+        self:stop("KILL")
+        local raced = next(self.ports) ~= nil and self:log():find("address already in use", 1, true)
+        if try == tries or not raced then error(err, 2) end
+        io.stderr:write("H.levee: a port was taken before levee bound it; starting again\n")
     end
-    return self
 end
 
 --- Waits until the listen port (and admin port, when known) accept TCP connections.
