@@ -145,6 +145,10 @@ void lv_admin_status_json(struct lv_server *s, struct lv_buf *b)
     json_str(b, s->last_reload_result);
     lv_buf_printf(b, ",\"draining\":%s,\"client_connections\":%u", s->draining ? "true" : "false",
                   s->nclients);
+    size_t lua_bytes;
+    unsigned lua_states;
+    lv_config_lua_stats(&lua_bytes, &lua_states);
+    lv_buf_printf(b, ",\"lua\":{\"states\":%u,\"bytes\":%zu}", lua_states, lua_bytes);
     lv_buf_puts(b, ",\"routes\":[");
     for (size_t i = 0; i < cfg->nroutes; i++) {
         const struct lv_route_cfg *r = &cfg->routes[i];

@@ -32,6 +32,17 @@ struct lv__lalloc {
     size_t limit;
 };
 
+/* Every configuration state alive on this thread (= this worker loop) and the bytes they hold,
+ * for /status and the reload leak spec: old generations must give everything back. */
+static _Thread_local size_t lua_bytes_total;
+static _Thread_local unsigned lua_states_live;
+
+void lv_config_lua_stats(size_t *bytes, unsigned *states)
+{
+    *bytes = lua_bytes_total;
+    *states = lua_states_live;
+}
+
 static void *lalloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
     struct lv__lalloc *a = ud;
@@ -39,13 +50,16 @@ static void *lalloc(void *ud, void *ptr, size_t osize, size_t nsize)
     if (nsize == 0) {
         free(ptr);
         a->used -= old;
+        lua_bytes_total -= old;
         return NULL;
     }
     if (nsize > old && a->used - old + nsize > a->limit)
         return NULL;
     void *p = realloc(ptr, nsize);
-    if (p)
+    if (p) {
         a->used = a->used - old + nsize;
+        lua_bytes_total = lua_bytes_total - old + nsize;
+    }
     return p;
 }
 
@@ -68,6 +82,7 @@ static void state_close(lua_State *L)
     lua_getallocf(L, &ud);
     lua_close(L);
     free(ud);
+    lua_states_live--;
 }
 
 static int panic(lua_State *L)
@@ -98,6 +113,7 @@ static lua_State *state_new(const char *lua_dir)
         free(a);
         return NULL;
     }
+    lua_states_live++;
     lua_atpanic(L, panic);
     luaL_openlibs(L);
     lua_getglobal(L, "package");

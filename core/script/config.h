@@ -186,6 +186,10 @@ void lv_config_pin(struct lv_config *c);
 /** Drops one reference; frees the config (and its Lua state) on the last one. */
 void lv_config_unpin(struct lv_config *c);
 
+/** Lua states of configurations alive in this process (the one in force, older generations
+ * still pinned by requests, one being loaded) and the bytes their allocators hold. */
+void lv_config_lua_stats(size_t *bytes, unsigned *states);
+
 struct lv_upstream_cfg *lv_config_upstream(struct lv_config *c, const char *name);
 
 #endif

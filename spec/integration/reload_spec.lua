@@ -714,17 +714,26 @@ describe("reloads under load", function()
         reloads(50) -- warm-up: allocator arenas, metric series, pools
         local fd0 = settled_fds(pid)
         local rss0 = proc.rss_kb(pid)
+        local lua0 = status(lv).lua
         local n = H.sanitized and 200 or 1000
         local t0 = H.now()
         reloads(n)
         local took = H.now() - t0
         local fd1 = settled_fds(pid)
         local rss1 = proc.rss_kb(pid)
+        local lua1 = status(lv).lua
         io.stderr:write(("\n[reload leak] %d reloads after a warm-up of 50 in %.1fs: RSS %d -> %d KiB (%+d), "
-            .. "fds %d -> %d%s\n"):format(n, took, rss0, rss1, rss1 - rss0, fd0, fd1,
+            .. "fds %d -> %d, Lua states %d -> %d, Lua bytes %d -> %d%s\n"):format(n, took, rss0, rss1,
+            rss1 - rss0, fd0, fd1, lua0.states, lua1.states, lua0.bytes, lua1.bytes,
             H.sanitized and " (ASan: RSS not checked)" or ""))
         assert.equal(50 + n + 1, status(lv).generation)
         assert.equal(fd0, fd1)
+        -- every old generation's Lua state is gone: only the one in force is left, holding
+        -- about what the same configuration held before (both ends load cfg(1))
+        assert.equal(1, lua0.states)
+        assert.equal(1, lua1.states)
+        assert.is_true(math.abs(lua1.bytes - lua0.bytes) <= 64 * 1024,
+            ("Lua memory %d -> %d bytes"):format(lua0.bytes, lua1.bytes))
         if not H.sanitized then
             assert.is_true(rss1 - rss0 <= 4096, ("RSS grew by %d KiB over %d reloads"):format(rss1 - rss0, n))
         end
