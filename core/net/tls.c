@@ -579,6 +579,11 @@ static int handshake(struct lv_tls *t, struct lv_buf *net_out)
     }
 }
 
+void lv_tls_collect(void *arg, const char *p, size_t n)
+{
+    lv_buf_append(arg, p, n);
+}
+
 int lv_tls_feed(struct lv_tls *t, const char *cipher, size_t n, lv_tls_plain_cb plain_cb, void *arg,
                 struct lv_buf *net_out)
 {

@@ -62,6 +62,10 @@ void lv_tls_free(struct lv_tls *t);
 /** Receives plaintext from lv_tls_feed; `p` is valid only during the call. */
 typedef void (*lv_tls_plain_cb)(void *arg, const char *p, size_t n);
 
+/** A plain_cb that appends to the struct lv_buf `arg`: collect first, act after lv_tls_feed
+ * returns (acting inside the callback could free the connection under the engine). */
+void lv_tls_collect(void *arg, const char *p, size_t n);
+
 /**
  * Ciphertext read from the network. Advances the handshake; once it completes, sends the
  * plaintext queued by lv_tls_write; decrypted application bytes go to `plain_cb` (possibly

@@ -263,6 +263,12 @@ static void on_connect_timeout(uv_timer_t *t)
     connect_failed(t->data, "connect timeout");
 }
 
+static void arm_connect_timer(struct lv_upconn *uc)
+{
+    uint64_t to = uc->server->up->cfg->connect_timeout_ms;
+    uv_timer_start(&uc->timer, on_connect_timeout, to ? to : 1000, 0);
+}
+
 static void on_connect_error_deferred(uv_timer_t *t)
 {
     struct lv_upconn *uc = t->data;
@@ -309,8 +315,7 @@ static void on_connected(uv_connect_t *req, int status)
             return;
         }
         raw_send(uc);
-        uint64_t to = s->up->cfg->connect_timeout_ms;
-        uv_timer_start(&uc->timer, on_connect_timeout, to ? to : 1000, 0);
+        arm_connect_timer(uc); /* the handshake gets its own connect_timeout */
         return;
     }
     connect_done(uc);
@@ -353,8 +358,7 @@ static void connect_next(struct lv_upconn *uc)
         uv_timer_start(&uc->timer, on_connect_error_deferred, 0, 0);
         return;
     }
-    uint64_t to = s->up->cfg->connect_timeout_ms;
-    uv_timer_start(&uc->timer, on_connect_timeout, to ? to : 1000, 0);
+    arm_connect_timer(uc);
 }
 
 /* ---- idle pool */
@@ -368,11 +372,6 @@ static void on_conn_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 /* A connection reads for its whole life (no epoll churn per request); what it read goes to
  * the owner while BUSY. An idle connection that speaks or closes is unusable: drop it before
  * anyone reuses it. */
-static void tls_collect(void *arg, const char *p, size_t n)
-{
-    lv_buf_append(arg, p, n); /* act only after lv_tls_feed returns */
-}
-
 static void on_write_done(uv_write_t *w, int status)
 {
     free(w);
@@ -413,7 +412,8 @@ static void tls_read(struct lv_upconn *uc, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     uc->tls_in.len = 0;
-    int rc = lv_tls_feed(uc->tls, buf->base, (size_t)nread, tls_collect, &uc->tls_in, &uc->tls_out);
+    int rc =
+        lv_tls_feed(uc->tls, buf->base, (size_t)nread, lv_tls_collect, &uc->tls_in, &uc->tls_out);
     raw_send(uc);
     if (rc < 0) {
         if (uc->handshaking) {
@@ -688,23 +688,27 @@ static void on_reuse_now(uv_timer_t *t)
 
 /* ---- lifecycle */
 
+/* FNV-1a over what decides whether an old pool can serve a new config's upstream. */
+static uint64_t fnv_byte(uint64_t h, uint64_t b)
+{
+    return (h ^ b) * 1099511628211ULL;
+}
+
+static uint64_t fnv_str(uint64_t h, const char *s)
+{
+    for (const char *p = s ? s : ""; *p; p++)
+        h = fnv_byte(h, (unsigned char)*p);
+    return fnv_byte(h, '|');
+}
+
 static uint64_t servers_fingerprint(const struct lv_upstream_cfg *cfg)
 {
-    uint64_t h = 1469598103934665603ULL;
-    for (size_t i = 0; i < cfg->nservers; i++) {
-        for (const char *p = cfg->servers[i].host; *p; p++)
-            h = (h ^ (unsigned char)*p) * 1099511628211ULL;
-        h = (h ^ cfg->servers[i].port) * 1099511628211ULL;
-        h = (h ^ '|') * 1099511628211ULL;
-    }
-    h = (h ^ (uint64_t)cfg->tls) * 1099511628211ULL;
-    h = (h ^ (uint64_t)cfg->tls_verify) * 1099511628211ULL;
-    for (const char *p = cfg->tls_sni ? cfg->tls_sni : ""; *p; p++)
-        h = (h ^ (unsigned char)*p) * 1099511628211ULL;
-    h = (h ^ '|') * 1099511628211ULL;
-    for (const char *p = cfg->tls_ca ? cfg->tls_ca : ""; *p; p++)
-        h = (h ^ (unsigned char)*p) * 1099511628211ULL;
-    return h;
+    uint64_t h = 14695981039346656037ULL;
+    for (size_t i = 0; i < cfg->nservers; i++)
+        h = fnv_byte(fnv_str(h, cfg->servers[i].host), cfg->servers[i].port);
+    h = fnv_byte(h, (uint64_t)cfg->tls);
+    h = fnv_byte(h, (uint64_t)cfg->tls_verify);
+    return fnv_str(fnv_str(h, cfg->tls_sni), cfg->tls_ca);
 }
 
 struct lv_upstream *lv_upstream_create(uv_loop_t *loop, const struct lv_upstream_cfg *cfg)

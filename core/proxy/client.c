@@ -316,11 +316,6 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 
 static void start_timer_for_state(struct lv_client *c);
 
-static void tls_plain(void *arg, const char *p, size_t n)
-{
-    lv_buf_append(arg, p, n); /* only collect: act after lv_tls_feed returns */
-}
-
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
     struct lv_client *c = stream->data;
@@ -354,7 +349,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     if (c->tls) {
-        int rc = lv_tls_feed(c->tls, buf->base, (size_t)nread, tls_plain, &c->in, &c->tls_out);
+        int rc = lv_tls_feed(c->tls, buf->base, (size_t)nread, lv_tls_collect, &c->in, &c->tls_out);
         raw_write_buf(c, &c->tls_out); /* handshake records, alerts */
         if (rc < 0) {
             lv_debug("client %s: TLS: %s", c->peer, lv_tls_error(c->tls));

@@ -311,7 +311,7 @@ static void flush_client(struct lv_request *r)
     }
     if (r->ncpieces) {
         cout_mark(r);
-        uv_buf_t bufs[sizeof(r->cpieces) / sizeof(r->cpieces[0])];
+        uv_buf_t bufs[LV_CPIECES_MAX];
         for (unsigned i = 0; i < r->ncpieces; i++) {
             const struct lv_cpiece *pc = &r->cpieces[i];
             bufs[i] =
@@ -1633,7 +1633,8 @@ static void on_resp_data(void *arg, const char *p, size_t n)
         lv_buf_printf(&r->cout, "%zx\r\n", n);
     /* By reference only while the bytes outlive the write: not for keyed requests, whose
      * last bytes may wait for the store after this read returns. */
-    bool by_ref = n >= LV_CPIECE_MIN && !r->idem_lock && r->ncpieces + 3 <= 8;
+    bool by_ref = n >= LV_CPIECE_MIN && !r->idem_lock &&
+                  r->ncpieces + 3 <= LV_CPIECES_MAX; /* mark, piece, the next mark */
     if (by_ref) {
         cout_mark(r);
         r->cpieces[r->ncpieces++] = (struct lv_cpiece){p, 0, n};
@@ -1761,9 +1762,13 @@ static void on_response_head(struct lv_request *r)
     write_client_head(r, &h);
     r->head_sent = true;
     /* The bytes after the head: still in the read block, or in rhead. */
-    const char *rest = r->after_n ? r->after_p : r->rhead.data + r->rhs.head_len;
-    size_t nrest = r->after_n ? r->after_n : r->rhead.len - r->rhs.head_len;
-    r->after_n = 0;
+    const char *rest = r->rhead.data + r->rhs.head_len;
+    size_t nrest = r->rhead.len - r->rhs.head_len;
+    if (r->after_n) {
+        rest = r->after_p;
+        nrest = r->after_n;
+        r->after_n = 0;
+    }
     if (r->resp_no_body) {
         response_complete(r, nrest == 0);
         return;

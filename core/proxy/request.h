@@ -112,13 +112,14 @@ struct lv_request {
     double upstream_ms;
     struct lv_buf out;  /* scratch for building upstream output */
     struct lv_buf cout; /* client output staged during one upstream read, sent in one write */
+#define LV_CPIECES_MAX 8
     /* Zero-copy body: large body pieces are referenced where they were read (the upstream
      * read block, or rhead) instead of copied into cout, and go out with cout's bytes in one
      * writev before the read callback returns. Each piece is a cout range or a pointer. */
     struct lv_cpiece {
         const char *p; /* NULL: bytes [off, off + len) of cout */
         size_t off, len;
-    } cpieces[8];
+    } cpieces[LV_CPIECES_MAX];
     unsigned ncpieces;
     size_t cout_marked;  /* cout bytes [0, cout_marked) are already in cpieces */
     const char *after_p; /* bytes read after the head, not copied into rhead */
