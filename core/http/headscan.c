@@ -90,7 +90,8 @@ static enum lv_headscan_result check_request_line(struct lv_headscan *s, const u
 {
     const unsigned char *v = d + s->mark;
     size_t vlen = cr - s->mark;
-    if (!(vlen == 8 && memcmp(v, "HTTP/1.", 7) == 0 && (v[7] == '0' || v[7] == '1'))) {
+    /* HTTP/1.x for any digit x: a minor version above 1 is treated as 1.1 (RFC 9110 §2.5). */
+    if (!(vlen == 8 && memcmp(v, "HTTP/1.", 7) == 0 && v[7] >= '0' && v[7] <= '9')) {
         if (vlen == 8 && memcmp(v, "HTTP/", 5) == 0 && v[5] >= '0' && v[5] <= '9' && v[6] == '.' &&
             v[7] >= '0' && v[7] <= '9') {
             if (v[5] == '2' && v[7] == '0')
@@ -220,7 +221,7 @@ enum lv_headscan_result lv_headscan_feed(struct lv_headscan *s, const char *data
                         c == '\n' ? "bare LF in request line" : "malformed request line");
         case S_SVER:
             if (s->idx < 7    ? c == (unsigned char)"HTTP/1."[s->idx]
-                : s->idx == 7 ? (c == '0' || c == '1')
+                : s->idx == 7 ? (c >= '0' && c <= '9')
                               : c == ' ') {
                 i++;
                 if (++s->idx == 9) {

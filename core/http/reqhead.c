@@ -4,13 +4,16 @@
 #include <string.h>
 
 #include "base/method.h"
+#include "http/fields.h"
 
 /* ---- llhttp run shared with resphead ---------------------------------------------------- */
 
-/* Spans arrive in one piece since the whole head is given to one llhttp_execute; appending
- * keeps that an assumption we check rather than rely on. */
+/* Spans arrive in one piece: the head is given to llhttp whole, or in pieces cut only where
+ * no span is open (see feed_plan). Appending keeps that an assumption we check. */
 static int span_add(struct lv_span *s, const char *at, size_t n)
 {
+    if (n == 0)
+        return 0; /* a span resumed at a piece boundary and closed at once */
     if (!s->p) {
         s->p = at;
         s->len = n;
@@ -75,12 +78,80 @@ static const llhttp_settings_t head_settings = {
     .on_headers_complete = on_headers_complete,
 };
 
+/* Pieces of the head as llhttp sees it. */
+struct piece {
+    const char *p;
+    size_t n;
+};
+#define MAX_PIECES 16
+
+/*
+ * Two things RFC 9110/9112 accept that llhttp 8.1's strict mode refuses, smoothed over without
+ * lenient flags by cutting the head into pieces for llhttp (the bytes themselves never change):
+ * - HTTP/1.x with x > 1 is HTTP/1.1 (RFC 9110 §2.5: a recipient treats a higher minor version
+ *   as the highest it supports): the minor digit is given to llhttp as "1".
+ * - Trailing whitespace of a Content-Length or Transfer-Encoding value is OWS, HTAB as much as
+ *   SP: a trailing run that holds an HTAB is left out.
+ * Returns the number of pieces; the last one always ends at the end of the head.
+ */
+static size_t feed_plan(bool response, const char *d, size_t len, struct piece *out)
+{
+    size_t n = 0, from = 0;
+    const char *eol = memchr(d, '\r', len);
+    size_t line_end = eol ? (size_t)(eol - d) : len;
+    size_t minor = 0; /* position of a minor digit to give as "1", or 0 */
+    if (response) {
+        if (len > 8 && memcmp(d, "HTTP/1.", 7) == 0 && d[7] >= '2' && d[7] <= '9')
+            minor = 7;
+    } else if (line_end >= 9 && memcmp(d + line_end - 8, "HTTP/1.", 7) == 0 &&
+               d[line_end - 1] >= '2' && d[line_end - 1] <= '9') {
+        minor = line_end - 1;
+    }
+    if (minor) {
+        out[n++] = (struct piece){d, minor};
+        out[n++] = (struct piece){"1", 1};
+        from = minor + 1;
+    }
+    if (memchr(d + line_end, '\t', len - line_end)) {
+        size_t i = line_end;
+        while (i < len && n + 2 < MAX_PIECES) {
+            const char *lf = memchr(d + i, '\n', len - i);
+            if (!lf)
+                break;
+            size_t ls = (size_t)(lf - d) + 1; /* start of the next line */
+            const char *cr = memchr(d + ls, '\r', len - ls);
+            const char *colon = memchr(d + ls, ':', len - ls);
+            if (!cr || !colon || colon > cr)
+                break;
+            size_t nl = (size_t)(colon - (d + ls)), ce = (size_t)(cr - d);
+            if (lv_field_name_eq(d + ls, nl, "content-length") ||
+                lv_field_name_eq(d + ls, nl, "transfer-encoding")) {
+                size_t ws = ce;
+                bool tab = false;
+                while (ws > ls + nl + 1 && (d[ws - 1] == ' ' || d[ws - 1] == '\t'))
+                    tab |= d[--ws] == '\t';
+                if (tab) {
+                    out[n++] = (struct piece){d + from, ws - from};
+                    from = ce;
+                }
+            }
+            i = ce;
+        }
+    }
+    out[n++] = (struct piece){d + from, len - from};
+    return n;
+}
+
 int lv__llhead_run(struct lv__llhead *c, bool response, const char *data, size_t head_len)
 {
     llhttp_t p;
     llhttp_init(&p, response ? HTTP_RESPONSE : HTTP_REQUEST, &head_settings);
     p.data = c;
-    llhttp_errno_t e = llhttp_execute(&p, data, head_len);
+    struct piece pieces[MAX_PIECES];
+    size_t np = feed_plan(response, data, head_len, pieces);
+    llhttp_errno_t e = HPE_OK;
+    for (size_t i = 0; i < np && e == HPE_OK; i++)
+        e = llhttp_execute(&p, pieces[i].p, pieces[i].n);
     c->major = p.http_major;
     c->minor = p.http_minor;
     c->method = p.method;

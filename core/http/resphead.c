@@ -60,7 +60,7 @@ int lv_resphead_parse(struct lv_resphead *h, const char *data, size_t head_len, 
     if (h->status < 100 || h->status > 599)
         return fail(h, "status code out of range");
 
-    bool te_eof = false;
+    bool te_eof = false, te_other = false;
     if (te) {
         struct lv_te_info ti;
         if (h->minor == 0)
@@ -71,6 +71,7 @@ int lv_resphead_parse(struct lv_resphead *h, const char *data, size_t head_len, 
             return fail(h, "transfer coding not implemented");
         h->chunked = ti.chunked_last;
         te_eof = !ti.chunked_last;
+        te_other = ti.ncodings != 1 || !ti.chunked_last;
     }
     if (((c.flags & F_CHUNKED) != 0) != h->chunked ||
         ((c.flags & F_CONTENT_LENGTH) != 0) != h->has_content_length ||
@@ -99,6 +100,10 @@ int lv_resphead_parse(struct lv_resphead *h, const char *data, size_t head_len, 
             h->reusable = false;
         return 0;
     }
+    /* We never send TE, so a transfer coding other than chunked (gzip, identity...) on a body
+     * breaks the protocol; passing it on would hand the client bytes it cannot decode. */
+    if (te_other)
+        return fail(h, "unrequested transfer coding in response");
     if (h->chunked) {
         h->body = LV_BODY_CHUNKED;
         h->reusable = h->keep_alive;

@@ -549,7 +549,7 @@ void lv_client_accept(struct lv_server *s, uv_stream_t *ls, struct lv_tls_ctx *t
     c->tcp.data = c;
     c->timer.data = c;
     lv_request_init(&c->rq, c);
-    c->open_handles = 4; /* tcp, timer, and the request slot's two timers */
+    c->open_handles = 5; /* tcp, timer, and the request slot's three timers */
     list_add(s, c);
     if (uv_accept(ls, (uv_stream_t *)&c->tcp) != 0) {
         client_close(c, false);

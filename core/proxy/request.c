@@ -41,6 +41,7 @@ static void attempt_start(struct lv_request *r);
 static void attempt_failed(struct lv_request *r, enum lv_outcome_kind kind, const char *detail);
 static void finish(struct lv_request *r);
 static void pump_body(struct lv_request *r);
+static void buffering_check(struct lv_request *r);
 static void hook_failed(struct lv_request *r, int which, const struct lv_buf *err);
 static void on_up_read(struct lv_upconn *uc, ssize_t nread, const char *data, void *arg);
 
@@ -84,6 +85,7 @@ static int body_feed(struct lv_body *b, const char *data, size_t len, size_t *us
 
 static void on_deadline(uv_timer_t *t);
 static void on_try_timeout(uv_timer_t *t);
+static void on_body_timer(uv_timer_t *t);
 
 void lv_request_init(struct lv_request *r, struct lv_client *c)
 {
@@ -92,8 +94,10 @@ void lv_request_init(struct lv_request *r, struct lv_client *c)
     r->s = c->server;
     uv_timer_init(c->server->loop, &r->deadline_timer);
     uv_timer_init(c->server->loop, &r->try_timer);
+    uv_timer_init(c->server->loop, &r->body_timer);
     r->deadline_timer.data = c;
     r->try_timer.data = c;
+    r->body_timer.data = c;
     r->body_dec = lv_xcalloc(1, sizeof(struct lv_body));
     r->resp_dec = lv_xcalloc(1, sizeof(struct lv_body));
 }
@@ -102,6 +106,7 @@ int lv_request_dispose(struct lv_request *r, uv_close_cb close_cb)
 {
     uv_close((uv_handle_t *)&r->deadline_timer, close_cb);
     uv_close((uv_handle_t *)&r->try_timer, close_cb);
+    uv_close((uv_handle_t *)&r->body_timer, close_cb);
     lv_buf_dispose(&r->target);
     lv_buf_dispose(&r->host);
     lv_buf_dispose(&r->fwd);
@@ -116,7 +121,7 @@ int lv_request_dispose(struct lv_request *r, uv_close_cb close_cb)
     free(r->body_dec);
     free(r->resp_dec);
     r->body_dec = r->resp_dec = NULL;
-    return 2;
+    return 3;
 }
 
 /* ---- upstream writes */
@@ -349,6 +354,7 @@ static void request_end(struct lv_request *r, bool close_client)
     r->active = false;
     uv_timer_stop(&r->deadline_timer);
     uv_timer_stop(&r->try_timer);
+    uv_timer_stop(&r->body_timer);
     log_request(r);
     if (r->up) { /* after the log: its tries name the upstream's servers */
         lv_server_upstream_unuse(r->s, r->up);
@@ -427,6 +433,7 @@ void lv_request_client_gone(struct lv_request *r)
     release_upstream(r, false);
     r->active = false;
     uv_timer_stop(&r->deadline_timer);
+    uv_timer_stop(&r->body_timer);
     log_request(r);
     if (r->up) {
         lv_server_upstream_unuse(r->s, r->up);
@@ -500,10 +507,15 @@ static void build_forward_head(struct lv_request *r, const struct lv_reqhead *h)
         lv_buf_append(b, f->value.p, f->value.len);
         lv_buf_puts(b, "\r\n");
     }
+    /* HTTP/1.1 requires Host. An HTTP/1.0 request may come without one (and so matched no
+     * route with match.host): it gets the authority of the server each attempt goes to. */
+    r->add_server_host = false;
     if (!have_host && r->host.len) {
         lv_buf_puts(b, "Host: ");
         lv_buf_append(b, r->host.data, r->host.len);
         lv_buf_puts(b, "\r\n");
+    } else if (!have_host) {
+        r->add_server_host = true;
     }
     lv_buf_puts(b, "X-Forwarded-For: ");
     if (xff.len) {
@@ -594,6 +606,7 @@ static void idem_replay(struct lv_request *r, const struct lv_idem_response *st)
 }
 
 static void idem_lookup(struct lv_request *r);
+static void start_deadline(struct lv_request *r);
 
 static void on_idem_waited(bool changed, void *arg)
 {
@@ -612,7 +625,7 @@ static void on_idem_waited(bool changed, void *arg)
 
 static uint64_t time_left_ms(struct lv_request *r)
 {
-    uint64_t now = uv_now(r->s->loop), end = r->start_ms + r->route->timeout_ms;
+    uint64_t now = uv_now(r->s->loop), end = r->deadline_at_ms;
     return end > now ? end - now : 1;
 }
 
@@ -679,6 +692,7 @@ static void idem_lookup(struct lv_request *r)
 {
     uint8_t fp[LV_IDEM_FP_LEN];
     const char *m = lv_method_name(r->method);
+    start_deadline(r);
     lv_idem_fingerprint(m, strlen(m), r->target.data, r->target.len, r->replay.data, r->replay.len,
                         fp);
     r->idem_state = IDEM_LOOKUP;
@@ -953,6 +967,8 @@ void lv_request_begin(struct lv_client *c, size_t head_len)
     r->error_token = NULL;
     r->upstream_paused = false;
     r->start_ms = uv_now(s->loop);
+    r->deadline_started = false;
+    r->deadline_at_ms = r->start_ms;
     r->probe = false;
     r->in_backoff = false;
     r->prev_delay_ms = 0;
@@ -1029,15 +1045,31 @@ void lv_request_begin(struct lv_client *c, size_t head_len)
         static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
         lv_client_write(c, cont, sizeof(cont) - 1);
     }
-    uv_timer_start(&r->deadline_timer, on_deadline, r->route->timeout_ms, 0);
-    if (r->idem_state == IDEM_NONE)
+    /* Request buffering: a body up to request_buffer is received before an upstream connection
+     * is taken, so a slow client holds no upstream capacity (README, "Request buffering"). */
+    r->buffering = r->body_kind && r->route->request_buffer > 0 && r->idem_state == IDEM_NONE;
+    r->body_held = false;
+    r->body_mark = 0;
+    if (r->body_kind)
+        uv_timer_start(&r->body_timer, on_body_timer, s->cfg->limits.body_timeout_ms, 0);
+    if (r->idem_state == IDEM_NONE && !r->buffering)
         attempt_start(r);
     /* A keyed request first reads its whole body (pump_body asks the store when it is in). */
     if (r->active)
         pump_body(r);
+    if (r->active)
+        buffering_check(r);
 }
 
 /* ---- request body */
+
+/* Body bytes held before a connection is taken and kept for replay: the larger of the replay
+ * buffer and the request buffer (a body held whole can always be sent again). */
+static size_t hold_cap(const struct lv_request *r)
+{
+    size_t b = r->route->retry.buffer, q = r->route->request_buffer;
+    return q > b ? q : b;
+}
 
 struct body_sink {
     struct lv_request *r;
@@ -1052,7 +1084,7 @@ static void on_body_data(void *arg, const char *p, size_t n)
     r->body_in += n;
     r->bytes_in += n;
     if (r->replay_valid) {
-        if (r->replay.len + n <= r->route->retry.buffer)
+        if (r->replay.len + n <= hold_cap(r))
             lv_buf_append(&r->replay, p, n);
         else
             r->replay_valid = false;
@@ -1107,7 +1139,7 @@ static void pump_body(struct lv_request *r)
             /* Not connected yet: only take what the replay buffer can hold. */
             if (!r->replay_valid)
                 break;
-            size_t room = r->route->retry.buffer - r->replay.len;
+            size_t room = hold_cap(r) - r->replay.len;
             if (room == 0) {
                 if (r->idem_state == IDEM_WAIT_BODY && !r->body_done) {
                     r->resp_close = true;
@@ -1154,6 +1186,8 @@ static void pump_body(struct lv_request *r)
         if (used == 0)
             break;
     }
+    if (c->in.len > 0)
+        r->body_held = true; /* we are the bottleneck in this rate window, not the client */
     lv_client_input_consumed(c);
     if (r->body_done && connected)
         send_body_end(r);
@@ -1165,6 +1199,61 @@ void lv_request_client_data(struct lv_request *r)
 {
     if (r->active)
         pump_body(r);
+    if (r->active)
+        buffering_check(r);
+}
+
+/* Buffering ends when the body is all in, or request_buffer bytes are (the rest streams). */
+static void buffering_check(struct lv_request *r)
+{
+    if (!r->buffering)
+        return;
+    if (r->body_done || !r->replay_valid || r->replay.len >= r->route->request_buffer) {
+        r->buffering = false;
+        attempt_start(r);
+    }
+}
+
+/* The client's body is too slow: 408 when no response byte went out yet, else a broken
+ * response. The connection closes either way (the rest of the body is unread). */
+static void body_too_slow(struct lv_request *r, const char *detail)
+{
+    lv_debug("client %s: %s", r->c->peer, detail);
+    r->resp_close = true;
+    if (!r->head_sent) {
+        release_upstream(r, false);
+        send_error(r, LV_GWERR_REQUEST_TIMEOUT, detail, -1);
+        request_end(r, true);
+    } else {
+        abort_client(r, 0);
+    }
+}
+
+/*
+ * limits.body_timeout and limits.body_rate. While the body is being buffered (or read whole
+ * for an idempotency key) it must all arrive within body_timeout. Once it streams, each
+ * window of body_timeout must bring at least body_rate bytes per second (at least one byte),
+ * except a window in which we left client bytes unread: then the upstream or our own wait
+ * for a connection was the bottleneck, not the client.
+ */
+static void on_body_timer(uv_timer_t *t)
+{
+    struct lv_request *r = container_of(t, struct lv_request, body_timer);
+    if (!r->active || r->body_done)
+        return;
+    const struct lv_limits_cfg *lim = &r->cfg->limits;
+    if (r->buffering || r->idem_state == IDEM_WAIT_BODY) {
+        body_too_slow(r, "request body not received within limits.body_timeout");
+        return;
+    }
+    uint64_t need = (uint64_t)lim->body_rate * lim->body_timeout_ms / 1000;
+    if (!r->body_held && r->c->in.len == 0 && r->body_in - r->body_mark < (need ? need : 1)) {
+        body_too_slow(r, "request body slower than limits.body_rate");
+        return;
+    }
+    r->body_held = false;
+    r->body_mark = r->body_in;
+    uv_timer_start(&r->body_timer, on_body_timer, lim->body_timeout_ms, 0);
 }
 
 /* ---- attempts */
@@ -1336,7 +1425,7 @@ static bool next_attempt(struct lv_request *r, struct lv_outcome o, const struct
         .attempts_made = (uint32_t)r->attempt,
         .max_attempts = rc->attempts,
         .now_ms = now,
-        .deadline_ms = r->start_ms + r->route->timeout_ms,
+        .deadline_ms = r->deadline_at_ms,
         .delay_ms = delay,
         .delay_from_server = from_server,
         .min_try_ms = try_ms && try_ms < 10 ? try_ms : 10,
@@ -1436,7 +1525,7 @@ static void attempt_failed(struct lv_request *r, enum lv_outcome_kind kind, cons
         start_backoff(r);
         return;
     }
-    if (kind == LV_OUT_TIMEOUT && uv_now(r->s->loop) - r->start_ms >= r->route->timeout_ms) {
+    if (kind == LV_OUT_TIMEOUT && uv_now(r->s->loop) >= r->deadline_at_ms) {
         r->flags |= LV_ACCESS_DEADLINE_EXCEEDED;
         send_error(r, LV_GWERR_DEADLINE_EXCEEDED, NULL, -1);
     } else {
@@ -1477,8 +1566,12 @@ static void on_acquired(enum lv_acquire_error err, struct lv_upconn *uc, const c
     r->resp_started = false;
     r->up_reusable = false;
     /* Head, attempt number, then the buffered body. */
-    char attempt_hdr[48];
-    int n = snprintf(attempt_hdr, sizeof(attempt_hdr), "Levee-Attempt: %d\r\n\r\n", r->attempt);
+    char attempt_hdr[160]; /* the server name is at most 79 bytes */
+    int n =
+        r->add_server_host
+            ? snprintf(attempt_hdr, sizeof(attempt_hdr), "Host: %s\r\nLevee-Attempt: %d\r\n\r\n",
+                       uc->server->name, r->attempt)
+            : snprintf(attempt_hdr, sizeof(attempt_hdr), "Levee-Attempt: %d\r\n\r\n", r->attempt);
     uv_buf_t b[3];
     unsigned nb = 0;
     b[nb++] = uv_buf_init(r->fwd.data, (unsigned)r->fwd.len);
@@ -1505,16 +1598,28 @@ static void on_acquired(enum lv_acquire_error err, struct lv_upconn *uc, const c
     }
     lv_upconn_read_start(uc, on_up_read, r);
     uint64_t try_to = r->route->try_timeout_ms;
-    uint64_t elapsed = (uv_hrtime() - r->start_ns) / 1000000;
-    uint64_t left = r->route->timeout_ms > elapsed ? r->route->timeout_ms - elapsed : 1;
+    uint64_t now = uv_now(r->s->loop);
+    uint64_t left = r->deadline_at_ms > now ? r->deadline_at_ms - now : 1;
     if (!try_to || try_to > left)
         try_to = left;
     uv_timer_start(&r->try_timer, on_try_timeout, try_to, 0);
     pump_body(r);
 }
 
+/* The route timeout counts from the first attempt (or idempotency lookup): time spent
+ * receiving a buffered body is bounded by limits.body_timeout instead. */
+static void start_deadline(struct lv_request *r)
+{
+    if (r->deadline_started)
+        return;
+    r->deadline_started = true;
+    r->deadline_at_ms = uv_now(r->s->loop) + r->route->timeout_ms;
+    uv_timer_start(&r->deadline_timer, on_deadline, r->route->timeout_ms, 0);
+}
+
 static void attempt_start(struct lv_request *r)
 {
+    start_deadline(r);
     r->attempt++;
     r->attempt_start_ns = uv_hrtime();
     r->head_written = false;

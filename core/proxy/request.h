@@ -67,6 +67,7 @@ struct lv_request {
 
     /* the head we forward (without Levee-Attempt and the final CRLF) */
     struct lv_buf fwd;
+    bool add_server_host; /* no Host to forward: each attempt names its server's authority */
 
     /* request body */
     int body_kind; /* 0 none, 1 content-length, 2 chunked */
@@ -76,8 +77,12 @@ struct lv_request {
     bool body_done;
     struct lv_buf replay;
     bool replay_valid;
-    bool body_sent_any;   /* body bytes reached the current attempt */
-    bool body_final_sent; /* the last chunk (or last byte) went to the current attempt */
+    bool body_sent_any;    /* body bytes reached the current attempt */
+    bool body_final_sent;  /* the last chunk (or last byte) went to the current attempt */
+    bool buffering;        /* receiving the body before taking an upstream connection */
+    bool body_held;        /* we left client bytes unread in this window (our backpressure) */
+    uint64_t body_mark;    /* body_in at the start of the current rate window */
+    uv_timer_t body_timer; /* limits.body_timeout / limits.body_rate while the body arrives */
 
     /* attempts */
     int attempt;
@@ -126,7 +131,9 @@ struct lv_request {
     size_t after_n;
 
     /* resilience */
-    uint64_t start_ms; /* loop clock, for the deadline and the policy */
+    uint64_t start_ms;       /* loop clock, when the head was complete */
+    uint64_t deadline_at_ms; /* loop clock; the route timeout counts from the first attempt */
+    bool deadline_started;
     uint64_t rng;
     uint64_t prev_delay_ms; /* last backoff planned (decorrelated jitter) */
     double backoff_ms;      /* total slept in backoff */

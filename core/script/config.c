@@ -345,6 +345,8 @@ static void walk_limits(lua_State *L, struct walk *w, int t, struct lv_limits_cf
     l->header_timeout_ms = w_uint(L, w, t, "header_timeout_ms");
     l->idle_timeout_ms = w_uint(L, w, t, "idle_timeout_ms");
     l->send_timeout_ms = w_uint(L, w, t, "send_timeout_ms");
+    l->body_timeout_ms = w_uint(L, w, t, "body_timeout_ms");
+    l->body_rate = w_uint(L, w, t, "body_rate");
     l->max_connections = w_u32(L, w, t, "max_connections");
 }
 
@@ -479,6 +481,7 @@ static void walk_route(lua_State *L, struct walk *w, int t, struct lv_route_cfg 
         luaL_error(L, "internal: route '%s' names an unknown upstream", r->name);
     r->timeout_ms = w_uint(L, w, t, "timeout_ms");
     r->try_timeout_ms = w_uint(L, w, t, "try_timeout_ms");
+    r->request_buffer = w_uint(L, w, t, "request_buffer");
     int st = w_table(L, w, t, "retry", false);
     walk_retry(L, w, st, &r->retry);
     lua_pop(L, 1);

@@ -40,6 +40,8 @@ struct lv_limits_cfg {
     uint64_t header_timeout_ms; /* default 10 s -> 408 */
     uint64_t idle_timeout_ms;   /* keep-alive idle, default 60 s */
     uint64_t send_timeout_ms;   /* a client that reads nothing this long is closed, default 60 s */
+    uint64_t body_timeout_ms;   /* a buffered body must arrive within it; the rate window; 10 s */
+    size_t body_rate;           /* bytes/s a streamed body must average per window, default 1 KiB */
     uint32_t max_connections;   /* default 10000 */
 };
 
@@ -134,6 +136,7 @@ struct lv_route_cfg {
     struct lv_upstream_cfg *upstream; /* points into lv_config.upstreams */
     uint64_t timeout_ms;              /* whole request deadline, default 15 s */
     uint64_t try_timeout_ms;          /* one attempt until response head, default = timeout */
+    size_t request_buffer; /* body bytes received before connecting; 0 = stream; default buffer */
     struct lv_retry_cfg retry;
     struct lv_breaker_cfg breaker;
     struct lv_idem_cfg idempotency;

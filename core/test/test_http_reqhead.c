@@ -125,7 +125,7 @@ T_TEST(framing_rows_1_to_6)
                                 "1 0",
                                 "1_0",
                                 "",
-                                "\t5\t",
+                                "5\t,5",
                                 "18446744073709551616",
                                 "9007199254740993"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -136,6 +136,17 @@ T_TEST(framing_rows_1_to_6)
         if (st != 400)
             fprintf(stderr, "CL \"%s\" -> %d\n", bad[i], st);
         T_CHECK_INT(st, 400);
+    }
+    /* OWS around the value is SP or HTAB alike (RFC 9110 §5.6.3). */
+    static const char *ows[] = {"\t5\t", "5\t", "5 \t ", " 5\t\t", "5\t "};
+    for (size_t i = 0; i < sizeof(ows) / sizeof(ows[0]); i++) {
+        char req[128];
+        int n =
+            snprintf(req, sizeof(req),
+                     "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: %s\r\nX: y\t\r\n\r\n", ows[i]);
+        T_CHECK_INT(parse_n(req, (size_t)n, NF), 0);
+        T_CHECK_INT(h.content_length, 5);
+        T_CHECK_INT(h.nfields, 3);
     }
     T_CHECK_INT(PARSE("POST / HTTP/1.1\r\n" H "Content-Length: 005\r\n\r\n"), 0);
     T_CHECK(h.has_content_length);
@@ -154,6 +165,9 @@ T_TEST(transfer_encoding_rows_8_to_13)
         {"chunked", 0},
         {"\tchunked", 0},
         {"chunked ", 0},
+        {"chunked\t", 0},
+        {"chunked \t", 0},
+        {"\tchunked\t", 0},
         {"Chunked", 0},
         {"identity", 400},
         {"xchunked", 400},
@@ -204,7 +218,13 @@ T_TEST(prevalidator_rows_24_26_31_33_36)
     T_CHECK_INT(PARSE("GET good.example:80 HTTP/1.1\r\n" H "\r\n"), 400);
     T_CHECK_INT(PARSE("GET * HTTP/1.1\r\n" H "\r\n"), 400);
     T_CHECK_INT(PARSE("GET / HTTP/2.0\r\n" H "\r\n"), 505);
-    T_CHECK_INT(PARSE("GET / HTTP/1.2\r\n" H "\r\n"), 505);
+    /* A higher minor version is treated as HTTP/1.1 (RFC 9110 §2.5). */
+    T_CHECK_INT(PARSE("GET / HTTP/1.2\r\n" H "\r\n"), 0);
+    T_CHECK_INT(h.minor, 1);
+    T_CHECK(h.keep_alive);
+    T_CHECK_INT(PARSE("GET / HTTP/1.9\r\n" H "Content-Length: 0\t\r\n\r\n"), 0);
+    T_CHECK_INT(h.minor, 1);
+    T_CHECK_INT(PARSE("GET / HTTP/1.2\r\n\r\n"), 400); /* 1.1 rules: Host is required */
     T_CHECK_INT(PARSE("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), 505);
     T_CHECK_INT(PARSE("PRI / HTTP/1.1\r\n" H "\r\n"), 505);
 }

@@ -604,7 +604,8 @@ end
 
 local function limits(cx, v, path)
     local t = cx:record(v, path, { "header_size", "request_line", "header_count", "body_size",
-        "header_timeout", "idle_timeout", "send_timeout", "max_connections" })
+        "header_timeout", "idle_timeout", "send_timeout", "max_connections", "body_timeout",
+        "body_rate" })
     local function p(k)
         return join(path, k)
     end
@@ -620,6 +621,9 @@ local function limits(cx, v, path)
             { default = 60 * SECOND, gt = 0 }),
         send_timeout_ms = cx:duration(t.send_timeout, p("send_timeout"),
             { default = 60 * SECOND, gt = 0 }),
+        body_timeout_ms = cx:duration(t.body_timeout, p("body_timeout"),
+            { default = 10 * SECOND, gt = 0 }),
+        body_rate = cx:size(t.body_rate, p("body_rate"), { default = 1 * KiB, max = 1 * GiB }),
         max_connections = cx:integer(t.max_connections, p("max_connections"),
             { default = 10000, min = 1 }),
     }
@@ -939,7 +943,7 @@ local function route(cx, v, path, by_name, names)
         return nil
     end
     local t = cx:record(v, path, { "name", "match", "upstream", "timeout", "try_timeout", "retry",
-        "breaker", "idempotency", "classify", "fallback" })
+        "breaker", "idempotency", "classify", "fallback", "request_buffer" })
     local function p(k)
         return join(path, k)
     end
@@ -979,6 +983,14 @@ local function route(cx, v, path, by_name, names)
             .. ") must not be more than timeout (" .. fmt_ms(r.timeout_ms) .. ")")
     end
     r.retry = retry(cx, t.retry, p("retry"))
+    -- Request buffering: a body up to this size is received before an upstream connection is
+    -- taken (false: stream at once, as before). The default is the replay buffer.
+    if t.request_buffer == false then
+        r.request_buffer = 0
+    else
+        r.request_buffer = cx:size(t.request_buffer, p("request_buffer"),
+            { default = r.retry.buffer, max = 1 * GiB })
+    end
     r.breaker = breaker(cx, t.breaker, p("breaker"))
     r.idempotency = idempotency(cx, t.idempotency, p("idempotency"))
     r.classify = cx:func(t.classify, p("classify"))

@@ -114,7 +114,18 @@ local ROWS = {
     { "4 CL '1 0'", post("/r4e", "Content-Length: 1 0\r\n\r\nabcde"), 400, true },
     { "4 CL 1_0", post("/r4f", "Content-Length: 1_0\r\n\r\nabcde"), 400, true },
     { "4 CL empty", post("/r4g", "Content-Length: \r\n\r\nabcde"), 400, true },
-    { "4 CL TAB 5 TAB", post("/r4h", "Content-Length:\t5\t\r\n\r\nabcde"), 400, true },
+    { "4 CL '5,5' with HTAB", post("/r4h", "Content-Length: 5\t,5\r\n\r\nabcde"), 400, true },
+    -- HTAB is OWS as much as SP, on either side of a framing value
+    { "4 CL TAB 5 TAB (OWS)", post("/r4i", "Content-Length:\t5\t\r\n\r\nabcde"), 200, false,
+        forwarded = true, check = function(e)
+            assert.equal("/r4i", e.target)
+            assert_canonical_framing(e, "length", 5)
+        end },
+    { "13 TE chunked TAB (OWS)", post("/r13t", "Transfer-Encoding: chunked\t\r\n\r\n5\r\nabcde\r\n0\r\n\r\n"),
+        200, false, forwarded = true, check = function(e)
+            assert.equal("/r13t", e.target)
+            assert_canonical_framing(e, "chunked", 5)
+        end },
     -- 5: overflow
     { "5 CL overflow", post("/r5", "Content-Length: 18446744073709551616\r\n\r\nabcde"), 400, true },
     -- 6: leading zeros, accepted and forwarded as Content-Length: 5
@@ -238,7 +249,12 @@ local ROWS = {
     { "35 unknown method GETX (501)", "GETX /r35c HTTP/1.1\r\nHost: a\r\n\r\n", 501, nil },
     { "35 method not a token (400)", "G(T /r35d HTTP/1.1\r\nHost: a\r\n\r\n", 400, true },
     -- 36: versions
-    { "36 HTTP/1.2 (505)", "GET /r36a HTTP/1.2\r\nHost: a\r\n\r\n", 505, true },
+    { "36 HTTP/1.2 is HTTP/1.1", "GET /r36a HTTP/1.2\r\nHost: a\r\n\r\n", 200, false,
+        forwarded = true, check = function(e)
+            assert.equal("/r36a", e.target)
+            assert.equal("HTTP/1.1", e.version)
+        end },
+    { "36 HTTP/3.0 (505)", "GET /r36f HTTP/3.0\r\nHost: a\r\n\r\n", 505, true },
     { "36 HTTP/1.10 (400)", "GET /r36b HTTP/1.10\r\nHost: a\r\n\r\n", 400, true },
     { "36 HTTP/2.0 (505)", "GET /r36c HTTP/2.0\r\nHost: a\r\n\r\n", 505, true },
     { "36 lower-case http/1.1 (400)", "GET /r36d http/1.1\r\nHost: a\r\n\r\n", 400, true },

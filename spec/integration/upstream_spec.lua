@@ -187,6 +187,11 @@ describe("upstream → gateway", function()
             { "R9 unrequested 101",
                 "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nraw-bytes" },
             { "header line without a colon", "HTTP/1.1 200 OK\r\nNoColon\r\nContent-Length: 2\r\n\r\nok" },
+            -- we never send TE: gzip bytes under our chunked framing would reach the client raw
+            { "R4 unrequested Transfer-Encoding: gzip",
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n\x1f\x8b\x08\x00gz" },
+            { "R4 Transfer-Encoding: chunked, gzip",
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n2\r\nok\r\n0\r\n\r\n" },
         }
 
         for _, v in ipairs(vectors) do
@@ -428,13 +433,19 @@ describe("upstream → gateway", function()
             assert.is_true(r10.body == body)
         end)
 
-        it("R4 Transfer-Encoding without chunked: read to close and re-framed", function()
-            local r = get("/te-gzip", raw("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nabcdef", false))
+        it("HTTP/1.2 status line and trailing HTAB in framing values are HTTP/1.1 and OWS", function()
+            local warm = H.json(get("/warm12").body)
+            local r = get("/v12", raw("HTTP/1.2 200 OK\r\nContent-Length: 6\t\r\nX-Ok: 1\r\n\r\nabcdef", true))
             assert.equal(200, r.status)
-            assert.is_true(r.chunked)
-            assert.equal("chunked", r.headers["transfer-encoding"])
-            assert.is_nil(r.headers["content-length"])
             assert.equal("abcdef", r.body)
+            assert.equal("6", r.headers["content-length"])
+            assert.equal("1", r.headers["x-ok"])
+            local c = get("/v12c", raw("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\t\r\n\r\n"
+                .. "3\r\nabc\r\n0\r\n\r\n", true))
+            assert.equal(200, c.status)
+            assert.equal("abc", c.body)
+            -- both were framed exactly, so the connection went back to the pool
+            assert.equal(warm.conn, H.json(get("/after12").body).conn)
             assert_serves()
         end)
 

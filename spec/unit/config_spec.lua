@@ -166,7 +166,8 @@ return {
         assert.are.same({ host = "127.0.0.1", port = 9901 }, c.admin)
         assert.are.same({ header_size = 16384, request_line = 8192, header_count = 100,
             body_size = 1000, header_timeout_ms = 2500, idle_timeout_ms = 60000,
-            send_timeout_ms = 60000, max_connections = 10000 }, c.limits)
+            send_timeout_ms = 60000, max_connections = 10000, body_timeout_ms = 10000,
+            body_rate = 1024 }, c.limits)
         assert.are.equal("stderr", c.access_log)
         assert.is_nil(c.access_log_path)
         assert.is_true(c.watch)
@@ -197,6 +198,7 @@ return {
         assert.are.equal("api", r.upstream)
         assert.are.equal(5000, r.timeout_ms)
         assert.are.equal(5000, r.try_timeout_ms)
+        assert.are.equal(65536, r.request_buffer) -- the replay buffer by default
         assert.are.same({
             attempts = 2,
             on = { errors = { "reset", "timeout" }, statuses = { 418, 429, 502, 503, 504 } },
@@ -311,11 +313,12 @@ return {
             'levee.lua:2: lisen: unknown key (did you mean "listen"?)' },
         { "unknown key without a near match", with_top("limits = { zzzzzzzz = 1 }"),
             "levee.lua:2: limits.zzzzzzzz: unknown key; expected one of: header_size, request_line, "
-            .. "header_count, body_size, header_timeout, idle_timeout, send_timeout, max_connections" },
+            .. "header_count, body_size, header_timeout, idle_timeout, send_timeout, max_connections, "
+            .. "body_timeout, body_rate" },
         { "positional value in a record", with_top("limits = { '32KiB' }"),
             "levee.lua:2: limits[1]: unexpected positional value; expected one of: header_size, "
             .. "request_line, header_count, body_size, header_timeout, idle_timeout, send_timeout, "
-            .. "max_connections" },
+            .. "max_connections, body_timeout, body_rate" },
         { "section of the wrong type", with_top("limits = 5"),
             "levee.lua:2: limits: expected a table, got 5" },
         { "listen port out of range", with_top("listen = { '127.0.0.1:0' }"),
