@@ -147,7 +147,7 @@ static void on_write(uv_write_t *req, int status)
         return;
     }
     c->last_write_ms = uv_now(c->server->loop);
-    if (c->req && c->write_queued < LV_CLIENT_WRITE_HIGH / 2)
+    if (c->req && c->write_queued <= LV_CLIENT_WRITE_HIGH / 4)
         lv_request_client_drained(c->req);
 }
 

@@ -59,8 +59,10 @@ struct lv_client {
     struct lv_buf tls_out; /* ciphertext to send */
 };
 
-/* Above this much queued output, producers stop reading their source. */
-#define LV_CLIENT_WRITE_HIGH (256 * 1024)
+/* Above this much queued output, producers stop reading their source; below a quarter of it
+ * they resume. Small on purpose: the kernel's send buffer already keeps a fast client busy, and
+ * what sits here is memory a slow reader holds (at most this plus one upstream read). */
+#define LV_CLIENT_WRITE_HIGH (32 * 1024)
 
 /** Accepts a connection from listener `ls` (closes it at once when over max_connections);
  *  `tls` (may be NULL) makes it an HTTPS connection. */

@@ -699,6 +699,37 @@ describe("proxy memory bounds", function()
             ("levee RSS after: %d KiB over base"):format(after - base))
     end)
 
+    it("holds a small bounded amount per slow reader (RSS delta over 40 readers)", function()
+        local socket = require("socket")
+        local lv = start({ env = rss_env() })
+        local pid = lv:pid()
+        local w = get(lv, "/warm", { { "X-Test-Body-Size", tostring(2 * MiB) } }, { timeout = 10 })
+        assert.equal(2 * MiB, #w.body)
+        local base = rss(lv)
+        local n, readers = 40, {}
+        for i = 1, n do
+            -- a tiny receive window, and then the client reads nothing at all
+            local t = assert(socket.tcp4())
+            assert(t:setoption("recv-buffer-size", 4096))
+            assert(t:connect("127.0.0.1", lv.port))
+            assert(t:send(("GET /slow-read/%d HTTP/1.1\r\nHost: h\r\nX-Test-Body-Size: %d\r\n\r\n")
+                :format(i, 16 * MiB)))
+            readers[i] = t
+        end
+        -- levee's RSS settles once every reader's queue is full and the upstreams are paused
+        local last, since = rss(lv), H.now()
+        H.wait_until(function()
+            local now = rss(lv)
+            if now ~= last then last, since = now, H.now() end
+            return H.now() - since >= 0.5
+        end, 20 * H.scale, "levee's RSS to settle (unchanged for 0.5 s)")
+        local per = (last - base) / n
+        print(("\nslow readers: %.1f KiB each over %d readers"):format(per, n))
+        assert.is_true(per <= 160, ("%.0f KiB per slow reader (base %d, now %d KiB)"):format(per, base, last))
+        for _, t in ipairs(readers) do t:close() end
+        still_serves(lv, pid)
+    end)
+
     it("uploads 16 MiB to an upstream that stops reading, in bounded memory", function()
         local n = 16 * MiB
         local lv = start({ limits = { body_size = "64MiB" }, env = rss_env() })
