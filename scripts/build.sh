@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# build.sh [release|asan]: configure and build into build/ (release) or build-asan/ (ASan+UBSan).
+# build.sh [release|asan|fuzz]: configure and build into build/ (release), build-asan/ (ASan+UBSan)
+# or build-fuzz/ (clang, the libFuzzer targets of fuzz/ only; scripts/fuzz.sh runs them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 kind=${1:-release}
+targets=()
 case $kind in
   release) dir=build; flags=(-DCMAKE_BUILD_TYPE=RelWithDebInfo) ;;
   asan) dir=build-asan; flags=(-DCMAKE_BUILD_TYPE=Debug -DLEVEE_SANITIZE=ON) ;;
-  *) echo "usage: $0 [release|asan]" >&2; exit 2 ;;
+  fuzz) dir=build-fuzz; flags=(-DCMAKE_BUILD_TYPE=Debug -DLEVEE_FUZZ=ON); targets=(--target fuzzers)
+        export CC=clang ;;
+  *) echo "usage: $0 [release|asan|fuzz]" >&2; exit 2 ;;
 esac
 cmake -S . -B "$dir" "${flags[@]}" >/dev/null
-cmake --build "$dir" -j"$(nproc)"
+cmake --build "$dir" -j"$(nproc)" "${targets[@]}"

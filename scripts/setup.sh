@@ -3,7 +3,7 @@
 # Idempotent: a machine that has everything is left alone (no apt-get call at all).
 set -euo pipefail
 
-PKGS=(build-essential cmake pkg-config clang-format
+PKGS=(build-essential cmake pkg-config clang-format clang libclang-rt-14-dev
       liblua5.4-dev lua5.4 libuv1-dev libssl-dev node-llhttp libhiredis-dev
       lua-busted lua-socket lua-cjson redis-server curl openssl chromium)
 if [[ ${1:-} == --bench ]]; then PKGS+=(nginx haproxy wrk); fi

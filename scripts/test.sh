@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one test command: install what is missing, build release and ASan+UBSan, run every test
-# (C unit tests, busted unit specs, busted integration specs against the real binary) in both.
+# (C unit tests, busted unit specs, busted integration specs against the real binary) in both,
+# then a short run of each fuzz target (scripts/fuzz.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -14,5 +15,11 @@ for kind in release asan; do
   export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
   if ! ctest --test-dir "$dir" --output-on-failure -j2 --timeout 900 "$@"; then status=1; fi
 done
+# Fuzz: every libFuzzer target of fuzz/ for a short run on its seed corpus (one line each with
+# its executions per second). LEVEE_FUZZ_SECONDS sets the seconds per target; 0 skips the stage.
+if [[ ${LEVEE_FUZZ_SECONDS:-15} != 0 ]]; then
+  echo "=== fuzz build" >&2
+  if ! scripts/fuzz.sh -t "${LEVEE_FUZZ_SECONDS:-15}"; then status=1; fi
+fi
 if [[ $status == 0 ]]; then echo "test.sh: all tests passed"; else echo "test.sh: FAILED" >&2; fi
 exit $status

@@ -124,6 +124,12 @@ static size_t line_stop(const struct lv_headscan *s, size_t end)
     return lim < end ? lim : end;
 }
 
+static size_t head_end(const struct lv_headscan *s, size_t len)
+{
+    size_t lim = s->max_head > SIZE_MAX - s->start ? SIZE_MAX : s->start + s->max_head;
+    return len < lim ? len : lim;
+}
+
 enum lv_headscan_result lv_headscan_feed(struct lv_headscan *s, const char *data, size_t len)
 {
     if (s->state == S_DONE)
@@ -131,7 +137,10 @@ enum lv_headscan_result lv_headscan_feed(struct lv_headscan *s, const char *data
     if (s->state == S_ERROR)
         return LV_HEADSCAN_ERROR;
     const unsigned char *d = (const unsigned char *)data;
-    size_t end = len < s->max_head ? len : s->max_head;
+    /* The head limit counts from the start line: empty lines before it (which the client
+     * loop may or may not have dropped already, depending on how the bytes arrived) do not
+     * count, so the verdict never depends on the split. */
+    size_t end = head_end(s, len);
     size_t i = s->pos;
 
     /* One byte per switch turn; the long runs (target, names, values) are eaten by tight
@@ -161,6 +170,7 @@ enum lv_headscan_result lv_headscan_feed(struct lv_headscan *s, const char *data
             i++;
             s->start = i;
             s->state = S_REQ_START;
+            end = head_end(s, len);
             break;
         case S_METHOD:
             if (lv__is_tchar(c)) {
@@ -347,7 +357,7 @@ enum lv_headscan_result lv_headscan_feed(struct lv_headscan *s, const char *data
         }
     }
     s->pos = i;
-    if (i >= s->max_head)
+    if (i - s->start >= s->max_head)
         return fail(s, i, 431, "header section too large");
     return LV_HEADSCAN_MORE;
 }

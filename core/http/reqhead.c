@@ -96,14 +96,17 @@ struct piece {
  */
 static size_t feed_plan(bool response, const char *d, size_t len, struct piece *out)
 {
-    size_t n = 0, from = 0;
-    const char *eol = memchr(d, '\r', len);
+    size_t n = 0, from = 0, ls0 = 0;
+    /* A request may start with empty lines (RFC 9112 §2.2): the request line comes after. */
+    while (!response && ls0 + 1 < len && d[ls0] == '\r' && d[ls0 + 1] == '\n')
+        ls0 += 2;
+    const char *eol = memchr(d + ls0, '\r', len - ls0);
     size_t line_end = eol ? (size_t)(eol - d) : len;
     size_t minor = 0; /* position of a minor digit to give as "1", or 0 */
     if (response) {
         if (len > 8 && memcmp(d, "HTTP/1.", 7) == 0 && d[7] >= '2' && d[7] <= '9')
             minor = 7;
-    } else if (line_end >= 9 && memcmp(d + line_end - 8, "HTTP/1.", 7) == 0 &&
+    } else if (line_end >= ls0 + 9 && memcmp(d + line_end - 8, "HTTP/1.", 7) == 0 &&
                d[line_end - 1] >= '2' && d[line_end - 1] <= '9') {
         minor = line_end - 1;
     }

@@ -1,0 +1,2 @@
+local m = require("missing.module")
+return m
