@@ -57,6 +57,7 @@ static int run(struct lv_config *cfg, const char *path, bool dev)
                 (unsigned long long)s->generation, s->cfg->nroutes);
     }
     uv_run(&loop, UV_RUN_DEFAULT);
+    lv_log_flush_repeats(true);
     if (rc == 0)
         lv_info("stopped");
     rc = s->exit_code;

@@ -31,6 +31,7 @@ struct admin_conn {
     struct lv_headscan hs;
     int open;
     bool done;
+    bool reloading; /* POST /reload: waiting for the load to answer */
 };
 
 extern const char lv_dashboard_html[];
@@ -55,6 +56,10 @@ static void conn_closed(uv_handle_t *h)
 
 static void conn_close(struct admin_conn *ac)
 {
+    if (ac->reloading) {
+        ac->reloading = false;
+        lv_server_reload_cancel(ac->admin->server, ac);
+    }
     if (uv_is_closing((uv_handle_t *)&ac->tcp))
         return;
     uv_close((uv_handle_t *)&ac->tcp, conn_closed);
@@ -148,7 +153,9 @@ void lv_admin_status_json(struct lv_server *s, struct lv_buf *b)
     size_t lua_bytes;
     unsigned lua_states;
     lv_config_lua_stats(&lua_bytes, &lua_states);
-    lv_buf_printf(b, ",\"lua\":{\"states\":%u,\"bytes\":%zu}", lua_states, lua_bytes);
+    lv_buf_printf(b, ",\"lua\":{\"states\":%u,\"bytes\":%zu,\"abandoned_loaders\":%u}", lua_states,
+                  lua_bytes, lv_config_loaders_abandoned());
+    lv_buf_printf(b, ",\"reloading\":%s", s->reload ? "true" : "false");
     lv_buf_puts(b, ",\"routes\":[");
     for (size_t i = 0; i < cfg->nroutes; i++) {
         const struct lv_route_cfg *r = &cfg->routes[i];
@@ -194,6 +201,7 @@ void lv_admin_status_json(struct lv_server *s, struct lv_buf *b)
         lv_buf_putc(b, '}');
     }
     lv_buf_puts(b, "],\"upstreams\":[");
+    uint64_t now = uv_now(s->loop);
     for (size_t i = 0; i < s->nupstreams; i++) {
         struct lv_upstream *up = s->upstreams[i];
         if (i)
@@ -202,7 +210,9 @@ void lv_admin_status_json(struct lv_server *s, struct lv_buf *b)
         json_str(b, up->name);
         lv_buf_puts(b, ",\"balance\":");
         json_str(b, up->cfg->balance == LV_BALANCE_LEAST_REQUEST ? "least_request" : "round_robin");
-        lv_buf_printf(b, ",\"waiting\":%u,\"servers\":[", up->nwaiting);
+        lv_buf_printf(b, ",\"waiting\":%u,\"panic\":%s,\"panic_picks\":%llu,\"servers\":[",
+                      up->nwaiting, up->health.panic ? "true" : "false",
+                      (unsigned long long)up->panic_picks);
         for (size_t k = 0; k < up->nservers; k++) {
             struct lv_upserver *sv = &up->servers[k];
             if (k)
@@ -212,13 +222,68 @@ void lv_admin_status_json(struct lv_server *s, struct lv_buf *b)
             lv_buf_printf(
                 b,
                 ",\"addresses\":%d,\"active\":%u,\"idle\":%u,\"inflight\":%u,"
-                "\"connects\":%llu,\"connect_failures\":%llu,\"tls_resumed\":%llu}",
+                "\"connects\":%llu,\"connect_failures\":%llu,\"tls_resumed\":%llu",
                 sv->naddrs, sv->active, sv->idle, sv->inflight, (unsigned long long)sv->connects,
                 (unsigned long long)sv->connect_failures, (unsigned long long)sv->tls_resumed);
+            /* health (README, "Upstream health") */
+            const struct lv_server_health *hs = &up->health.servers[k];
+            lv_buf_puts(b, ",\"state\":");
+            json_str(b, lv_server_state_name(hs->state));
+            lv_buf_puts(b, ",\"reason\":");
+            json_str(b, hs->reason);
+            lv_buf_printf(b,
+                          ",\"eject_left_ms\":%llu,\"consecutive_failures\":%u,\"ejections\":%llu,"
+                          "\"ejections_dry\":%llu,\"weight\":%.3f",
+                          (unsigned long long)lv_health_eject_left(&up->health, k, now),
+                          hs->consecutive_failures, (unsigned long long)hs->ejections_enforced,
+                          (unsigned long long)hs->ejections_dry,
+                          lv_health_weight(&up->health, k, now));
+            if (sv->last_check[0]) {
+                lv_buf_puts(b, ",\"last_check\":{\"result\":");
+                json_str(b, sv->last_check);
+                lv_buf_printf(b, ",\"ok\":%s,\"ms\":%.1f,\"at\":%.3f}",
+                              sv->last_check_ok ? "true" : "false", sv->last_check_ms,
+                              sv->last_check_unix);
+            } else {
+                lv_buf_puts(b, ",\"last_check\":null");
+            }
+            lv_buf_putc(b, '}');
         }
         lv_buf_puts(b, "]}");
     }
     lv_buf_puts(b, "]}\n");
+}
+
+/* The answer of POST /reload, when its load ends. */
+static void reload_done(void *arg, int rc, uint64_t generation, const char *errors, size_t len)
+{
+    struct admin_conn *ac = arg;
+    ac->reloading = false;
+    struct lv_buf b = LV_BUF_INIT;
+    if (rc == 0) {
+        lv_buf_printf(&b, "{\"result\":\"ok\",\"generation\":%llu}\n",
+                      (unsigned long long)generation);
+        respond(ac, 200, "application/json", b.data, b.len);
+        lv_buf_dispose(&b);
+        return;
+    }
+    lv_buf_puts(&b, "{\"result\":\"error\",\"errors\":[");
+    size_t start = 0, n = 0;
+    for (size_t i = 0; i <= len; i++) {
+        if (i < len && errors[i] != '\n')
+            continue;
+        if (i > start) {
+            if (n++)
+                lv_buf_putc(&b, ',');
+            lv_buf_putc(&b, '"');
+            lv_buf_json_escape(&b, errors + start, i - start);
+            lv_buf_putc(&b, '"');
+        }
+        start = i + 1;
+    }
+    lv_buf_puts(&b, "]}\n");
+    respond(ac, 400, "application/json", b.data, b.len);
+    lv_buf_dispose(&b);
 }
 
 static void handle(struct admin_conn *ac)
@@ -247,37 +312,13 @@ static void handle(struct admin_conn *ac)
         lv_admin_status_json(s, &b);
         respond(ac, 200, "application/json", b.data, b.len);
     } else if (PATH_IS("/reload") && post) {
-        struct lv_buf errors = LV_BUF_INIT;
-        if (lv_server_reload(s, &errors) == 0) {
-            lv_buf_printf(&b, "{\"result\":\"ok\",\"generation\":%llu}\n",
-                          (unsigned long long)s->generation);
-            respond(ac, 200, "application/json", b.data, b.len);
-        } else {
-            lv_buf_puts(&b, "{\"result\":\"error\",\"errors\":[");
-            size_t start = 0, n = 0;
-            for (size_t i = 0; i < errors.len; i++) {
-                if (errors.data[i] == '\n') {
-                    if (i > start) {
-                        if (n++)
-                            lv_buf_putc(&b, ',');
-                        lv_buf_putc(&b, '"');
-                        lv_buf_json_escape(&b, errors.data + start, i - start);
-                        lv_buf_putc(&b, '"');
-                    }
-                    start = i + 1;
-                }
-            }
-            if (start < errors.len) {
-                if (n++)
-                    lv_buf_putc(&b, ',');
-                lv_buf_putc(&b, '"');
-                lv_buf_json_escape(&b, errors.data + start, errors.len - start);
-                lv_buf_putc(&b, '"');
-            }
-            lv_buf_puts(&b, "]}\n");
-            respond(ac, 400, "application/json", b.data, b.len);
-        }
-        lv_buf_dispose(&errors);
+        /* Answered when the load ends (off the loop, bounded: README "Reload"); nothing more
+         * is read from this connection meanwhile, and its idle timer does not apply. */
+        ac->done = true;
+        uv_read_stop((uv_stream_t *)&ac->tcp);
+        uv_timer_stop(&ac->timer);
+        ac->reloading = true;
+        lv_server_reload(s, reload_done, ac);
     } else if (PATH_IS("/") && get) {
         respond(ac, 200, "text/html; charset=utf-8", lv_dashboard_html, strlen(lv_dashboard_html));
     } else if (PATH_IS("/reload")) {

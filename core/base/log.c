@@ -1,7 +1,10 @@
 #include "base/log.h"
 
 #include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 #include <time.h>
 
 static enum lv_log_level min_level = LV_LOG_INFO;
@@ -11,12 +14,46 @@ void lv_log_set_level(enum lv_log_level level)
     min_level = level;
 }
 
-void lv_log(enum lv_log_level level, const char *fmt, ...)
+/*
+ * Identical warnings and errors (a connect failure per request to a dead server) are
+ * collapsed: the first goes out, repeats within the next second are counted, and the count
+ * goes out once the second is over (README, "Upstream health"). A small table of recent
+ * messages, keyed by a hash of their text, is all it takes.
+ */
+#define REPEAT_SLOTS  32
+#define REPEAT_WINDOW 1000 /* ms */
+
+struct repeat {
+    uint64_t hash;
+    uint64_t window_start; /* ms; 0: free */
+    uint64_t last_seen;    /* ms, the last repeat counted */
+    uint64_t suppressed;
+    enum lv_log_level level;
+    char text[240];
+};
+
+static struct repeat repeats[REPEAT_SLOTS];
+
+static uint64_t mono_ms(void)
 {
-    static const char *names[] = {"debug", "info", "warn", "error"};
-    if (level < min_level)
-        return;
-    char line[2048];
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000 + 1;
+}
+
+static uint64_t text_hash(const char *s, size_t n)
+{
+    uint64_t h = 14695981039346656037ULL;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)s[i]) * 1099511628211ULL;
+    return h;
+}
+
+static const char *const names[] = {"debug", "info", "warn", "error"};
+
+static void emit(enum lv_log_level level, const char *text, size_t tlen, const char *suffix)
+{
+    char line[2300];
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     struct tm tm;
@@ -24,13 +61,98 @@ void lv_log(enum lv_log_level level, const char *fmt, ...)
     int n = snprintf(line, sizeof(line), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ levee[%s] ",
                      tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
                      ts.tv_nsec / 1000000, names[level]);
-    va_list ap;
-    va_start(ap, fmt);
-    int m = vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
-    va_end(ap);
+    int m = snprintf(line + n, sizeof(line) - (size_t)n - 1, "%.*s%s", (int)tlen, text,
+                     suffix ? suffix : "");
     size_t len = (size_t)n + (m < 0 ? 0 : (size_t)m);
     if (len > sizeof(line) - 2)
         len = sizeof(line) - 2;
     line[len++] = '\n';
     fwrite(line, 1, len, stderr);
+}
+
+static void report(struct repeat *r)
+{
+    char suffix[96];
+    snprintf(suffix, sizeof(suffix), " (repeated %llu more times in %.3fs)",
+             (unsigned long long)r->suppressed, (double)(r->last_seen - r->window_start) / 1000.0);
+    emit(r->level, r->text, strlen(r->text), suffix);
+    r->suppressed = 0;
+}
+
+/* Returns true when the message is a repeat to count rather than print. */
+static bool collapse(enum lv_log_level level, const char *text, size_t len)
+{
+    uint64_t now = mono_ms(), h = text_hash(text, len);
+    struct repeat *slot = NULL, *oldest = &repeats[0];
+    for (size_t i = 0; i < REPEAT_SLOTS; i++) {
+        struct repeat *r = &repeats[i];
+        if (r->window_start && r->hash == h) {
+            slot = r;
+            break;
+        }
+        if (r->window_start < oldest->window_start)
+            oldest = r;
+    }
+    if (slot && now - slot->window_start < REPEAT_WINDOW) {
+        slot->suppressed++;
+        slot->last_seen = now;
+        return true;
+    }
+    if (slot) {
+        if (slot->suppressed)
+            report(slot);
+    } else {
+        slot = oldest;
+        if (slot->window_start && slot->suppressed)
+            report(slot);
+    }
+    slot->hash = h;
+    slot->window_start = now;
+    slot->suppressed = 0;
+    slot->level = level;
+    snprintf(slot->text, sizeof(slot->text), "%.*s", (int)len, text);
+    return false;
+}
+
+void lv_log_flush_repeats(bool all)
+{
+    uint64_t now = mono_ms();
+    for (size_t i = 0; i < REPEAT_SLOTS; i++) {
+        struct repeat *r = &repeats[i];
+        if (r->window_start && (all || now - r->window_start >= REPEAT_WINDOW)) {
+            if (r->suppressed)
+                report(r);
+            r->window_start = 0;
+        }
+    }
+}
+
+static void vlog(enum lv_log_level level, bool may_collapse, const char *fmt, va_list ap)
+{
+    if (level < min_level)
+        return;
+    char text[2048];
+    int m = vsnprintf(text, sizeof(text), fmt, ap);
+    size_t len = m < 0 ? 0 : (size_t)m;
+    if (len >= sizeof(text))
+        len = sizeof(text) - 1;
+    if (may_collapse && level >= LV_LOG_WARN && collapse(level, text, len))
+        return;
+    emit(level, text, len, NULL);
+}
+
+void lv_log(enum lv_log_level level, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vlog(level, true, fmt, ap);
+    va_end(ap);
+}
+
+void lv_log_change(enum lv_log_level level, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vlog(level, false, fmt, ap);
+    va_end(ap);
 }

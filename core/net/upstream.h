@@ -3,7 +3,8 @@
  * re-resolved every pool.max_lifetime with uv_getaddrinfo), picks a server per attempt
  * (round robin, or least request by power of two choices), and keeps a pool of keep-alive
  * connections per server with max_idle / idle_timeout / max_lifetime / max_connections and a
- * bounded queue of requests waiting for a connection slot.
+ * bounded queue of requests waiting for a connection slot. A new connection races the
+ * server's addresses, families interleaved (Happy Eyeballs, RFC 8305; see upstream.c).
  *
  * Runtime upstreams live in the server's registry keyed by name, so a reload that keeps an
  * upstream unchanged keeps its pools. The server creates and destroys them; attempts borrow
@@ -17,13 +18,16 @@
 #include <uv.h>
 
 #include "base/buf.h"
+#include "policy/health.h"
 #include "script/config.h"
 
 struct lv_upstream;
 struct lv_upserver;
 struct lv_upconn;
+struct lv_race;
 struct lv_tls;
 struct lv_tls_ctx;
+struct lv_healthcheck;
 
 enum lv_upconn_state { LV_UPCONN_CONNECTING, LV_UPCONN_IDLE, LV_UPCONN_BUSY, LV_UPCONN_CLOSING };
 
@@ -53,8 +57,9 @@ struct lv_acquire {
     lv_acquire_cb cb;
     void *arg;
     uint64_t queued_at;
-    struct lv_upconn *connecting; /* the connection being opened for this acquire */
-    bool fresh; /* a new connection is required (the last one failed after reuse) */
+    struct lv_race *race; /* the connect race (Happy Eyeballs) opened for this acquire */
+    bool fresh;           /* a new connection is required (the last one failed after reuse) */
+    bool panic;           /* no server was in: picked among all of them (panic mode) */
     bool queued;
     bool active;
 };
@@ -74,11 +79,11 @@ struct lv_upconn {
     uint32_t requests; /* requests served on this connection, this one included */
     bool reused;       /* the current request is not the connection's first */
     char peer[64];     /* "127.0.0.1:9000" */
-    /* connect bookkeeping */
-    struct lv_acquire *acq;
-    int addr_index;
+    /* connect bookkeeping: while CONNECTING, a connection is one attempt of a race */
+    struct lv_race *race;
+    int addr_index; /* in the race's address list */
     int connect_error;
-    struct lv_buf tried; /* connect errors so far, for the message */
+    bool stagger; /* the timer starts the race's next attempt (otherwise: its deadline) */
     /* while BUSY */
     struct lv_tls *tls;    /* upstream tls: the engine between the socket and the owner */
     struct lv_buf tls_out; /* ciphertext to send */
@@ -99,12 +104,17 @@ struct lv_upserver {
     uv_getaddrinfo_t gai;
     bool resolving;
     uint64_t resolved_at;
-    uint32_t active; /* connecting + busy */
+    uint32_t active; /* connect races (one each, however many attempts) + busy */
     uint32_t idle;
     uint32_t inflight;          /* requests being served (for least_request) */
     struct lv_upconn idle_head; /* sentinel of the idle LIFO list */
     uint64_t connects, connect_failures;
     uint64_t tls_resumed; /* connects whose TLS handshake resumed a cached session */
+    /* the last active check: "200", "503", "timeout", "connection refused"...; "" if none */
+    char last_check[64];
+    bool last_check_ok;
+    double last_check_ms;   /* how long it took */
+    double last_check_unix; /* when it finished */
 };
 
 struct lv_upstream {
@@ -124,8 +134,14 @@ struct lv_upstream {
     uint32_t users; /* requests using this upstream now (a retired one goes when it reaches 0) */
     int open_handles;
     void (*on_closed)(struct lv_upstream *up);
-    uint64_t fingerprint;       /* of the servers list, to decide reuse across reloads */
-    struct lv_tls_ctx *tls_ctx; /* tls = { ... }: client context; NULL: plain TCP */
+    uint64_t fingerprint;           /* of the servers list, to decide reuse across reloads */
+    struct lv_tls_ctx *tls_ctx;     /* tls = { ... }: client context; NULL: plain TCP */
+    struct lv_health_group health;  /* state of each server (index = server index) */
+    struct lv_healthcheck *checker; /* active checks (health = { ... }), or NULL */
+    uint64_t panic_picks;           /* attempts sent while no server was in */
+    /* Called for every change of a server's state (the server logs and counts it). */
+    void (*on_health_event)(struct lv_upstream *up, const struct lv_health_event *ev);
+    void *owner; /* for on_health_event */
 };
 
 /** Creates the runtime upstream for `cfg` (resolves literal addresses now; names async). */
@@ -142,11 +158,25 @@ void lv_upstream_retire(struct lv_upstream *up);
 void lv_upstream_destroy(struct lv_upstream *up);
 
 /**
- * Picks a server (avoiding `avoid` when another exists) and gets a connection to it: an idle
- * pooled one unless `fresh`, or a new one. The callback runs later, from the loop.
+ * Picks a server and gets a connection to it: an idle pooled one unless `fresh`, or a new one.
+ * The callback runs later, from the loop. Only servers that are in (up or starting, README
+ * "Upstream health") are picked, by the upstream's balancer with slow-start weights; with
+ * `last` set (a retry) one not in `tried` (bit i: server i was tried) is preferred, starting
+ * after `last`; `fresh` with `last` re-sends on `last` itself (a stale pooled connection).
+ * When no server is in, all are candidates (panic mode: acq->panic is set).
  */
 void lv_upstream_acquire(struct lv_upstream *up, struct lv_acquire *acq,
-                         const struct lv_upserver *avoid, bool fresh, lv_acquire_cb cb, void *arg);
+                         const struct lv_upserver *last, uint64_t tried, bool fresh,
+                         lv_acquire_cb cb, void *arg);
+
+/** A live attempt on server `s` ended with `o`: feeds outlier ejection. */
+void lv_upstream_report(struct lv_upstream *up, const struct lv_upserver *s,
+                        enum lv_health_outcome o);
+/** An active check of server index i finished (net/healthcheck.c's result). */
+void lv_upstream_check_result(struct lv_upstream *up, size_t i, bool ok, const char *why,
+                              double duration_ms);
+/** Index of `s` in its upstream. */
+size_t lv_upserver_index(const struct lv_upserver *s);
 /** Cancels a pending acquire; its callback will not run. */
 void lv_upstream_cancel(struct lv_acquire *acq);
 

@@ -27,7 +27,8 @@
     X(HOOK_ERROR, 6, "hook-error")                                                                 \
     X(FALLBACK, 7, "fallback")                                                                     \
     X(CLIENT_ABORT, 8, "client-abort")                                                             \
-    X(UPSTREAM_ABORT, 9, "upstream-abort")
+    X(UPSTREAM_ABORT, 9, "upstream-abort")                                                         \
+    X(PANIC, 10, "panic")
 
 enum lv_access_flag {
 #define LV__ACCESS_FLAG_ENUM(e, bit, name) LV_ACCESS_##e = 1u << (bit),

@@ -853,6 +853,61 @@ static void keep_hook_headers(struct lv_request *r, const struct lv_reqhead *h, 
 }
 
 /* The breaker is open: the route's fallback answers, or 503 breaker-open. */
+/* Every breaker transition is logged once, with what caused it (README, "Circuit breaker"). */
+static void breaker_note(struct lv_request *r, const struct lv_breaker *b, uint64_t open0,
+                         uint64_t half0, uint64_t closed0, enum lv_breaker_state before,
+                         uint64_t now)
+{
+    const char *name = r->route->name;
+    if (b->to_open != open0) {
+        struct lv_breaker_stats st;
+        lv_breaker_stats(b, now, &st);
+        char why[160];
+        if (before == LV_BREAKER_HALF_OPEN)
+            snprintf(why, sizeof(why), "a half-open probe failed");
+        else if (b->p.consecutive_failures && st.consecutive >= b->p.consecutive_failures)
+            snprintf(why, sizeof(why), "%u consecutive failures", st.consecutive);
+        else if (b->p.failure_ratio > 0 && st.requests &&
+                 (double)st.failures >= b->p.failure_ratio * (double)st.requests - 1e-9)
+            snprintf(why, sizeof(why), "%llu of %llu failed (ratio %.2g >= %.2g)",
+                     (unsigned long long)st.failures, (unsigned long long)st.requests,
+                     (double)st.failures / (double)st.requests, b->p.failure_ratio);
+        else
+            snprintf(why, sizeof(why), "%llu of %llu slower than %llums (ratio >= %.2g)",
+                     (unsigned long long)st.slow, (unsigned long long)st.requests,
+                     (unsigned long long)b->p.slow_call_ms, b->p.slow_call_ratio);
+        lv_log_change(LV_LOG_WARN, "route %s breaker open for %llums: %s", name,
+                      (unsigned long long)st.open_for_ms, why);
+    }
+    if (b->to_half_open != half0)
+        lv_log_change(LV_LOG_WARN, "route %s breaker half-open: letting %u probe(s) through", name,
+                      b->p.half_open_requests ? b->p.half_open_requests : 1);
+    if (b->to_closed != closed0)
+        lv_log_change(LV_LOG_WARN, "route %s breaker closed: %u probe(s) succeeded", name,
+                      b->p.half_open_requests ? b->p.half_open_requests : 1);
+}
+
+static enum lv_breaker_admit breaker_admit(struct lv_request *r, uint64_t now, uint64_t *left)
+{
+    struct lv_breaker *b = &r->rs->breaker;
+    uint64_t o = b->to_open, h = b->to_half_open, c = b->to_closed;
+    enum lv_breaker_state before = b->state;
+    enum lv_breaker_admit ad = lv_breaker_admit(b, now, left);
+    if (b->to_open != o || b->to_half_open != h || b->to_closed != c)
+        breaker_note(r, b, o, h, c, before, now);
+    return ad;
+}
+
+static void breaker_record(struct lv_request *r, uint64_t now, bool failure, bool slow, bool probe)
+{
+    struct lv_breaker *b = &r->rs->breaker;
+    uint64_t o = b->to_open, h = b->to_half_open, c = b->to_closed;
+    enum lv_breaker_state before = b->state;
+    lv_breaker_record(b, now, failure, slow, probe);
+    if (b->to_open != o || b->to_half_open != h || b->to_closed != c)
+        breaker_note(r, b, o, h, c, before, now);
+}
+
 static void breaker_open(struct lv_request *r, uint64_t left_ms)
 {
     struct lv_route_state *rs = r->rs;
@@ -957,6 +1012,7 @@ void lv_request_begin(struct lv_client *c, size_t head_len)
     r->acquiring = false;
     r->uc = NULL;
     r->last_server = NULL;
+    r->tried_servers = 0;
     r->ntries = 0;
     r->resp_started = r->head_sent = false;
     r->resp_close = false;
@@ -1023,7 +1079,7 @@ void lv_request_begin(struct lv_client *c, size_t head_len)
     lv_budget_on_request(&r->rs->budget, r->start_ms);
     if (r->rs->breaker_enabled) {
         uint64_t left = 0;
-        enum lv_breaker_admit ad = lv_breaker_admit(&r->rs->breaker, r->start_ms, &left);
+        enum lv_breaker_admit ad = breaker_admit(r, r->start_ms, &left);
         if (ad == LV_BREAKER_REJECT) {
             lv_buf_consume(&c->in, head_len);
             breaker_open(r, left);
@@ -1384,8 +1440,8 @@ static bool next_attempt(struct lv_request *r, struct lv_outcome o, const struct
     bool has_hook_delay = false;
     enum lv_verdict v = classify(r, o, h, attempt_ms, &hook_delay, &has_hook_delay);
     if (rs->breaker_enabled && v != LV_VERDICT_NONE) {
-        lv_breaker_record(&rs->breaker, now, lv_verdict_is_failure(v),
-                          lv_breaker_is_slow(&rs->breaker, (uint64_t)attempt_ms), r->probe);
+        breaker_record(r, now, lv_verdict_is_failure(v),
+                       lv_breaker_is_slow(&rs->breaker, (uint64_t)attempt_ms), r->probe);
         r->probe = false;
     }
     if (v != LV_VERDICT_RETRY)
@@ -1445,7 +1501,7 @@ static bool next_attempt(struct lv_request *r, struct lv_outcome o, const struct
         return false;
     if (rs->breaker_enabled) {
         uint64_t left = 0;
-        enum lv_breaker_admit ad = lv_breaker_admit(&rs->breaker, now, &left);
+        enum lv_breaker_admit ad = breaker_admit(r, now, &left);
         if (ad == LV_BREAKER_REJECT) {
             r->flags |= LV_ACCESS_BREAKER_OPEN;
             return false; /* the client gets this attempt's result */
@@ -1521,6 +1577,11 @@ static void attempt_failed(struct lv_request *r, enum lv_outcome_kind kind, cons
         attempt_start(r);
         return;
     }
+    if (kind != LV_OUT_CONNECT_FAILURE)
+        lv_upstream_report(r->up, r->last_server,
+                           kind == LV_OUT_RESET     ? LV_HEALTH_RESET
+                           : kind == LV_OUT_TIMEOUT ? LV_HEALTH_TIMEOUT
+                                                    : LV_HEALTH_PROTOCOL_ERROR);
     if (next_attempt(r, (struct lv_outcome){kind, 0}, NULL)) {
         start_backoff(r);
         return;
@@ -1532,6 +1593,15 @@ static void attempt_failed(struct lv_request *r, enum lv_outcome_kind kind, cons
         send_error(r, outcome_error(kind), detail, -1);
     }
     request_end(r, r->resp_close);
+}
+
+static void mark_tried(struct lv_request *r, const struct lv_upserver *s)
+{
+    size_t i = lv_upserver_index(s);
+    if (i < 64)
+        r->tried_servers |= (uint64_t)1 << i;
+    if (r->acq.panic)
+        r->flags |= LV_ACCESS_PANIC;
 }
 
 static void on_acquired(enum lv_acquire_error err, struct lv_upconn *uc, const char *detail,
@@ -1552,6 +1622,8 @@ static void on_acquired(enum lv_acquire_error err, struct lv_upconn *uc, const c
             return;
         }
         r->last_server = r->acq.server;
+        mark_tried(r, r->acq.server);
+        lv_upstream_report(r->up, r->acq.server, LV_HEALTH_CONNECT_FAILURE);
         lv_warn("route %s: connect to upstream %s failed: %s", r->route->name, r->up->name,
                 detail ? detail : "?");
         attempt_failed(r, LV_OUT_CONNECT_FAILURE, detail);
@@ -1559,6 +1631,7 @@ static void on_acquired(enum lv_acquire_error err, struct lv_upconn *uc, const c
     }
     r->uc = uc;
     r->last_server = uc->server;
+    mark_tried(r, uc->server);
     uc->server->inflight++;
     uc->read_arg = r;
     r->rhead.len = 0;
@@ -1627,9 +1700,9 @@ static void attempt_start(struct lv_request *r)
     r->acquiring = true;
     bool fresh = r->want_fresh;
     r->want_fresh = false;
-    /* A retry prefers another server; the stale-connection resend goes to the same one. */
-    const struct lv_upserver *avoid = r->ntries && !fresh ? r->last_server : NULL;
-    lv_upstream_acquire(r->up, &r->acq, avoid, fresh, on_acquired, r);
+    /* A retry prefers a server not tried yet; the stale-connection resend goes to the same one. */
+    lv_upstream_acquire(r->up, &r->acq, r->ntries ? r->last_server : NULL, r->tried_servers, fresh,
+                        on_acquired, r);
 }
 
 static void on_try_timeout(uv_timer_t *t)
@@ -1851,6 +1924,7 @@ static void on_response_head(struct lv_request *r)
     r->resp_started = true;
     r->upstream_ms = ms_since(r->attempt_start_ns);
     record_try(r, LV_OUT_STATUS, h.status);
+    lv_upstream_report(r->up, r->last_server, h.status >= 500 ? LV_HEALTH_5XX : LV_HEALTH_SUCCESS);
     if (next_attempt(r, (struct lv_outcome){LV_OUT_STATUS, h.status}, &h)) {
         /* This response is dropped: its connection cannot be reused with a body unread. */
         release_upstream(r, false);

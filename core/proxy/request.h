@@ -92,6 +92,7 @@ struct lv_request {
     bool acquiring;
     struct lv_upconn *uc;
     const struct lv_upserver *last_server;
+    uint64_t tried_servers; /* bit i: server i of the upstream had an attempt */
     size_t up_queued;
     bool head_written;
     uint64_t attempt_start_ns;

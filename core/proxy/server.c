@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,10 @@ static const char *const L_UPCONN[] = {"upstream", "state", NULL};
 static const char *const L_CODE[] = {"code", NULL};
 static const char *const L_ROUTE_OUTCOME[] = {"route", "outcome", NULL};
 static const char *const L_ROUTE_HOOK[] = {"route", "hook", "kind", NULL};
+static const char *const L_UPSTREAM[] = {"upstream", NULL};
+static const char *const L_UP_SERVER[] = {"upstream", "server", NULL};
+static const char *const L_UP_SERVER_ENFORCED[] = {"upstream", "server", "enforced", NULL};
+static const char *const L_UP_SERVER_RESULT[] = {"upstream", "server", "result", NULL};
 
 /* ---- listeners */
 
@@ -121,6 +126,35 @@ static void upstream_closed(struct lv_upstream *up)
     lv_upstream_free(up);
 }
 
+/* A server changed state (README, "Upstream health"): one warn line per change. */
+static void on_health_event(struct lv_upstream *up, const struct lv_health_event *ev)
+{
+    if (ev->kind == LV_HEALTH_EV_NOT_EJECTED && up->nservers == 1)
+        return; /* one server is never ejected: nothing to tell */
+    if (ev->server < 0)
+        lv_log_change(LV_LOG_WARN, "upstream %s: %s", up->name, ev->reason);
+    else
+        lv_log_change(LV_LOG_WARN, "upstream %s server %s %s", up->name,
+                      up->servers[ev->server].name, ev->reason);
+}
+
+/* A reload replaced `up` (its server list changed): servers it keeps, by name, keep their
+ * health and ejection state; new ones start up. */
+static void carry_health(struct lv_upstream *up, const struct lv_upstream *old)
+{
+    for (size_t i = 0; i < up->nservers; i++)
+        for (size_t j = 0; j < old->nservers; j++)
+            if (strcmp(up->servers[i].name, old->servers[j].name) == 0) {
+                lv_health_carry(&up->health, i, &old->health, j);
+                memcpy(up->servers[i].last_check, old->servers[j].last_check,
+                       sizeof(up->servers[i].last_check));
+                up->servers[i].last_check_ok = old->servers[j].last_check_ok;
+                up->servers[i].last_check_ms = old->servers[j].last_check_ms;
+                up->servers[i].last_check_unix = old->servers[j].last_check_unix;
+                break;
+            }
+}
+
 static void sync_upstreams(struct lv_server *s, struct lv_config *cfg)
 {
     /* Keep runtime upstreams whose servers are unchanged (their pools survive); replace the
@@ -138,9 +172,15 @@ static void sync_upstreams(struct lv_server *s, struct lv_config *cfg)
                 break;
             }
         }
-        if (!next[i])
+        if (!next[i]) {
             next[i] = lv_upstream_create(s->loop, uc);
+            for (size_t j = 0; j < s->nupstreams; j++)
+                if (!kept[j] && strcmp(s->upstreams[j]->name, uc->name) == 0)
+                    carry_health(next[i], s->upstreams[j]);
+        }
         next[i]->on_closed = upstream_closed;
+        next[i]->on_health_event = on_health_event;
+        next[i]->owner = s;
     }
     for (size_t j = 0; j < s->nupstreams; j++) {
         if (kept[j])
@@ -383,6 +423,25 @@ static void render_gauges(struct lv_metrics *m, void *arg)
         const char *li[] = {s->upstreams[i]->name, "idle", NULL};
         lv_metric_set(lv_metric_series(s->m_upconns, la), active);
         lv_metric_set(lv_metric_series(s->m_upconns, li), idle);
+        struct lv_upstream *up = s->upstreams[i];
+        const char *lu[] = {up->name, NULL};
+        lv_metric_set(lv_metric_series(s->m_panics, lu), (double)up->panic_picks);
+        for (size_t k = 0; k < up->nservers; k++) {
+            const struct lv_server_health *hs = &up->health.servers[k];
+            const char *ls[] = {up->name, up->servers[k].name, NULL};
+            lv_metric_set(lv_metric_series(s->m_server_up, ls), lv_health_in(&up->health, k));
+            const char *le[] = {up->name, up->servers[k].name, "true", NULL};
+            const char *ld[] = {up->name, up->servers[k].name, "false", NULL};
+            lv_metric_set(lv_metric_series(s->m_ejections, le), (double)hs->ejections_enforced);
+            if (hs->ejections_dry)
+                lv_metric_set(lv_metric_series(s->m_ejections, ld), (double)hs->ejections_dry);
+            if (up->cfg->health.enabled) {
+                const char *lok[] = {up->name, up->servers[k].name, "ok", NULL};
+                const char *lf[] = {up->name, up->servers[k].name, "failed", NULL};
+                lv_metric_set(lv_metric_series(s->m_health_checks, lok), (double)hs->checks_ok);
+                lv_metric_set(lv_metric_series(s->m_health_checks, lf), (double)hs->checks_failed);
+            }
+        }
     }
 }
 
@@ -450,6 +509,20 @@ static void metrics_setup(struct lv_server *s)
     s->m_upconns = lv_metrics_family(m, "levee_upstream_connections",
                                      "Upstream connections, by upstream and state (active, idle).",
                                      LV_METRIC_GAUGE, L_UPCONN, NULL, 0);
+    s->m_server_up = lv_metrics_family(
+        m, "levee_upstream_server_up",
+        "1 when the server takes traffic (up or starting), 0 when down or ejected.",
+        LV_METRIC_GAUGE, L_UP_SERVER, NULL, 0);
+    s->m_ejections = lv_metrics_family(
+        m, "levee_upstream_ejections_total",
+        "Outlier ejections, by server; enforced=\"false\": detected with outlier.enforce = false.",
+        LV_METRIC_COUNTER, L_UP_SERVER_ENFORCED, NULL, 0);
+    s->m_health_checks = lv_metrics_family(m, "levee_health_checks_total",
+                                           "Active health checks, by server and result.",
+                                           LV_METRIC_COUNTER, L_UP_SERVER_RESULT, NULL, 0);
+    s->m_panics = lv_metrics_family(m, "levee_upstream_panic_total",
+                                    "Attempts sent while no server of the upstream was in.",
+                                    LV_METRIC_COUNTER, L_UPSTREAM, NULL, 0);
     s->m_bad_requests = lv_metrics_family(m, "levee_bad_requests_total",
                                           "Requests refused before routing, by status.",
                                           LV_METRIC_COUNTER, L_CODE, NULL, 0);
@@ -570,11 +643,9 @@ static void watches_stop(struct lv_server *s)
 static void on_watch_debounced(uv_timer_t *t)
 {
     struct lv_server *s = t->data;
-    struct lv_buf errors = LV_BUF_INIT;
     lv_info("configuration file changed: reloading");
     s->reloads_by_watch++;
-    lv_server_reload(s, &errors);
-    lv_buf_dispose(&errors);
+    lv_server_reload(s, NULL, NULL);
 }
 
 static void on_watch_event(uv_fs_event_t *h, const char *filename, int events, int status)
@@ -628,6 +699,175 @@ static void watches_start(struct lv_server *s, const struct lv_config *cfg)
     }
 }
 
+/* ---- reloading (README "Reload"): the file is loaded and validated on a thread of its own
+ * (not libuv's threadpool, which also runs DNS lookups) with its own Lua state; the loop only
+ * swaps the result in. A loader that has not answered after LV_CONFIG_LOAD_WAIT_MS is stuck
+ * inside one C call: it is abandoned and the reload refused. */
+
+struct lv_reload_waiter {
+    lv_reload_cb cb;
+    void *arg;
+    struct lv_reload_waiter *next;
+};
+
+struct lv_reload {
+    struct lv_config_job *job;
+    struct lv_reload_waiter *waiters; /* answered when this load ends */
+};
+
+/* At most this many abandoned loaders may still run: each holds a thread (maybe spinning) and
+ * up to LV_CONFIG_LOAD_MEMORY; past it, reloads are refused until one ends. */
+#define MAX_ABANDONED_LOADERS 4
+
+static void reload_start(struct lv_server *s, struct lv_reload_waiter *waiters);
+static void install_config(struct lv_server *s, struct lv_config *cfg);
+static int sync_listeners(struct lv_server *s, const struct lv_config *cfg);
+
+static void waiters_answer(struct lv_reload_waiter *w, int rc, uint64_t generation,
+                           const struct lv_buf *errors)
+{
+    while (w) {
+        struct lv_reload_waiter *next = w->next;
+        w->cb(w->arg, rc, generation, errors->data ? errors->data : "", errors->len);
+        free(w);
+        w = next;
+    }
+}
+
+static void waiters_free(struct lv_reload_waiter *w)
+{
+    while (w) {
+        struct lv_reload_waiter *next = w->next;
+        free(w);
+        w = next;
+    }
+}
+
+/* The end of a load: the new configuration in force, or the errors logged; then the answers,
+ * then the load asked for meanwhile. */
+static void reload_end(struct lv_server *s, struct lv_config *cfg, struct lv_buf *errors)
+{
+    struct lv_reload *r = s->reload;
+    s->reload = NULL;
+    uv_timer_stop(&s->reload_timer);
+    int rc = -1;
+    if (cfg && s->draining) {
+        lv_config_unpin(cfg);
+        cfg = NULL;
+        lv_buf_puts(errors, "shutting down\n");
+    } else if (cfg) {
+        install_config(s, cfg);
+        sync_listeners(s, cfg);
+        lv_metric_add(s->m_reload_ok, 1);
+        snprintf(s->last_reload_result, sizeof(s->last_reload_result), "ok");
+        lv_info("configuration reloaded: generation %llu", (unsigned long long)s->generation);
+        rc = 0;
+    } else {
+        lv_metric_add(s->m_reload_err, 1);
+        lv_error("reload refused, the configuration in force keeps serving:\n%.*s",
+                 (int)errors->len, errors->data ? errors->data : "");
+        snprintf(s->last_reload_result, sizeof(s->last_reload_result), "error: %.*s",
+                 (int)(errors->len > 400 ? 400 : errors->len), errors->data ? errors->data : "");
+    }
+    struct lv_reload_waiter *w = r->waiters;
+    free(r);
+    waiters_answer(w, rc, s->generation, errors);
+    if (s->reload_again && !s->draining && !s->reload) {
+        struct lv_reload_waiter *next = s->reload_queue;
+        s->reload_queue = NULL;
+        s->reload_again = false;
+        reload_start(s, next);
+    }
+}
+
+/* On the loader thread, under its job's lock (never after the job is abandoned). */
+static void reload_notify(void *arg)
+{
+    struct lv_server *s = arg;
+    uv_async_send(&s->reload_async);
+}
+
+static void on_reload_async(uv_async_t *h)
+{
+    struct lv_server *s = h->data;
+    if (!s->reload || !s->reload->job || !lv_config_job_done(s->reload->job))
+        return;
+    struct lv_buf errors = LV_BUF_INIT;
+    struct lv_config *cfg = lv_config_job_finish(s->reload->job, &errors);
+    reload_end(s, cfg, &errors);
+    lv_buf_dispose(&errors);
+}
+
+static void on_reload_timeout(uv_timer_t *t)
+{
+    struct lv_server *s = t->data;
+    if (!s->reload)
+        return;
+    if (lv_config_job_done(s->reload->job)) {
+        on_reload_async(&s->reload_async);
+        return;
+    }
+    lv_config_job_abandon(s->reload->job);
+    lv_warn("the configuration loader of %s still runs after %d ms (stuck inside one C call?): "
+            "abandoned; %u abandoned loader(s) still running",
+            s->config_path, LV_CONFIG_LOAD_WAIT_MS, lv_config_loaders_abandoned());
+    struct lv_buf errors = LV_BUF_INIT;
+    lv_buf_printf(&errors,
+                  "%s:1: the configuration ran too long (its loader did not finish within %d ms "
+                  "and was abandoned)\n",
+                  s->config_path, LV_CONFIG_LOAD_WAIT_MS);
+    reload_end(s, NULL, &errors);
+    lv_buf_dispose(&errors);
+}
+
+static void reload_start(struct lv_server *s, struct lv_reload_waiter *waiters)
+{
+    struct lv_reload *r = lv_xcalloc(1, sizeof(*r));
+    r->waiters = waiters;
+    s->reload = r;
+    struct lv_buf errors = LV_BUF_INIT;
+    unsigned stuck = lv_config_loaders_abandoned();
+    if (stuck >= MAX_ABANDONED_LOADERS) {
+        lv_buf_printf(&errors,
+                      "%s:1: the configuration ran too long before: %u abandoned loaders still "
+                      "run, no other starts until one ends\n",
+                      s->config_path, stuck);
+        reload_end(s, NULL, &errors);
+        lv_buf_dispose(&errors);
+        return;
+    }
+    r->job = lv_config_job_new(s->config_path, s->lua_dir, reload_notify, s);
+    uv_thread_t tid;
+    int rc = uv_thread_create(&tid, lv_config_job_run, r->job);
+    if (rc != 0) {
+        lv_config_job_discard(r->job);
+        r->job = NULL;
+        lv_buf_printf(&errors, "%s:1: cannot start a thread to load the configuration: %s\n",
+                      s->config_path, uv_strerror(rc));
+        reload_end(s, NULL, &errors);
+        lv_buf_dispose(&errors);
+        return;
+    }
+    pthread_detach(tid); /* uv_thread_t is a pthread_t; nobody joins a loader */
+    uv_timer_start(&s->reload_timer, on_reload_timeout, LV_CONFIG_LOAD_WAIT_MS, 0);
+}
+
+/* Shutdown: a load in progress is abandoned, its requests dropped (their connections close). */
+static void reload_stop(struct lv_server *s)
+{
+    uv_timer_stop(&s->reload_timer);
+    if (s->reload) {
+        if (s->reload->job)
+            lv_config_job_abandon(s->reload->job);
+        waiters_free(s->reload->waiters);
+        free(s->reload);
+        s->reload = NULL;
+    }
+    waiters_free(s->reload_queue);
+    s->reload_queue = NULL;
+    s->reload_again = false;
+}
+
 /* ---- lifecycle */
 
 static void on_tick(uv_timer_t *t)
@@ -635,6 +875,7 @@ static void on_tick(uv_timer_t *t)
     struct lv_server *s = t->data;
     for (size_t i = 0; i < s->nupstreams; i++)
         lv_upstream_tick(s->upstreams[i]);
+    lv_log_flush_repeats(false);
 }
 
 static void stop_loop_handles(struct lv_server *s)
@@ -647,6 +888,9 @@ static void stop_loop_handles(struct lv_server *s)
     uv_timer_stop(&s->watch_debounce);
     uv_close((uv_handle_t *)&s->watch_debounce, NULL);
     watches_stop(s);
+    reload_stop(s);
+    uv_close((uv_handle_t *)&s->reload_timer, NULL);
+    uv_close((uv_handle_t *)&s->reload_async, NULL);
     uv_close((uv_handle_t *)&s->sig_term, NULL);
     uv_close((uv_handle_t *)&s->sig_int, NULL);
     uv_close((uv_handle_t *)&s->sig_hup, NULL);
@@ -714,9 +958,7 @@ static void on_signal(uv_signal_t *h, int signum)
 {
     struct lv_server *s = h->data;
     if (signum == SIGHUP) {
-        struct lv_buf errors = LV_BUF_INIT;
-        lv_server_reload(s, &errors);
-        lv_buf_dispose(&errors);
+        lv_server_reload(s, NULL, NULL);
         return;
     }
     lv_server_shutdown(s);
@@ -807,6 +1049,10 @@ int lv_server_start(struct lv_server *s, uv_loop_t *loop, struct lv_config *cfg)
     s->drain_timer.data = s;
     uv_timer_init(loop, &s->watch_debounce);
     s->watch_debounce.data = s;
+    uv_timer_init(loop, &s->reload_timer);
+    s->reload_timer.data = s;
+    uv_async_init(loop, &s->reload_async, on_reload_async);
+    s->reload_async.data = s;
     install_config(s, cfg);
     snprintf(s->last_reload_result, sizeof(s->last_reload_result), "initial load");
     int rc = sync_listeners(s, cfg);
@@ -824,27 +1070,51 @@ int lv_server_start(struct lv_server *s, uv_loop_t *loop, struct lv_config *cfg)
     return 0;
 }
 
-int lv_server_reload(struct lv_server *s, struct lv_buf *errors)
+void lv_server_reload(struct lv_server *s, lv_reload_cb cb, void *arg)
 {
     if (s->draining || !s->config_path) {
-        lv_buf_puts(errors, s->draining ? "shutting down\n" : "no configuration file to reload\n");
-        return -1;
+        const char *why = s->draining ? "shutting down\n" : "no configuration file to reload\n";
+        if (cb)
+            cb(arg, -1, s->generation, why, strlen(why));
+        return;
     }
-    struct lv_config *cfg = lv_config_load(s->config_path, s->lua_dir, errors);
-    if (!cfg) {
-        lv_metric_add(s->m_reload_err, 1);
-        lv_error("reload refused, the configuration in force keeps serving:\n%.*s",
-                 (int)errors->len, errors->data ? errors->data : "");
-        snprintf(s->last_reload_result, sizeof(s->last_reload_result), "error: %.*s",
-                 (int)(errors->len > 400 ? 400 : errors->len), errors->data ? errors->data : "");
-        return -1;
+    struct lv_reload_waiter *w = NULL;
+    if (cb) {
+        w = lv_xcalloc(1, sizeof(*w));
+        w->cb = cb;
+        w->arg = arg;
     }
-    install_config(s, cfg);
-    sync_listeners(s, cfg);
-    lv_metric_add(s->m_reload_ok, 1);
-    snprintf(s->last_reload_result, sizeof(s->last_reload_result), "ok");
-    lv_info("configuration reloaded: generation %llu", (unsigned long long)s->generation);
-    return 0;
+    if (s->reload) {
+        /* One load at a time: this request is answered by the next one, which every request
+         * made meanwhile shares (a file saved twice during a load is loaded once more). */
+        struct lv_reload_waiter **tail = &s->reload_queue;
+        while (*tail)
+            tail = &(*tail)->next;
+        *tail = w;
+        s->reload_again = true;
+        return;
+    }
+    reload_start(s, w);
+}
+
+static void waiters_cancel(struct lv_reload_waiter **list, void *arg)
+{
+    while (*list) {
+        struct lv_reload_waiter *w = *list;
+        if (w->arg == arg) {
+            *list = w->next;
+            free(w);
+        } else {
+            list = &w->next;
+        }
+    }
+}
+
+void lv_server_reload_cancel(struct lv_server *s, void *arg)
+{
+    if (s->reload)
+        waiters_cancel(&s->reload->waiters, arg);
+    waiters_cancel(&s->reload_queue, arg);
 }
 
 void lv_server_free(struct lv_server *s)

@@ -26,6 +26,13 @@ struct lv_client;
 struct lv_admin;
 struct lv_upstream;
 struct lv_tls_ctx;
+struct lv_reload;
+struct lv_reload_waiter;
+
+/* The answer to one reload request: rc 0 and the generation now in force, or -1 and the
+ * errors ("FILE:LINE: ...\n" lines; not NUL-terminated). */
+typedef void (*lv_reload_cb)(void *arg, int rc, uint64_t generation, const char *errors,
+                             size_t len);
 
 /* Per-route state that outlives a configuration generation (kept by route name). */
 struct lv_route_state {
@@ -93,6 +100,7 @@ struct lv_server {
         *m_generation, *m_upconns, *m_clients, *m_bad_requests, *m_attempts, *m_breaker_state,
         *m_fallbacks, *m_breaker_rejected, *m_hook_errors, *m_idem_replays, *m_idem_stored,
         *m_idem_conflicts, *m_idem_mismatches, *m_idem_store_errors, *m_idem_entries;
+    struct lv_metric_family *m_server_up, *m_ejections, *m_health_checks, *m_panics;
     struct lv_metric *m_reload_ok, *m_reload_err;
 
     /* client connections */
@@ -112,6 +120,13 @@ struct lv_server {
     uv_timer_t watch_debounce;
     uint64_t reloads_by_watch;
 
+    /* reload (README "Reload"): one load at a time, on a thread of its own */
+    struct lv_reload *reload;              /* the load in progress, or NULL */
+    struct lv_reload_waiter *reload_queue; /* requests answered by the next load */
+    bool reload_again;                     /* a reload was asked during the current one */
+    uv_async_t reload_async;               /* the loader thread's "done" */
+    uv_timer_t reload_timer;               /* LV_CONFIG_LOAD_WAIT_MS: then it is abandoned */
+
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t tick;
     uv_timer_t drain_timer;
@@ -124,9 +139,13 @@ struct lv_server {
 /** Sets up the server on `loop` with `cfg` (takes the caller's reference), binds listeners.
  *  Returns 0 or a negative libuv error (logged). */
 int lv_server_start(struct lv_server *s, uv_loop_t *loop, struct lv_config *cfg);
-/** Loads the config file again and swaps it in when valid. Errors go to `errors`.
- *  Returns 0 on success, -1 if the new file was refused (the old one keeps serving). */
-int lv_server_reload(struct lv_server *s, struct lv_buf *errors);
+/** Loads the config file again, off the loop, and swaps it in when valid (the old one keeps
+ *  serving otherwise). `cb(arg, ...)` (may be NULL) gets the outcome when the load ends; at
+ *  once when no reload is possible. A reload asked while one runs waits for it; all asked
+ *  meanwhile share the next load. */
+void lv_server_reload(struct lv_server *s, lv_reload_cb cb, void *arg);
+/** Forgets the pending answers to `arg` (its requester went away). */
+void lv_server_reload_cancel(struct lv_server *s, void *arg);
 /** Stops accepting, lets requests in flight finish (up to drain_timeout), then stops. */
 void lv_server_shutdown(struct lv_server *s);
 

@@ -6,10 +6,14 @@
  */
 #include "script/config.h"
 
+#include <errno.h>
 #include <lauxlib.h>
 #include <limits.h>
 #include <lua.h>
 #include <lualib.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -17,6 +21,7 @@
 #include "base/log.h"
 #include "base/method.h"
 #include "script/hooks.h"
+#include "script/patcost.h"
 
 #ifndef LEVEE_LUA_DIR
 #define LEVEE_LUA_DIR "/usr/local/share/levee/lua"
@@ -27,20 +32,50 @@
  * process. */
 #define LV__CONFIG_LUA_MEM_LIMIT ((size_t)256 << 20)
 
+/* Loading (README "Reload"): the file's code, the key-line scan and validation run on Lua
+ * coroutines under a count hook that every LV__LOAD_TICK instructions checks the instruction
+ * budget and the wall clock; levee's glue code on the main thread is not counted. */
+#define LV__LOAD_TICK      100
+#define LV__LOAD_MAX_TICKS 2000000 /* 2e8 instructions */
+/* A pattern call whose worst case (patcost.h) is over this many steps, plus a linear allowance
+ * per byte of subject and pattern, is refused while loading: a few tenths of a second. */
+#define LV__PATTERN_MAX_COST 2e7
+#define LV__PATTERN_LINEAR   16.0
+/* More repetitions of an empty string than this are refused: string.rep copies nothing then,
+ * but still loops once per repetition inside one C call. */
+#define LV__REP_EMPTY_MAX ((lua_Integer)1 << 24)
+/* table.move over more elements than this is refused while loading (it loops in C). */
+#define LV__MOVE_MAX ((lua_Integer)1 << 24)
+
 struct lv__lalloc {
     size_t used;
     size_t limit;
+    lua_State *main; /* the main thread: levee's own code */
+    /* While `loading`: the load-time limits and the C guards apply to the other threads. */
+    bool loading;
+    bool hit;     /* the load ran over its instructions or its time */
+    bool mem_hit; /* an allocation was refused at the cap */
+    uint64_t ticks;
+    uint64_t deadline_ns; /* CLOCK_MONOTONIC */
 };
 
-/* Every configuration state alive on this thread (= this worker loop) and the bytes they hold,
- * for /status and the reload leak spec: old generations must give everything back. */
-static _Thread_local size_t lua_bytes_total;
-static _Thread_local unsigned lua_states_live;
+/* Every configuration state alive in the process and the bytes they hold, for /status and the
+ * reload leak spec: old generations must give everything back. States are made on loader
+ * threads and freed on the loop (or on a loader thread), so the counters are atomic. */
+static atomic_size_t lua_bytes_total;
+static atomic_uint lua_states_live;
+/* Loaders given up on (lv_config_job_abandon) that have not finished yet. */
+static atomic_uint loaders_abandoned;
 
 void lv_config_lua_stats(size_t *bytes, unsigned *states)
 {
-    *bytes = lua_bytes_total;
-    *states = lua_states_live;
+    *bytes = atomic_load_explicit(&lua_bytes_total, memory_order_relaxed);
+    *states = atomic_load_explicit(&lua_states_live, memory_order_relaxed);
+}
+
+unsigned lv_config_loaders_abandoned(void)
+{
+    return atomic_load(&loaders_abandoned);
 }
 
 static void *lalloc(void *ud, void *ptr, size_t osize, size_t nsize)
@@ -50,17 +85,36 @@ static void *lalloc(void *ud, void *ptr, size_t osize, size_t nsize)
     if (nsize == 0) {
         free(ptr);
         a->used -= old;
-        lua_bytes_total -= old;
+        atomic_fetch_sub_explicit(&lua_bytes_total, old, memory_order_relaxed);
         return NULL;
     }
-    if (nsize > old && a->used - old + nsize > a->limit)
+    if (nsize > old && a->used - old + nsize > a->limit) {
+        a->mem_hit = true;
         return NULL;
+    }
     void *p = realloc(ptr, nsize);
     if (p) {
         a->used = a->used - old + nsize;
-        lua_bytes_total = lua_bytes_total - old + nsize;
+        if (nsize >= old)
+            atomic_fetch_add_explicit(&lua_bytes_total, nsize - old, memory_order_relaxed);
+        else
+            atomic_fetch_sub_explicit(&lua_bytes_total, old - nsize, memory_order_relaxed);
     }
     return p;
+}
+
+static struct lv__lalloc *alloc_of(lua_State *L)
+{
+    void *ud = NULL;
+    lua_getallocf(L, &ud);
+    return ud;
+}
+
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 /* For hooks.c (declared in hooks.h): a per-call memory cap. `extra` > 0 lowers the limit to
@@ -82,7 +136,186 @@ static void state_close(lua_State *L)
     lua_getallocf(L, &ud);
     lua_close(L);
     free(ud);
-    lua_states_live--;
+    atomic_fetch_sub(&lua_states_live, 1);
+}
+
+/* ---- limits while loading (README "Reload") */
+
+#define RAN_TOO_LONG "the configuration ran too long (an endless loop?)"
+
+/* Guards and the hook act on the file's threads only, while loading. */
+static bool guarded(lua_State *L, struct lv__lalloc *a)
+{
+    return a->loading && L != a->main;
+}
+
+/* Raises RAN_TOO_LONG (at the caller's line) once the load is over its time. */
+static void check_time(lua_State *L, struct lv__lalloc *a)
+{
+    if (!a->hit && mono_ns() < a->deadline_ns)
+        return;
+    a->hit = true;
+    luaL_error(L, RAN_TOO_LONG);
+}
+
+/* The count hook. Once over a limit it fires at every instruction, so a pcall in a loop cannot
+ * outlast it (levee.config's xpcall skips message handlers then: Lua runs the handler of an
+ * error raised in a hook with hooks off). */
+static void load_hook(lua_State *L, lua_Debug *ar)
+{
+    (void)ar;
+    struct lv__lalloc *a = alloc_of(L);
+    if (!guarded(L, a))
+        return;
+    if (!a->hit && ++a->ticks <= LV__LOAD_MAX_TICKS && mono_ns() < a->deadline_ns)
+        return;
+    a->hit = true;
+    lua_sethook(L, load_hook, LUA_MASKCOUNT, 1);
+    luaL_where(L, 0); /* level 0 is the Lua function that was running (a hook has no frame) */
+    lua_pushliteral(L, RAN_TOO_LONG);
+    lua_concat(L, 2);
+    lua_error(L);
+}
+
+/* For levee.config: has the load hit its instruction or time limit? */
+static int l_limit_hit(lua_State *L)
+{
+    lua_pushboolean(L, alloc_of(L)->hit);
+    return 1;
+}
+
+/* Calls the original function (upvalue 1) with the guard's arguments. */
+static int call_original(lua_State *L)
+{
+    int n = lua_gettop(L);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, n, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+/* string.rep of an empty string (and separator) copies nothing but loops once per repetition
+ * in C: a huge count is refused. A result over the memory cap needs no guard: the one
+ * allocation it asks for fails at once. Always on (hooks too). */
+static int guard_rep(lua_State *L)
+{
+    size_t l, lsep = 0;
+    luaL_checklstring(L, 1, &l);
+    lua_Integer n = luaL_checkinteger(L, 2);
+    luaL_optlstring(L, 3, "", &lsep);
+    if (l + lsep == 0 && n > LV__REP_EMPTY_MAX)
+        luaL_error(L, "string.rep: too many repetitions of an empty string (%I; at most %I)", n,
+                   LV__REP_EMPTY_MAX);
+    return call_original(L);
+}
+
+/* 1-based init as string.find reads it, to a 0-based offset (n + 1 when past the end). */
+static size_t pattern_init(lua_Integer pos, size_t n)
+{
+    if (pos > 0)
+        return (size_t)pos - 1 > n ? n + 1 : (size_t)pos - 1;
+    if (pos == 0 || pos < -(lua_Integer)n)
+        return 0;
+    return n + (size_t)pos;
+}
+
+static int guard_pattern(lua_State *L, enum lv_patcost_fn fn, const char *name)
+{
+    /* Checked here so that a bad argument is reported as "string.find", not as the original
+     * called from C (which Lua can no longer name). */
+    size_t n, m, init = 0;
+    const char *s = luaL_checklstring(L, 1, &n);
+    const char *p = luaL_checklstring(L, 2, &m);
+    struct lv__lalloc *a = alloc_of(L);
+    if (!guarded(L, a))
+        return call_original(L);
+    check_time(L, a);
+    if (fn != LV_PATCOST_GSUB && !lua_isnoneornil(L, 3)) {
+        int isint = 0;
+        lua_Integer pos = lua_tointegerx(L, 3, &isint);
+        if (!isint)
+            return call_original(L); /* Lua reports the bad argument */
+        init = pattern_init(pos, n);
+    }
+    if (init > n)
+        return call_original(L); /* fails at once */
+    bool plain = fn == LV_PATCOST_FIND && lua_toboolean(L, 4);
+    double limit = LV__PATTERN_MAX_COST + LV__PATTERN_LINEAR * ((double)(n - init) + (double)m);
+    if (lv_pattern_cost(fn, s, n, init, p, m, plain, limit) > limit) {
+        char msg[200];
+        snprintf(msg, sizeof(msg),
+                 "string.%s: pattern too costly for a %zu-byte subject (its backtracking could "
+                 "take more than %.2g steps; the limit while loading the configuration)",
+                 name, n - init, limit);
+        luaL_error(L, "%s", msg);
+    }
+    return call_original(L);
+}
+
+static int guard_find(lua_State *L)
+{
+    return guard_pattern(L, LV_PATCOST_FIND, "find");
+}
+
+static int guard_match(lua_State *L)
+{
+    return guard_pattern(L, LV_PATCOST_MATCH, "match");
+}
+
+static int guard_gmatch(lua_State *L)
+{
+    return guard_pattern(L, LV_PATCOST_GMATCH, "gmatch");
+}
+
+static int guard_gsub(lua_State *L)
+{
+    return guard_pattern(L, LV_PATCOST_GSUB, "gsub");
+}
+
+/* table.insert, remove, sort, concat and unpack loop in C up to #t: with a __len metamethod
+ * that lies, for ever. Such tables are refused while loading. */
+static int guard_len(lua_State *L)
+{
+    struct lv__lalloc *a = alloc_of(L);
+    if (guarded(L, a)) {
+        check_time(L, a);
+        if (lua_type(L, 1) == LUA_TTABLE && lua_getmetatable(L, 1)) {
+            lua_pushliteral(L, "__len");
+            bool has_len = lua_rawget(L, -2) != LUA_TNIL;
+            lua_pop(L, 2);
+            if (has_len)
+                luaL_error(L, "table functions cannot take a table with a __len metamethod "
+                              "while loading the configuration");
+        }
+    }
+    return call_original(L);
+}
+
+/* table.move(a, f, e, t) loops e - f + 1 times in C, even over nothing. */
+static int guard_move(lua_State *L)
+{
+    struct lv__lalloc *a = alloc_of(L);
+    if (guarded(L, a)) {
+        check_time(L, a);
+        int isf = 0, ise = 0;
+        lua_Integer f = lua_tointegerx(L, 2, &isf), e = lua_tointegerx(L, 3, &ise);
+        if (isf && ise && e >= f && (lua_Unsigned)e - (lua_Unsigned)f >= (lua_Unsigned)LV__MOVE_MAX)
+            luaL_error(L,
+                       "table.move: too many elements (at most %I while loading the "
+                       "configuration)",
+                       LV__MOVE_MAX);
+    }
+    return call_original(L);
+}
+
+/* Replaces lib[name] by the C closure fn(original). */
+static void wrap(lua_State *L, const char *lib, const char *name, lua_CFunction fn)
+{
+    lua_getglobal(L, lib);
+    lua_getfield(L, -1, name);
+    lua_pushcclosure(L, fn, 1);
+    lua_setfield(L, -2, name);
+    lua_pop(L, 1);
 }
 
 static int panic(lua_State *L)
@@ -113,9 +346,22 @@ static lua_State *state_new(const char *lua_dir)
         free(a);
         return NULL;
     }
-    lua_states_live++;
+    a->main = L;
+    atomic_fetch_add(&lua_states_live, 1);
     lua_atpanic(L, panic);
     luaL_openlibs(L);
+    /* C functions that can run for ever inside one call, where no count hook fires. The
+     * entries of the real tables are replaced, so methods through the string metatable
+     * (("x"):rep(n)) and the sandbox's copies get the guards too. */
+    wrap(L, "string", "rep", guard_rep);
+    wrap(L, "string", "find", guard_find);
+    wrap(L, "string", "match", guard_match);
+    wrap(L, "string", "gmatch", guard_gmatch);
+    wrap(L, "string", "gsub", guard_gsub);
+    static const char *const by_len[] = {"insert", "remove", "sort", "concat", "unpack"};
+    for (size_t i = 0; i < sizeof(by_len) / sizeof(by_len[0]); i++)
+        wrap(L, "table", by_len[i], guard_len);
+    wrap(L, "table", "move", guard_move);
     lua_getglobal(L, "package");
     lua_pushfstring(L, "%s/?.lua;%s/?/init.lua", lua_dir, lua_dir);
     lua_setfield(L, -2, "path");
@@ -144,6 +390,8 @@ static void upstream_free(struct lv_upstream_cfg *u)
     free(u->servers);
     free(u->tls_sni);
     free(u->tls_ca);
+    free(u->health.path);
+    free(u->health.host);
 }
 
 static void route_free(struct lv_route_cfg *r)
@@ -379,6 +627,37 @@ static void walk_upstream(lua_State *L, struct walk *w, int t, struct lv_upstrea
     u->tls_sni = w_str(L, w, t, "tls_sni", true);
     u->tls_verify = w_bool(L, w, t, "tls_verify");
     u->tls_ca = w_str(L, w, t, "tls_ca", true);
+    u->slow_start_ms = w_uint(L, w, t, "slow_start_ms");
+    int ot = w_table(L, w, t, "outlier", false);
+    u->outlier.enabled = w_bool(L, w, ot, "enabled");
+    u->outlier.consecutive_failures = w_u32(L, w, ot, "consecutive_failures");
+    u->outlier.eject_for_ms = w_uint(L, w, ot, "eject_for_ms");
+    u->outlier.max_eject_for_ms = w_uint(L, w, ot, "max_eject_for_ms");
+    u->outlier.max_ejected = w_num(L, w, ot, "max_ejected");
+    u->outlier.enforce = w_bool(L, w, ot, "enforce");
+    lua_pop(L, 1);
+    int ht = w_table(L, w, t, "health", true);
+    if (ht) {
+        u->health.enabled = true;
+        u->health.path = w_str(L, w, ht, "path", false);
+        u->health.interval_ms = w_uint(L, w, ht, "interval_ms");
+        u->health.timeout_ms = w_uint(L, w, ht, "timeout_ms");
+        u->health.healthy = w_u32(L, w, ht, "healthy");
+        u->health.unhealthy = w_u32(L, w, ht, "unhealthy");
+        u->health.host = w_str(L, w, ht, "host", true);
+        int et = w_table(L, w, ht, "expect", false);
+        lua_Integer ne = (lua_Integer)lua_rawlen(L, et);
+        for (lua_Integer i = 1; i <= ne; i++) {
+            lua_rawgeti(L, et, i);
+            int isint = 0;
+            lua_Integer code = lua_tointegerx(L, -1, &isint);
+            if (!isint || code < 100 || code > 599)
+                luaL_error(L, "internal: bad health.expect status");
+            u->health.expect[code / 64] |= (uint64_t)1 << (code % 64);
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 2);
+    }
 }
 
 static void walk_retry(lua_State *L, struct walk *w, int t, struct lv_retry_cfg *r)
@@ -590,10 +869,27 @@ static double unix_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* The error for a load that failed on one of its limits, or false. */
+static bool limit_error(struct lv__lalloc *a, int status, const char *label, struct lv_buf *errors)
+{
+    if (status == LUA_ERRMEM || a->mem_hit)
+        lv_buf_printf(errors,
+                      "%s:1: the configuration used more than %zu MiB of Lua memory while "
+                      "loading\n",
+                      label, LV_CONFIG_LOAD_MEMORY >> 20);
+    else if (a->hit)
+        lv_buf_printf(errors, "%s:1: " RAN_TOO_LONG "\n", label);
+    else
+        return false;
+    return true;
+}
+
 /* Calls levee.config[fn](args...) with `nargs` strings (NULL pushes nil) and walks the result
- * into a new config. `label` names the source in errors that did not come from the Lua side. */
+ * into a new config. `label` names the source in errors that did not come from the Lua side.
+ * With `limited`, fn runs a configuration file: under the load-time limits (README "Reload"),
+ * which a last argument describes to levee.config. */
 static struct lv_config *run(const char *fn, const char *const *args, int nargs, const char *label,
-                             char *file, const char *lua_dir, struct lv_buf *errors)
+                             char *file, const char *lua_dir, bool limited, struct lv_buf *errors)
 {
     lua_State *L = state_new(lua_dir);
     if (!L) {
@@ -601,6 +897,9 @@ static struct lv_config *run(const char *fn, const char *const *args, int nargs,
         free(file);
         return NULL;
     }
+    struct lv__lalloc *a = alloc_of(L);
+    if (limited)
+        a->limit = LV_CONFIG_LOAD_MEMORY;
     lua_getglobal(L, "require");
     lua_pushliteral(L, "levee.config");
     if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
@@ -622,9 +921,25 @@ static struct lv_config *run(const char *fn, const char *const *args, int nargs,
         else
             lua_pushnil(L);
     }
-    if (lua_pcall(L, nargs, 2, 0) != LUA_OK) {
-        lv_buf_printf(errors, "%s: internal error in levee.config: %s\n", label,
-                      lua_tostring(L, -1));
+    if (limited) {
+        lua_createtable(L, 0, 2);
+        lua_pushcfunction(L, l_limit_hit);
+        lua_setfield(L, -2, "hit");
+        lua_pushinteger(L, (lua_Integer)LV_CONFIG_LOAD_MEMORY);
+        lua_setfield(L, -2, "memory");
+        nargs++;
+        a->loading = true;
+        a->deadline_ns = mono_ns() + (uint64_t)LV_CONFIG_LOAD_SECONDS * 1000000000u;
+        /* Set on the main thread, inherited by the coroutines levee.config runs code on. */
+        lua_sethook(L, load_hook, LUA_MASKCOUNT, LV__LOAD_TICK);
+    }
+    int st = lua_pcall(L, nargs, 2, 0);
+    lua_sethook(L, NULL, 0, 0);
+    a->loading = false;
+    if (st != LUA_OK) {
+        if (!limited || !limit_error(a, st, label, errors))
+            lv_buf_printf(errors, "%s: internal error in levee.config: %s\n", label,
+                          lua_tostring(L, -1));
         state_close(L);
         free(file);
         return NULL;
@@ -657,8 +972,10 @@ static struct lv_config *run(const char *fn, const char *const *args, int nargs,
     lua_pushlightuserdata(L, &w);
     lua_pushvalue(L, cfg);
     lua_pushvalue(L, files);
-    if (lua_pcall(L, 3, 0, 0) != LUA_OK) {
-        lv_buf_printf(errors, "%s: %s\n", label, lua_tostring(L, -1));
+    st = lua_pcall(L, 3, 0, 0);
+    if (st != LUA_OK) {
+        if (!limited || !limit_error(a, st, label, errors))
+            lv_buf_printf(errors, "%s: %s\n", label, lua_tostring(L, -1));
         state_close(L);
         config_free(c);
         return NULL;
@@ -676,17 +993,182 @@ static struct lv_config *run(const char *fn, const char *const *args, int nargs,
             return NULL;
         }
         c->L = L;
+        a->limit = LV__CONFIG_LUA_MEM_LIMIT; /* the hooks' state-wide cap from now on */
     }
     c->loaded_at = unix_now();
     return c;
 }
 
-struct lv_config *lv_config_load(const char *file, const char *lua_dir, struct lv_buf *errors)
+/* Loads on the calling thread; bounded by the Lua-side limits only. */
+static struct lv_config *load_here(const char *file, const char *lua_dir, struct lv_buf *errors)
 {
-    lua_dir = lua_dir_or_default(lua_dir);
     char *abs = realpath(file, NULL);
     const char *args[] = {file, lua_dir};
-    return run("compile", args, 2, file, abs ? abs : lv_xstrdup(file), lua_dir, errors);
+    return run("compile", args, 2, file, abs ? abs : lv_xstrdup(file), lua_dir, true, errors);
+}
+
+/* ---- loading on a thread of its own */
+
+struct lv_config_job {
+    pthread_mutex_t mu;
+    pthread_cond_t cv; /* CLOCK_MONOTONIC; signalled when done */
+    int refs;          /* the owner's and the loader thread's */
+    bool done, abandoned;
+    void (*notify)(void *arg);
+    void *arg;
+    char *file, *lua_dir;
+    struct lv_config *cfg; /* the result, until the owner takes it */
+    struct lv_buf errors;
+};
+
+struct lv_config_job *lv_config_job_new(const char *file, const char *lua_dir,
+                                        void (*notify)(void *arg), void *arg)
+{
+    struct lv_config_job *j = lv_xcalloc(1, sizeof(*j));
+    pthread_mutex_init(&j->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&j->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    j->refs = 2;
+    j->notify = notify;
+    j->arg = arg;
+    j->file = lv_xstrdup(file);
+    j->lua_dir = lv_xstrdup(lua_dir_or_default(lua_dir));
+    return j;
+}
+
+static void job_unref(struct lv_config_job *j)
+{
+    pthread_mutex_lock(&j->mu);
+    bool last = --j->refs == 0;
+    pthread_mutex_unlock(&j->mu);
+    if (!last)
+        return;
+    if (j->cfg)
+        lv_config_unpin(j->cfg);
+    lv_buf_dispose(&j->errors);
+    pthread_cond_destroy(&j->cv);
+    pthread_mutex_destroy(&j->mu);
+    free(j->file);
+    free(j->lua_dir);
+    free(j);
+}
+
+void lv_config_job_run(void *job)
+{
+    struct lv_config_job *j = job;
+    struct lv_buf errors = LV_BUF_INIT;
+    struct lv_config *cfg = load_here(j->file, j->lua_dir, &errors);
+    pthread_mutex_lock(&j->mu);
+    j->done = true;
+    bool abandoned = j->abandoned;
+    if (abandoned) {
+        atomic_fetch_sub(&loaders_abandoned, 1);
+    } else {
+        j->cfg = cfg;
+        j->errors = errors;
+        if (j->notify)
+            j->notify(j->arg);
+        pthread_cond_broadcast(&j->cv);
+    }
+    pthread_mutex_unlock(&j->mu);
+    if (abandoned) {
+        lv_warn("an abandoned configuration loader of %s finished after all; its result is "
+                "dropped",
+                j->file);
+        if (cfg)
+            lv_config_unpin(cfg);
+        lv_buf_dispose(&errors);
+    }
+    job_unref(j);
+}
+
+bool lv_config_job_done(struct lv_config_job *j)
+{
+    pthread_mutex_lock(&j->mu);
+    bool done = j->done;
+    pthread_mutex_unlock(&j->mu);
+    return done;
+}
+
+bool lv_config_job_wait(struct lv_config_job *j, uint64_t ms)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_sec += (time_t)(ms / 1000);
+    until.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&j->mu);
+    while (!j->done && pthread_cond_timedwait(&j->cv, &j->mu, &until) != ETIMEDOUT)
+        ;
+    bool done = j->done;
+    pthread_mutex_unlock(&j->mu);
+    return done;
+}
+
+struct lv_config *lv_config_job_finish(struct lv_config_job *j, struct lv_buf *errors)
+{
+    pthread_mutex_lock(&j->mu);
+    struct lv_config *cfg = j->cfg;
+    j->cfg = NULL;
+    lv_buf_append(errors, j->errors.data, j->errors.len);
+    pthread_mutex_unlock(&j->mu);
+    job_unref(j);
+    return cfg;
+}
+
+void lv_config_job_abandon(struct lv_config_job *j)
+{
+    pthread_mutex_lock(&j->mu);
+    if (!j->done) {
+        j->abandoned = true;
+        atomic_fetch_add(&loaders_abandoned, 1);
+    }
+    pthread_mutex_unlock(&j->mu);
+    job_unref(j); /* a result already there goes with the job */
+}
+
+void lv_config_job_discard(struct lv_config_job *j)
+{
+    job_unref(j); /* the thread's hold, */
+    job_unref(j); /* then the owner's */
+}
+
+static void *job_thread(void *job)
+{
+    lv_config_job_run(job);
+    return NULL;
+}
+
+struct lv_config *lv_config_load(const char *file, const char *lua_dir, struct lv_buf *errors)
+{
+    struct lv_config_job *j = lv_config_job_new(file, lua_dir, NULL, NULL);
+    pthread_attr_t at;
+    pthread_attr_init(&at);
+    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+    pthread_t t;
+    int rc = pthread_create(&t, &at, job_thread, j);
+    pthread_attr_destroy(&at);
+    if (rc != 0) {
+        lv_buf_printf(errors, "%s:1: cannot start a thread to load the configuration: %s\n", file,
+                      strerror(rc));
+        lv_config_job_discard(j);
+        return NULL;
+    }
+    if (!lv_config_job_wait(j, LV_CONFIG_LOAD_WAIT_MS)) {
+        lv_config_job_abandon(j);
+        lv_buf_printf(errors,
+                      "%s:1: the configuration ran too long (its loader did not finish within "
+                      "%d ms and was abandoned)\n",
+                      file, LV_CONFIG_LOAD_WAIT_MS);
+        return NULL;
+    }
+    return lv_config_job_finish(j, errors);
 }
 
 struct lv_config *lv_config_dev(const char *url, const char *listen, const char *lua_dir,
@@ -696,7 +1178,7 @@ struct lv_config *lv_config_dev(const char *url, const char *listen, const char 
     const char *args[] = {url, listen};
     struct lv_buf name = LV_BUF_INIT;
     lv_buf_printf(&name, "dev:%s", url ? url : "");
-    return run("dev", args, 2, "levee dev", name.data, lua_dir, errors);
+    return run("dev", args, 2, "levee dev", name.data, lua_dir, false, errors);
 }
 
 void lv_config_pin(struct lv_config *c)

@@ -56,6 +56,28 @@ struct lv_pool_cfg {
     uint64_t queue_timeout_ms; /* default: connect_timeout */
 };
 
+/* Active health checks (health = { ... }); off when `enabled` is false. */
+struct lv_health_cfg {
+    bool enabled;
+    char *path;           /* default "/" */
+    uint64_t interval_ms; /* default 2 s */
+    uint64_t timeout_ms;  /* default 1 s (at most interval) */
+    uint32_t healthy;     /* consecutive passes that bring a server back, default 2 */
+    uint32_t unhealthy;   /* consecutive failures that take it out, default 3 */
+    uint64_t expect[10];  /* bit s set: status s (100..599) passes; default 2xx and 3xx */
+    char *host;           /* Host of the check; NULL: the server's host:port */
+};
+
+/* Passive outlier ejection (outlier = { ... }); on by default. */
+struct lv_outlier_cfg {
+    bool enabled;                  /* outlier = false turns it off */
+    uint32_t consecutive_failures; /* default 5 */
+    uint64_t eject_for_ms;         /* default 10 s, doubled on each new ejection */
+    uint64_t max_eject_for_ms;     /* default 5 min */
+    double max_ejected;            /* share of servers out at once, default 0.5 */
+    bool enforce;                  /* false: detect, log and count only */
+};
+
 struct lv_upstream_cfg {
     char *name;
     struct lv_hostport *servers;
@@ -67,6 +89,9 @@ struct lv_upstream_cfg {
     char *tls_sni;   /* default: the server's host */
     bool tls_verify; /* default true */
     char *tls_ca;    /* CA file; NULL: system default */
+    struct lv_health_cfg health;
+    struct lv_outlier_cfg outlier;
+    uint64_t slow_start_ms; /* a returning server's share ramps up over this; 0 = off */
 };
 
 /* Outcome kinds a retry policy can name (retry.on). */
@@ -174,12 +199,51 @@ struct lv_config {
     int refs;
 };
 
+/* Limits of one load (README "Reload"): the file's code and validation run at most
+ * LV_CONFIG_LOAD_SECONDS of wall-clock time and 2e8 Lua instructions, with at most
+ * LV_CONFIG_LOAD_MEMORY bytes of Lua memory; the hooks' state keeps its own, larger cap. A
+ * loader that has not answered after LV_CONFIG_LOAD_WAIT_MS (stuck inside one C call) is
+ * abandoned. */
+#define LV_CONFIG_LOAD_SECONDS 2
+#define LV_CONFIG_LOAD_MEMORY  ((size_t)64 << 20)
+#define LV_CONFIG_LOAD_WAIT_MS 3000
+
 /**
  * Loads and validates FILE. On success returns a config with refs = 1. On failure returns NULL
  * and appends every error, one per line "FILE:LINE: key.path: message\n", to `errors`.
  * `lua_dir` is the folder holding levee/config.lua (NULL: the built-in default).
+ * Bounded whatever the file holds: the load runs on a thread of its own, which is abandoned
+ * (the error says "the configuration ran too long") after LV_CONFIG_LOAD_WAIT_MS.
  */
 struct lv_config *lv_config_load(const char *file, const char *lua_dir, struct lv_buf *errors);
+
+/*
+ * A load on a thread the caller starts (the server does so for reloads, so its loop never
+ * waits). lv_config_job_new prepares it; the thread runs lv_config_job_run(job); the owner
+ * then either takes the result with lv_config_job_finish once lv_config_job_done (or
+ * lv_config_job_wait) says so, or gives up with lv_config_job_abandon: the thread then frees
+ * whatever it produces when it ends. Each of finish and abandon releases the owner's hold;
+ * the job is freed by whichever of the owner and the thread comes last.
+ *
+ * `notify(arg)`, when set, is called once on the loader thread when the result is ready,
+ * never after lv_config_job_abandon returned (e.g. uv_async_send).
+ */
+struct lv_config_job;
+struct lv_config_job *lv_config_job_new(const char *file, const char *lua_dir,
+                                        void (*notify)(void *arg), void *arg);
+/** The thread's body (fits uv_thread_create): loads, then hands the result over. */
+void lv_config_job_run(void *job);
+bool lv_config_job_done(struct lv_config_job *job);
+/** Waits up to `ms` milliseconds; true once the result is ready. */
+bool lv_config_job_wait(struct lv_config_job *job, uint64_t ms);
+/** The result: a config, or NULL with the errors appended to `errors`. Frees the owner's hold. */
+struct lv_config *lv_config_job_finish(struct lv_config_job *job, struct lv_buf *errors);
+/** Gives up on a load (its thread is detached and left to end by itself). */
+void lv_config_job_abandon(struct lv_config_job *job);
+/** Frees a job whose thread could not be started. */
+void lv_config_job_discard(struct lv_config_job *job);
+/** Loaders abandoned and still running (each holds a thread and up to LV_CONFIG_LOAD_MEMORY). */
+unsigned lv_config_loaders_abandoned(void);
 
 /** Builds the configuration of `levee dev URL`: one upstream, one catch-all route. */
 struct lv_config *lv_config_dev(const char *url, const char *listen, const char *lua_dir,

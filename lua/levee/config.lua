@@ -28,10 +28,21 @@ local MAX_U32 = 2147483647
 local MAX_MS = 1 << 40   -- about 34 years
 local MAX_SIZE = 1 << 50 -- 1 PiB
 
--- Instructions a configuration file may run while loading: enough for any table-building
--- code, small enough that an endless loop is an error after a second or two, not a hang.
+-- Instructions and seconds a configuration file may run while loading (its code, then the
+-- validation of what it returned): enough for any table-building code, small enough that an
+-- endless loop is an error after a second or two, not a hang. levee's loader (config.c) counts
+-- them itself with a C hook and a monotonic clock, and adds a memory cap and guards for the
+-- C functions that can run for ever in one call; run alone (spec/unit), this module counts
+-- with a Lua hook and os.clock.
 local RUN_TICK = 100000
 local RUN_TICKS = 2000
+local RUN_SECONDS = 2
+local RAN_TOO_LONG = "the configuration ran too long (an endless loop?)"
+-- Tables nested deeper than this are not searched for metatables: validation never reads
+-- that deep (its deepest keys are a few levels down).
+local MT_DEPTH = 32
+-- Longer error messages from the file are cut (a message is printed and logged as is).
+local MAX_ERROR_TEXT = 2000
 
 -- Same names and order as core/base/method.c.
 local METHODS = {}
@@ -113,7 +124,7 @@ function M.parse_duration(v)
         end
         ms = v * SECOND
     elseif type(v) == "string" then
-        if v == "" then
+        if v == "" or #v > 64 then
             return nil
         end
         ms = 0
@@ -144,6 +155,9 @@ function M.parse_size(v)
         end
         n = v
     elseif type(v) == "string" then
+        if #v > 64 then
+            return nil
+        end
         local num, unit = v:match("^(%d+%.?%d*)(%a+)$")
         if not num then
             num, unit = v:match("^(%.%d+)(%a+)$")
@@ -160,7 +174,7 @@ end
 
 --- host, port for "host:port", "1.2.3.4:80" or "[::1]:80"; nil and a reason otherwise.
 function M.parse_hostport(s)
-    if type(s) ~= "string" then
+    if type(s) ~= "string" or #s > 300 then
         return nil, "syntax"
     end
     local host, port = s:match("^%[([%x:%.]+)%]:(%d+)$")
@@ -419,7 +433,7 @@ function Cx:string(v, path, o)
     if v == nil then
         return missing(self, path, o, what)
     end
-    if type(v) ~= "string" or (o.pattern and not v:match(o.pattern)) or (o.maxlen and #v > o.maxlen) then
+    if type(v) ~= "string" or (o.maxlen and #v > o.maxlen) or (o.pattern and not v:match(o.pattern)) then
         self:err(path, "expected " .. what .. ", got " .. show(v))
         return o.default
     end
@@ -650,12 +664,106 @@ local function access_log(cx, v, path)
     return "stdout", nil
 end
 
+-- "2xx" or a status code (integer or "200") -> list of statuses; nil on a bad entry.
+local function status_codes(x)
+    local class = type(x) == "string" and x:match("^([1-5])xx$")
+    if class then
+        local out = {}
+        for c = tonumber(class) * 100, tonumber(class) * 100 + 99 do
+            out[#out + 1] = c
+        end
+        return out
+    end
+    local n = math.tointeger(x) or (type(x) == "string" and x:match("^%d%d%d$") and tonumber(x))
+    if n and n >= 100 and n <= 599 then
+        return { n }
+    end
+    return nil
+end
+
+-- Active health checks: off when absent; `true` or `{}` turns them on with the defaults.
+local function health(cx, v, path)
+    if v == nil or v == false then
+        return nil
+    end
+    if v == true then
+        v = {}
+    end
+    local t = cx:record(v, path, { "path", "interval", "timeout", "healthy", "unhealthy",
+        "expect", "host" })
+    local function p(k)
+        return join(path, k)
+    end
+    local h = {
+        path = cx:string(t.path, p("path"), { default = "/", pattern = "^/[%w%-%._~!$&'()*+,;=:@/%%?]*$",
+            maxlen = 1024, what = "a path starting with /" }),
+        interval_ms = cx:duration(t.interval, p("interval"), { default = 2 * SECOND, min = 10 }),
+        healthy = cx:integer(t.healthy, p("healthy"), { default = 2, min = 1, max = 1000 }),
+        unhealthy = cx:integer(t.unhealthy, p("unhealthy"), { default = 3, min = 1, max = 1000 }),
+        host = cx:string(t.host, p("host"), { pattern = "^[%w%.%-_]+(:?%d*)$", maxlen = 255,
+            what = "a host name (with an optional :port)" }),
+    }
+    h.timeout_ms = cx:duration(t.timeout, p("timeout"),
+        { default = math.min(1 * SECOND, h.interval_ms), min = 1, max = h.interval_ms })
+    local codes = {}
+    local list = t.expect == nil and { "2xx", "3xx" } or cx:list(t.expect, p("expect"), "status codes")
+    for i, x in ipairs(list) do
+        local c = status_codes(x)
+        if not c then
+            cx:err(join(p("expect"), i), 'expected a status code 100-599 or a class like "2xx", got '
+                .. show(x))
+        else
+            for _, s in ipairs(c) do
+                codes[s] = true
+            end
+        end
+    end
+    h.expect = {}
+    for s = 100, 599 do
+        if codes[s] then
+            h.expect[#h.expect + 1] = s
+        end
+    end
+    if t.expect ~= nil and type(t.expect) == "table" and #list == 0 then
+        cx:err(p("expect"), "expected at least one status code or class")
+    end
+    return h
+end
+
+-- Passive outlier ejection: on by default; `false` turns it off.
+local function outlier(cx, v, path)
+    if v == false then
+        return { enabled = false, consecutive_failures = 5, eject_for_ms = 10 * SECOND,
+            max_eject_for_ms = 5 * MINUTE, max_ejected = 0.5, enforce = true }
+    end
+    if v == true then
+        v = nil
+    end
+    local t = cx:record(v, path, { "consecutive_failures", "eject_for", "max_eject_for",
+        "max_ejected", "enforce" })
+    local function p(k)
+        return join(path, k)
+    end
+    local o = {
+        enabled = true,
+        consecutive_failures = cx:integer(t.consecutive_failures, p("consecutive_failures"),
+            { default = 5, min = 1, max = 1000000 }),
+        eject_for_ms = cx:duration(t.eject_for, p("eject_for"), { default = 10 * SECOND, gt = 0 }),
+        max_ejected = cx:number(t.max_ejected, p("max_ejected"), { default = 0.5, min = 0, max = 1 }),
+        enforce = cx:boolean(t.enforce, p("enforce"), { default = true }),
+    }
+    o.max_eject_for_ms = cx:duration(t.max_eject_for, p("max_eject_for"),
+        { default = math.max(5 * MINUTE, o.eject_for_ms), min = o.eject_for_ms })
+    return o
+end
+
 local function upstream(cx, name, v, path)
     if type(v) ~= "table" then
         cx:err(path, "expected an upstream table { servers = { ... } }, got " .. show(v))
         return nil
     end
-    local t = cx:record(v, path, { "servers", "balance", "connect_timeout", "pool", "tls" })
+    local t = cx:record(v, path, { "servers", "balance", "connect_timeout", "pool", "tls",
+        "health", "outlier", "slow_start" })
     local function p(k)
         return join(path, k)
     end
@@ -714,6 +822,9 @@ local function upstream(cx, name, v, path)
             end
         end
     end
+    u.health = health(cx, t.health, p("health"))
+    u.outlier = outlier(cx, t.outlier, p("outlier"))
+    u.slow_start_ms = cx:duration(t.slow_start, p("slow_start"), { default = 0, max = 1 * HOUR })
     return u
 end
 
@@ -1037,7 +1148,20 @@ end
 ------------------------------------------------------------------------------------------
 -- Running the file.
 
-local function sandbox()
+-- The limits of one load. `limits` comes from levee's loader: { hit = function() -> whether
+-- its hook stopped the load, memory = its cap in bytes }; nil when this module runs alone.
+local function new_limit(limits)
+    return { hit = false, ticks = 0, deadline = os.clock() + RUN_SECONDS,
+        external = limits and limits.hit, memory = limits and limits.memory }
+end
+
+-- Has the load run over its instructions or its time? (No global is read here: the sandbox's
+-- functions below call it, and hooks.c treats functions that read levee's globals apart.)
+local function limit_hit(lim)
+    return lim.hit or (lim.external ~= nil and lim.external() == true)
+end
+
+local function sandbox(lim)
     local env = {}
     for _, k in ipairs({ "pairs", "ipairs", "type", "tostring", "tonumber", "select", "error",
         "assert", "pcall", "xpcall", "setmetatable", "getmetatable", "next", "rawget", "rawset",
@@ -1054,6 +1178,29 @@ local function sandbox()
     env.string.dump = nil
     env.os = { getenv = os.getenv, time = os.time, clock = os.clock }
     env._G = env
+    local setmt, xpcall_, type_, rawget_, error_ = setmetatable, xpcall, type, rawget, error
+    -- A finalizer runs when Lua collects or closes the state, with hooks off: no limit could
+    -- stop it, so none may be set. Lua looks for __gc raw, at setmetatable time, as here.
+    env.setmetatable = function(t, mt)
+        if type_(mt) == "table" and rawget_(mt, "__gc") ~= nil then
+            error_("setmetatable: __gc metamethods are not allowed in the configuration "
+                .. "(a finalizer would run outside the load's limits)", 2)
+        end
+        return setmt(t, mt)
+    end
+    -- Lua runs the message handler of an error raised by the instruction limit with hooks
+    -- off: once the limit is hit, handlers are skipped.
+    env.xpcall = function(f, h, ...)
+        if type_(h) ~= "function" then
+            return xpcall_(f, h, ...)
+        end
+        return xpcall_(f, function(e)
+            if limit_hit(lim) then
+                return e
+            end
+            return h(e)
+        end, ...)
+    end
     return env
 end
 
@@ -1141,24 +1288,30 @@ local function make_require(env, dirs, files)
     end
 end
 
--- Runs chunk with an instruction limit; returns ok, result like pcall. The chunk runs in a
--- coroutine of its own because count hooks are per thread: the limit then never fires in
--- this module's code, whatever the chunk did to it.
-local function run_limited(chunk)
-    local co = coroutine.create(chunk)
-    local ticks = 0
-    local function hook()
-        ticks = ticks + 1
-        if ticks > RUN_TICKS then
-            -- From now on every instruction fails, so a pcall in a loop cannot outlast it.
-            debug.sethook(co, hook, "", 1)
-            error("the configuration ran too long (an endless loop?)", 2)
+-- Runs fn under the load's limits; returns ok, result like pcall. fn runs in a coroutine of
+-- its own because count hooks are per thread: the limit then never fires in this module's
+-- code, whatever the file did to it. levee's loader has set a C hook on the main thread,
+-- which new coroutines inherit ("external hook"); alone, this module sets a Lua one.
+local function run_limited(fn, lim)
+    local co = coroutine.create(fn)
+    if not debug.gethook(co) then
+        local function hook()
+            lim.ticks = lim.ticks + 1
+            if lim.hit or lim.ticks > RUN_TICKS or os.clock() > lim.deadline then
+                lim.hit = true
+                -- From now on every instruction fails, so a pcall in a loop cannot outlast it.
+                debug.sethook(co, hook, "", 1)
+                error(RAN_TOO_LONG, 2)
+            end
         end
+        debug.sethook(co, hook, "", RUN_TICK)
     end
-    debug.sethook(co, hook, "", RUN_TICK)
     local ok, res = coroutine.resume(co)
     if ok and coroutine.status(co) ~= "dead" then
         return false, "the configuration must not yield"
+    end
+    if ok and limit_hit(lim) then
+        return false, RAN_TOO_LONG -- the limit's error was caught, then fn returned
     end
     return ok, res
 end
@@ -1172,6 +1325,9 @@ end
 local function error_text(path, files, e)
     if type(e) ~= "string" then
         e = "error: " .. show(e)
+    end
+    if #e > MAX_ERROR_TEXT then
+        e = e:sub(1, MAX_ERROR_TEXT) .. "..."
     end
     local tail, rest = e:match("^%.%.%.([^\n]-)(:%d+: .*)$")
     if tail then
@@ -1187,9 +1343,83 @@ local function error_text(path, files, e)
     return e
 end
 
+-- The error that stopped the file's code (or the checks after it) as "FILE:LINE: message".
+-- A limit is named as such, at a line of the user's files or else at line 1.
+local function run_error(path, files, e, lim)
+    if e == "not enough memory" then -- Lua's memory error
+        collectgarbage() -- what the dead coroutine held
+        return path .. ":1: " .. (lim.memory and ("the configuration used more than %d MiB of Lua "
+            .. "memory while loading"):format(lim.memory // MiB)
+            or "the configuration ran out of memory while loading")
+    end
+    e = error_text(path, files, e)
+    if limit_hit(lim) then
+        local where, line = e:match("^(.-):(%d+): ")
+        for _, f in ipairs(files) do
+            if f == where then
+                return where .. ":" .. line .. ": " .. RAN_TOO_LONG
+            end
+        end
+        return path .. ":1: " .. RAN_TOO_LONG
+    end
+    return e
+end
+
+-- Reports every table in the returned value (keys too) that has a metatable, found raw (next,
+-- debug.getmetatable): validation reads with indexing, pairs and #, which would run the
+-- file's metamethods (an __index making an endless list, say). True when it found one.
+local function refuse_metatables(cx, root)
+    local getmt = debug.getmetatable
+    local seen, found = {}, false
+    local function walk(v, path, depth)
+        if type(v) ~= "table" or seen[v] then
+            return
+        end
+        seen[v] = true
+        if getmt(v) ~= nil then
+            cx:err(path, "tables with metatables are not allowed in the configuration")
+            found = true
+            return
+        end
+        if depth >= MT_DEPTH then
+            return
+        end
+        for k, x in next, v do
+            walk(k, path, depth + 1) -- a table used as a key is reported where it is
+            local kt = type(k)
+            walk(x, (kt == "string" or kt == "number" or kt == "boolean") and join(path, k) or path,
+                depth + 1)
+        end
+    end
+    walk(root, "", 0)
+    return found
+end
+
+-- Everything after the file's code: key lines, metatables, validation. Returns { config = }
+-- or { errors = }.
+local function check(path, src, res, base)
+    local lines = keylines.scan(src)
+    if type(res) ~= "table" then
+        return { errors = { path .. ":" .. keylines.line(lines, "")
+            .. ": the file must return a table (return { listen = ..., routes = ... }), got "
+            .. show(res) } }
+    end
+    local cx = new_cx(path, lines, base)
+    if refuse_metatables(cx, res) then
+        return { errors = cx:formatted() }
+    end
+    local c = validate(cx, res)
+    if #cx.errors > 0 then
+        return { errors = cx:formatted() }
+    end
+    return { config = c }
+end
+
 --- Loads and validates the configuration file at `path`. `lua_dir` is the second folder
--- `require` searches (after the file's own). Returns (config, files) or (nil, errors).
-function M.compile(path, lua_dir)
+-- `require` searches (after the file's own). `limits` is levee's loader's (see new_limit).
+-- Returns (config, files) or (nil, errors).
+function M.compile(path, lua_dir, limits)
+    local lim = new_limit(limits)
     local src, err = read_text(path)
     if not src then
         err = err:sub(1, #path + 2) == path .. ": " and err:sub(#path + 3) or err
@@ -1197,7 +1427,7 @@ function M.compile(path, lua_dir)
     end
     local base = dirname(path)
     local files = { path }
-    local env = sandbox()
+    local env = sandbox(lim)
     local dirs = { base }
     if lua_dir and lua_dir ~= base then
         dirs[2] = lua_dir
@@ -1207,22 +1437,25 @@ function M.compile(path, lua_dir)
     if not chunk then
         return nil, { error_text(path, files, lerr) }
     end
-    local ok, res = run_limited(chunk)
+    local ok, res = run_limited(chunk, lim)
     if not ok then
-        return nil, { error_text(path, files, res) }
+        return nil, { run_error(path, files, res, lim) }
     end
-    local lines = keylines.scan(src)
-    if type(res) ~= "table" then
-        return nil, { path .. ":" .. keylines.line(lines, "")
-            .. ": the file must return a table (return { listen = ..., routes = ... }), got "
-            .. show(res) }
+    -- Only levee's code from here, but on what the file returned (which can be huge): under
+    -- the same limits.
+    local okc, out = run_limited(function()
+        return check(path, src, res, base)
+    end, lim)
+    if not okc then
+        if out == "not enough memory" or limit_hit(lim) then
+            return nil, { run_error(path, {}, out, lim) }
+        end
+        error(out, 0)
     end
-    local cx = new_cx(path, lines, base)
-    local c = validate(cx, res)
-    if #cx.errors > 0 then
-        return nil, cx:formatted()
+    if out.errors then
+        return nil, out.errors
     end
-    return c, files
+    return out.config, files
 end
 
 --- Validates a configuration table built in code (no file, no lines). `label` starts each

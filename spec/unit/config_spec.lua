@@ -183,6 +183,10 @@ return {
             pool = { max_idle = 0, idle_timeout_ms = 60000, max_lifetime_ms = 600000,
                 max_connections = 1024, queue_size = 1024, queue_timeout_ms = 2000 },
             tls = true, tls_sni = "api.internal", tls_verify = true,
+            -- outlier ejection is on by default; no active checks unless configured
+            outlier = { enabled = true, consecutive_failures = 5, eject_for_ms = 10000,
+                max_eject_for_ms = 300000, max_ejected = 0.5, enforce = true },
+            slow_start_ms = 0,
         }, api)
         assert.are.equal("b", c.upstreams[2].name)
         assert.is_true(c.upstreams[2].tls)
@@ -253,6 +257,34 @@ return {
         assert.is_false(u.tls)
         assert.is_true(u.tls_verify)
         assert.are.equal(64, u.pool.max_idle)
+    end)
+
+    it("normalizes health checks, outlier ejection and slow start", function()
+        local c = ok(with_upstream("servers = { '127.0.0.1:9000' }, slow_start = '30s', "
+            .. "health = { path = '/healthz?deep=1', expect = { '2xx', 418, '302' }, host = 'api.internal' }, "
+            .. "outlier = { consecutive_failures = 3, eject_for = '1s', enforce = false }"))
+        local u = c.upstreams[1]
+        assert.are.equal(30000, u.slow_start_ms)
+        local h = u.health
+        assert.are.equal("/healthz?deep=1", h.path)
+        assert.are.same({ 2000, 1000, 2, 3, "api.internal" },
+            { h.interval_ms, h.timeout_ms, h.healthy, h.unhealthy, h.host })
+        assert.are.equal(102, #h.expect)
+        assert.are.same({ 200, 201 }, { h.expect[1], h.expect[2] })
+        assert.are.same({ 299, 302, 418 }, { h.expect[100], h.expect[101], h.expect[102] })
+        assert.are.same({ enabled = true, consecutive_failures = 3, eject_for_ms = 1000,
+            max_eject_for_ms = 300000, max_ejected = 0.5, enforce = false }, u.outlier)
+        local off = ok(with_upstream("servers = { '127.0.0.1:9000' }, outlier = false, health = true"))
+        assert.is_false(off.upstreams[1].outlier.enabled)
+        assert.are.equal("/", off.upstreams[1].health.path)
+        assert.are.same({ 200, 399 }, { off.upstreams[1].health.expect[1], off.upstreams[1].health.expect[200] })
+        assert.are.same({
+            "levee.lua:2: upstreams.api.health.path: expected a path starting with /, got \"healthz\"",
+            "levee.lua:2: upstreams.api.health.timeout: expected a duration between 1ms and 1s, got \"5s\"",
+            "levee.lua:2: upstreams.api.health.expect[1]: expected a status code 100-599 or a class like \"2xx\", got \"7xx\"",
+            "levee.lua:2: upstreams.api.outlier.max_ejected: expected number between 0 and 1, got 1.5",
+        }, errors_of(with_upstream("servers = { '127.0.0.1:9000' }, outlier = { max_ejected = 1.5 }, "
+            .. "health = { path = 'healthz', interval = '1s', timeout = '5s', expect = { '7xx' } }")))
     end)
 
     it("expands 5xx and retriable-4xx", function()
@@ -596,6 +628,47 @@ return { upstreams = { a = { servers = { "h:1" } } }, routes = { { name = "r", u
         assert.is_function(string.format)
         assert.is_function(table.concat)
         assert.is_function(math.floor)
+    end)
+end)
+
+describe("load limits", function()
+    it("refuses __gc metamethods, whose finalizers would run outside every limit", function()
+        local errs = errors_of("local mt = { __gc = true }\nsetmetatable({}, mt)\n" .. with_route(""))
+        assert.are.same({ "levee.lua:2: setmetatable: __gc metamethods are not allowed in the "
+            .. "configuration (a finalizer would run outside the load's limits)" }, errs)
+        ok("setmetatable({}, { __index = {}, __close = function() end })\n" .. with_route(""))
+    end)
+
+    it("refuses tables with metatables in what the file returns, without calling them", function()
+        local errs = errors_of("local methods = setmetatable({}, { __index = function() return 'GET' end })\n"
+            .. "return {\n" .. UPSTREAMS .. "  routes = {\n"
+            .. "    { name = 'r', upstream = 'api', match = { methods = methods } },\n  },\n}\n")
+        assert.are.same({ "levee.lua:5: routes[1].match.methods: tables with metatables are not "
+            .. "allowed in the configuration" }, errs)
+        -- hidden behind __metatable, or on the returned table itself
+        errs = errors_of("return setmetatable({}, { __metatable = false, __pairs = function() "
+            .. "while true do end end })\n")
+        assert.are.same({ "levee.lua:1: tables with metatables are not allowed in the configuration" },
+            errs)
+    end)
+
+    it("skips xpcall message handlers once the limit is hit (Lua runs them with hooks off)", function()
+        local errs = errors_of("xpcall(function() while true do end end, function() while true do end end)\n")
+        assert.are.same({ "levee.lua:1: the configuration ran too long (an endless loop?)" }, errs)
+        ok("assert(select(2, xpcall(error, function(e) return 'handled ' .. e end, 'x')) == 'handled x')\n"
+            .. with_route(""))
+    end)
+
+    it("stops a __close handler that loops", function()
+        local errs = errors_of("pcall(function()\n  local x <close> = setmetatable({}, { __close = "
+            .. "function() while true do end end })\n  error('x')\nend)\n")
+        assert.matches("^levee.lua:%d+: the configuration ran too long", errs[1])
+    end)
+
+    it("cuts long error messages", function()
+        local errs = errors_of("error(string.rep('x', 5000))\n")
+        assert.is_true(#errs[1] < 2100)
+        assert.matches("^levee.lua:1: x+%.%.%.$", errs[1])
     end)
 end)
 
