@@ -1,5 +1,5 @@
--- levee in front of peers.sh's origin: one route, pooled keep-alive upstream connections.
--- peers.sh exports EXTRA_PORT (where levee listens) and ORIGIN_PORT (the nginx origin).
+-- levee in front of bench/run.sh's origin: one route, pooled keep-alive upstream connections.
+-- run.sh exports EXTRA_PORT (where levee listens) and ORIGIN_PORT (the nginx origin).
 local port = os.getenv("EXTRA_PORT") or "18089"
 local origin = os.getenv("ORIGIN_PORT") or "18080"
 return {

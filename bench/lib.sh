@@ -1,4 +1,5 @@
-# bench/lib.sh: shared by bench/policy.sh and bench/idem.sh (sourced, not run).
+# bench/lib.sh: shared by bench/policy.sh, bench/idem.sh and bench/run.sh (sourced, not run).
+# shellcheck shell=bash
 # bench_setup NAME: setup + release build, a work dir, process cleanup on exit.
 # bench_origin PORT: an nginx origin answering "ok\n" on 127.0.0.1:PORT (one worker).
 # ticks PID: user+sys clock ticks of a process. med: median of numbers on stdin.
@@ -33,3 +34,39 @@ bench_wait_up() {   # bench_wait_up PORT...: until each answers over HTTP
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 med() { sort -g | awk '{v[NR] = $1} END {print NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+
+# Used by run.sh (added; the helpers above are unchanged):
+# tree_pids PID...: the processes and all their descendants (from /proc).
+# tree_ticks PID...: user+sys clock ticks summed over those trees.
+# wrk_parse LOG: "rps p99_ms requests errors" from a `wrk --latency` log.
+tree_pids() {
+  local p
+  for p in "$@"; do
+    [[ -d /proc/$p ]] || continue
+    echo "$p"
+    # shellcheck disable=SC2046
+    tree_pids $(ps -o pid= --ppid "$p" 2>/dev/null || true)
+  done
+}
+
+tree_ticks() {
+  local p t=0 v
+  for p in $(tree_pids "$@"); do
+    v=$(awk '{s = $0; sub(/^.*\) /, "", s); split(s, f, " "); print f[12] + f[13]}' "/proc/$p/stat" 2>/dev/null) || continue
+    t=$((t + ${v:-0}))
+  done
+  echo "$t"
+}
+
+wrk_parse() {
+  awk 'function ms(v) { if (v ~ /us$/) return substr(v, 1, length(v) - 2) / 1000
+                        if (v ~ /ms$/) return substr(v, 1, length(v) - 2) + 0
+                        if (v ~ /s$/) return substr(v, 1, length(v) - 1) * 1000
+                        return v + 0 }
+       $1 == "99%" { p99 = ms($2) }
+       / requests in / { req = $1 }
+       /Non-2xx or 3xx responses:/ { err += $NF }
+       /Socket errors:/ { gsub(",", ""); err += $4 + $6 + $8 + $10 }
+       /^Requests\/sec:/ { rps = $2 }
+       END { if (rps == "") exit 1; printf "%.1f %.3f %d %d\n", rps, p99, req, err }' "$1"
+}

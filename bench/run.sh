@@ -1,35 +1,246 @@
 #!/usr/bin/env bash
-# bench/run.sh: levee beside nginx and HAProxy on this machine, in the same run, through
-# ../shared/bench/peers.sh (levee is its EXTRA target), then levee's ratios to each peer.
-#   ROUNDS=8 DURATION=2 BODIES="small 16k" PEERS="nginx haproxy" OUT_DIR=dir bench/run.sh
+# bench/run.sh: levee beside nginx and HAProxy, reverse proxies to the same nginx origin, on
+# this machine, in the same run, in interleaved rounds; then levee's ratios to each peer.
+#   ROUNDS=8 DURATION=2 BODIES="small 16k" WORKERS=1 THREADS=1 CONNS=50 bench/run.sh
+# Knobs: WARMUP=1 (s per target and body, unmeasured), BASE_PORT=18080 (origin; nginx +1,
+# HAProxy +2, levee +9), PEERS="nginx haproxy", OUT_DIR=dir (raw results kept there),
+# BUILD=0 (no setup, no build: use LEVEE_BIN, default build/levee), PIN=0 (no taskset),
+# CPU_PROXY=0 CPU_WRK=1 (the origin runs on CPU_WRK too), LEVEE_BENCH_CONFIG=file.
 # Ratios, not absolute numbers, are what to quote: the machine is shared and noisy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-scripts/setup.sh --bench
-scripts/build.sh release >/dev/null
-peers=${PEERS_SH:-$root/../shared/bench/peers.sh}
-[[ -x $peers ]] || { echo "bench: $peers not found" >&2; exit 2; }
-out=${OUT_DIR:-$(mktemp -d /tmp/levee-bench.XXXX)}
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+
+ROUNDS=${ROUNDS:-8} DURATION=${DURATION:-2} WARMUP=${WARMUP:-1}
+THREADS=${THREADS:-1} CONNS=${CONNS:-50} WORKERS=${WORKERS:-1}
+BODIES=${BODIES:-"small 16k"} PEERS=${PEERS:-"nginx haproxy"}
+BASE_PORT=${BASE_PORT:-18080}
+ncpu=$(nproc)
+if [[ ${PIN:-1} == 1 ]] && command -v taskset >/dev/null && ((ncpu >= 2)); then
+  CPU_PROXY=${CPU_PROXY:-0} CPU_WRK=${CPU_WRK:-1}
+else
+  CPU_PROXY='' CPU_WRK=''
+fi
+
+if [[ ${BUILD:-1} != 0 ]]; then
+  scripts/setup.sh --bench
+  scripts/build.sh release >/dev/null
+fi
+levee_bin=${LEVEE_BIN:-$root/build/levee}
 config=${LEVEE_BENCH_CONFIG:-$root/bench/levee-bench.lua}
-export OUT_DIR=$out PEERS=${PEERS:-"nginx haproxy"}
-export EXTRA_NAME=levee EXTRA_URL=http://127.0.0.1:$(( ${BASE_PORT:-18080} + 9 ))
-export EXTRA_CMD="$root/build/levee -c $config"
-"$peers"
-# Per round: levee req/s over each peer's req/s in the same round; medians over rounds.
+for t in wrk curl nginx "$levee_bin"; do
+  command -v "$t" >/dev/null || { echo "bench: $t missing (scripts/setup.sh --bench)" >&2; exit 2; }
+done
+[[ $WORKERS == 1 ]] || echo "bench: levee runs one event loop; WORKERS=$WORKERS applies to nginx and HAProxy only" >&2
+
+work=$(mktemp -d /tmp/levee-bench.XXXX)
+chmod 755 "$work"              # nginx workers run as "nobody" when started by root
+out=${OUT_DIR:-$work/out}
+mkdir -p "$out"
+pids=() wrk_pid=
+
+stop_all() {   # our own processes only, by PID: TERM, up to 5 s, then KILL
+  local p i
+  trap - EXIT INT TERM
+  if [[ -n $wrk_pid ]]; then kill "$wrk_pid" 2>/dev/null || true; fi
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do
+    for ((i = 0; i < 50; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
+  rm -rf "$work"               # OUT_DIR, when given, lies outside it and is kept
+}
+trap stop_all EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+spawn() {   # spawn CPUS LOG cmd...: background, pinned when CPUS is set; sets spawned=PID
+  local cpus=$1 log=$2; shift 2
+  if [[ -n $cpus ]]; then taskset -c "$cpus" "$@" > "$log" 2>&1 &
+  else "$@" > "$log" 2>&1 &
+  fi
+  spawned=$!
+  pids+=("$spawned")
+}
+
+wait_port() {   # wait_port NAME PID PORT LOG
+  local i
+  for ((i = 0; i < 100; i++)); do
+    kill -0 "$2" 2>/dev/null || { cat "$4" >&2; echo "bench: $1 exited at startup" >&2; exit 1; }
+    curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$3/" && return 0
+    sleep 0.1
+  done
+  cat "$4" >&2; echo "bench: $1 not answering on 127.0.0.1:$3" >&2; exit 1
+}
+
+for p in "$BASE_PORT" $((BASE_PORT + 1)) $((BASE_PORT + 2)) $((BASE_PORT + 9)); do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "bench: port $p in use (set BASE_PORT)" >&2; exit 1; fi
+done
+
+nginx_head() {   # nginx_head DIR WORKERS
+  cat <<EOF
+worker_processes $2;
+daemon off;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path $1/tmp-body; proxy_temp_path $1/tmp-proxy; fastcgi_temp_path $1/tmp-fcgi;
+  uwsgi_temp_path $1/tmp-uwsgi; scgi_temp_path $1/tmp-scgi;
+EOF
+}
+
+# The origin: nginx, one worker, "ok\n" on / and 16 KiB on /16k; it shares the wrk CPU.
+od=$work/origin; mkdir -p "$od"; chmod 755 "$od"
+head -c 16384 /dev/zero | tr '\0' x > "$od/16k"; chmod 644 "$od/16k"
+{ nginx_head "$od" 1; cat <<EOF
+  server {
+    listen 127.0.0.1:$BASE_PORT backlog=4096;
+    location = /16k { default_type application/octet-stream; alias $od/16k; }
+    location / { default_type text/plain; return 200 "ok\n"; }
+  }
+}
+EOF
+} > "$od/nginx.conf"
+spawn "$CPU_WRK" "$od/stdout.log" nginx -p "$od" -c "$od/nginx.conf" -e "$od/error.log"
+wait_port origin "$spawned" "$BASE_PORT" "$od/error.log"
+
+declare -A PID_OF PORT_OF VERSION_OF
+targets=(levee)
+PORT_OF[levee]=$((BASE_PORT + 9))
+for peer in $PEERS; do
+  d=$work/$peer; mkdir -p "$d"; chmod 755 "$d"
+  case $peer in
+    nginx)
+      PORT_OF[nginx]=$((BASE_PORT + 1))
+      { nginx_head "$d" "$WORKERS"; cat <<EOF
+  upstream origin { server 127.0.0.1:$BASE_PORT; keepalive 64; keepalive_requests 1000000; }
+  server {
+    listen 127.0.0.1:${PORT_OF[nginx]} backlog=4096;
+    location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+EOF
+      } > "$d/nginx.conf"
+      spawn "$CPU_PROXY" "$d/stdout.log" nginx -p "$d" -c "$d/nginx.conf" -e "$d/error.log"
+      VERSION_OF[nginx]=$(nginx -v 2>&1 | sed 's/.*version: //') ;;
+    haproxy)
+      command -v haproxy >/dev/null || { echo "bench: haproxy missing, skipped" >&2; continue; }
+      PORT_OF[haproxy]=$((BASE_PORT + 2))
+      cat > "$d/haproxy.cfg" <<EOF
+global
+  nbthread $WORKERS
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+frontend fe
+  bind 127.0.0.1:${PORT_OF[haproxy]}
+  default_backend be
+backend be
+  server origin 127.0.0.1:$BASE_PORT
+EOF
+      spawn "$CPU_PROXY" "$d/stdout.log" haproxy -db -f "$d/haproxy.cfg"
+      VERSION_OF[haproxy]=$(haproxy -v 2>/dev/null | awk 'NR == 1 {print "haproxy/" $3}') ;;
+    *) echo "bench: unknown peer $peer" >&2; exit 2 ;;
+  esac
+  PID_OF[$peer]=$spawned
+  targets+=("$peer")
+  wait_port "$peer" "$spawned" "${PORT_OF[$peer]}" "$d/stdout.log"
+  for f in "$d/nginx.conf" "$d/haproxy.cfg"; do if [[ -f $f ]]; then cp "$f" "$out/$peer.${f##*/}"; fi; done
+done
+export EXTRA_PORT=${PORT_OF[levee]} ORIGIN_PORT=$BASE_PORT   # read by levee-bench.lua
+spawn "$CPU_PROXY" "$work/levee.log" "$levee_bin" -c "$config"
+PID_OF[levee]=$spawned
+cp "$config" "$out/levee.${config##*/}"
+VERSION_OF[levee]=$("$levee_bin" --version 2>&1 | head -1)
+wait_port levee "$spawned" "${PORT_OF[levee]}" "$work/levee.log"
+
+declare -A PATH_OF=([small]=/ [16k]=/16k) SIZE_OF=([small]=3 [16k]=16384)
+for t in "${targets[@]}"; do for b in $BODIES; do
+  got=$(curl -s -o /dev/null --max-time 5 -w '%{http_code} %{size_download}' "http://127.0.0.1:${PORT_OF[$t]}${PATH_OF[$b]}")
+  [[ $got == "200 ${SIZE_OF[$b]}" ]] || { echo "bench: $t ${PATH_OF[$b]} gave '$got'" >&2; exit 1; }
+done; done
+
+run_wrk() {   # run_wrk URL SECONDS LOG (bounded: killed 20 s after -d)
+  local pin=()
+  if [[ -n $CPU_WRK ]]; then pin=(taskset -c "$CPU_WRK"); fi
+  timeout -k 5 $(($2 + 20)) "${pin[@]}" wrk -t"$THREADS" -c"$CONNS" -d"$2"s --latency "$1" > "$3" 2>&1 &
+  wrk_pid=$!
+  wait "$wrk_pid" || { wrk_pid=; cat "$3" >&2; echo "bench: wrk failed on $1" >&2; exit 1; }
+  wrk_pid=
+}
+
+{
+  echo "# bench/run.sh $(date -u +%Y-%m-%dT%H:%M:%SZ) $(uname -sr) cpus=$ncpu" \
+       "$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
+  echo "# wrk -t$THREADS -c$CONNS -d${DURATION}s; rounds=$ROUNDS warmup=${WARMUP}s workers=$WORKERS" \
+       "pin: proxies=${CPU_PROXY:-any} wrk+origin=${CPU_WRK:-any}"
+  for t in "${targets[@]}"; do echo "# $t: 127.0.0.1:${PORT_OF[$t]} (${VERSION_OF[$t]})"; done
+  echo "# origin: nginx 127.0.0.1:$BASE_PORT, 1 worker"
+} | tee "$out/header.txt"
+
+if ((WARMUP > 0)); then
+  for t in "${targets[@]}"; do for b in $BODIES; do
+    run_wrk "http://127.0.0.1:${PORT_OF[$t]}${PATH_OF[$b]}" "$WARMUP" "$work/warmup.log"
+  done; done
+fi
+
+tsv=$out/rounds.tsv
+hz=$(getconf CLK_TCK)
+printf 'body\tround\ttarget\trps\tp99_ms\trequests\terrors\tcpu_us_per_req\n' > "$tsv"
+n=${#targets[@]}
 echo
-echo "== levee vs peers (median over rounds of same-round ratios; >1 means levee is faster / higher) =="
-awk -F'\t' 'NR > 1 {rps[$1" "$2" "$3" "$4] = $5; p99[$1" "$2" "$3" "$4] = $7; k[$1" "$2] = 1; r[$3] = 1; t[$4] = 1}
+printf '%-6s %5s %-8s %10s %9s %10s %6s\n' body round target 'req/s' 'p99 ms' 'cpu us/req' errors
+for b in $BODIES; do
+  for ((r = 0; r < ROUNDS; r++)); do
+    for ((i = 0; i < n; i++)); do         # rotate the order each round: drift hits all alike
+      t=${targets[(i + r) % n]}
+      log=$out/wrk-$b-r$((r + 1))-$t.log
+      c0=$(tree_ticks "${PID_OF[$t]}")
+      run_wrk "http://127.0.0.1:${PORT_OF[$t]}${PATH_OF[$b]}" "$DURATION" "$log"
+      c1=$(tree_ticks "${PID_OF[$t]}")
+      read -r rps p99 req err < <(wrk_parse "$log") || { echo "bench: cannot parse $log" >&2; exit 1; }
+      cpu=$(awk -v d=$((c1 - c0)) -v hz="$hz" -v n="$req" 'BEGIN {printf "%.2f", n ? d * 1e6 / hz / n : 0}')
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$b" $((r + 1)) "$t" "$rps" "$p99" "$req" "$err" "$cpu" >> "$tsv"
+      printf '%-6s %5s %-8s %10.0f %9.3f %10.2f %6s\n' "$b" $((r + 1)) "$t" "$rps" "$p99" "$cpu" "$err"
+    done
+  done
+done
+
+# Medians over rounds per target; levee's ratios: per round levee / peer, median over rounds.
+awk -F'\t' -v rounds="$ROUNDS" -v secs="$DURATION" -v threads="$THREADS" -v conns="$CONNS" '
   function med(a, n,   i, j, x) { for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j-1] > a[j]; j--) {x = a[j]; a[j] = a[j-1]; a[j-1] = x}
                                    return n % 2 ? a[(n+1)/2] : (a[n/2] + a[n/2+1]) / 2 }
+  NR == 1 { next }
+  { k = $1 SUBSEP $2 SUBSEP $3; rps[k] = $4; p99[k] = $5; cpu[k] = $8; err[$1 SUBSEP $3] += $7
+    if (!($1 in seenb)) { seenb[$1] = 1; bodies[++nb] = $1 }
+    if (!($3 in seent)) { seent[$3] = 1; tg[++nt] = $3 }
+    if (!($2 in seenr)) { seenr[$2] = 1; rr[++nr] = $2 } }
   END {
-    for (kk in k) for (p in t) {
-      if (p == "levee" || p == "direct") continue
-      n = 0; delete a; delete b
-      for (rr in r) { x = kk" "rr" levee"; y = kk" "rr" "p
-        if ((x in rps) && (y in rps) && rps[y] > 0 && p99[y] > 0) { n++; a[n] = rps[x] / rps[y]; b[n] = p99[x] / p99[y] } }
-      if (n) { split(kk, w, " "); printf "%-8s %-6s %-8s %12.3f %12.3f\n", w[1], w[2], p, med(a, n), med(b, n) }
+    printf "\n== medians over %d rounds (%ds each, wrk -t%d -c%d) ==\n", rounds, secs, threads, conns
+    printf "%-6s %-8s %10s %9s %10s %6s\n", "body", "target", "req/s", "p99 ms", "cpu us/req", "errors"
+    for (bi = 1; bi <= nb; bi++) for (ti = 1; ti <= nt; ti++) {
+      b = bodies[bi]; t = tg[ti]; n = 0; delete a; delete c; delete d
+      for (ri = 1; ri <= nr; ri++) { k = b SUBSEP rr[ri] SUBSEP t; if (k in rps) { n++; a[n] = rps[k]; c[n] = p99[k]; d[n] = cpu[k] } }
+      printf "%-6s %-8s %10.0f %9.3f %10.2f %6d\n", b, t, med(a, n), med(c, n), med(d, n), err[b SUBSEP t]
     }
-  }' "$out/rounds.tsv" | sort | { printf "%-8s %-6s %-8s %12s %12s\n" workers body peer "req/s ratio" "p99 ratio"; cat; } |
-  tee "$out/levee-ratios.txt"
-echo "(p99 ratio < 1 means levee's p99 latency is lower; raw data in $out)"
+    printf "\n== levee / peer (median over rounds of same-round ratios) ==\n"
+    printf "%-6s %-8s %12s %10s %14s\n", "body", "peer", "req/s ratio", "p99 ratio", "cpu/req ratio"
+    for (bi = 1; bi <= nb; bi++) for (ti = 1; ti <= nt; ti++) {
+      b = bodies[bi]; t = tg[ti]; if (t == "levee") continue
+      n = 0; delete a; delete c; delete d
+      for (ri = 1; ri <= nr; ri++) { x = b SUBSEP rr[ri] SUBSEP "levee"; y = b SUBSEP rr[ri] SUBSEP t
+        if ((x in rps) && (y in rps) && rps[y] > 0 && p99[y] > 0 && cpu[y] > 0) {
+          n++; a[n] = rps[x] / rps[y]; c[n] = p99[x] / p99[y]; d[n] = cpu[x] / cpu[y] } }
+      if (n) printf "%-6s %-8s %12.3f %10.3f %14.3f\n", b, t, med(a, n), med(c, n), med(d, n)
+    }
+    print "(req/s ratio > 1: levee serves more; p99 and cpu/req ratio < 1: levee is lower)"
+  }' "$tsv" | tee "$out/summary.txt"
+echo "# raw results: $out$([[ -z ${OUT_DIR:-} ]] && echo ' (removed on exit; set OUT_DIR to keep)')" >&2

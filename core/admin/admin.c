@@ -198,6 +198,30 @@ void lv_admin_status_json(struct lv_server *s, struct lv_buf *b)
         lv_buf_printf(b, ",\"budget\":{\"requests\":%llu,\"retries\":%llu,\"available\":%llu}",
                       (unsigned long long)breq, (unsigned long long)bret,
                       (unsigned long long)bavail);
+        /* Counters for the dashboard (README "Admin API"): answers by status class, retries,
+         * and the levee_request_duration_seconds buckets (each alone, +Inf last). */
+        uint64_t cls[6] = {0};
+        for (int c = 1; c < 6; c++)
+            for (int k = 0; k < 100; k++)
+                if (rs->by_code[c][k])
+                    cls[c] += (uint64_t)lv_metric_value(rs->by_code[c][k]);
+        lv_buf_printf(b,
+                      ",\"by_class\":{\"1xx\":%llu,\"2xx\":%llu,\"3xx\":%llu,\"4xx\":%llu,"
+                      "\"5xx\":%llu},\"retries\":%llu,\"budget_exhausted\":%llu,"
+                      "\"breaker_rejected\":%llu,\"duration\":{\"sum\":%.6f,\"le\":[",
+                      (unsigned long long)cls[1], (unsigned long long)cls[2],
+                      (unsigned long long)cls[3], (unsigned long long)cls[4],
+                      (unsigned long long)cls[5], (unsigned long long)lv_metric_value(rs->retries),
+                      (unsigned long long)lv_metric_value(rs->budget_exhausted),
+                      (unsigned long long)lv_metric_value(rs->breaker_rejected),
+                      lv_metric_sum(rs->duration));
+        for (size_t k = 0; k < LV_METRIC_DEFAULT_NBUCKETS; k++)
+            lv_buf_printf(b, "%s%g", k ? "," : "", lv_metric_default_buckets[k]);
+        lv_buf_puts(b, "],\"counts\":[");
+        for (size_t k = 0; k <= LV_METRIC_DEFAULT_NBUCKETS; k++)
+            lv_buf_printf(b, "%s%llu", k ? "," : "",
+                          (unsigned long long)lv_metric_bucket(rs->duration, k));
+        lv_buf_puts(b, "]}");
         lv_buf_putc(b, '}');
     }
     lv_buf_puts(b, "],\"upstreams\":[");

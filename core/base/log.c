@@ -1,13 +1,23 @@
 #include "base/log.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 static enum lv_log_level min_level = LV_LOG_INFO;
+static int log_fd = 2; /* error_log (README "Operations"): stderr or a file */
+
+int lv_log_set_fd(int fd)
+{
+    int old = log_fd;
+    log_fd = fd < 0 ? 2 : fd;
+    return old;
+}
 
 void lv_log_set_level(enum lv_log_level level)
 {
@@ -67,7 +77,15 @@ static void emit(enum lv_log_level level, const char *text, size_t tlen, const c
     if (len > sizeof(line) - 2)
         len = sizeof(line) - 2;
     line[len++] = '\n';
-    fwrite(line, 1, len, stderr);
+    size_t off = 0;
+    while (off < len) {
+        ssize_t w = write(log_fd, line + off, len - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            break; /* a full disk or a closed pipe: drop the line rather than block */
+        off += (size_t)w;
+    }
 }
 
 static void report(struct repeat *r)

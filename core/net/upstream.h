@@ -28,6 +28,7 @@ struct lv_race;
 struct lv_tls;
 struct lv_tls_ctx;
 struct lv_healthcheck;
+struct lv_metric;
 
 enum lv_upconn_state { LV_UPCONN_CONNECTING, LV_UPCONN_IDLE, LV_UPCONN_BUSY, LV_UPCONN_CLOSING };
 
@@ -115,6 +116,8 @@ struct lv_upserver {
     bool last_check_ok;
     double last_check_ms;   /* how long it took */
     double last_check_unix; /* when it finished */
+    /* HTTP bytes (TLS excluded) requests wrote to / read from the server (README "Metrics") */
+    uint64_t sent_bytes, received_bytes;
 };
 
 struct lv_upstream {
@@ -139,6 +142,8 @@ struct lv_upstream {
     struct lv_health_group health;  /* state of each server (index = server index) */
     struct lv_healthcheck *checker; /* active checks (health = { ... }), or NULL */
     uint64_t panic_picks;           /* attempts sent while no server was in */
+    /* levee_upstream_attempt_duration_seconds{upstream} (README "Metrics"), set lazily */
+    struct lv_metric *attempt_duration;
     /* Called for every change of a server's state (the server logs and counts it). */
     void (*on_health_event)(struct lv_upstream *up, const struct lv_health_event *ev);
     void *owner; /* for on_health_event */

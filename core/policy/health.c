@@ -46,11 +46,13 @@ static void fmt_dur(char *out, size_t cap, uint64_t ms)
     if (m)
         snprintf(mp, sizeof mp, "%llum", m);
     if (frac) {
-        snprintf(sp, sizeof sp, "%llu.%03u", s, frac);
-        size_t n = strlen(sp);
-        while (sp[n - 1] == '0')
-            sp[--n] = '\0';
-        strcat(sp, "s");
+        /* "1.500" -> "1.5s": drop trailing zeros of the fraction (frac > 0, so one digit stays) */
+        char num[16];
+        snprintf(num, sizeof num, "%03u", frac);
+        size_t n = strlen(num);
+        while (n > 1 && num[n - 1] == '0')
+            n--;
+        snprintf(sp, sizeof sp, "%llu.%.*ss", s, (int)n, num);
     } else if (s) {
         snprintf(sp, sizeof sp, "%llus", s);
     }

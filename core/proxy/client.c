@@ -6,6 +6,7 @@
 #include "base/log.h"
 #include "http/headscan.h"
 #include "net/tls.h"
+#include "obs/accesslog.h"
 #include "proxy/errresp.h"
 #include "proxy/request.h"
 #include "proxy/server.h"
@@ -277,6 +278,55 @@ int lv_client_write(struct lv_client *c, const char *data, size_t len)
     return lv_client_writev(c, &b, 1);
 }
 
+/* Requests refused before routing get an access-log line too (README, "Access log"), at most
+ * LV_REFUSED_LOG_PER_S a second: past that they are only counted (levee_bad_requests_total) and
+ * the number not logged goes to the error log once the second is over. */
+#define LV_REFUSED_LOG_PER_S 100
+
+void lv_client_refused_log_tick(struct lv_server *s)
+{
+    uint64_t sec = uv_now(s->loop) / 1000;
+    if (sec == s->refused_log_second)
+        return;
+    if (s->refused_unlogged)
+        lv_warn("access log: %llu requests refused before routing were not logged (more than %d "
+                "a second); levee_bad_requests_total counts them all",
+                (unsigned long long)s->refused_unlogged, LV_REFUSED_LOG_PER_S);
+    s->refused_log_second = sec;
+    s->refused_logged = 0;
+    s->refused_unlogged = 0;
+}
+
+static void log_refused(struct lv_client *c, int status, enum lv_gwerr err, const char *rid,
+                        size_t bytes_out)
+{
+    struct lv_server *s = c->server;
+    if (s->access_fd < 0)
+        return;
+    lv_client_refused_log_tick(s);
+    if (s->refused_logged >= LV_REFUSED_LOG_PER_S) {
+        s->refused_unlogged++;
+        return;
+    }
+    s->refused_logged++;
+    struct lv_access_entry e;
+    memset(&e, 0, sizeof(e));
+    uv_timeval64_t tv;
+    if (uv_gettimeofday(&tv) == 0)
+        e.time = (double)tv.tv_sec + (double)tv.tv_usec / 1e6;
+    e.request_id = lv_access_cstr(rid);
+    e.client = c->peer;
+    e.status = status;
+    e.bytes_in = c->in.len;
+    e.bytes_out = bytes_out;
+    e.upstream_ms = -1;
+    e.error = lv_gwerr_info(err)->token;
+    struct lv_buf line = LV_BUF_INIT;
+    lv_accesslog_format(&e, &line);
+    lv_server_access_log(s, line.data, line.len);
+    lv_buf_dispose(&line);
+}
+
 void lv_client_error_close(struct lv_client *c, int status, enum lv_gwerr err, const char *reason)
 {
     struct lv_server *s = c->server;
@@ -285,9 +335,11 @@ void lv_client_error_close(struct lv_client *c, int status, enum lv_gwerr err, c
     struct lv_buf out = LV_BUF_INIT;
     lv_errresp_format(&out, err, status, NULL, rid, reason, -1, true, false);
     lv_client_write(c, out.data, out.len);
+    size_t sent = out.len;
     lv_buf_dispose(&out);
     if (status == 0)
         status = lv_gwerr_info(err)->status;
+    log_refused(c, status, err, rid, sent);
     char code[8];
     snprintf(code, sizeof(code), "%d", status);
     const char *lv[] = {code, NULL};

@@ -80,6 +80,8 @@ int lv_client_writev(struct lv_client *c, const uv_buf_t *bufs, unsigned nbufs);
 void lv_client_request_done(struct lv_client *c, bool close);
 /** request.c: it consumed input; reading may resume if it was paused. */
 void lv_client_input_consumed(struct lv_client *c);
+/** Once a second: reports how many refused requests the access log left out (see client.c). */
+void lv_client_refused_log_tick(struct lv_server *s);
 /** Answers with a gateway error outside any request (bad head), then closes. */
 void lv_client_error_close(struct lv_client *c, int status, enum lv_gwerr err, const char *reason);
 /** Closes the connection now (RST when `reset`), aborting any request. */

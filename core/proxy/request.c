@@ -143,6 +143,8 @@ static void on_up_write(uv_write_t *req, int status)
 static int up_write(struct lv_request *r, const uv_buf_t *bufs, unsigned n)
 {
     uv_buf_t sealed;
+    for (unsigned i = 0; i < n; i++)
+        r->uc->server->sent_bytes += bufs[i].len; /* levee_upstream_sent_bytes_total */
     if (r->uc->tls) {
         /* Upstream TLS: what goes out is the ciphertext of all of it. */
         if (lv_upconn_tls_wrap(r->uc, bufs, n) < 0)
@@ -1435,6 +1437,12 @@ static bool next_attempt(struct lv_request *r, struct lv_outcome o, const struct
     uint64_t now = uv_now(r->s->loop);
     double attempt_ms = ms_since(r->attempt_start_ns);
     lv_server_count_attempt(r->s, rs, (int)o.kind, o.status);
+    if (r->up && !r->up->attempt_duration) {
+        const char *lu[] = {r->up->name, NULL};
+        r->up->attempt_duration = lv_metric_series(r->s->m_attempt_duration, lu);
+    }
+    if (r->up)
+        lv_metric_observe(r->up->attempt_duration, attempt_ms / 1000.0);
 
     uint64_t hook_delay = 0;
     bool has_hook_delay = false;
@@ -1965,6 +1973,8 @@ static void on_up_read(struct lv_upconn *uc, ssize_t nread, const char *data, vo
     struct lv_request *r = arg;
     if (!r || !r->active || r->uc != uc)
         return;
+    if (nread > 0)
+        uc->server->received_bytes += (uint64_t)nread; /* levee_upstream_received_bytes_total */
     if (nread < 0) {
         if (!r->resp_started) {
             attempt_failed(r, LV_OUT_RESET,

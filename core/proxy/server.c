@@ -9,10 +9,14 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <lua.h>
+#include <openssl/crypto.h>
+
 #include "admin/admin.h"
 #include "base/log.h"
 #include "net/tls.h"
 #include "net/upstream.h"
+#include "obs/process.h"
 #include "policy/outcome.h"
 #include "proxy/client.h"
 
@@ -41,8 +45,9 @@ static void on_connection(uv_stream_t *ls, int status)
     lv_client_accept(s, ls, l->tls_ctx);
 }
 
+/* Opens (binds, listens) one listener; a failure is appended to `errors` as one line. */
 static int listener_open(struct lv_server *s, const struct lv_listen_cfg *lc,
-                         struct lv_listener **out)
+                         struct lv_listener **out, struct lv_buf *errors)
 {
     struct sockaddr_storage ss;
     memset(&ss, 0, sizeof(ss));
@@ -59,7 +64,8 @@ static int listener_open(struct lv_server *s, const struct lv_listen_cfg *lc,
     int family = AF_INET;
     if (uv_ip4_addr(host, lc->addr.port, (struct sockaddr_in *)&ss) != 0) {
         if (uv_ip6_addr(host, lc->addr.port, (struct sockaddr_in6 *)&ss) != 0) {
-            lv_error("listen %s:%u: not an IP address", lc->addr.host, lc->addr.port);
+            lv_buf_printf(errors, "%s: listen %s:%u: not an IP address\n",
+                          s->config_path ? s->config_path : "levee", lc->addr.host, lc->addr.port);
             return UV_EINVAL;
         }
         family = AF_INET6;
@@ -70,8 +76,9 @@ static int listener_open(struct lv_server *s, const struct lv_listen_cfg *lc,
         struct lv_buf err = LV_BUF_INIT;
         l->tls_ctx = lv_tls_server_ctx(lc->tls_cert, lc->tls_key, &err);
         if (!l->tls_ctx) {
-            lv_error("listen %s:%u: TLS: %.*s", lc->addr.host, lc->addr.port, (int)err.len,
-                     err.data ? err.data : "");
+            lv_buf_printf(errors, "%s: listen %s:%u: TLS: %.*s\n",
+                          s->config_path ? s->config_path : "levee", lc->addr.host, lc->addr.port,
+                          (int)err.len, err.data ? err.data : "");
             lv_buf_dispose(&err);
             free(l);
             return UV_EINVAL;
@@ -89,7 +96,8 @@ static int listener_open(struct lv_server *s, const struct lv_listen_cfg *lc,
     if (rc == 0)
         rc = uv_listen((uv_stream_t *)&l->tcp, 1024, on_connection);
     if (rc != 0) {
-        lv_error("listen %s: %s", l->name, uv_strerror(rc));
+        lv_buf_printf(errors, "%s: listen %s: %s\n", s->config_path ? s->config_path : "levee",
+                      l->name, uv_strerror(rc));
         l->closing = true;
         if (l->tls_ctx)
             lv_tls_ctx_free(l->tls_ctx);
@@ -405,11 +413,28 @@ static void render_gauges(struct lv_metrics *m, void *arg)
     uint64_t now = uv_now(s->loop);
     for (size_t i = 0; i < s->cfg->nroutes; i++) {
         struct lv_route_state *rs = lv_server_route_state(s, s->cfg->routes[i].name);
-        struct lv_breaker_stats st = {0};
-        if (rs->breaker_enabled)
-            lv_breaker_stats(&rs->breaker, now, &st);
         const char *lv[] = {rs->name, NULL};
-        lv_metric_set(lv_metric_series(s->m_breaker_state, lv), (double)st.state);
+        /* Breaker and idempotency series only for routes that have them (README "Metrics"):
+         * lv_metric_series() shows them again, with their counts, when a reload turns one on. */
+        struct lv_metric_family *bf[] = {s->m_breaker_state, s->m_breaker_rejected, s->m_fallbacks};
+        for (size_t k = 0; k < sizeof(bf) / sizeof(bf[0]); k++)
+            if (rs->breaker_enabled)
+                lv_metric_series(bf[k], lv);
+            else
+                lv_metric_family_remove(bf[k], "route", rs->name);
+        if (rs->breaker_enabled) {
+            struct lv_breaker_stats st = {0};
+            lv_breaker_stats(&rs->breaker, now, &st);
+            lv_metric_set(lv_metric_series(s->m_breaker_state, lv), (double)st.state);
+        }
+        struct lv_metric_family *idf[] = {s->m_idem_replays,      s->m_idem_stored,
+                                          s->m_idem_conflicts,    s->m_idem_mismatches,
+                                          s->m_idem_store_errors, s->m_idem_entries};
+        for (size_t k = 0; k < sizeof(idf) / sizeof(idf[0]); k++)
+            if (rs->idem)
+                lv_metric_series(idf[k], lv);
+            else
+                lv_metric_family_remove(idf[k], "route", rs->name);
         if (rs->idem) {
             struct lv_idem_stats is;
             lv_idem_stats(rs->idem, &is);
@@ -430,6 +455,9 @@ static void render_gauges(struct lv_metrics *m, void *arg)
             const struct lv_server_health *hs = &up->health.servers[k];
             const char *ls[] = {up->name, up->servers[k].name, NULL};
             lv_metric_set(lv_metric_series(s->m_server_up, ls), lv_health_in(&up->health, k));
+            lv_metric_set(lv_metric_series(s->m_up_sent, ls), (double)up->servers[k].sent_bytes);
+            lv_metric_set(lv_metric_series(s->m_up_received, ls),
+                          (double)up->servers[k].received_bytes);
             const char *le[] = {up->name, up->servers[k].name, "true", NULL};
             const char *ld[] = {up->name, up->servers[k].name, "false", NULL};
             lv_metric_set(lv_metric_series(s->m_ejections, le), (double)hs->ejections_enforced);
@@ -526,6 +554,24 @@ static void metrics_setup(struct lv_server *s)
     s->m_bad_requests = lv_metrics_family(m, "levee_bad_requests_total",
                                           "Requests refused before routing, by status.",
                                           LV_METRIC_COUNTER, L_CODE, NULL, 0);
+    s->m_up_sent = lv_metrics_family(m, "levee_upstream_sent_bytes_total",
+                                     "HTTP bytes (TLS excluded) sent to the server by requests.",
+                                     LV_METRIC_COUNTER, L_UP_SERVER, NULL, 0);
+    s->m_up_received =
+        lv_metrics_family(m, "levee_upstream_received_bytes_total",
+                          "HTTP bytes (TLS excluded) received from the server by requests.",
+                          LV_METRIC_COUNTER, L_UP_SERVER, NULL, 0);
+    s->m_attempt_duration =
+        lv_metrics_family(m, "levee_upstream_attempt_duration_seconds",
+                          "Time from an attempt's start to its response head or its failure.",
+                          LV_METRIC_HISTOGRAM, L_UPSTREAM, NULL, 0);
+    struct lv_build_info bi = {
+        .version = LEVEE_VERSION,
+        .libuv = uv_version_string(),
+        .openssl = OpenSSL_version(OPENSSL_VERSION_STRING),
+        .lua = LUA_VERSION_MAJOR "." LUA_VERSION_MINOR "." LUA_VERSION_RELEASE,
+    };
+    lv_process_metrics_register(m, &bi);
     lv_metrics_on_render(m, render_gauges, s);
 }
 
@@ -564,29 +610,60 @@ static void on_flush_check(uv_check_t *h)
         flush_access_log(s);
 }
 
-static void access_log_open(struct lv_server *s, const struct lv_config *cfg)
+static int log_file_open(const char *path)
 {
-    if (s->access_fd_owned && s->access_fd >= 0)
-        close(s->access_fd);
-    s->access_fd = -1;
-    s->access_fd_owned = false;
+    return open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+}
+
+/* The access log's fd for `cfg` (-1: off), opened now; -2 when its file cannot be opened (the
+ * reason appended to `errors`). */
+static int access_log_open(struct lv_server *s, const struct lv_config *cfg, struct lv_buf *errors)
+{
     switch (cfg->access_log) {
     case LV_ACCESS_LOG_OFF:
-        break;
+        return -1;
     case LV_ACCESS_LOG_STDOUT:
-        s->access_fd = STDOUT_FILENO;
-        break;
+        return STDOUT_FILENO;
     case LV_ACCESS_LOG_STDERR:
-        s->access_fd = STDERR_FILENO;
-        break;
+        return STDERR_FILENO;
     case LV_ACCESS_LOG_FILE:
-        s->access_fd = open(cfg->access_log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-        if (s->access_fd < 0)
-            lv_error("access_log %s: %s", cfg->access_log_path, strerror(errno));
-        else
-            s->access_fd_owned = true;
         break;
     }
+    int fd = log_file_open(cfg->access_log_path);
+    if (fd < 0) {
+        lv_buf_printf(errors, "%s: access_log %s: %s\n", s->config_path ? s->config_path : "levee",
+                      cfg->access_log_path, strerror(errno));
+        return -2;
+    }
+    return fd;
+}
+
+/* SIGUSR1 (README "Operations"): the access log and error log files are opened again by name
+ * (logrotate renamed them), the old fds closed. A file that cannot be opened keeps its old fd. */
+static void reopen_logs(struct lv_server *s)
+{
+    if (s->access_buf.len)
+        flush_access_log(s);
+    if (s->access_fd_owned && s->cfg->access_log == LV_ACCESS_LOG_FILE) {
+        int fd = log_file_open(s->cfg->access_log_path);
+        if (fd < 0) {
+            lv_error("SIGUSR1: access_log %s: %s (still writing to the old file)",
+                     s->cfg->access_log_path, strerror(errno));
+        } else {
+            close(s->access_fd);
+            s->access_fd = fd;
+        }
+    }
+    if (s->error_fd_owned && s->cfg->error_log_path) {
+        int fd = log_file_open(s->cfg->error_log_path);
+        if (fd < 0) {
+            lv_error("SIGUSR1: error_log %s: %s (still writing to the old file)",
+                     s->cfg->error_log_path, strerror(errno));
+        } else {
+            close(lv_log_set_fd(fd));
+        }
+    }
+    lv_info("SIGUSR1: log files reopened");
 }
 
 /* ---- request ids */
@@ -720,8 +797,108 @@ struct lv_reload {
 #define MAX_ABANDONED_LOADERS 4
 
 static void reload_start(struct lv_server *s, struct lv_reload_waiter *waiters);
-static void install_config(struct lv_server *s, struct lv_config *cfg);
-static int sync_listeners(struct lv_server *s, const struct lv_config *cfg);
+
+/* A reload is all or nothing (README "Operations"): whatever can fail (new listeners bound,
+ * certificates loaded, log files opened) is done by prepare() before anything is swapped; a
+ * failure undoes it and refuses the configuration, and commit() cannot fail. */
+struct lv_prepared {
+    struct lv_listener **use; /* per cfg->listens[i]: the listener (kept or new) */
+    bool *opened;             /* per i: use[i] was opened for this configuration */
+    struct lv_tls_ctx **tls;  /* per i: the new TLS context of a kept HTTPS listener */
+    bool *kept;               /* per s->listeners[j]: kept */
+    int access_fd;            /* -1: off */
+    int error_fd;             /* -1: stderr */
+};
+
+static void prepared_dispose(struct lv_prepared *p)
+{
+    free(p->use);
+    free(p->opened);
+    free(p->tls);
+    free(p->kept);
+}
+
+static void prepared_undo(struct lv_server *s, struct lv_prepared *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (p->opened[i] && p->use[i])
+            listener_close(p->use[i]);
+        if (p->tls[i])
+            lv_tls_ctx_free(p->tls[i]);
+    }
+    if (p->access_fd > STDERR_FILENO)
+        close(p->access_fd);
+    if (p->error_fd >= 0)
+        close(p->error_fd);
+    (void)s;
+    prepared_dispose(p);
+}
+
+static int prepare(struct lv_server *s, const struct lv_config *cfg, struct lv_prepared *p,
+                   struct lv_buf *errors)
+{
+    size_t n = cfg->nlistens;
+    p->use = lv_xcalloc(n + 1, sizeof(*p->use));
+    p->opened = lv_xcalloc(n + 1, sizeof(*p->opened));
+    p->tls = lv_xcalloc(n + 1, sizeof(*p->tls));
+    p->kept = lv_xcalloc(s->nlisteners + 1, sizeof(*p->kept));
+    p->access_fd = -1;
+    p->error_fd = -1;
+    int rc = 0;
+    /* Unchanged addresses keep their sockets (no accept gap), with the certificate loaded
+     * again; new ones are bound now, and closed again if the reload is refused. */
+    for (size_t i = 0; i < n; i++) {
+        const struct lv_listen_cfg *lc = &cfg->listens[i];
+        for (size_t j = 0; j < s->nlisteners; j++) {
+            if (!p->kept[j] && strcmp(s->listeners[j]->addr.host, lc->addr.host) == 0 &&
+                s->listeners[j]->addr.port == lc->addr.port &&
+                (s->listeners[j]->tls_ctx != NULL) == (lc->tls_cert != NULL)) {
+                p->kept[j] = true;
+                p->use[i] = s->listeners[j];
+                break;
+            }
+        }
+        if (p->use[i] && lc->tls_cert) {
+            struct lv_buf err = LV_BUF_INIT;
+            p->tls[i] = lv_tls_server_ctx(lc->tls_cert, lc->tls_key, &err);
+            if (!p->tls[i]) {
+                lv_buf_printf(errors, "%s: listen %s:%u: TLS: %.*s\n",
+                              s->config_path ? s->config_path : "levee", lc->addr.host,
+                              lc->addr.port, (int)err.len, err.data ? err.data : "");
+                rc = UV_EINVAL;
+            }
+            lv_buf_dispose(&err);
+        } else if (!p->use[i]) {
+            int r = listener_open(s, lc, &p->use[i], errors);
+            if (r != 0) {
+                p->use[i] = NULL;
+                if (!rc)
+                    rc = r;
+            } else {
+                p->opened[i] = true;
+            }
+        }
+    }
+    int fd = access_log_open(s, cfg, errors);
+    if (fd == -2 && !rc)
+        rc = UV_EIO;
+    p->access_fd = fd == -2 ? -1 : fd;
+    if (cfg->error_log_path) {
+        p->error_fd = log_file_open(cfg->error_log_path);
+        if (p->error_fd < 0) {
+            lv_buf_printf(errors, "%s: error_log %s: %s\n",
+                          s->config_path ? s->config_path : "levee", cfg->error_log_path,
+                          strerror(errno));
+            if (!rc)
+                rc = UV_EIO;
+        }
+    }
+    if (rc != 0)
+        prepared_undo(s, p, n);
+    return rc;
+}
+
+static void install_config(struct lv_server *s, struct lv_config *cfg, struct lv_prepared *p);
 
 static void waiters_answer(struct lv_reload_waiter *w, int rc, uint64_t generation,
                            const struct lv_buf *errors)
@@ -751,18 +928,27 @@ static void reload_end(struct lv_server *s, struct lv_config *cfg, struct lv_buf
     s->reload = NULL;
     uv_timer_stop(&s->reload_timer);
     int rc = -1;
+    bool shutting = false;
     if (cfg && s->draining) {
+        shutting = true;
         lv_config_unpin(cfg);
         cfg = NULL;
         lv_buf_puts(errors, "shutting down\n");
     } else if (cfg) {
-        install_config(s, cfg);
-        sync_listeners(s, cfg);
+        struct lv_prepared p;
+        if (prepare(s, cfg, &p, errors) != 0) {
+            lv_config_unpin(cfg);
+            cfg = NULL;
+        } else {
+            install_config(s, cfg, &p);
+        }
+    }
+    if (cfg) {
         lv_metric_add(s->m_reload_ok, 1);
         snprintf(s->last_reload_result, sizeof(s->last_reload_result), "ok");
         lv_info("configuration reloaded: generation %llu", (unsigned long long)s->generation);
         rc = 0;
-    } else {
+    } else if (!shutting) {
         lv_metric_add(s->m_reload_err, 1);
         lv_error("reload refused, the configuration in force keeps serving:\n%.*s",
                  (int)errors->len, errors->data ? errors->data : "");
@@ -876,6 +1062,7 @@ static void on_tick(uv_timer_t *t)
     for (size_t i = 0; i < s->nupstreams; i++)
         lv_upstream_tick(s->upstreams[i]);
     lv_log_flush_repeats(false);
+    lv_client_refused_log_tick(s);
 }
 
 static void stop_loop_handles(struct lv_server *s)
@@ -883,6 +1070,9 @@ static void stop_loop_handles(struct lv_server *s)
     uv_signal_stop(&s->sig_term);
     uv_signal_stop(&s->sig_int);
     uv_signal_stop(&s->sig_hup);
+    uv_signal_stop(&s->sig_quit);
+    uv_signal_stop(&s->sig_usr1);
+    uv_signal_stop(&s->sig_usr2);
     uv_timer_stop(&s->tick);
     uv_timer_stop(&s->drain_timer);
     uv_timer_stop(&s->watch_debounce);
@@ -894,6 +1084,9 @@ static void stop_loop_handles(struct lv_server *s)
     uv_close((uv_handle_t *)&s->sig_term, NULL);
     uv_close((uv_handle_t *)&s->sig_int, NULL);
     uv_close((uv_handle_t *)&s->sig_hup, NULL);
+    uv_close((uv_handle_t *)&s->sig_quit, NULL);
+    uv_close((uv_handle_t *)&s->sig_usr1, NULL);
+    uv_close((uv_handle_t *)&s->sig_usr2, NULL);
     uv_close((uv_handle_t *)&s->tick, NULL);
     uv_close((uv_handle_t *)&s->drain_timer, NULL);
     if (s->access_buf.len)
@@ -957,54 +1150,56 @@ void lv_server_shutdown(struct lv_server *s)
 static void on_signal(uv_signal_t *h, int signum)
 {
     struct lv_server *s = h->data;
-    if (signum == SIGHUP) {
+    /* README "Operations": HUP reloads, USR1 reopens the log files, USR2 is ignored (no binary
+     * upgrade), TERM, INT and QUIT drain. */
+    switch (signum) {
+    case SIGHUP:
         lv_server_reload(s, NULL, NULL);
         return;
+    case SIGUSR1:
+        reopen_logs(s);
+        return;
+    case SIGUSR2:
+        lv_warn("SIGUSR2 received: ignored (levee has no binary upgrade; SIGHUP reloads)");
+        return;
+    default:
+        lv_info("signal %d received: draining", signum);
+        lv_server_shutdown(s);
     }
-    lv_server_shutdown(s);
 }
 
-static int sync_listeners(struct lv_server *s, const struct lv_config *cfg)
+/* The prepared listeners and log files go in force; removed listeners stop accepting (their
+ * connections finish normally). Cannot fail. */
+static void commit_prepared(struct lv_server *s, const struct lv_config *cfg, struct lv_prepared *p)
 {
-    /* Unchanged addresses keep their sockets (no accept gap); new ones open; removed ones
-     * stop accepting (their connections finish normally). */
-    struct lv_listener **next = lv_xcalloc(cfg->nlistens + 1, sizeof(*next));
-    bool *kept = lv_xcalloc(s->nlisteners + 1, sizeof(*kept));
-    int rc = 0;
     for (size_t i = 0; i < cfg->nlistens; i++) {
-        const struct lv_listen_cfg *lc = &cfg->listens[i];
-        for (size_t j = 0; j < s->nlisteners; j++) {
-            if (!kept[j] && strcmp(s->listeners[j]->addr.host, lc->addr.host) == 0 &&
-                s->listeners[j]->addr.port == lc->addr.port &&
-                (s->listeners[j]->tls_ctx != NULL) == (lc->tls_cert != NULL)) {
-                kept[j] = true;
-                next[i] = s->listeners[j];
-                break;
-            }
-        }
-        if (!next[i]) {
-            int r = listener_open(s, lc, &next[i]);
-            if (r != 0) {
-                rc = r;
-                next[i] = NULL;
-            }
+        if (p->tls[i]) {
+            lv_tls_ctx_free(p->use[i]->tls_ctx); /* connections hold their own references */
+            p->use[i]->tls_ctx = p->tls[i];
+            p->tls[i] = NULL;
         }
     }
-    size_t n = 0;
-    for (size_t i = 0; i < cfg->nlistens; i++)
-        if (next[i])
-            next[n++] = next[i];
     for (size_t j = 0; j < s->nlisteners; j++)
-        if (!kept[j])
+        if (!p->kept[j])
             listener_close(s->listeners[j]);
-    free(kept);
     free(s->listeners);
-    s->listeners = next;
-    s->nlisteners = n;
-    return rc;
+    s->listeners = p->use;
+    s->nlisteners = cfg->nlistens;
+    p->use = NULL;
+    if (s->access_buf.len)
+        flush_access_log(s);
+    if (s->access_fd_owned && s->access_fd >= 0)
+        close(s->access_fd);
+    s->access_fd = p->access_fd;
+    s->access_fd_owned = p->access_fd > STDERR_FILENO;
+    int old = lv_log_set_fd(p->error_fd);
+    if (s->error_fd_owned)
+        close(old);
+    s->error_fd_owned = p->error_fd >= 0;
+    prepared_dispose(p);
 }
 
-static void install_config(struct lv_server *s, struct lv_config *cfg)
+static void install_config(struct lv_server *s, struct lv_config *cfg, struct lv_prepared *p)
 {
     cfg->generation = ++s->generation;
     struct lv_config *old = s->cfg;
@@ -1021,7 +1216,7 @@ static void install_config(struct lv_server *s, struct lv_config *cfg)
     for (size_t i = s->nroutes; i-- > 0;)
         if (!s->routes[i]->in_config && s->routes[i]->users == 0)
             route_state_free(s, i);
-    access_log_open(s, cfg);
+    commit_prepared(s, cfg, p);
     if (s->config_path)
         watches_start(s, cfg);
     s->reload_at = (double)time(NULL);
@@ -1042,7 +1237,11 @@ int lv_server_start(struct lv_server *s, uv_loop_t *loop, struct lv_config *cfg)
     uv_signal_init(loop, &s->sig_term);
     uv_signal_init(loop, &s->sig_int);
     uv_signal_init(loop, &s->sig_hup);
+    uv_signal_init(loop, &s->sig_quit);
+    uv_signal_init(loop, &s->sig_usr1);
+    uv_signal_init(loop, &s->sig_usr2);
     s->sig_term.data = s->sig_int.data = s->sig_hup.data = s;
+    s->sig_quit.data = s->sig_usr1.data = s->sig_usr2.data = s;
     uv_timer_init(loop, &s->tick);
     s->tick.data = s;
     uv_timer_init(loop, &s->drain_timer);
@@ -1053,11 +1252,18 @@ int lv_server_start(struct lv_server *s, uv_loop_t *loop, struct lv_config *cfg)
     s->reload_timer.data = s;
     uv_async_init(loop, &s->reload_async, on_reload_async);
     s->reload_async.data = s;
-    install_config(s, cfg);
-    snprintf(s->last_reload_result, sizeof(s->last_reload_result), "initial load");
-    int rc = sync_listeners(s, cfg);
-    if (rc != 0)
+    struct lv_buf errors = LV_BUF_INIT;
+    struct lv_prepared p;
+    int rc = prepare(s, cfg, &p, &errors);
+    if (rc != 0) {
+        lv_error("%.*s", (int)(errors.len ? errors.len - 1 : 0), errors.data ? errors.data : "");
+        lv_buf_dispose(&errors);
+        s->cfg = cfg; /* lv_server_shutdown reads drain_timeout; freed with the server */
         return rc;
+    }
+    lv_buf_dispose(&errors);
+    install_config(s, cfg, &p);
+    snprintf(s->last_reload_result, sizeof(s->last_reload_result), "initial load");
     if (cfg->admin_enabled) {
         s->admin = lv_admin_start(s, &cfg->admin);
         if (!s->admin)
@@ -1066,6 +1272,9 @@ int lv_server_start(struct lv_server *s, uv_loop_t *loop, struct lv_config *cfg)
     uv_signal_start(&s->sig_term, on_signal, SIGTERM);
     uv_signal_start(&s->sig_int, on_signal, SIGINT);
     uv_signal_start(&s->sig_hup, on_signal, SIGHUP);
+    uv_signal_start(&s->sig_quit, on_signal, SIGQUIT);
+    uv_signal_start(&s->sig_usr1, on_signal, SIGUSR1);
+    uv_signal_start(&s->sig_usr2, on_signal, SIGUSR2);
     uv_timer_start(&s->tick, on_tick, 1000, 1000);
     return 0;
 }
@@ -1132,6 +1341,9 @@ void lv_server_free(struct lv_server *s)
     lv_buf_dispose(&s->access_buf);
     if (s->access_fd_owned && s->access_fd >= 0)
         close(s->access_fd);
+    int efd = lv_log_set_fd(-1); /* later lines go to stderr */
+    if (s->error_fd_owned)
+        close(efd);
     if (s->cfg)
         lv_config_unpin(s->cfg);
     lv_metrics_destroy(s->metrics);

@@ -101,7 +101,14 @@ struct lv_server {
         *m_fallbacks, *m_breaker_rejected, *m_hook_errors, *m_idem_replays, *m_idem_stored,
         *m_idem_conflicts, *m_idem_mismatches, *m_idem_store_errors, *m_idem_entries;
     struct lv_metric_family *m_server_up, *m_ejections, *m_health_checks, *m_panics;
+    struct lv_metric_family *m_up_sent, *m_up_received, *m_attempt_duration;
     struct lv_metric *m_reload_ok, *m_reload_err;
+
+    /* access-log lines for requests refused before routing, at most LV_REFUSED_LOG_PER_S a
+     * second (a flood of garbage must not make logging the bottleneck) */
+    uint64_t refused_log_second; /* loop ms / 1000 of the current second */
+    uint32_t refused_logged;     /* lines written in it */
+    uint64_t refused_unlogged;   /* refused requests not logged in it */
 
     /* client connections */
     struct lv_client *clients; /* intrusive list head */
@@ -127,7 +134,8 @@ struct lv_server {
     uv_async_t reload_async;               /* the loader thread's "done" */
     uv_timer_t reload_timer;               /* LV_CONFIG_LOAD_WAIT_MS: then it is abandoned */
 
-    uv_signal_t sig_term, sig_int, sig_hup;
+    uv_signal_t sig_term, sig_int, sig_hup, sig_quit, sig_usr1, sig_usr2;
+    bool error_fd_owned; /* error_log = "path": the log module writes to a file levee opened */
     uv_timer_t tick;
     uv_timer_t drain_timer;
     bool draining;

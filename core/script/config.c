@@ -16,7 +16,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "base/log.h"
 #include "base/method.h"
@@ -325,6 +327,36 @@ static int panic(lua_State *L)
     return 0; /* Lua aborts */
 }
 
+/* <prefix>/share/levee/lua of the running binary (<prefix>/bin/levee), so an installed tree
+ * still works when moved (README "Install"); empty when it holds no levee/config.lua. */
+static char lua_dir_near_exe[PATH_MAX];
+static pthread_once_t lua_dir_near_exe_once = PTHREAD_ONCE_INIT;
+
+static void find_lua_dir_near_exe(void)
+{
+    char exe[PATH_MAX];
+    if (!realpath("/proc/self/exe", exe))
+        return;
+    for (int up = 0; up < 2; up++) { /* strip "/levee", then "/bin" */
+        char *slash = strrchr(exe, '/');
+        if (!slash)
+            return;
+        *slash = '\0';
+    }
+    char probe[PATH_MAX];
+    int n = snprintf(probe, sizeof(probe), "%s/share/levee/lua/levee/config.lua", exe);
+    if (n < 0 || (size_t)n >= sizeof(probe))
+        return;
+    FILE *f = fopen(probe, "r");
+    if (!f)
+        return;
+    fclose(f);
+    probe[(size_t)n - strlen("/levee/config.lua")] = '\0';
+    memcpy(lua_dir_near_exe, probe, (size_t)n + 1 - strlen("/levee/config.lua"));
+}
+
+/* Order: the argument, $LEVEE_LUA_DIR, the installed tree next to the binary, the source tree
+ * compiled in (running from a build directory). */
 static const char *lua_dir_or_default(const char *lua_dir)
 {
     if (lua_dir && *lua_dir)
@@ -332,6 +364,9 @@ static const char *lua_dir_or_default(const char *lua_dir)
     const char *env = getenv("LEVEE_LUA_DIR");
     if (env && *env)
         return env;
+    pthread_once(&lua_dir_near_exe_once, find_lua_dir_near_exe);
+    if (lua_dir_near_exe[0])
+        return lua_dir_near_exe;
     return LEVEE_LUA_DIR;
 }
 
@@ -421,6 +456,7 @@ static void config_free(struct lv_config *c)
     free(c->listens);
     free(c->admin.host);
     free(c->access_log_path);
+    free(c->error_log_path);
     for (size_t i = 0; i < c->nupstreams; i++)
         upstream_free(&c->upstreams[i]);
     free(c->upstreams);
@@ -829,6 +865,7 @@ static int walk_main(lua_State *L)
     c->access_log = (enum lv_access_log)w_enum(L, w, t, "access_log", access_log_names,
                                                NELEM(access_log_names));
     c->access_log_path = w_str(L, w, t, "access_log_path", c->access_log != LV_ACCESS_LOG_FILE);
+    c->error_log_path = w_str(L, w, t, "error_log_path", true);
     c->watch = w_bool(L, w, t, "watch");
     c->drain_timeout_ms = w_uint(L, w, t, "drain_timeout_ms");
 
@@ -884,6 +921,65 @@ static bool limit_error(struct lv__lalloc *a, int status, const char *label, str
     return true;
 }
 
+/* ---- `levee check` (README "Command line"): the files the configuration names are checked
+ * too, and warnings are returned in `errors` instead of being logged. */
+
+static bool check_mode;
+static lv_config_tls_pair_fn check_tls_pair;
+
+void lv_config_check_mode(lv_config_tls_pair_fn tls_pair)
+{
+    check_mode = true;
+    check_tls_pair = tls_pair;
+}
+
+/* checks.tls_pair(cert, key) -> nil or a message */
+static int l_tls_pair(lua_State *L)
+{
+    const char *cert = luaL_checkstring(L, 1), *key = luaL_checkstring(L, 2);
+    struct lv_buf err = LV_BUF_INIT;
+    if (check_tls_pair && !check_tls_pair(cert, key, &err)) {
+        if (err.len == 0)
+            lv_buf_puts(&err, "the certificate and key cannot be loaded");
+        lua_pushlstring(L, err.data, err.len);
+    } else {
+        lua_pushnil(L);
+    }
+    lv_buf_dispose(&err);
+    return 1;
+}
+
+/* checks.dir_writable(dir) -> nil or a message */
+static int l_dir_writable(lua_State *L)
+{
+    const char *dir = luaL_checkstring(L, 1);
+    struct stat st;
+    if (stat(dir, &st) != 0 && errno == ENOENT)
+        lua_pushfstring(L, "folder %s does not exist", dir);
+    else if (stat(dir, &st) != 0)
+        lua_pushfstring(L, "folder %s: %s", dir, strerror(errno));
+    else if (!S_ISDIR(st.st_mode))
+        lua_pushfstring(L, "%s is not a folder", dir);
+    else if (access(dir, W_OK | X_OK) != 0)
+        lua_pushfstring(L, "folder %s is not writable: %s", dir, strerror(errno));
+    else
+        lua_pushnil(L);
+    return 1;
+}
+
+/* Appends the strings of the list at `idx` to `out`, one a line. */
+static void put_lines(lua_State *L, int idx, struct lv_buf *out)
+{
+    lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, idx, i);
+        const char *e = lua_tostring(L, -1);
+        lv_buf_puts(out, e ? e : "?");
+        lv_buf_putc(out, '\n');
+        lua_pop(L, 1);
+    }
+}
+
 /* Calls levee.config[fn](args...) with `nargs` strings (NULL pushes nil) and walks the result
  * into a new config. `label` names the source in errors that did not come from the Lua side.
  * With `limited`, fn runs a configuration file: under the load-time limits (README "Reload"),
@@ -927,6 +1023,14 @@ static struct lv_config *run(const char *fn, const char *const *args, int nargs,
         lua_setfield(L, -2, "hit");
         lua_pushinteger(L, (lua_Integer)LV_CONFIG_LOAD_MEMORY);
         lua_setfield(L, -2, "memory");
+        if (check_mode) {
+            lua_createtable(L, 0, 2);
+            lua_pushcfunction(L, l_tls_pair);
+            lua_setfield(L, -2, "tls_pair");
+            lua_pushcfunction(L, l_dir_writable);
+            lua_setfield(L, -2, "dir_writable");
+            lua_setfield(L, -2, "check");
+        }
         nargs++;
         a->loading = true;
         a->deadline_ns = mono_ns() + (uint64_t)LV_CONFIG_LOAD_SECONDS * 1000000000u;
@@ -946,16 +1050,8 @@ static struct lv_config *run(const char *fn, const char *const *args, int nargs,
     }
     if (!lua_istable(L, -2)) {
         /* (nil, errors) */
-        if (lua_istable(L, -1)) {
-            lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
-            for (lua_Integer i = 1; i <= n; i++) {
-                lua_rawgeti(L, -1, i);
-                const char *e = lua_tostring(L, -1);
-                lv_buf_puts(errors, e ? e : "?");
-                lv_buf_putc(errors, '\n');
-                lua_pop(L, 1);
-            }
-        }
+        if (lua_istable(L, -1))
+            put_lines(L, lua_absindex(L, -1), errors);
         if (!lua_istable(L, -1) || lua_rawlen(L, -1) == 0)
             lv_buf_printf(errors, "%s: the configuration was rejected without a reason\n", label);
         state_close(L);
@@ -963,6 +1059,10 @@ static struct lv_config *run(const char *fn, const char *const *args, int nargs,
         return NULL;
     }
 
+    /* Warnings go with a config in `errors` (lv_config_job_finish logs them). */
+    if (lua_getfield(L, -2, "warnings") == LUA_TTABLE)
+        put_lines(L, lua_absindex(L, -1), errors);
+    lua_pop(L, 1);
     struct lv_config *c = lv_xcalloc(1, sizeof(*c));
     c->file = file;
     c->refs = 1;
@@ -1116,7 +1216,19 @@ struct lv_config *lv_config_job_finish(struct lv_config_job *j, struct lv_buf *e
     pthread_mutex_lock(&j->mu);
     struct lv_config *cfg = j->cfg;
     j->cfg = NULL;
-    lv_buf_append(errors, j->errors.data, j->errors.len);
+    if (cfg && !check_mode) {
+        /* A config's warnings (README "Command line") are logged, never returned. */
+        const char *p = j->errors.data, *end = p ? p + j->errors.len : NULL;
+        while (p < end) {
+            const char *nl = memchr(p, '\n', (size_t)(end - p));
+            size_t n = nl ? (size_t)(nl - p) : (size_t)(end - p);
+            if (n)
+                lv_warn("%.*s", (int)n, p);
+            p += n + 1;
+        }
+    } else {
+        lv_buf_append(errors, j->errors.data, j->errors.len);
+    }
     pthread_mutex_unlock(&j->mu);
     job_unref(j);
     return cfg;

@@ -186,6 +186,7 @@ struct lv_config {
     struct lv_limits_cfg limits;
     enum lv_access_log access_log;
     char *access_log_path;
+    char *error_log_path; /* error_log = "path"; NULL: stderr */
     bool watch;
     uint64_t drain_timeout_ms; /* default 10 s */
     struct lv_upstream_cfg *upstreams;
@@ -244,6 +245,16 @@ void lv_config_job_abandon(struct lv_config_job *job);
 void lv_config_job_discard(struct lv_config_job *job);
 /** Loaders abandoned and still running (each holds a thread and up to LV_CONFIG_LOAD_MEMORY). */
 unsigned lv_config_loaders_abandoned(void);
+
+/**
+ * `levee check` mode for this process (README "Command line"): loads also check that an
+ * access-log file's folder is writable and that each listener's key matches its certificate
+ * (with `tls_pair`, which returns false and appends the reason to `err` when not), and a
+ * loaded config's warnings ("FILE:LINE: warning: key.path: message") are appended to `errors`
+ * (before the errors when the file is invalid) instead of being logged at warn.
+ */
+typedef bool (*lv_config_tls_pair_fn)(const char *cert, const char *key, struct lv_buf *err);
+void lv_config_check_mode(lv_config_tls_pair_fn tls_pair);
 
 /** Builds the configuration of `levee dev URL`: one upstream, one catch-all route. */
 struct lv_config *lv_config_dev(const char *url, const char *listen, const char *lua_dir,

@@ -200,12 +200,21 @@ end
 local Cx = {}
 Cx.__index = Cx
 
-local function new_cx(file, lines, base_dir)
-    return setmetatable({ file = file, lines = lines, base_dir = base_dir, errors = {} }, Cx)
+-- `checks`: the checks of `levee check` (README "Command line"), from levee's loader:
+-- { tls_pair = function(cert, key) -> nil or message, dir_writable = function(dir) -> nil or
+-- message }; nil otherwise.
+local function new_cx(file, lines, base_dir, checks)
+    return setmetatable({ file = file, lines = lines, base_dir = base_dir, errors = {},
+        warnings = {}, checks = checks }, Cx)
 end
 
 function Cx:err(path, msg)
     self.errors[#self.errors + 1] = { path = path, msg = msg, n = #self.errors + 1 }
+end
+
+-- A probable mistake: reported ("FILE:LINE: warning: key.path: message"), never fatal.
+function Cx:warn(path, msg)
+    self.warnings[#self.warnings + 1] = { path = path, msg = msg, n = #self.warnings + 1 }
 end
 
 -- Line of a key path in the file; 0 for a table built in code (no file).
@@ -216,10 +225,11 @@ function Cx:line(path)
     return keylines.line(self.lines, path)
 end
 
--- Errors as "FILE:LINE: path: message", in line order (then in the order found).
-function Cx:formatted()
+-- Errors as "FILE:LINE: path: message", in line order (then in the order found); with `tag`
+-- ("warning: "), the warnings.
+function Cx:formatted(tag)
     local es = {}
-    for _, e in ipairs(self.errors) do
+    for _, e in ipairs(tag and self.warnings or self.errors) do
         es[#es + 1] = { line = self:line(e.path), n = e.n, path = e.path, msg = e.msg }
     end
     table.sort(es, function(a, b)
@@ -231,7 +241,7 @@ function Cx:formatted()
     local out = {}
     for _, e in ipairs(es) do
         local where = self.lines and self.file .. ":" .. e.line .. ": " or self.file .. ": "
-        out[#out + 1] = where .. (e.path ~= "" and e.path .. ": " or "") .. e.msg
+        out[#out + 1] = where .. (tag or "") .. (e.path ~= "" and e.path .. ": " or "") .. e.msg
     end
     return out
 end
@@ -481,9 +491,30 @@ local function measure(cx, v, path, o, parse, syntax, what, max, fmt)
     return n
 end
 
+-- Milliseconds as hours, minutes, seconds and milliseconds ("1h23m20s").
+local function fmt_hms(ms)
+    local out = ""
+    for _, u in ipairs({ { HOUR, "h" }, { MINUTE, "m" }, { SECOND, "s" }, { 1, "ms" } }) do
+        if ms >= u[1] then
+            out = out .. (ms // u[1]) .. u[2]
+            ms = ms % u[1]
+        end
+    end
+    return out == "" and "0" or out
+end
+
+-- A bare number of at least this many seconds for a duration probably meant milliseconds.
+local BARE_SECONDS_WARN = 1000
+
 --- Milliseconds; o.min/o.max/o.gt are in milliseconds too.
 function Cx:duration(v, path, o)
-    return measure(self, v, path, o, M.parse_duration, DURATION_SYNTAX, "a duration", MAX_MS, fmt_ms)
+    local n = measure(self, v, path, o, M.parse_duration, DURATION_SYNTAX, "a duration", MAX_MS,
+        fmt_ms)
+    if type(v) == "number" and v >= BARE_SECONDS_WARN and n == M.parse_duration(v) then
+        self:warn(path, "a bare number is seconds: " .. show(v) .. " is " .. fmt_hms(n)
+            .. '; write "' .. show(v) .. 'ms" if milliseconds were meant')
+    end
+    return n
 end
 
 --- Bytes; o.min/o.max are in bytes.
@@ -580,6 +611,12 @@ local function listen_entry(cx, v, path)
             local tls = cx:record(t.tls, tp, { "cert", "key" })
             out.tls_cert = cx:readable_file(tls.cert, join(tp, "cert"), { required = true })
             out.tls_key = cx:readable_file(tls.key, join(tp, "key"), { required = true })
+            if cx.checks and out.tls_cert and out.tls_key then
+                local e = cx.checks.tls_pair(out.tls_cert, out.tls_key)
+                if e then
+                    cx:err(join(tp, "key"), e)
+                end
+            end
         end
         return addr and out
     end
@@ -658,10 +695,38 @@ local function access_log(cx, v, path)
         if p:sub(1, 1) ~= "/" and cx.base_dir and cx.base_dir ~= "." then
             p = cx.base_dir .. "/" .. p
         end
+        if cx.checks then
+            local e = cx.checks.dir_writable(p:match("^(.*)/[^/]*$") or ".")
+            if e then
+                cx:err(path, "cannot write " .. show(p) .. ": " .. e)
+            end
+        end
         return "file", p
     end
     cx:err(path, 'expected "stdout", "stderr", a file path or false, got ' .. show(v))
     return "stdout", nil
+end
+
+-- error_log = "stderr" | "path" (README "Operations"): nil for stderr, else the file path,
+-- resolved against the config file's folder like access_log.
+local function error_log(cx, v, path)
+    if v == nil or v == "stderr" then
+        return nil
+    elseif type(v) == "string" and v ~= "" and v ~= "stdout" and not v:find("%z") then
+        local p = v
+        if p:sub(1, 1) ~= "/" and cx.base_dir and cx.base_dir ~= "." then
+            p = cx.base_dir .. "/" .. p
+        end
+        if cx.checks then
+            local e = cx.checks.dir_writable(p:match("^(.*)/[^/]*$") or ".")
+            if e then
+                cx:err(path, "cannot write " .. show(p) .. ": " .. e)
+            end
+        end
+        return p
+    end
+    cx:err(path, 'expected "stderr" or a file path, got ' .. show(v))
+    return nil
 end
 
 -- "2xx" or a status code (integer or "200") -> list of statuses; nil on a bad entry.
@@ -1094,6 +1159,16 @@ local function route(cx, v, path, by_name, names)
             .. ") must not be more than timeout (" .. fmt_ms(r.timeout_ms) .. ")")
     end
     r.retry = retry(cx, t.retry, p("retry"))
+    if r.retry.non_idempotent then
+        for _, s in ipairs(r.retry.on.statuses) do
+            if s >= 500 then
+                cx:warn(join(p("retry"), "non_idempotent"), "retries non-idempotent requests on "
+                    .. "5xx responses: the upstream may have acted before failing, so a retry "
+                    .. "can repeat it")
+                break
+            end
+        end
+    end
     -- Request buffering: a body up to this size is received before an upstream connection is
     -- taken (false: stream at once, as before). The default is the replay buffer.
     if t.request_buffer == false then
@@ -1109,7 +1184,56 @@ local function route(cx, v, path, by_name, names)
     return r
 end
 
-local TOP_KEYS = { "listen", "admin", "limits", "access_log", "watch", "drain_timeout",
+-- Does every request route `b` matches also match route `a` (README "Routing": a plain
+-- string prefix, an exact path, an exact host, a method set)? Only certain cases say yes.
+local function covers(a, b)
+    if a.match_host and a.match_host ~= b.match_host then
+        return false
+    end
+    if #a.match_methods > 0 then
+        if #b.match_methods == 0 then
+            return false
+        end
+        local set = {}
+        for _, m in ipairs(a.match_methods) do
+            set[m] = true
+        end
+        for _, m in ipairs(b.match_methods) do
+            if not set[m] then
+                return false
+            end
+        end
+    end
+    local function under(x, prefix)
+        return x ~= nil and x:sub(1, #prefix) == prefix
+    end
+    if a.match_path then
+        return b.match_path == a.match_path
+            and (a.match_prefix == nil or under(b.match_path, a.match_prefix))
+    end
+    if a.match_prefix then
+        return under(b.match_path, a.match_prefix) or under(b.match_prefix, a.match_prefix)
+    end
+    return true
+end
+
+-- A route an earlier route always takes the requests of (routes are tried in order).
+local function warn_shadowed(cx, routes)
+    for j, b in ipairs(routes) do
+        for i = 1, j - 1 do
+            local a = routes[i]
+            if a and b and a.name and covers(a, b) then
+                cx:warn(join("routes", j), "never matches: route " .. show(a.name)
+                    .. (cx.lines and (" (line " .. a.line .. ")") or "")
+                    .. " before it matches every request it would")
+                break
+            end
+        end
+    end
+end
+
+local TOP_KEYS = { "listen", "admin", "limits", "access_log", "error_log", "watch",
+    "drain_timeout",
     "upstreams", "routes" }
 
 local function validate(cx, v)
@@ -1126,6 +1250,7 @@ local function validate(cx, v)
     end
     c.limits = limits(cx, t.limits, "limits")
     c.access_log, c.access_log_path = access_log(cx, t.access_log, "access_log")
+    c.error_log_path = error_log(cx, t.error_log, "error_log")
     c.watch = cx:boolean(t.watch, "watch", { default = false })
     c.drain_timeout_ms = cx:duration(t.drain_timeout, "drain_timeout",
         { default = 10 * SECOND, min = 0 })
@@ -1141,6 +1266,16 @@ local function validate(cx, v)
     local names = {}
     for i, rv in ipairs(list) do
         c.routes[#c.routes + 1] = route(cx, rv, join("routes", i), by_name, names)
+    end
+    warn_shadowed(cx, c.routes)
+    local used = {}
+    for _, r in ipairs(c.routes) do
+        used[r.upstream or false] = true
+    end
+    for _, u in ipairs(c.upstreams) do
+        if u and not used[u.name] then
+            cx:warn(join("upstreams", u.name), "no route uses this upstream")
+        end
     end
     return c
 end
@@ -1313,7 +1448,7 @@ local function run_limited(fn, lim)
     if ok and limit_hit(lim) then
         return false, RAN_TOO_LONG -- the limit's error was caught, then fn returned
     end
-    return ok, res
+    return ok, res, co
 end
 
 local function dirname(path)
@@ -1343,16 +1478,43 @@ local function error_text(path, files, e)
     return e
 end
 
+-- An error without a position (raised by a C function such as string.rep, or with level 0)
+-- gets the line the innermost frame in one of the user's files was at when it was raised;
+-- `co` is the coroutine that failed (Lua leaves its stack as it was for the debug library).
+local function locate(files, e, co)
+    if co == nil or (type(e) == "string" and e:match("^[^\n]-:%d+: ")) then
+        return e
+    end
+    local level = 0
+    while true do
+        local info = debug.getinfo(co, level, "Sl")
+        if not info then
+            return e
+        end
+        if info.currentline and info.currentline > 0 then
+            for _, f in ipairs(files) do
+                if info.source == "@" .. f then
+                    if type(e) ~= "string" then
+                        e = "error: " .. show(e)
+                    end
+                    return f .. ":" .. info.currentline .. ": " .. e
+                end
+            end
+        end
+        level = level + 1
+    end
+end
+
 -- The error that stopped the file's code (or the checks after it) as "FILE:LINE: message".
 -- A limit is named as such, at a line of the user's files or else at line 1.
-local function run_error(path, files, e, lim)
+local function run_error(path, files, e, lim, co)
     if e == "not enough memory" then -- Lua's memory error
         collectgarbage() -- what the dead coroutine held
         return path .. ":1: " .. (lim.memory and ("the configuration used more than %d MiB of Lua "
             .. "memory while loading"):format(lim.memory // MiB)
             or "the configuration ran out of memory while loading")
     end
-    e = error_text(path, files, e)
+    e = error_text(path, files, locate(files, e, co))
     if limit_hit(lim) then
         local where, line = e:match("^(.-):(%d+): ")
         for _, f in ipairs(files) do
@@ -1397,27 +1559,35 @@ end
 
 -- Everything after the file's code: key lines, metatables, validation. Returns { config = }
 -- or { errors = }.
-local function check(path, src, res, base)
+local function check(path, src, res, base, checks)
     local lines = keylines.scan(src)
     if type(res) ~= "table" then
         return { errors = { path .. ":" .. keylines.line(lines, "")
             .. ": the file must return a table (return { listen = ..., routes = ... }), got "
             .. show(res) } }
     end
-    local cx = new_cx(path, lines, base)
+    local cx = new_cx(path, lines, base, checks)
     if refuse_metatables(cx, res) then
         return { errors = cx:formatted() }
     end
     local c = validate(cx, res)
+    c.warnings = cx:formatted("warning: ")
     if #cx.errors > 0 then
-        return { errors = cx:formatted() }
+        -- `levee check` prints the warnings, then the errors.
+        local out = checks and c.warnings or {}
+        for _, e in ipairs(cx:formatted()) do
+            out[#out + 1] = e
+        end
+        return { errors = out }
     end
     return { config = c }
 end
 
 --- Loads and validates the configuration file at `path`. `lua_dir` is the second folder
 -- `require` searches (after the file's own). `limits` is levee's loader's (see new_limit).
--- Returns (config, files) or (nil, errors).
+-- Returns (config, files) or (nil, errors); config.warnings lists the probable mistakes as
+-- "FILE:LINE: warning: key.path: message". With limits.check (`levee check`, see new_cx), the
+-- files the configuration names are checked too, and errors start with the warnings.
 function M.compile(path, lua_dir, limits)
     local lim = new_limit(limits)
     local src, err = read_text(path)
@@ -1437,14 +1607,14 @@ function M.compile(path, lua_dir, limits)
     if not chunk then
         return nil, { error_text(path, files, lerr) }
     end
-    local ok, res = run_limited(chunk, lim)
+    local ok, res, co = run_limited(chunk, lim)
     if not ok then
-        return nil, { run_error(path, files, res, lim) }
+        return nil, { run_error(path, files, res, lim, co) }
     end
     -- Only levee's code from here, but on what the file returned (which can be huge): under
     -- the same limits.
     local okc, out = run_limited(function()
-        return check(path, src, res, base)
+        return check(path, src, res, base, limits and limits.check)
     end, lim)
     if not okc then
         if out == "not enough memory" or limit_hit(lim) then
@@ -1466,6 +1636,7 @@ function M.compile_table(t, label)
     if #cx.errors > 0 then
         return nil, cx:formatted()
     end
+    c.warnings = cx:formatted("warning: ")
     return c
 end
 
@@ -1496,8 +1667,12 @@ function M.dev(url, listen)
     else
         server = rest
     end
-    if #errs == 0 and not M.parse_hostport(server) then
-        errs[#errs + 1] = 'levee dev: URL: expected "http://host:port" (no path), got ' .. show(url)
+    local _, uwhy = M.parse_hostport(server)
+    if #errs == 0 and not _ then
+        errs[#errs + 1] = "levee dev: URL: " .. (uwhy == "port"
+            and "expected a port between 1 and 65535" or rest:find("/", 1, true)
+            and 'expected "http://host:port" (no path)' or 'expected "http://host:port"')
+            .. ", got " .. show(url)
     end
     listen = listen or "127.0.0.1:8080"
     local _, why = M.parse_hostport(listen)

@@ -727,3 +727,74 @@ describe("max_connections #badinput", function()
         assert.is_true(lv:alive())
     end)
 end)
+
+describe("requests refused before routing are in the access log #badinput", function()
+    local lv, up
+
+    setup(function()
+        up = H.upstream({ name = "main" })
+        lv = H.levee({
+            config = {
+                access_log = "stdout",
+                limits = { header_size = "2KiB", request_line = "512B", body_size = "1KiB",
+                    header_timeout = "300ms" },
+                upstreams = { main = { servers = { up:addr() } } },
+                routes = { { name = "main", upstream = "main" } },
+            },
+        })
+    end)
+
+    teardown(function() H.cleanup() end)
+
+    it("logs 400, 408, 413, 414 and 431 with status, reason token and client address", function()
+        local sends = {
+            { "GET /a HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, "bad-request" },
+            { "GET /a HTTP/1.1\r\nHost: a\r\nX-C: a\1b\r\n\r\n", 400, "bad-request" },
+            { "GET /caf\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n", 400, "bad-request" },
+            { "GET /" .. ("u"):rep(600) .. " HTTP/1.1\r\nHost: a\r\n\r\n", 414, "uri-too-long" },
+            { "GET / HTTP/1.1\r\nHost: a\r\nX-Big: " .. ("b"):rep(3000) .. "\r\n\r\n", 431, "header-too-large" },
+            { "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5000\r\n\r\n", 413, "body-too-large" },
+            { "GET / HTTP/1.1\r\nHost: a\r\n", 408, "request-timeout" }, -- the head never ends
+        }
+        for _, x in ipairs(sends) do
+            local c = assert(H.conn(lv.port))
+            c:send(x[1])
+            local r = assert(c:read_response({ timeout = 5 }))
+            assert.equal(x[2], r.status)
+            c:close()
+        end
+        local entries = lv:wait_access(#sends, 5)
+        for i, x in ipairs(sends) do
+            local e = entries[i]
+            assert.equal(x[2], e.status, "entry " .. i)
+            assert.equal(x[3], e.error, "entry " .. i)
+            assert.equal(H.null, e.route)
+            assert.equal("127.0.0.1", e.client)
+            assert.is_true(e.bytes_out > 0)
+            assert.truthy(e.request_id:match("^%x+$"))
+        end
+        assert.equal(0, up:stats().requests)
+    end)
+
+    it("logs at most 100 refused requests a second and says how many it left out", function()
+        local before = #lv:access_json()
+        local garbage = ("GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+        local n = 0
+        local t0 = H.now()
+        while n < 300 and H.now() - t0 < 0.8 do
+            local c = assert(H.conn(lv.port))
+            c:send(garbage)
+            assert.equal(400, assert(c:read_response()).status)
+            c:close()
+            n = n + 1
+        end
+        local m = lv:wait_log("requests refused before routing were not logged", 5, true)
+        local logged = #lv:access_json() - before
+        assert.is_true(logged <= 200, ("%d of %d logged"):format(logged, n))
+        -- the second the burst began in may already hold a line or two of the test before
+        assert.is_true(logged >= math.min(n, 90), ("%d of %d logged"):format(logged, n))
+        local left = tonumber(lv:log():match("(%d+) requests refused before routing were not logged"))
+        assert.is_true(left and left > 0)
+        assert.is_not_nil(m)
+    end)
+end)

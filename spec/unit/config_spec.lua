@@ -508,7 +508,7 @@ return {
                 .. 'or a number of bytes, got "huge"',
             'levee.lua:8: upstreams.api.servers[1]: expected a port between 1 and 65535, got "h:99999"',
             'levee.lua:9: bogus: unknown key; expected one of: listen, admin, limits, access_log, '
-                .. "watch, drain_timeout, upstreams, routes",
+                .. "error_log, watch, drain_timeout, upstreams, routes",
         }, errs)
     end)
 
@@ -552,6 +552,20 @@ return {
         assert.are.same({ "levee.lua:1: no config for you" }, errors_of("error('no config for you')"))
         assert.are.same({ "levee.lua:1: boom" }, errors_of("error('boom', 0)"))
         assert.are.same({ "levee.lua:1: error: a table" }, errors_of("error({})"))
+    end)
+
+    it("reports errors raised inside C functions at the line of the file that called them", function()
+        assert.are.same({ "levee.lua:3: bad argument #1 to 'rep' (number expected, got nil)" },
+            errors_of("local t = {}\n\nlocal s = ('x'):rep(nil)\nreturn t\n"))
+        assert.are.same({ "levee.lua:2: bad argument #1 to 'rep' (string expected, got no value)" },
+            errors_of("local t = {}\nt.x = string.rep()\nreturn t\n"))
+        assert.are.same({ "levee.lua:2: bad argument #1 to 'tostring' (value expected)" },
+            errors_of("local function f()\n  return tostring()\nend\nlocal v = f()\n"))
+        assert.are.same({ "levee.lua:4: bad argument #1 to 'tostring' (value expected)" },
+            errors_of("local t = {}\n\n\nt.v = tostring()\nreturn t\n"))
+        write("mod.lua", "local M = {}\n\nM.x = ('x'):rep(nil)\nreturn M\n")
+        assert.are.same({ "mod.lua:3: bad argument #1 to 'rep' (number expected, got nil)" },
+            errors_of("-- uses mod\nlocal m = require('mod')\nreturn m\n"))
     end)
 
     it("requires the file to return a table", function()
@@ -873,5 +887,114 @@ return {
             "return { [", "return" }) do
             assert.is_table(keylines.scan(src))
         end
+    end)
+end)
+
+describe("warnings", function()
+    local function warnings_of(text, checks)
+        local c, errs = config.compile(write("levee.lua", text), LUA_DIR, checks)
+        if not c then
+            error("unexpected errors:\n" .. table.concat(strip(errs), "\n"))
+        end
+        return strip(c.warnings)
+    end
+
+    it("are empty for a clean file", function()
+        assert.are.same({}, warnings_of(with_route("timeout = 999, try_timeout = '500ms'")))
+    end)
+
+    it("flag a bare number of 1000 or more for a duration", function()
+        assert.are.same({
+            'levee.lua:4: warning: routes[1].timeout: a bare number is seconds: 5000 is 1h23m20s; '
+                .. 'write "5000ms" if milliseconds were meant',
+        }, warnings_of(with_route("timeout = 5000")))
+        assert.are.same({
+            'levee.lua:2: warning: drain_timeout: a bare number is seconds: 1000 is 16m40s; '
+                .. 'write "1000ms" if milliseconds were meant',
+        }, warnings_of(with_top("drain_timeout = 1000")))
+        assert.are.same({}, warnings_of(with_top("drain_timeout = '5000ms'")))
+    end)
+
+    it("flag a route an earlier route always matches first", function()
+        local text = [[
+return {
+  upstreams = { api = { servers = { "127.0.0.1:9000" } } },
+  routes = {
+    { name = "api", match = { prefix = "/api" }, upstream = "api" },
+    { name = "v1", match = { prefix = "/api/v1" }, upstream = "api" },
+    { name = "login", match = { path = "/api/login", methods = { "POST" } }, upstream = "api" },
+    { name = "other-host", match = { host = "b.example", prefix = "/" }, upstream = "api" },
+    { name = "b-api", match = { host = "b.example", prefix = "/api/x" }, upstream = "api" },
+    { name = "gets", match = { methods = { "GET" } }, upstream = "api" },
+    { name = "get-head", match = { methods = { "GET", "HEAD" } }, upstream = "api" },
+    { name = "apix", match = { prefix = "/apix" }, upstream = "api" },
+    { name = "all", upstream = "api" },
+    { name = "late", match = { path = "/z" }, upstream = "api" },
+  },
+}
+]]
+        assert.are.same({
+            'levee.lua:5: warning: routes[2]: never matches: route "api" (line 4) before it '
+                .. "matches every request it would",
+            'levee.lua:6: warning: routes[3]: never matches: route "api" (line 4) before it '
+                .. "matches every request it would",
+            'levee.lua:8: warning: routes[5]: never matches: route "api" (line 4) before it '
+                .. "matches every request it would",
+            'levee.lua:11: warning: routes[8]: never matches: route "api" (line 4) before it '
+                .. "matches every request it would",
+            'levee.lua:13: warning: routes[10]: never matches: route "all" (line 12) before it '
+                .. "matches every request it would",
+        }, warnings_of(text))
+    end)
+
+    it("flag an upstream no route uses", function()
+        assert.are.same({ "levee.lua:4: warning: upstreams.spare: no route uses this upstream" },
+            warnings_of("return {\n  upstreams = {\n    api = { servers = { '127.0.0.1:9000' } },\n"
+                .. "    spare = { servers = { '127.0.0.1:9001' } },\n  },\n"
+                .. "  routes = { { name = 'r', upstream = 'api' } },\n}\n"))
+    end)
+
+    it("flag retrying non-idempotent requests on 5xx", function()
+        local w = "levee.lua:4: warning: routes[1].retry.non_idempotent: retries non-idempotent "
+            .. "requests on 5xx responses: the upstream may have acted before failing, so a retry "
+            .. "can repeat it"
+        assert.are.same({ w }, warnings_of(with_route("retry = { non_idempotent = true, on = { 'reset', 503 } }")))
+        assert.are.same({ w }, warnings_of(with_route("retry = { non_idempotent = true, on = { '5xx' } }")))
+        assert.are.same({}, warnings_of(with_route("retry = { non_idempotent = true, on = { 'reset', 429 } }")))
+        assert.are.same({}, warnings_of(with_route("retry = { on = { 'gateway-error' } }")))
+    end)
+
+    it("come before the errors with levee check's checks, which check the files named", function()
+        local seen = {}
+        local checks = { check = {
+            tls_pair = function(cert, key)
+                seen[#seen + 1] = cert .. " " .. key
+                return "the private key does not match the certificate"
+            end,
+            dir_writable = function(d)
+                return "folder " .. d .. " does not exist"
+            end,
+        } }
+        write("cert.pem", "c")
+        write("key.pem", "k")
+        local text = [[
+return {
+  listen = { addr = "127.0.0.1:8443", tls = { cert = "cert.pem", key = "key.pem" } },
+  access_log = "logs/access.log",
+  upstreams = { api = { servers = { "127.0.0.1:9000" } } },
+  routes = { { name = "r", upstream = "api", timeout = 3000, try_timeout = "x" } },
+}
+]]
+        local c, errs = config.compile(write("levee.lua", text), LUA_DIR, checks)
+        assert.is_nil(c)
+        assert.are.same({
+            'levee.lua:5: warning: routes[1].timeout: a bare number is seconds: 3000 is 50m; '
+                .. 'write "3000ms" if milliseconds were meant',
+            "levee.lua:2: listen.tls.key: the private key does not match the certificate",
+            'levee.lua:3: access_log: cannot write "logs/access.log": folder logs does not exist',
+            'levee.lua:5: routes[1].try_timeout: expected a duration like "250ms", "2s", "5m", '
+                .. '"24h" or a number of seconds, got "x"',
+        }, strip(errs))
+        assert.are.same({ dir .. "/cert.pem " .. dir .. "/key.pem" }, seen)
     end)
 end)
