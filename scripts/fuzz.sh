@@ -43,6 +43,8 @@ run_target() {
   echo "fuzz.sh: fuzz_$t for ${secs}s" >&2
   mkdir -p "$dir/corpus" "$art"
   cp -r fuzz/corpus/"$t"/. "$dir/corpus/" 2>/dev/null || true
+  # The example configurations seed the config target too (not copied into the repository).
+  [[ $t == config ]] && cp examples/*.lua "$dir/corpus/"
   local dict=() rc=0 t0=$SECONDS elapsed
   [[ -f fuzz/$t.dict ]] && dict=(-dict="fuzz/$t.dict")
   "$bin" "$dir/corpus" "${dict[@]}" -max_len="${MAXLEN[$t]}" -max_total_time="$secs" \

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "base/buf.h"
+#include "base/rand.h"
 #include "http/headscan.h"
 #include "net/tls.h"
 #include "net/upstream.h"
@@ -82,13 +83,7 @@ static void on_tick(uv_timer_t *t);
 
 static uint64_t rng_next(uint64_t *s)
 {
-    /* xorshift64*: spreading checks needs spread, not secrecy. */
-    uint64_t x = *s;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *s = x;
-    return x * 0x2545F4914F6CDD1DULL;
+    return lv_rand_next(s);
 }
 
 /* A first check somewhere in [now, now + interval). */

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "base/log.h"
+#include "base/rand.h"
 #include "net/healthcheck.h"
 #include "net/tls.h"
 
@@ -24,13 +25,7 @@ static uint64_t now_ms(const struct lv_upstream *up)
 
 static uint64_t rng_next(uint64_t *s)
 {
-    /* xorshift64*: balancing needs spread, not secrecy. */
-    uint64_t x = *s;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *s = x;
-    return x * 0x2545F4914F6CDD1DULL;
+    return lv_rand_next(s);
 }
 
 /* ---- list helpers (circular, sentinel-headed) */

@@ -18,13 +18,7 @@ local function line_of(text, needle)
     error("line_of: " .. needle .. " not in text", 2)
 end
 
-local function nonempty_lines(text)
-    local out = {}
-    for line in text:gmatch("([^\n]*)\n?") do
-        if line ~= "" then out[#out + 1] = line end
-    end
-    return out
-end
+local nonempty_lines = H.nonempty_lines
 
 local function contains(s, needle) return s:find(needle, 1, true) ~= nil end
 

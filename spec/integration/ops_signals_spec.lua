@@ -6,13 +6,7 @@
 local H = require("helpers")
 local proc = H.proc
 
-local function nonempty_lines(text)
-    local out = {}
-    for line in text:gmatch("([^\n]*)\n?") do
-        if line ~= "" then out[#out + 1] = line end
-    end
-    return out
-end
+local nonempty_lines = H.nonempty_lines
 
 local function get(lv, path, headers)
     return assert(lv:request({ path = path or "/", headers = headers or {} }))

@@ -63,6 +63,15 @@ end
 ---------------------------------------------------------------------------------------------
 -- small utilities
 
+--- The non-empty lines of `text`, the last one too when it has no newline yet.
+function H.nonempty_lines(text)
+    local out = {}
+    for line in text:gmatch("([^\n]*)\n?") do
+        if line ~= "" then out[#out + 1] = line end
+    end
+    return out
+end
+
 -- cjson decodes every number as a float; integral ones become integers so that
 -- tostring(e.conn) is "3", not "3.0".
 local function intify(v)
