@@ -1,6 +1,6 @@
 /*
- * levee: command line (SPEC §1). `levee [-c FILE]` runs the gateway, `levee check FILE`
- * validates a configuration, `levee dev URL [--listen ADDR]` runs a local dev proxy.
+ * levee: command line (README, "Command line"). `levee [-c FILE]` runs the gateway, `levee check
+ * FILE` validates a configuration, `levee dev URL [--listen ADDR]` runs a local dev proxy.
  */
 #include <hiredis/hiredis.h>
 #include <llhttp.h>

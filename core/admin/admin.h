@@ -1,5 +1,5 @@
 /*
- * admin: the admin listener (SPEC §6): GET /healthz, GET /status (JSON), GET /metrics
+ * admin: the admin listener (README, "Admin API"): GET /healthz, GET /status (JSON), GET /metrics
  * (Prometheus text), POST /reload, GET / (the dashboard page). One request per connection,
  * answered and closed: the admin API is for operators and scrapers, not for traffic.
  */

@@ -1,7 +1,7 @@
 /*
- * gwerr: the one table of errors the gateway itself answers with (SPEC §3). Each has the
- * `Levee-Error` token, the status code, whether a Retry-After is sent, and a short message.
- * The token of an error exists here and nowhere else.
+ * gwerr: the one table of errors the gateway itself answers with (README, "Errors made by the
+ * gateway"). Each has the `Levee-Error` token, the status code, whether a Retry-After is sent, and
+ * a short message. The token of an error exists here and nowhere else.
  */
 #ifndef LV_GWERR_H
 #define LV_GWERR_H

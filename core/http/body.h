@@ -5,7 +5,7 @@
  * the caller's buffer (chunk framing removed), then "complete" with exactly the bytes the
  * message used, so a pipelined next message starts right after.
  *
- * Chunked is strict (research/reliability.md rows 41-48): 1*HEXDIG sizes without spaces,
+ * Chunked is strict (README, "How levee proxies"): 1*HEXDIG sizes without spaces,
  * signs or 0x, overflow-checked; chunk extensions parsed, CTL-free and capped; CRLF after
  * every chunk's data; bare CR or LF anywhere is an error; trailers parsed like header
  * fields, capped and dropped (never forwarded), and framing fields in them are an error.

@@ -3,9 +3,9 @@
  * response head parsers (reqhead, resphead), the body de-framer and the forwarder. Everything
  * works on spans of bytes (not NUL-terminated), allocates nothing and owns nothing.
  *
- * These are the guards llhttp 8.1 does not give us (research/reliability.md §4.5):
+ * These are the guards llhttp 8.1 does not give us (README, "How levee proxies"):
  * Connection tokens with HTAB trimmed, exactly-one-`chunked` Transfer-Encoding, Host syntax,
- * Content-Length overflow, X-Request-Id syntax, hop-by-hop names (SPEC §3).
+ * Content-Length overflow, X-Request-Id syntax, hop-by-hop names (README, "How levee proxies").
  */
 #ifndef LV_HTTP_FIELDS_H
 #define LV_HTTP_FIELDS_H
@@ -59,7 +59,7 @@ bool lv_field_name_eq(const char *name, size_t len, const char *lower_literal);
 /** The id of a header name (case-insensitive); LV_FID_OTHER when not special. */
 enum lv_field_id lv_field_classify(const char *name, size_t len);
 
-/** True for hop-by-hop names (SPEC §3): Connection, Keep-Alive, TE, Trailer,
+/** True for hop-by-hop names (README, "How levee proxies"): Connection, Keep-Alive, TE, Trailer,
  *  Transfer-Encoding, Upgrade and Proxy-* (which covers Proxy-Connection). */
 bool lv_field_is_hop_by_hop(const char *name, size_t len);
 

@@ -3,7 +3,7 @@
  * run on the bytes as they arrive and before llhttp sees them. It finds the end of the head
  * (the first CRLFCRLF), enforces the size limits llhttp does not have (request line, head
  * size, field count) and rejects the shapes llhttp 8.1 strict lets through
- * (research/reliability.md §3, §3b, §4.5.1): bare CR or LF, obs-fold, empty or non-token
+ * (README, "How levee proxies"): bare CR or LF, obs-fold, empty or non-token
  * field names, whitespace before the colon, CTLs in values, `_` twins of framing headers,
  * request lines that are not exactly `token SP target SP HTTP/1.[01]`, fragments, misplaced
  * asterisk/authority-form targets, HTTP/0.9 and HTTP/2.0 request lines, status lines that are

@@ -183,7 +183,7 @@ static int fail(struct lv_reqhead *h, int status, const char *reason)
     return status;
 }
 
-/* Framing guards (reliability.md rows 1-13); they only look at fields that are present, so
+/* Framing guards (README, "How levee proxies"); they only look at fields that are present, so
  * they are meaningful even when llhttp stopped early on one of them. */
 static int check_framing(struct lv_reqhead *h)
 {

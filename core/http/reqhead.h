@@ -1,7 +1,7 @@
 /*
  * reqhead: parse one complete, already pre-validated (headscan) request head with llhttp
  * (HTTP_REQUEST, strict build, no lenient flags) and derive what the proxy acts on, applying
- * the guards llhttp 8.1 lacks (research/reliability.md §4.5): exactly one valid Host on 1.1,
+ * the guards llhttp 8.1 lacks (README, "How levee proxies"): exactly one valid Host on 1.1,
  * Transfer-Encoding exactly `chunked` (400/501), no TE on 1.0, no CL with TE, no duplicate CL,
  * keep-alive from our own Connection tokenising, absolute-form split, CONNECT/TRACE 405,
  * unknown methods 501, PRI 505.

@@ -2,7 +2,7 @@
  * resphead: parse one complete, already pre-validated (headscan in response mode) upstream
  * response head with llhttp (HTTP_RESPONSE, strict) and decide its body framing and whether
  * the upstream connection may go back to the pool, with the guards of
- * research/reliability.md §3b and §4.5.6: no CL with TE, no duplicate or invalid CL, no body
+ * (README, "How levee proxies"): no CL with TE, no duplicate or invalid CL, no body
  * for HEAD/1xx/204/304 whatever the headers say, 204/304 carrying a body length poison the
  * connection, TE other than exactly `chunked` reads until EOF, no framing reads until EOF.
  *

@@ -1,7 +1,7 @@
 /*
  * accesslog: formats the access-log line of one request, a single JSON object followed by
- * "\n" (SPEC §6). The proxy fills a struct lv_access_entry as the request goes (it lives in
- * the request, so nothing is allocated per request), formats it once at the end into a
+ * "\n" (README, "Admin API"). The proxy fills a struct lv_access_entry as the request goes (it
+ * lives in the request, so nothing is allocated per request), formats it once at the end into a
  * buffer, and writes the buffer wherever access_log points; this module does no I/O.
  *
  * Strings that came from the network (request id, path, host) are slices, may hold any byte

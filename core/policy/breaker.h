@@ -1,7 +1,7 @@
 /*
- * breaker: a route's circuit breaker (SPEC §5). Closed, it lets every attempt through and
- * watches their outcomes over a rolling window; it opens when either rule trips: N failures
- * in a row, or (with at least min_requests in the window) a failure ratio, or a slow-call
+ * breaker: a route's circuit breaker (README, "Resilience policies"). Closed, it lets every attempt
+ * through and watches their outcomes over a rolling window; it opens when either rule trips: N
+ * failures in a row, or (with at least min_requests in the window) a failure ratio, or a slow-call
  * ratio. Open, it rejects at once. After open_for it is half-open (lazily, on the next
  * admission): exactly half_open_requests probes go through; all succeed → closed with an
  * empty window; one fails → open again for twice as long, up to max_open_for (the length

@@ -1,9 +1,9 @@
 /*
- * budget: a route's retry budget (SPEC §5, the Linkerd/Finagle model). Over a rolling window,
- * retries may not exceed ratio x requests + min_per_second x window seconds. Requests are the
- * client requests the route received (counted once each, however many attempts they took);
- * retries are counted when they are decided, not when they are sent, so retries waiting in
- * backoff already count against the budget (envoy#30205).
+ * budget: a route's retry budget (README, "Resilience policies", the Linkerd/Finagle model). Over a
+ * rolling window, retries may not exceed ratio x requests + min_per_second x window seconds.
+ * Requests are the client requests the route received (counted once each, however many attempts
+ * they took); retries are counted when they are decided, not when they are sent, so retries waiting
+ * in backoff already count against the budget (envoy#30205).
  *
  * Embedded in the route state (which survives reloads by route name); no allocation. `now` is
  * an argument: milliseconds of a monotonic clock. Called by the request path.

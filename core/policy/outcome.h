@@ -1,9 +1,9 @@
 /*
- * outcome: how one attempt ended (SPEC §4) and the verdict on it. An attempt ends with the
- * upstream's status, or with one of four errors; a verdict (from the route's classify hook,
- * or from lv_classify_default when there is none or it failed) says whether it counts as a
- * success or a failure for the breaker and whether it may be retried. The outcome and verdict
- * names used in configuration, logs and hooks exist here only.
+ * outcome: how one attempt ended (README, "Outcomes and classification") and the verdict on it. An
+ * attempt ends with the upstream's status, or with one of four errors; a verdict (from the route's
+ * classify hook, or from lv_classify_default when there is none or it failed) says whether it
+ * counts as a success or a failure for the breaker and whether it may be retried. The outcome and
+ * verdict names used in configuration, logs and hooks exist here only.
  *
  * Pure: no clock, no I/O. Called by the request path (core/proxy/request.c) after each
  * attempt and by the configuration loader to parse retry.on.
@@ -72,10 +72,10 @@ static inline bool lv_status_in(const uint64_t map[10], int status)
 }
 
 /**
- * The verdict without a hook (SPEC §4): an outcome listed in retry.on (`on_errors` bits as
- * lv_outcome_error_bit, `on_status` bit s for status s) is RETRY; any other error, and any
- * other 5xx, is FAIL; every other status is OK. LV_OUT_NONE has no verdict (LV_VERDICT_NONE):
- * it must count neither way.
+ * The verdict without a hook (README, "Outcomes and classification"): an outcome listed in retry.on
+ * (`on_errors` bits as lv_outcome_error_bit, `on_status` bit s for status s) is RETRY; any other
+ * error, and any other 5xx, is FAIL; every other status is OK. LV_OUT_NONE has no verdict
+ * (LV_VERDICT_NONE): it must count neither way.
  */
 enum lv_verdict lv_classify_default(uint32_t on_errors, const uint64_t on_status[10],
                                     struct lv_outcome o);

@@ -28,8 +28,8 @@ enum lv_retry_no lv_retry_decide(const struct lv_retry_ask *a, uint64_t *delay_m
     uint64_t left = a->deadline_ms > a->now_ms ? a->deadline_ms - a->now_ms : 0;
     if (left < min_try)
         return LV_RETRY_NO_DEADLINE;
-    /* SPEC §5: the deadline must leave room for the whole delay and a try. A shortened
-     * backoff would retry early against a struggling upstream, and a server's delay
+    /* README, "Resilience policies": the deadline must leave room for the whole delay and a try. A
+     * shortened backoff would retry early against a struggling upstream, and a server's delay
      * shortened would ignore what it told us. */
     uint64_t room = left - min_try, delay = a->delay_ms;
     if (delay > room)

@@ -1,7 +1,7 @@
 /*
- * retry: whether a failed attempt is retried, and after how long (SPEC §5). The rule lives in
- * one pure function, lv_retry_decide, which takes every fact it needs as a field of struct
- * lv_retry_ask; the request path (core/proxy/request.c) gathers the facts, calls it after
+ * retry: whether a failed attempt is retried, and after how long (README, "Resilience policies").
+ * The rule lives in one pure function, lv_retry_decide, which takes every fact it needs as a field
+ * of struct lv_retry_ask; the request path (core/proxy/request.c) gathers the facts, calls it after
  * each attempt, and acts on the answer. lv_retry_delay chooses the delay to ask about: a
  * hook's delay, else the server's Retry-After on a 429 or 503, else backoff.
  *
@@ -57,8 +57,8 @@ enum lv_retry_no {
 };
 
 /**
- * Decides whether to retry (SPEC §5). A retry needs all of: verdict RETRY; attempts_made <
- * max_attempts; no response byte sent; the request safe to replay (the outcome is
+ * Decides whether to retry (README, "Resilience policies"). A retry needs all of: verdict RETRY;
+ * attempts_made < max_attempts; no response byte sent; the request safe to replay (the outcome is
  * connect-failure, so nothing reached the upstream, or the method is idempotent per
  * lv_method_idempotent, or it has an idempotency key, or non_idempotent_allowed); a
  * replayable body; room before the deadline; the budget.

@@ -1,7 +1,7 @@
 /*
- * errresp: formats the responses the gateway makes itself (SPEC §3): the status from the
- * gateway error table, `Levee-Error: <token>`, `X-Request-Id`, `Retry-After` where the table
- * says so, and a JSON body {"error":..,"route":..,"request_id":..,"message":..}.
+ * errresp: formats the responses the gateway makes itself (README, "Errors made by the gateway"):
+ * the status from the gateway error table, `Levee-Error: <token>`, `X-Request-Id`, `Retry-After`
+ * where the table says so, and a JSON body {"error":..,"route":..,"request_id":..,"message":..}.
  */
 #ifndef LV_ERRRESP_H
 #define LV_ERRRESP_H

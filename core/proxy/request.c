@@ -550,7 +550,7 @@ static void build_forward_head(struct lv_request *r, const struct lv_reqhead *h)
     }
 }
 
-/* ---- idempotency keys (SPEC §5) */
+/* ---- idempotency keys (README, "Resilience policies") */
 
 enum { IDEM_NONE, IDEM_WAIT_BODY, IDEM_LOOKUP, IDEM_LOCKED, IDEM_OPEN };
 
@@ -1316,9 +1316,10 @@ static void on_body_timer(uv_timer_t *t)
 
 /* ---- attempts */
 
-/* Replaying is safe (SPEC §5): nothing reached the upstream, or an idempotent method, or an
- * idempotency key on a route with idempotency on, or retry.non_idempotent. The retry rule in
- * policy/retry.c applies the same test; this copy serves the stale-connection re-send only. */
+/* Replaying is safe (README, "Resilience policies"): nothing reached the upstream, or an idempotent
+ * method, or an idempotency key on a route with idempotency on, or retry.non_idempotent. The retry
+ * rule in policy/retry.c applies the same test; this copy serves the stale-connection re-send only.
+ */
 static bool replay_safe(const struct lv_request *r, enum lv_outcome_kind kind)
 {
     return kind == LV_OUT_CONNECT_FAILURE || lv_method_idempotent(r->method) || r->has_idem_key ||

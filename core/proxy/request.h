@@ -146,7 +146,7 @@ struct lv_request {
     struct lv_hook_header hook_req[LV_HOOK_MAX_HEADERS];
     size_t nhook_req;
 
-    /* idempotency (SPEC §5) */
+    /* idempotency (README, "Resilience policies") */
     int idem_state; /* enum in request.c: none, waiting for the body, looking up, locked, open */
     struct lv_buf idem_key;
     struct lv_idem_op *idem_op;

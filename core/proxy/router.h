@@ -1,6 +1,7 @@
 /*
- * router: first-match route selection over a configuration's routes (SPEC §2: in order, on
- * exact path, path prefix, host and method). Pure: reads the config structs, owns nothing.
+ * router: first-match route selection over a configuration's routes (README, "Configuration": in
+ * order, on exact path, path prefix, host and method). Pure: reads the config structs, owns
+ * nothing.
  */
 #ifndef LV_ROUTER_H
 #define LV_ROUTER_H

@@ -322,7 +322,8 @@ void lv_server_count_attempt(struct lv_server *s, struct lv_route_state *rs, int
     lv_metric_add(*slot, 1);
 }
 
-/* New thresholds apply at once; counts and breaker state carry over (SPEC §5). */
+/* New thresholds apply at once; counts and breaker state carry over (README, "Resilience
+ * policies"). */
 static void route_state_configure(struct lv_server *s, struct lv_route_state *rs,
                                   const struct lv_route_cfg *r)
 {

@@ -1,8 +1,8 @@
 /*
- * hooks: runs a route's Lua hooks (SPEC §4 classify, §5 fallback and idempotency key) for the
- * request path, and turns what they return into C values: a verdict and an optional delay, a
- * complete HTTP response, or an idempotency key. It is the only code that calls into the
- * configuration's Lua state after loading.
+ * hooks: runs a route's Lua hooks (README, "Outcomes and classification" classify, §5 fallback and
+ * idempotency key) for the request path, and turns what they return into C values: a verdict and an
+ * optional delay, a complete HTTP response, or an idempotency key. It is the only code that calls
+ * into the configuration's Lua state after loading.
  *
  * Every call runs on one Lua thread owned by the configuration (created at load by
  * lv__hooks_init), under pcall with a traceback handler, an instruction limit and a memory
@@ -56,7 +56,7 @@ struct lv_hook_header {
     size_t value_len;
 };
 
-/* What a classify hook sees (SPEC §4), as the table
+/* What a classify hook sees (README, "Outcomes and classification"), as the table
  * { status, error, headers, duration, number, route, request = { method, path, headers } }. */
 struct lv_hook_attempt {
     int status;        /* the upstream's status; 0 when the attempt ended in an error */

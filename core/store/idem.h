@@ -1,6 +1,6 @@
 /*
- * idem: the idempotency-key stores (SPEC §5, issue 4) behind one asynchronous interface, and
- * the request fingerprint they compare.
+ * idem: the idempotency-key stores (README, "Resilience policies") behind one asynchronous
+ * interface, and the request fingerprint they compare.
  *
  * A store maps a key (already namespaced by the caller: route, credential, client key) to
  * either an in-flight lock, held by one request for a lease, or a completed response kept for

@@ -1,5 +1,5 @@
 /*
- * body: Content-Length, chunked (reliability.md rows 41-48) and until-EOF de-framing, each
+ * body: Content-Length, chunked (README, "How levee proxies") and until-EOF de-framing, each
  * vector fed whole, split in two at every offset and byte by byte, with the same data,
  * result, reason and consumed byte count every time.
  */

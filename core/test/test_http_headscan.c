@@ -1,7 +1,7 @@
 /*
- * headscan: table of request and response heads (reliability.md §3 rows the pre-validator
- * owns, §3b R10-R13), each fed whole, split in two at every offset, and byte by byte; all
- * three must give the same result, status, reason and head length.
+ * headscan: table of request and response heads (README, "How levee proxies"): the rows the
+ * pre-validator owns, §3b R10-R13), each fed whole, split in two at every offset, and byte by byte;
+ * all three must give the same result, status, reason and head length.
  */
 #include <stdlib.h>
 

@@ -1,6 +1,6 @@
 /*
  * reqhead: request heads run through headscan then reqhead, as the client connection does;
- * reliability.md §3 rows 1-13, 24, 26, 31-40 and the derived facts (spans, keep-alive,
+ * (README, "How levee proxies") and the derived facts (spans, keep-alive,
  * absolute-form split, Expect, Upgrade, Connection-nominated fields, X-Request-Id).
  */
 #include <llhttp.h>

@@ -1,6 +1,6 @@
 /*
  * resphead: upstream response heads run through headscan (response mode) then resphead, as
- * the upstream attempt does; reliability.md §3b R1-R13, R17, R18 and the framing/reuse rules.
+ * the upstream attempt does (README, "How levee proxies"): the framing and reuse rules.
  */
 #include "http/headscan.h"
 #include "http/resphead.h"

@@ -161,7 +161,8 @@ T_TEST(table)
 
 #define N_OF(x) (sizeof(x) / sizeof((x)[0]))
 
-/* SPEC §5 read as a checklist, in the documented order: the answer lv_retry_decide owes. */
+/* README, "Resilience policies" read as a checklist, in the documented order: the answer
+ * lv_retry_decide owes. */
 static enum lv_retry_no expected(const struct lv_retry_ask *a, uint64_t *delay)
 {
     uint64_t left = a->now_ms < a->deadline_ms ? a->deadline_ms - a->now_ms : 0;

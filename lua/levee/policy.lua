@@ -1,4 +1,4 @@
--- levee.policy: helpers for the hooks of a configuration (SPEC §4).
+-- levee.policy: helpers for the hooks of a configuration (README, "Outcomes and classification").
 --
 --   local policy = require "levee.policy"       -- at the top of levee.lua
 --   routes = { { name = "api", upstream = "api", classify = policy.classify } }

@@ -1,4 +1,4 @@
--- Client -> gateway bad input (research/reliability.md §3, rows 1-54 and the extra vectors),
+-- Client -> gateway bad input (README, "How levee proxies": strict parsing),
 -- sent as raw bytes to the real levee in front of real lv-testupstream processes.
 --
 -- For every row: the status code; for gateway-made errors the `Levee-Error` header and the

@@ -1,4 +1,4 @@
--- Idempotency keys end to end (SPEC §5, §3 error tokens, §6 metrics and access log): the real
+-- Idempotency keys end to end (README, "Resilience policies" error tokens, §6 metrics and access log): the real
 -- levee in front of the real lv-testupstream, with the memory store and with a real
 -- redis-server shared by two levee processes.
 --

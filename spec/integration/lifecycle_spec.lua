@@ -1,5 +1,5 @@
--- Lifecycle of the real levee binary: the command line (SPEC §1), the admin API and metrics
--- (SPEC §6), reloads by POST /reload and SIGHUP, graceful shutdown on SIGTERM/SIGINT with
+-- Lifecycle of the real levee binary: the command line (README, "Command line"), the admin API and metrics
+-- (README, "Admin API"), reloads by POST /reload and SIGHUP, graceful shutdown on SIGTERM/SIGINT with
 -- drain_timeout, the access log, and `levee dev`.
 
 local H = require("helpers")

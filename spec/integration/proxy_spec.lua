@@ -1,6 +1,6 @@
--- Forwarding through the real levee to the real lv-testupstream: header rewriting (SPEC §3),
+-- Forwarding through the real levee to the real lv-testupstream: header rewriting (README, "How levee proxies"),
 -- routing, keep-alive and pipelining, streamed bodies compared byte for byte, memory bounds
--- with slow peers, Expect: 100-continue, large heads and the access log (SPEC §6).
+-- with slow peers, Expect: 100-continue, large heads and the access log (README, "Admin API").
 --
 -- The upstream's default answer is a JSON echo of what it received (method, target, headers
 -- in order, body_len, body_sha = FNV-1a 64, conn serial, seq), so every test checks what
@@ -60,7 +60,7 @@ local function echo_one(e, name)
     return v[1]
 end
 
--- Hop-by-hop names (SPEC §3) plus the ones the tests list in Connection; Proxy-* apart.
+-- Hop-by-hop names (README, "How levee proxies") plus the ones the tests list in Connection; Proxy-* apart.
 local HOP = { ["x-hop-a"] = 1, ["x-hop-b"] = 1, ["x-secret"] = 1, ["x-other"] = 1, ["keep-alive"] = 1,
     te = 1, trailer = 1, upgrade = 1, ["transfer-encoding"] = 1 }
 

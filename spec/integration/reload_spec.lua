@@ -1,4 +1,4 @@
--- Configuration reload of the real levee binary (SPEC §5, §6): SIGHUP, POST /reload and
+-- Configuration reload of the real levee binary (README, "Resilience policies"): SIGHUP, POST /reload and
 -- watch = true (in-place writes, save-by-rename, required modules); broken files refused with
 -- their reason while the old configuration keeps serving; breaker and budget state kept by
 -- route name; requests in flight finishing under the generation they started with; listeners

@@ -1,4 +1,4 @@
--- Resilience end to end (SPEC §4–5): the real levee in front of the real lv-testupstream.
+-- Resilience end to end (README, "Resilience policies"): the real levee in front of the real lv-testupstream.
 -- Retries through 503 / reset / timeout, what is safe to replay, retries moving to another
 -- server, the retry budget under a stream of failures, the request deadline, Retry-After,
 -- classify hooks (including broken ones), circuit breakers (consecutive, ratio, slow calls,
@@ -502,7 +502,7 @@ describe("resilience (retries, budgets, deadlines, hooks, breakers)", function()
 
         it("503 with a 100 ms backoff, attempts 5: no retry once the backoff no longer fits", function()
             local r, took = timed("/dl-503/a", { ["X-Test-Status"] = "503" })
-            -- SPEC §5: a retry needs "the deadline leaves room for the backoff and a try".
+            -- README, "Resilience policies": a retry needs "the deadline leaves room for the backoff and a try".
             -- jitter "none", base 100 ms: attempt 1 at 0, backoff 100 ms (fits), attempt 2 at
             -- ~100 ms, next backoff 200 ms: 100 + 200 leaves no room for a try before 300 ms,
             -- so no retry: the client gets attempt 2's 503 at ~100 ms.

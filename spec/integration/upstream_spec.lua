@@ -1,6 +1,6 @@
 -- The upstream → gateway side, end to end: the real levee in front of the real
 -- lv-testupstream, programmed per request with X-Test-* headers. Covers
--- research/reliability.md §3b (R1–R18) and the failure shapes of SPEC §3/§4: refused
+-- (README, "How levee proxies") and the failure shapes of "Outcomes and classification": refused
 -- connections, resets, closes, garbage and invalid response heads, bad framing, truncated
 -- bodies, hangs (try_timeout and the route deadline), pool overflow, stale pooled
 -- connections, keep-alive reuse, balancing and name resolution. Every gateway error is checked

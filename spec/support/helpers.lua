@@ -975,7 +975,7 @@ end
 
 -- Processes outlive nothing: if the spec process exits without H.cleanup(), the children
 -- die anyway (PR_SET_PDEATHSIG); this also stops them when the Lua state is closed.
--- A gateway error as SPEC §3 says: status, Levee-Error, JSON {error, route, request_id}
+-- A gateway error as README, "How levee proxies" says: status, Levee-Error, JSON {error, route, request_id}
 -- with request_id equal to the X-Request-Id response header. Returns the decoded body.
 function H.assert_gw_error(r, status, token, route)
     assert(type(r) == "table", "no response")
