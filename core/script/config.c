@@ -1260,12 +1260,11 @@ static void *job_thread(void *job)
 struct lv_config *lv_config_load(const char *file, const char *lua_dir, struct lv_buf *errors)
 {
     struct lv_config_job *j = lv_config_job_new(file, lua_dir, NULL, NULL);
-    pthread_attr_t at;
-    pthread_attr_init(&at);
-    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+    /* Joinable: once the job is done the thread is joined, so its thread-local state (the
+     * OpenSSL error queue of `levee check`'s key checks, say) is gone before the process may
+     * exit; only an abandoned loader is detached. */
     pthread_t t;
-    int rc = pthread_create(&t, &at, job_thread, j);
-    pthread_attr_destroy(&at);
+    int rc = pthread_create(&t, NULL, job_thread, j);
     if (rc != 0) {
         lv_buf_printf(errors, "%s:1: cannot start a thread to load the configuration: %s\n", file,
                       strerror(rc));
@@ -1273,6 +1272,7 @@ struct lv_config *lv_config_load(const char *file, const char *lua_dir, struct l
         return NULL;
     }
     if (!lv_config_job_wait(j, LV_CONFIG_LOAD_WAIT_MS)) {
+        pthread_detach(t);
         lv_config_job_abandon(j);
         lv_buf_printf(errors,
                       "%s:1: the configuration ran too long (its loader did not finish within "
@@ -1280,6 +1280,7 @@ struct lv_config *lv_config_load(const char *file, const char *lua_dir, struct l
                       file, LV_CONFIG_LOAD_WAIT_MS);
         return NULL;
     }
+    pthread_join(t, NULL);
     return lv_config_job_finish(j, errors);
 }
 
