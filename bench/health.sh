@@ -30,20 +30,9 @@ mkdir -p "$out"
 # shellcheck disable=SC2034  # read by bench_origin (bench/lib.sh)
 work=$out   # bench_origin writes its nginx.conf, pid and error.log here
 pids=()
-cleanup() { local p; for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-port_up() {   # port_up PORT: until something accepts on it (a TCP connect, no request)
-  local i
-  for ((i = 0; i < 100; i++)); do (: </dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done
-  echo "health: nothing listens on 127.0.0.1:$1" >&2; return 1
-}
-table() {   # table TSV: aligned columns
-  awk -F'\t' '{for (i = 1; i <= NF; i++) {c[NR, i] = $i; if (length($i) > w[i]) w[i] = length($i)}; if (NF > nf) nf = NF}
-    END {for (r = 1; r <= NR; r++) for (i = 1; i <= nf; i++) printf (i < nf ? "%-" w[i] "s  " : "%s\n"), c[r, i]}' "$1"
-}
-stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
 # The bad server: a loopback port nobody listens on, so a connect is refused at once.
 if (: </dev/tcp/127.0.0.1/"$BAD_PORT") 2>/dev/null; then

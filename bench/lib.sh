@@ -1,4 +1,4 @@
-# bench/lib.sh: shared by bench/policy.sh, bench/idem.sh and bench/run.sh (sourced, not run).
+# bench/lib.sh: shared by the bench scripts (sourced, not run).
 # shellcheck shell=bash
 # bench_setup NAME: setup + release build, a work dir, process cleanup on exit.
 # bench_origin PORT: an nginx origin answering "ok\n" on 127.0.0.1:PORT (one worker).
@@ -69,4 +69,19 @@ wrk_parse() {
        /Socket errors:/ { gsub(",", ""); err += $4 + $6 + $8 + $10 }
        /^Requests\/sec:/ { rps = $2 }
        END { if (rps == "") exit 1; printf "%.1f %.3f %d %d\n", rps, p99, req, err }' "$1"
+}
+
+# For scripts that keep their own list of started processes in `pids`:
+cleanup() { local p; for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+port_up() {   # port_up PORT: until something accepts on it (a TCP connect, no request: an
+  local i     # HTTP check through a proxy would leave a pooled upstream connection behind)
+  for ((i = 0; i < 100; i++)); do (: </dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done
+  echo "${0##*/}: nothing listens on 127.0.0.1:$1" >&2; return 1
+}
+
+table() {   # table TSV: aligned columns (column(1) is not on every Debian install)
+  awk -F'\t' '{for (i = 1; i <= NF; i++) {c[NR, i] = $i; if (length($i) > w[i]) w[i] = length($i)}; if (NF > nf) nf = NF}
+    END {for (r = 1; r <= NR; r++) for (i = 1; i <= nf; i++) printf (i < nf ? "%-" w[i] "s  " : "%s\n"), c[r, i]}' "$1"
 }

@@ -38,7 +38,6 @@ mkdir -p "$out"
 # 500 client sockets, 500 proxy sockets and their upstream ones: more than a default 1024.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 pids=()
-cleanup() { local p; for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
@@ -99,19 +98,9 @@ for i, c in ipairs(conns) do
 end
 LUA
 
-port_up() {   # port_up PORT: until something accepts on it (a TCP connect, no request: an
-  local i     # HTTP check through the proxy would leave a pooled upstream connection behind)
-  for ((i = 0; i < 100; i++)); do (: </dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done
-  echo "slowbody: nothing listens on 127.0.0.1:$1" >&2; return 1
-}
 origin_open() {   # connections the origin has open right now (lv-testupstream /__stats "open")
   curl -sf "http://127.0.0.1:$ORIGIN_PORT/__stats" | grep -o '"open":[0-9]*' | cut -d: -f2
 }
-table() {   # table TSV: aligned columns (column(1) is not on every Debian install)
-  awk -F'\t' '{for (i = 1; i <= NF; i++) {c[NR, i] = $i; if (length($i) > w[i]) w[i] = length($i)}; if (NF > nf) nf = NF}
-    END {for (r = 1; r <= NR; r++) for (i = 1; i <= nf; i++) printf (i < nf ? "%-" w[i] "s  " : "%s\n"), c[r, i]}' "$1"
-}
-stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
 build/lv-testupstream --listen "127.0.0.1:$ORIGIN_PORT" --name origin >"$out/origin.log" 2>&1 & pids+=($!)
 port_up "$ORIGIN_PORT"

@@ -19,6 +19,8 @@ SETTLE_MAX=${SETTLE_MAX:-30}   # seconds to wait for RSS to stop growing before 
 BASE=${BASE_PORT:-18480}
 ORIGIN_PORT=$BASE LEVEE_PORT=$((BASE + 1)) NGINX_PORT=$((BASE + 2))
 
+# shellcheck source=bench/lib.sh
+. bench/lib.sh   # table, port_up, stop_pid, cleanup
 scripts/setup.sh --bench
 [[ ${BUILD:-1} == 0 ]] || scripts/build.sh release >/dev/null
 out=${OUT_DIR:-$(mktemp -d /tmp/levee-slowread.XXXX)}
@@ -26,7 +28,6 @@ mkdir -p "$out"
 # N client sockets, N proxy sockets and N upstream ones: can pass a default limit of 1024.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 pids=()
-cleanup() { local p; for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
@@ -57,11 +58,6 @@ socket.sleep(hold)
 for _, s in ipairs(conns) do s:close() end
 LUA
 
-port_up() {   # port_up PORT: until something accepts on it
-  local i
-  for ((i = 0; i < 100; i++)); do (: </dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done
-  echo "slowread: nothing listens on 127.0.0.1:$1" >&2; return 1
-}
 rss_kib() {   # rss_kib PID...: VmRSS summed over the processes, KiB
   local p sum=0 kb
   for p in "$@"; do kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status"); sum=$((sum + kb)); done
@@ -87,7 +83,6 @@ temp_bytes() {   # temp_bytes PID...: size of the open nginx temp files (unlinke
   echo "$sum"
 }
 origin_sent() { awk '/^wchar:/ {print $2}' "/proc/$origin_pid/io"; }   # bytes it wrote, sockets included
-stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
 build/lv-testupstream --listen "127.0.0.1:$ORIGIN_PORT" --name origin >"$out/origin.log" 2>&1 & origin_pid=$!
 pids+=("$origin_pid")
@@ -176,10 +171,6 @@ for proxy in $PROXIES; do
   stop_pid "$proxy_pid"
 done
 
-table() {   # table TSV: aligned columns (column(1) is not on every Debian install)
-  awk -F'\t' '{for (i = 1; i <= NF; i++) {c[NR, i] = $i; if (length($i) > w[i]) w[i] = length($i)}; if (NF > nf) nf = NF}
-    END {for (r = 1; r <= NR; r++) for (i = 1; i <= nf; i++) printf (i < nf ? "%-" w[i] "s  " : "%s\n"), c[r, i]}' "$1"
-}
 echo "slow readers: N=$N, GET of $SIZE bytes each, client SO_RCVBUF $RCVBUF, nothing read"
 table "$out/slowread.tsv" | tee "$out/slowread.txt"
 echo "(RSS: levee process, nginx master + worker; origin sent: its write counter over the phase; raw data in $out)"

@@ -1108,8 +1108,6 @@ void lv_request_begin(struct lv_client *c, size_t head_len)
     r->buffering = r->body_kind && r->route->request_buffer > 0 && r->idem_state == IDEM_NONE;
     r->body_held = false;
     r->body_mark = 0;
-    if (r->body_kind)
-        uv_timer_start(&r->body_timer, on_body_timer, s->cfg->limits.body_timeout_ms, 0);
     if (r->idem_state == IDEM_NONE && !r->buffering)
         attempt_start(r);
     /* A keyed request first reads its whole body (pump_body asks the store when it is in). */
@@ -1117,6 +1115,9 @@ void lv_request_begin(struct lv_client *c, size_t head_len)
         pump_body(r);
     if (r->active)
         buffering_check(r);
+    /* Only a body still on its way needs the body timer (most arrive with their head). */
+    if (r->active && !r->body_done)
+        uv_timer_start(&r->body_timer, on_body_timer, s->cfg->limits.body_timeout_ms, 0);
 }
 
 /* ---- request body */
@@ -1239,8 +1240,10 @@ static void pump_body(struct lv_request *r)
             }
             return;
         }
-        if (rc == 1)
+        if (rc == 1) {
             r->body_done = true;
+            uv_timer_stop(&r->body_timer);
+        }
         if (used == 0)
             break;
     }

@@ -620,6 +620,23 @@ static const char *const retry_error_names[] = {"connect-failure", "reset", "tim
 
 #define NELEM(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
+/* t[key], a list of status codes 100..599, as a bit set: bit s of bits[s / 64] per status. */
+static void w_statuses(lua_State *L, struct walk *w, int t, const char *key, uint64_t bits[10])
+{
+    int lt = w_table(L, w, t, key, false);
+    lua_Integer n = (lua_Integer)lua_rawlen(L, lt);
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, lt, i);
+        int isint = 0;
+        lua_Integer code = lua_tointegerx(L, -1, &isint);
+        if (!isint || code < 100 || code > 599)
+            bad(L, w, key);
+        bits[code / 64] |= (uint64_t)1 << (code % 64);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
 static void walk_limits(lua_State *L, struct walk *w, int t, struct lv_limits_cfg *l)
 {
     l->header_size = w_uint(L, w, t, "header_size");
@@ -681,18 +698,8 @@ static void walk_upstream(lua_State *L, struct walk *w, int t, struct lv_upstrea
         u->health.healthy = w_u32(L, w, ht, "healthy");
         u->health.unhealthy = w_u32(L, w, ht, "unhealthy");
         u->health.host = w_str(L, w, ht, "host", true);
-        int et = w_table(L, w, ht, "expect", false);
-        lua_Integer ne = (lua_Integer)lua_rawlen(L, et);
-        for (lua_Integer i = 1; i <= ne; i++) {
-            lua_rawgeti(L, et, i);
-            int isint = 0;
-            lua_Integer code = lua_tointegerx(L, -1, &isint);
-            if (!isint || code < 100 || code > 599)
-                luaL_error(L, "internal: bad health.expect status");
-            u->health.expect[code / 64] |= (uint64_t)1 << (code % 64);
-            lua_pop(L, 1);
-        }
-        lua_pop(L, 2);
+        w_statuses(L, w, ht, "expect", u->health.expect);
+        lua_pop(L, 1);
     }
 }
 
@@ -714,18 +721,8 @@ static void walk_retry(lua_State *L, struct walk *w, int t, struct lv_retry_cfg 
         lua_pop(L, 1);
     }
     lua_pop(L, 1);
-    int stt = w_table(L, w, on, "statuses", false);
-    n = (lua_Integer)lua_rawlen(L, stt);
-    for (lua_Integer i = 1; i <= n; i++) {
-        lua_rawgeti(L, stt, i);
-        int isint = 0;
-        lua_Integer s = lua_tointegerx(L, -1, &isint);
-        if (!isint || s < 100 || s > 599)
-            luaL_error(L, "internal: bad retry.on status");
-        r->on_status[s / 64] |= (uint64_t)1 << (s % 64);
-        lua_pop(L, 1);
-    }
-    lua_pop(L, 2);
+    w_statuses(L, w, on, "statuses", r->on_status);
+    lua_pop(L, 1);
     r->backoff_base_ms = w_uint(L, w, t, "backoff_base_ms");
     r->backoff_max_ms = w_uint(L, w, t, "backoff_max_ms");
     r->jitter = (enum lv_jitter)w_enum(L, w, t, "jitter", jitter_names, NELEM(jitter_names));

@@ -16,42 +16,14 @@
 #include "net/healthcheck.h"
 #include "net/tls.h"
 #include "net/upstream.h"
+#include "certs.h"
 #include "t.h"
 
 /* ---- certificates (TLS test) */
 
-static char tmpdir[64];
-
-static const char *P(const char *name)
-{
-    static char bufs[4][256];
-    static int next;
-    char *b = bufs[next++ % 4];
-    snprintf(b, sizeof(bufs[0]), "%s/%s", tmpdir, name);
-    return b;
-}
-
-static void sh(const char *cmd)
-{
-    char full[2048];
-    snprintf(full, sizeof(full), "cd %s && (%s) >>openssl.log 2>&1", tmpdir, cmd);
-    if (system(full) != 0) {
-        fprintf(stderr, "test setup failed: %s (see %s/openssl.log)\n", cmd, tmpdir);
-        exit(1);
-    }
-}
-
 static void make_certs(void)
 {
-    if (system("openssl version >/dev/null 2>&1") != 0) {
-        fprintf(stderr, "test setup failed: the openssl command line tool is missing\n");
-        exit(1);
-    }
-    snprintf(tmpdir, sizeof(tmpdir), "/tmp/lv-hc-XXXXXX");
-    if (!mkdtemp(tmpdir)) {
-        perror("mkdtemp");
-        exit(1);
-    }
+    certs_dir("lv-hc");
     sh("openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -noenc"
        " -keyout ca.key -out ca.pem -days 2 -subj '/CN=levee test CA'"
        " -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign");
@@ -969,9 +941,6 @@ int main(void)
     T_RUN(stop_from_the_callback);
     T_RUN(servers_removed_by_a_reload);
     T_RUN(tls_checks);
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf %s", tmpdir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", tmpdir);
+    certs_remove();
     T_DONE();
 }

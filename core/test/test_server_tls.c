@@ -11,41 +11,12 @@
 
 #include "base/buf.h"
 #include "net/tls.h"
+#include "certs.h"
 #include "t.h"
-
-static char tmpdir[64];
-
-/* Path of a file in the temporary directory (a few rotating buffers). */
-static const char *P(const char *name)
-{
-    static char bufs[8][256];
-    static int next;
-    char *b = bufs[next++ % 8];
-    snprintf(b, sizeof(bufs[0]), "%s/%s", tmpdir, name);
-    return b;
-}
-
-static void sh(const char *cmd)
-{
-    char full[2048];
-    snprintf(full, sizeof(full), "cd %s && (%s) >>openssl.log 2>&1", tmpdir, cmd);
-    if (system(full) != 0) {
-        fprintf(stderr, "test setup failed: %s (see %s/openssl.log)\n", cmd, tmpdir);
-        exit(1);
-    }
-}
 
 static void make_certs(void)
 {
-    if (system("openssl version >/dev/null 2>&1") != 0) {
-        fprintf(stderr, "test setup failed: the openssl command line tool is missing\n");
-        exit(1);
-    }
-    snprintf(tmpdir, sizeof(tmpdir), "/tmp/lv-tls-XXXXXX");
-    if (!mkdtemp(tmpdir)) {
-        perror("mkdtemp");
-        exit(1);
-    }
+    certs_dir("lv-tls");
     sh("openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -noenc"
        " -keyout ca.key -out ca.pem -days 2 -subj '/CN=levee test CA'"
        " -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign");
@@ -693,9 +664,6 @@ int main(void)
     T_RUN(tls12_served_tls11_refused);
     T_RUN(context_outlives_its_creator_reference);
     T_RUN(context_errors_name_the_file);
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf %s", tmpdir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", tmpdir);
+    certs_remove();
     T_DONE();
 }

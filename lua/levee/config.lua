@@ -683,6 +683,22 @@ local function limits(cx, v, path)
     return r
 end
 
+-- A log file path, resolved against the config file's folder; `levee check` also makes sure
+-- its folder is writable.
+local function log_file(cx, v, path)
+    local p = v
+    if p:sub(1, 1) ~= "/" and cx.base_dir and cx.base_dir ~= "." then
+        p = cx.base_dir .. "/" .. p
+    end
+    if cx.checks then
+        local e = cx.checks.dir_writable(p:match("^(.*)/[^/]*$") or ".")
+        if e then
+            cx:err(path, "cannot write " .. show(p) .. ": " .. e)
+        end
+    end
+    return p
+end
+
 local function access_log(cx, v, path)
     if v == nil then
         return "stdout", nil
@@ -691,17 +707,7 @@ local function access_log(cx, v, path)
     elseif v == "stdout" or v == "stderr" then
         return v, nil
     elseif type(v) == "string" and v ~= "" and not v:find("%z") then
-        local p = v
-        if p:sub(1, 1) ~= "/" and cx.base_dir and cx.base_dir ~= "." then
-            p = cx.base_dir .. "/" .. p
-        end
-        if cx.checks then
-            local e = cx.checks.dir_writable(p:match("^(.*)/[^/]*$") or ".")
-            if e then
-                cx:err(path, "cannot write " .. show(p) .. ": " .. e)
-            end
-        end
-        return "file", p
+        return "file", log_file(cx, v, path)
     end
     cx:err(path, 'expected "stdout", "stderr", a file path or false, got ' .. show(v))
     return "stdout", nil
@@ -713,17 +719,7 @@ local function error_log(cx, v, path)
     if v == nil or v == "stderr" then
         return nil
     elseif type(v) == "string" and v ~= "" and v ~= "stdout" and not v:find("%z") then
-        local p = v
-        if p:sub(1, 1) ~= "/" and cx.base_dir and cx.base_dir ~= "." then
-            p = cx.base_dir .. "/" .. p
-        end
-        if cx.checks then
-            local e = cx.checks.dir_writable(p:match("^(.*)/[^/]*$") or ".")
-            if e then
-                cx:err(path, "cannot write " .. show(p) .. ": " .. e)
-            end
-        end
-        return p
+        return log_file(cx, v, path)
     end
     cx:err(path, 'expected "stderr" or a file path, got ' .. show(v))
     return nil

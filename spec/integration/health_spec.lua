@@ -18,24 +18,7 @@ local socket = require("socket")
 local function count(t, k) return (t and t[tostring(k)]) or 0 end
 
 -- Prometheus text → list of { name, labels = {}, value }.
-local function parse_metrics(text)
-    local out = {}
-    for line in text:gmatch("[^\n]+") do
-        if line:sub(1, 1) ~= "#" then
-            local name, lbl, v = line:match("^([%w_:]+){(.*)}%s+(%S+)$")
-            if not name then
-                name, v = line:match("^([%w_:]+)%s+(%S+)$")
-                lbl = ""
-            end
-            if name then
-                local labels = {}
-                for k, x in lbl:gmatch('([%w_]+)="(.-)"') do labels[k] = x end
-                out[#out + 1] = { name = name, labels = labels, value = tonumber(v) }
-            end
-        end
-    end
-    return out
-end
+local parse_metrics = H.parse_metrics
 
 local function has_flag(entry, flag)
     for _, f in ipairs(entry.flags or {}) do
@@ -111,19 +94,7 @@ describe("upstream health", function()
         return parse_metrics(r.body)
     end
 
-    -- The value of the series of `name` whose labels include `want` (nil when none).
-    local function metric(name, want, s)
-        for _, m in ipairs(s or samples()) do
-            if m.name == name then
-                local ok = true
-                for k, v in pairs(want or {}) do
-                    if m.labels[k] ~= v then ok = false break end
-                end
-                if ok then return m.value end
-            end
-        end
-        return nil
-    end
+    local function metric(name, want, s) return H.metric(s or samples(), name, want) end
 
     -- Sum over every series of `name`.
     local function metric_sum(name, s)

@@ -66,13 +66,7 @@ local function status(lv)
     return H.json(r.body)
 end
 
-local function metric(lv, series)
-    local r = assert(lv:admin("/metrics"))
-    for line in r.body:gmatch("([^\n]*)\n") do
-        if line:sub(1, #series + 1) == series .. " " then return tonumber(line:sub(#series + 2)) end
-    end
-    return 0
-end
+local function metric(lv, series) return lv:metric(series) or 0 end
 local RELOAD_OK = 'levee_config_reloads_total{result="ok"}'
 local RELOAD_ERR = 'levee_config_reloads_total{result="error"}'
 

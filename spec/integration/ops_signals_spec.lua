@@ -37,13 +37,7 @@ local function config(up, extra)
     return c
 end
 
-local function metric(lv, series)
-    local r = assert(lv:admin("/metrics"))
-    for line in r.body:gmatch("([^\n]*)\n") do
-        if line:sub(1, #series + 1) == series .. " " then return tonumber(line:sub(#series + 2)) end
-    end
-    return nil
-end
+local function metric(lv, series) return lv:metric(series) end
 
 describe("signals", function()
     after_each(H.cleanup)

@@ -85,15 +85,7 @@ local function route_status(st, name)
     end
 end
 
--- The value of one sample in /metrics, e.g. metric(lv, 'levee_config_reloads_total{result="ok"}').
-local function metric(lv, series)
-    local r = assert(lv:admin("/metrics"))
-    assert.equal(200, r.status)
-    for line in r.body:gmatch("([^\n]*)\n") do
-        if line:sub(1, #series + 1) == series .. " " then return tonumber(line:sub(#series + 2)) end
-    end
-    return nil
-end
+local function metric(lv, series) return lv:metric(series) end
 local RELOAD_OK = 'levee_config_reloads_total{result="ok"}'
 local RELOAD_ERR = 'levee_config_reloads_total{result="error"}'
 

@@ -46,24 +46,7 @@ local function has_flag(entry, flag)
 end
 
 -- Prometheus text → list of { name, labels = {}, value }.
-local function parse_metrics(text)
-    local out = {}
-    for line in text:gmatch("[^\n]+") do
-        if line:sub(1, 1) ~= "#" then
-            local name, lbl, v = line:match("^([%w_:]+){(.*)}%s+(%S+)$")
-            if not name then
-                name, v = line:match("^([%w_:]+)%s+(%S+)$")
-                lbl = ""
-            end
-            if name then
-                local labels = {}
-                for k, x in lbl:gmatch('([%w_]+)="(.-)"') do labels[k] = x end
-                out[#out + 1] = { name = name, labels = labels, value = tonumber(v) }
-            end
-        end
-    end
-    return out
-end
+local parse_metrics = H.parse_metrics
 
 describe("resilience (retries, budgets, deadlines, hooks, breakers)", function()
     local up, lv, hole, hole_port
@@ -199,19 +182,7 @@ describe("resilience (retries, budgets, deadlines, hooks, breakers)", function()
         return parse_metrics(r.body)
     end
 
-    -- The value of one series (nil when it does not exist).
-    local function metric(name, want, s)
-        for _, m in ipairs(s or samples()) do
-            if m.name == name then
-                local ok = true
-                for k, v in pairs(want or {}) do
-                    if m.labels[k] ~= v then ok = false break end
-                end
-                if ok then return m.value end
-            end
-        end
-        return nil
-    end
+    local function metric(name, want, s) return H.metric(s or samples(), name, want) end
 
     local function status_route(name)
         local r = assert(lv:admin("/status"))

@@ -605,6 +605,51 @@ function Levee:admin(opts)
     return H.request(assert(self.admin_port, "no admin port"), opts)
 end
 
+--- The value of one sample of /metrics written as it appears there, e.g.
+-- lv:metric('levee_config_reloads_total{result="ok"}'); nil when there is no such sample.
+function Levee:metric(series)
+    local r = assert(self:admin("/metrics"))
+    assert(r.status == 200, "GET /metrics: " .. tostring(r.status))
+    for line in r.body:gmatch("([^\n]*)\n") do
+        if line:sub(1, #series + 1) == series .. " " then return tonumber(line:sub(#series + 2)) end
+    end
+    return nil
+end
+
+--- The samples of a /metrics text: { { name =, labels = { k = v }, value = number }, ... }.
+function H.parse_metrics(text)
+    local out = {}
+    for line in text:gmatch("[^\n]+") do
+        if line:sub(1, 1) ~= "#" then
+            local name, lbl, v = line:match("^([%w_:]+){(.*)}%s+(%S+)$")
+            if not name then
+                name, v = line:match("^([%w_:]+)%s+(%S+)$")
+                lbl = ""
+            end
+            if name then
+                local labels = {}
+                for k, x in lbl:gmatch('([%w_]+)="(.-)"') do labels[k] = x end
+                out[#out + 1] = { name = name, labels = labels, value = tonumber(v) }
+            end
+        end
+    end
+    return out
+end
+
+--- The value of the first sample of `name` whose labels include `want` (nil when none).
+function H.metric(samples, name, want)
+    for _, m in ipairs(samples) do
+        if m.name == name then
+            local ok = true
+            for k, v in pairs(want or {}) do
+                if m.labels[k] ~= v then ok = false break end
+            end
+            if ok then return m.value end
+        end
+    end
+    return nil
+end
+
 --- Runs levee (or opts.bin) to completion: returns exit code, stdout, stderr.
 --- opts: bin, env, cwd, timeout (default 30 s).
 function H.run_levee(args, opts)
