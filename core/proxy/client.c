@@ -20,13 +20,16 @@ struct write_req {
     uv_write_t req;
     struct lv_client *c;
     size_t len;
-    char *owned; /* a buffer handed over by lv_client_write_buf, or NULL */
+    char *owned; /* a buffer handed over by client_write_buf, or NULL */
     char data[];
 };
 
 static void client_process(struct lv_client *c);
 static int raw_write_buf(struct lv_client *c, struct lv_buf *b);
 static void client_close(struct lv_client *c, bool reset);
+static void client_error_close(struct lv_client *c, int status, enum lv_gwerr err,
+                               const char *reason);
+static int client_writev(struct lv_client *c, const uv_buf_t *bufs, unsigned nbufs);
 
 /* ---- list */
 
@@ -60,7 +63,7 @@ static void on_handle_closed(uv_handle_t *h)
         return;
     struct lv_server *s = c->server;
     list_remove(s, c);
-    lv_buf_dispose(&c->in);
+    lv_buf_dispose(&c->ds.in);
     lv_buf_dispose(&c->tls_out);
     if (c->tls)
         lv_tls_free(c->tls);
@@ -70,27 +73,22 @@ static void on_handle_closed(uv_handle_t *h)
 
 static void client_close(struct lv_client *c, bool reset)
 {
-    if (c->closed)
+    if (c->ds.closed)
         return;
-    c->closed = true;
+    c->ds.closed = true;
     c->state = LV_CLIENT_CLOSING;
     if (c->req) {
         struct lv_request *r = c->req;
         c->req = NULL;
         lv_request_client_gone(r);
+        lv_request_put(r);
     }
     uv_timer_stop(&c->timer);
     uv_close((uv_handle_t *)&c->timer, on_handle_closed);
-    lv_request_dispose(&c->rq, on_handle_closed);
     if (reset)
         uv_tcp_close_reset(&c->tcp, on_handle_closed);
     else
         uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
-}
-
-void lv_client_abort(struct lv_client *c, bool reset)
-{
-    client_close(c, reset);
 }
 
 static void on_linger_timeout(uv_timer_t *t)
@@ -101,7 +99,7 @@ static void on_linger_timeout(uv_timer_t *t)
 static void on_shutdown(uv_shutdown_t *req, int status)
 {
     struct lv_client *c = req->data;
-    if (c->closed)
+    if (c->ds.closed)
         return;
     if (status < 0 || c->eof) {
         client_close(c, false);
@@ -116,7 +114,7 @@ static void on_shutdown(uv_shutdown_t *req, int status)
 /* Close after everything queued has been written. */
 static void client_close_after_write(struct lv_client *c)
 {
-    if (c->closed || c->state == LV_CLIENT_CLOSING)
+    if (c->ds.closed || c->state == LV_CLIENT_CLOSING)
         return;
     c->state = LV_CLIENT_CLOSING;
     uint64_t to = c->server->cfg->limits.send_timeout_ms;
@@ -124,7 +122,7 @@ static void client_close_after_write(struct lv_client *c)
     if (c->tls) {
         lv_tls_shutdown(c->tls, &c->tls_out);
         raw_write_buf(c, &c->tls_out);
-        if (c->closed)
+        if (c->ds.closed)
             return;
     }
     c->shutdown_req.data = c;
@@ -138,17 +136,17 @@ static void on_write(uv_write_t *req, int status)
 {
     struct write_req *w = (struct write_req *)req;
     struct lv_client *c = w->c;
-    c->write_queued -= w->len;
+    c->ds.write_queued -= w->len;
     free(w->owned);
     free(w);
-    if (c->closed)
+    if (c->ds.closed)
         return;
     if (status < 0) {
         client_close(c, true);
         return;
     }
     c->last_write_ms = uv_now(c->server->loop);
-    if (c->req && c->write_queued <= LV_CLIENT_WRITE_HIGH / 4)
+    if (c->req && c->ds.write_queued <= LV_DOWNSTREAM_WRITE_HIGH / 4)
         lv_request_client_drained(c->req);
 }
 
@@ -157,7 +155,7 @@ static void on_write(uv_write_t *req, int status)
  * Returns bytes written (maybe partial), or -1 when the connection broke (closed). */
 static ssize_t try_write_now(struct lv_client *c, const uv_buf_t *bufs, unsigned nbufs)
 {
-    if (c->write_queued > 0)
+    if (c->ds.write_queued > 0)
         return 0; /* keep order behind what is queued */
     int n = uv_try_write((uv_stream_t *)&c->tcp, bufs, nbufs);
     if (n == UV_EAGAIN)
@@ -173,13 +171,13 @@ static ssize_t try_write_now(struct lv_client *c, const uv_buf_t *bufs, unsigned
 static void queue_write(struct lv_client *c, struct write_req *w, char *base, size_t len)
 {
     uv_buf_t b = uv_buf_init(base, (unsigned)len);
-    if (c->write_queued == 0)
+    if (c->ds.write_queued == 0)
         c->last_write_ms = uv_now(c->server->loop);
     w->c = c;
     w->len = len;
-    c->write_queued += len;
+    c->ds.write_queued += len;
     if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_write) < 0) {
-        c->write_queued -= len;
+        c->ds.write_queued -= len;
         free(w->owned);
         free(w);
         client_close(c, true);
@@ -188,7 +186,7 @@ static void queue_write(struct lv_client *c, struct write_req *w, char *base, si
 
 static int raw_writev(struct lv_client *c, const uv_buf_t *bufs, unsigned nbufs)
 {
-    if (c->closed)
+    if (c->ds.closed)
         return -1;
     size_t total = 0;
     for (unsigned i = 0; i < nbufs; i++)
@@ -215,14 +213,14 @@ static int raw_writev(struct lv_client *c, const uv_buf_t *bufs, unsigned nbufs)
         skip = 0;
     }
     queue_write(c, w, w->data, off);
-    return c->closed ? -1 : 0;
+    return c->ds.closed ? -1 : 0;
 }
 
 static int raw_write_buf(struct lv_client *c, struct lv_buf *b)
 {
     if (b->len == 0)
         return 0;
-    if (c->closed) {
+    if (c->ds.closed) {
         b->len = 0;
         return -1;
     }
@@ -243,15 +241,15 @@ static int raw_write_buf(struct lv_client *c, struct lv_buf *b)
     size_t len = b->len - (size_t)done;
     *b = (struct lv_buf)LV_BUF_INIT;
     queue_write(c, w, base, len);
-    return c->closed ? -1 : 0;
+    return c->ds.closed ? -1 : 0;
 }
 
 /* HTTPS: plaintext goes through the engine; what it produces goes to the socket. */
-int lv_client_writev(struct lv_client *c, const uv_buf_t *bufs, unsigned nbufs)
+static int client_writev(struct lv_client *c, const uv_buf_t *bufs, unsigned nbufs)
 {
     if (!c->tls)
         return raw_writev(c, bufs, nbufs);
-    if (c->closed)
+    if (c->ds.closed)
         return -1;
     for (unsigned i = 0; i < nbufs; i++) {
         if (bufs[i].len && lv_tls_write(c->tls, bufs[i].base, bufs[i].len, &c->tls_out) < 0) {
@@ -262,20 +260,20 @@ int lv_client_writev(struct lv_client *c, const uv_buf_t *bufs, unsigned nbufs)
     return raw_write_buf(c, &c->tls_out);
 }
 
-int lv_client_write_buf(struct lv_client *c, struct lv_buf *b)
+static int client_write_buf(struct lv_client *c, struct lv_buf *b)
 {
     if (!c->tls)
         return raw_write_buf(c, b);
     uv_buf_t ub = uv_buf_init(b->data, (unsigned)b->len);
-    int rc = b->len ? lv_client_writev(c, &ub, 1) : 0;
+    int rc = b->len ? client_writev(c, &ub, 1) : 0;
     b->len = 0; /* consumed: the buffer keeps its memory */
     return rc;
 }
 
-int lv_client_write(struct lv_client *c, const char *data, size_t len)
+static int client_write(struct lv_client *c, const char *data, size_t len)
 {
     uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
-    return lv_client_writev(c, &b, 1);
+    return client_writev(c, &b, 1);
 }
 
 /* Requests refused before routing get an access-log line too (README, "Access log"), at most
@@ -315,9 +313,9 @@ static void log_refused(struct lv_client *c, int status, enum lv_gwerr err, cons
     if (uv_gettimeofday(&tv) == 0)
         e.time = (double)tv.tv_sec + (double)tv.tv_usec / 1e6;
     e.request_id = lv_access_cstr(rid);
-    e.client = c->peer;
+    e.client = c->ds.peer;
     e.status = status;
-    e.bytes_in = c->in.len;
+    e.bytes_in = c->ds.in.len;
     e.bytes_out = bytes_out;
     e.upstream_ms = -1;
     e.error = lv_gwerr_info(err)->token;
@@ -327,14 +325,15 @@ static void log_refused(struct lv_client *c, int status, enum lv_gwerr err, cons
     lv_buf_dispose(&line);
 }
 
-void lv_client_error_close(struct lv_client *c, int status, enum lv_gwerr err, const char *reason)
+static void client_error_close(struct lv_client *c, int status, enum lv_gwerr err,
+                               const char *reason)
 {
     struct lv_server *s = c->server;
     char rid[33];
     lv_server_request_id(s, rid);
     struct lv_buf out = LV_BUF_INIT;
     lv_errresp_format(&out, err, status, NULL, rid, reason, -1, true, false);
-    lv_client_write(c, out.data, out.len);
+    client_write(c, out.data, out.len);
     size_t sent = out.len;
     lv_buf_dispose(&out);
     if (status == 0)
@@ -344,7 +343,7 @@ void lv_client_error_close(struct lv_client *c, int status, enum lv_gwerr err, c
     snprintf(code, sizeof(code), "%d", status);
     const char *lv[] = {code, NULL};
     lv_metric_add(lv_metric_series(s->m_bad_requests, lv), 1);
-    lv_debug("client %s: %d %s", c->peer, status, reason ? reason : "");
+    lv_debug("client %s: %d %s", c->ds.peer, status, reason ? reason : "");
     client_close_after_write(c);
 }
 
@@ -361,9 +360,9 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
         buf->len = sizeof(tls_block);
         return;
     }
-    size_t want = c->in.len < 16384 ? 16384 : 32768;
-    buf->base = lv_buf_reserve(&c->in, want);
-    buf->len = c->in.cap - c->in.len;
+    size_t want = c->ds.in.len < 16384 ? 16384 : 32768;
+    buf->base = lv_buf_reserve(&c->ds.in, want);
+    buf->len = c->ds.in.cap - c->ds.in.len;
 }
 
 static void start_timer_for_state(struct lv_client *c);
@@ -371,14 +370,14 @@ static void start_timer_for_state(struct lv_client *c);
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
     struct lv_client *c = stream->data;
-    if (c->closed)
+    if (c->ds.closed)
         return;
     if (nread == 0)
         return;
     if (c->lingering) {
         if (nread < 0)
             client_close(c, false);
-        c->in.len = 0; /* discard */
+        c->ds.in.len = 0; /* discard */
         return;
     }
     if (nread < 0) {
@@ -401,25 +400,26 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     if (c->tls) {
-        int rc = lv_tls_feed(c->tls, buf->base, (size_t)nread, lv_tls_collect, &c->in, &c->tls_out);
+        int rc =
+            lv_tls_feed(c->tls, buf->base, (size_t)nread, lv_tls_collect, &c->ds.in, &c->tls_out);
         raw_write_buf(c, &c->tls_out); /* handshake records, alerts */
         if (rc < 0) {
-            lv_debug("client %s: TLS: %s", c->peer, lv_tls_error(c->tls));
+            lv_debug("client %s: TLS: %s", c->ds.peer, lv_tls_error(c->tls));
             client_close(c, false);
             return;
         }
-        if (c->closed)
+        if (c->ds.closed)
             return;
-        if (c->in.len)
+        if (c->ds.in.len)
             client_process(c);
-        if (rc == 1 && !c->closed) {
+        if (rc == 1 && !c->ds.closed) {
             /* close_notify: the same as a TCP end of stream */
             static const uv_buf_t none = {NULL, 0};
             on_read(stream, UV_EOF, &none);
         }
         return;
     }
-    c->in.len += (size_t)nread;
+    c->ds.in.len += (size_t)nread;
     client_process(c);
 }
 
@@ -435,15 +435,15 @@ static void pause_reading(struct lv_client *c)
 static void resume_reading(struct lv_client *c)
 {
     c->read_paused = false;
-    if (!c->reading && !c->eof && !c->closed) {
+    if (!c->reading && !c->eof && !c->ds.closed) {
         uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
         c->reading = true;
     }
 }
 
-void lv_client_input_consumed(struct lv_client *c)
+static void client_input_consumed(struct lv_client *c)
 {
-    if (c->read_paused && c->in.len < INPUT_HIGH)
+    if (c->read_paused && c->ds.in.len < INPUT_HIGH)
         resume_reading(c);
 }
 
@@ -452,23 +452,22 @@ static void on_timer(uv_timer_t *t)
     struct lv_client *c = t->data;
     switch (c->state) {
     case LV_CLIENT_IDLE:
-        if (c->in.len > 0) {
+        if (c->ds.in.len > 0) {
             client_process(c); /* pipelined input left by the last request */
             break;
         }
         client_close(c, false); /* keep-alive idle timeout: silent close */
         break;
     case LV_CLIENT_HEAD:
-        lv_client_error_close(c, 408, LV_GWERR_REQUEST_TIMEOUT,
-                              "request head not received in time");
+        client_error_close(c, 408, LV_GWERR_REQUEST_TIMEOUT, "request head not received in time");
         break;
     case LV_CLIENT_REQUEST:
         /* send timeout: the client stopped reading our response */
-        if (c->write_queued > 0) {
+        if (c->ds.write_queued > 0) {
             uint64_t to = c->server->cfg->limits.send_timeout_ms;
             uint64_t now = uv_now(c->server->loop);
             if (now - c->last_write_ms >= to) {
-                lv_debug("client %s: send timeout", c->peer);
+                lv_debug("client %s: send timeout", c->ds.peer);
                 client_close(c, true);
                 return;
             }
@@ -507,24 +506,24 @@ static void client_process(struct lv_client *c)
     struct lv_server *s = c->server;
     const struct lv_limits_cfg *lim = &s->cfg->limits;
     for (;;) {
-        if (c->closed || c->state == LV_CLIENT_CLOSING)
+        if (c->ds.closed || c->state == LV_CLIENT_CLOSING)
             return;
         if (c->state == LV_CLIENT_REQUEST) {
             if (c->req)
                 lv_request_client_data(c->req);
-            if (c->in.len >= INPUT_HIGH)
+            if (c->ds.in.len >= INPUT_HIGH)
                 pause_reading(c);
             return;
         }
         if (c->state == LV_CLIENT_IDLE) {
             /* RFC 9112 §2.2: ignore at least one empty line before a request-line. */
             size_t skip = 0;
-            while (skip + 1 < c->in.len && c->in.data[skip] == '\r' &&
-                   c->in.data[skip + 1] == '\n' && skip < 4)
+            while (skip + 1 < c->ds.in.len && c->ds.in.data[skip] == '\r' &&
+                   c->ds.in.data[skip + 1] == '\n' && skip < 4)
                 skip += 2;
             if (skip)
-                lv_buf_consume(&c->in, skip);
-            if (c->in.len == 0) {
+                lv_buf_consume(&c->ds.in, skip);
+            if (c->ds.in.len == 0) {
                 if (s->draining) {
                     client_close(c, false);
                     return;
@@ -538,13 +537,13 @@ static void client_process(struct lv_client *c)
         }
         /* LV_CLIENT_HEAD */
         struct lv_headscan *hs = &c->hs;
-        enum lv_headscan_result r = lv_headscan_feed(hs, c->in.data, c->in.len);
+        enum lv_headscan_result r = lv_headscan_feed(hs, c->ds.in.data, c->ds.in.len);
         if (r == LV_HEADSCAN_MORE) {
             if (c->eof) {
                 client_close(c, false);
                 return;
             }
-            if (c->in.len >= INPUT_HIGH + lim->header_size)
+            if (c->ds.in.len >= INPUT_HIGH + lim->header_size)
                 pause_reading(c); /* cannot happen past the head limit, but stay bounded */
             return;
         }
@@ -555,7 +554,7 @@ static void client_process(struct lv_client *c)
                               : hs->status == 501 ? LV_GWERR_NOT_IMPLEMENTED
                                                   : LV_GWERR_BAD_REQUEST;
             pause_reading(c);
-            lv_client_error_close(c, hs->status, e, hs->reason);
+            client_error_close(c, hs->status, e, hs->reason);
             return;
         }
         /* A complete, pre-validated head: the request takes it from here. */
@@ -563,8 +562,9 @@ static void client_process(struct lv_client *c)
         c->state = LV_CLIENT_REQUEST;
         c->requests++;
         size_t head_len = hs->head_len;
-        lv_request_begin(c, head_len);
-        if (c->closed)
+        c->req = lv_request_get(s, &c->ds);
+        lv_request_begin(c->req, head_len);
+        if (c->ds.closed)
             return;
         if (c->state == LV_CLIENT_REQUEST)
             start_timer_for_state(c);
@@ -572,10 +572,13 @@ static void client_process(struct lv_client *c)
     }
 }
 
-void lv_client_request_done(struct lv_client *c, bool close)
+static void client_request_done(struct lv_client *c, bool close)
 {
-    c->req = NULL;
-    if (c->closed)
+    if (c->req) {
+        lv_request_put(c->req);
+        c->req = NULL;
+    }
+    if (c->ds.closed)
         return;
     if (close || c->eof || c->server->draining) {
         client_close_after_write(c);
@@ -586,11 +589,64 @@ void lv_client_request_done(struct lv_client *c, bool close)
         resume_reading(c);
     /* Serve what is already buffered (pipelining) from the loop, not from inside the
      * request's completion path. */
-    if (c->in.len > 0)
+    if (c->ds.in.len > 0) {
         uv_timer_start(&c->timer, on_timer, 0, 0);
-    else
+    } else {
+        /* Idle: the input buffer goes (a read allocates it again), as nginx frees its
+         * connection buffer between requests; an idle connection holds little memory. */
+        lv_buf_dispose(&c->ds.in);
         start_timer_for_state(c);
+    }
 }
+
+/* ---- the request's view of this connection (struct lv_downstream) */
+
+#define container_of(p, type, member) ((type *)((char *)(p)-offsetof(type, member)))
+
+static struct lv_client *of(struct lv_downstream *d)
+{
+    return container_of(d, struct lv_client, ds);
+}
+
+static int ds_writev(struct lv_downstream *d, const uv_buf_t *bufs, unsigned nbufs)
+{
+    return client_writev(of(d), bufs, nbufs);
+}
+
+static int ds_write_buf(struct lv_downstream *d, struct lv_buf *b)
+{
+    return client_write_buf(of(d), b);
+}
+
+static void ds_done(struct lv_downstream *d, bool close)
+{
+    client_request_done(of(d), close);
+}
+
+static void ds_consumed(struct lv_downstream *d)
+{
+    client_input_consumed(of(d));
+}
+
+static void ds_abort(struct lv_downstream *d)
+{
+    client_close(of(d), false);
+}
+
+static void ds_refuse(struct lv_downstream *d, int status, enum lv_gwerr err, const char *reason)
+{
+    struct lv_client *c = of(d);
+    /* No request began: the slot goes back before the answer. */
+    if (c->req) {
+        lv_request_put(c->req);
+        c->req = NULL;
+    }
+    client_error_close(c, status, err, reason);
+}
+
+static const struct lv_downstream_ops ds_ops = {
+    ds_writev, ds_write_buf, ds_done, ds_consumed, ds_abort, ds_refuse,
+};
 
 void lv_client_accept(struct lv_server *s, uv_stream_t *ls, struct lv_tls_ctx *tls)
 {
@@ -600,8 +656,8 @@ void lv_client_accept(struct lv_server *s, uv_stream_t *ls, struct lv_tls_ctx *t
     uv_timer_init(s->loop, &c->timer);
     c->tcp.data = c;
     c->timer.data = c;
-    lv_request_init(&c->rq, c);
-    c->open_handles = 5; /* tcp, timer, and the request slot's three timers */
+    c->ds.ops = &ds_ops;
+    c->open_handles = 2; /* tcp, timer */
     list_add(s, c);
     if (uv_accept(ls, (uv_stream_t *)&c->tcp) != 0) {
         client_close(c, false);
@@ -615,15 +671,17 @@ void lv_client_accept(struct lv_server *s, uv_stream_t *ls, struct lv_tls_ctx *t
     uv_tcp_nodelay(&c->tcp, 1);
     struct sockaddr_storage ss;
     int len = sizeof(ss);
-    c->peer[0] = '\0';
+    c->ds.peer[0] = '\0';
     if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0) {
         if (ss.ss_family == AF_INET)
-            uv_ip4_name((struct sockaddr_in *)&ss, c->peer, sizeof(c->peer));
+            uv_ip4_name((struct sockaddr_in *)&ss, c->ds.peer, sizeof(c->ds.peer));
         else
-            uv_ip6_name((struct sockaddr_in6 *)&ss, c->peer, sizeof(c->peer));
+            uv_ip6_name((struct sockaddr_in6 *)&ss, c->ds.peer, sizeof(c->ds.peer));
     }
-    if (tls)
+    if (tls) {
         c->tls = lv_tls_new(tls, true, NULL); /* the handshake fits in header_timeout */
+        c->ds.tls = true;
+    }
     c->state = LV_CLIENT_IDLE;
     uv_timer_start(&c->timer, on_timer, s->cfg->limits.header_timeout_ms, 0);
     uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
@@ -632,10 +690,11 @@ void lv_client_accept(struct lv_server *s, uv_stream_t *ls, struct lv_tls_ctx *t
 
 void lv_client_drain_idle(struct lv_server *s)
 {
+    lv_request_pool_free(s); /* from now on finished slots are freed, not pooled */
     struct lv_client *c = s->clients;
     while (c) {
         struct lv_client *next = c->next;
-        if (c->state == LV_CLIENT_IDLE && c->in.len == 0)
+        if (c->state == LV_CLIENT_IDLE && c->ds.in.len == 0)
             client_close(c, false);
         c = next;
     }

@@ -1,6 +1,9 @@
 #include "proxy/errresp.h"
 
+#include <stdio.h>
 #include <string.h>
+
+#include "http/respwrite.h"
 
 void lv_errresp_format(struct lv_buf *out, enum lv_gwerr err, int status, const char *route,
                        const char *request_id, const char *detail, int retry_after_s, bool close,
@@ -38,22 +41,23 @@ void lv_errresp_format(struct lv_buf *out, enum lv_gwerr err, int status, const 
     }
     lv_buf_puts(&body, "}\n");
 
-    lv_buf_printf(out, "HTTP/1.1 %d %s\r\n", status, lv_http_reason(status));
-    lv_buf_puts(out, "Content-Type: application/json\r\nLevee-Error: ");
-    lv_buf_puts(out, e->token);
-    lv_buf_puts(out, "\r\n");
-    if (request_id) {
-        lv_buf_puts(out, "X-Request-Id: ");
-        lv_buf_puts(out, request_id);
-        lv_buf_puts(out, "\r\n");
-    }
+    lv_respwrite_begin(out, status, NULL, 0);
+    lv_respwrite_fieldz(out, "Content-Type", "application/json");
+    lv_respwrite_fieldz(out, "Levee-Error", e->token);
     if (retry_after_s < 0 && e->retry_after)
         retry_after_s = 1;
-    if (retry_after_s >= 0)
-        lv_buf_printf(out, "Retry-After: %d\r\n", retry_after_s);
-    if (close)
-        lv_buf_puts(out, "Connection: close\r\n");
-    lv_buf_printf(out, "Content-Length: %zu\r\n\r\n", body.len);
+    if (retry_after_s >= 0) {
+        char ra[16];
+        snprintf(ra, sizeof(ra), "%d", retry_after_s);
+        lv_respwrite_fieldz(out, "Retry-After", ra);
+    }
+    struct lv_resp_tail t = {
+        .request_id = request_id,
+        .framing = LV_FRAMING_LENGTH,
+        .length = body.len,
+        .connection = close ? LV_CONNHDR_CLOSE : LV_CONNHDR_NONE,
+    };
+    lv_respwrite_end(out, &t);
     if (!head_only)
         lv_buf_append(out, body.data, body.len);
     lv_buf_dispose(&body);

@@ -1,0 +1,36 @@
+/*
+ * fwdhead: the request head levee forwards (README, "How levee proxies"): origin-form target,
+ * end-to-end fields only (hop-by-hop and Connection-named fields dropped), one canonical
+ * framing header, X-Forwarded-For/-Proto/-Host, Via, X-Request-Id; Expect is answered by levee
+ * and not forwarded. Levee-Attempt and the final CRLF are added per attempt.
+ */
+#ifndef LV_PROXY_FWDHEAD_H
+#define LV_PROXY_FWDHEAD_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "base/buf.h"
+#include "http/reqhead.h"
+
+/* Request body framing, as the client sent it (and as it is forwarded). */
+enum lv_req_body { LV_REQ_BODY_NONE, LV_REQ_BODY_LENGTH, LV_REQ_BODY_CHUNKED };
+
+struct lv_fwdhead_in {
+    const struct lv_reqhead *h;
+    const char *method; /* its name */
+    const char *host;   /* Host (or the absolute-form authority); may be empty */
+    size_t host_len;
+    const char *client;     /* the client's address, appended to X-Forwarded-For */
+    bool https;             /* X-Forwarded-Proto */
+    bool http10;            /* Via: 1.0 */
+    const char *request_id; /* X-Request-Id */
+    enum lv_req_body body;  /* the framing header to write */
+    uint64_t content_length;
+};
+
+/** Writes the forwarded head into `out` (reset first). Returns true when the request has no
+ *  Host to forward: each attempt then names its server's authority. */
+bool lv_fwdhead_build(struct lv_buf *out, const struct lv_fwdhead_in *in);
+
+#endif
