@@ -1,5 +1,6 @@
 #include "proxy/client.h"
 
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -27,6 +28,7 @@ struct write_req {
 static void client_process(struct lv_client *c);
 static int raw_write_buf(struct lv_client *c, struct lv_buf *b);
 static void client_close(struct lv_client *c, bool reset);
+static void input_release(struct lv_client *c);
 static void client_error_close(struct lv_client *c, int status, enum lv_gwerr err,
                                const char *reason);
 static int client_writev(struct lv_client *c, const uv_buf_t *bufs, unsigned nbufs);
@@ -63,7 +65,8 @@ static void on_handle_closed(uv_handle_t *h)
         return;
     struct lv_server *s = c->server;
     list_remove(s, c);
-    lv_buf_dispose(&c->ds.in);
+    c->ds.in.len = 0;
+    input_release(c);
     lv_buf_dispose(&c->tls_out);
     if (c->tls)
         lv_tls_free(c->tls);
@@ -352,6 +355,34 @@ static void client_error_close(struct lv_client *c, int status, enum lv_gwerr er
 /* HTTPS reads ciphertext here (per thread = per worker loop), then feeds the engine. */
 static _Thread_local char tls_block[64 * 1024];
 
+/* Input buffers of idle connections: a few are kept for the next reads (per loop), the rest
+ * are freed, so a busy keep-alive connection does not allocate per request and thousands of
+ * idle ones hold no buffers. */
+#define INPUT_POOL_MAX 64
+#define INPUT_BUF_SIZE 16384
+static _Thread_local struct {
+    char *bufs[INPUT_POOL_MAX];
+    unsigned n;
+} input_pool;
+
+static void input_release(struct lv_client *c)
+{
+    struct lv_buf *in = &c->ds.in;
+    assert(in->len == 0);
+    if (in->cap == INPUT_BUF_SIZE && input_pool.n < INPUT_POOL_MAX && !c->server->draining) {
+        input_pool.bufs[input_pool.n++] = in->data;
+        *in = (struct lv_buf)LV_BUF_INIT;
+    } else {
+        lv_buf_dispose(in);
+    }
+}
+
+static void input_pool_free(void)
+{
+    while (input_pool.n)
+        free(input_pool.bufs[--input_pool.n]);
+}
+
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     struct lv_client *c = h->data;
@@ -359,6 +390,10 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
         buf->base = tls_block;
         buf->len = sizeof(tls_block);
         return;
+    }
+    if (c->ds.in.cap == 0 && input_pool.n) {
+        c->ds.in.data = input_pool.bufs[--input_pool.n];
+        c->ds.in.cap = INPUT_BUF_SIZE;
     }
     size_t want = c->ds.in.len < 16384 ? 16384 : 32768;
     buf->base = lv_buf_reserve(&c->ds.in, want);
@@ -592,9 +627,9 @@ static void client_request_done(struct lv_client *c, bool close)
     if (c->ds.in.len > 0) {
         uv_timer_start(&c->timer, on_timer, 0, 0);
     } else {
-        /* Idle: the input buffer goes (a read allocates it again), as nginx frees its
+        /* Idle: the input buffer goes (a read takes one again), as nginx frees its
          * connection buffer between requests; an idle connection holds little memory. */
-        lv_buf_dispose(&c->ds.in);
+        input_release(c);
         start_timer_for_state(c);
     }
 }
@@ -691,6 +726,7 @@ void lv_client_accept(struct lv_server *s, uv_stream_t *ls, struct lv_tls_ctx *t
 void lv_client_drain_idle(struct lv_server *s)
 {
     lv_request_pool_free(s); /* from now on finished slots are freed, not pooled */
+    input_pool_free();
     struct lv_client *c = s->clients;
     while (c) {
         struct lv_client *next = c->next;
