@@ -1,10 +1,10 @@
 /*
  * fuzz_request: the client side of a connection, fed the input as the bytes a client sends.
  * It drives the parsers the way the client connection and the request do (client.c
- * client_process, request.c lv_request_begin and pump_body): empty lines skipped before a
- * request, headscan in request mode with the default limits, lv_reqhead_parse on the complete
- * head, the checks made before the body is read, then the body de-framer (Content-Length or
- * chunked as the head says) on the bytes after the head, then the next pipelined request on a
+ * client_process, request.c lv_request_begin, reqbody.c lv_reqbody_pump): empty lines skipped
+ * before a request, headscan in request mode with the default limits, lv_reqhead_parse on the
+ * complete head, the checks made before the body is read, then the body de-framer (Content-Length
+ * or chunked as the head says) on the bytes after the head, then the next pipelined request on a
  * kept-alive connection. The input is run as one read, split into pieces at offsets derived
  * from it, and (when short) one byte per read; the transcripts must be identical.
  */
