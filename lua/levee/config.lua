@@ -1131,7 +1131,7 @@ CUSTOM["routes[].breaker.slow_call"] = function(cx, v, path, b, st)
     local key = "routes[].breaker.slow_call"
     local s = v == nil and {} or cx:record(v, path, schema.allowed(key))
     if type(v) == "table" then
-        read_table(cx, key, s, path, b, st)
+        read_table(cx, key, s, path, b, st, schema.row(key).flat)
     else
         b.slow_call_ms = row_opts(schema.row(key .. ".duration")).default
         b.slow_call_ratio = read_value(cx, key .. ".ratio", s.ratio, join(path, "ratio"), st.vals)
@@ -1147,7 +1147,7 @@ CUSTOM["routes[].idempotency.store"] = function(cx, v, path, d, st)
     if type(v) == "table" then
         local s = cx:record(v, path, schema.allowed(key))
         d.store = "redis"
-        read_table(cx, key, s, path, d, st)
+        read_table(cx, key, s, path, d, st, schema.row(key).flat)
         return
     end
     d.store = default_of(key)

@@ -150,16 +150,19 @@ M.sections = {
             { key = "upstreams.<name>.connect_timeout", type = "duration", gt = 0, default = "1s",
                 doc = "Time allowed for the TCP connect to a server, all its addresses raced "
                     .. "together (README, \"Happy Eyeballs\"); the TLS handshake then gets as long again." },
-            { key = "upstreams.<name>.pool", type = "table", default_doc = "see below",
+            { key = "upstreams.<name>.pool", type = "table",
+                default_doc = "see [pool](#upstreamsnamepool)",
                 doc = "The keep-alive connection pool, per server." },
             { key = "upstreams.<name>.tls", type = "tls", type_doc = "`true`, `false`, or a table",
                 default = false, flat = "tls_",
                 doc = "Use TLS to the servers. `true` means `{}`." },
             { key = "upstreams.<name>.health", type = "health", type_doc = "table, `true` or `false`",
-                default_doc = "off", doc = "Active health checks. `true` means `{}`." },
+                default_doc = "off",
+                doc = "Active health checks, see [health](#upstreamsnamehealth). `true` means `{}`." },
             { key = "upstreams.<name>.outlier", type = "outlier", type_doc = "table, `true` or `false`",
                 default_doc = "on",
-                doc = "Passive outlier ejection from live traffic. `false` turns it off." },
+                doc = "Passive outlier ejection from live traffic, see [outlier](#upstreamsnameoutlier). "
+                    .. "`false` turns it off." },
             { key = "upstreams.<name>.slow_start", type = "duration", max = "1h", default = 0,
                 default_doc = "`0` (off)",
                 doc = "A server coming back (after an ejection or failed checks) takes a share of "
@@ -359,7 +362,7 @@ Entries of `retry.on`:
                 doc = "Cap on `open_for` when it grows after failed probes. The default means no growth." },
             { key = "routes[].breaker.half_open_requests", type = "integer", min = 1, default = 1,
                 doc = "Probes let through while half-open." },
-            { key = "routes[].breaker.slow_call", type = "slow_call", type_doc = "table",
+            { key = "routes[].breaker.slow_call", type = "slow_call", type_doc = "table", flat = "",
                 default_doc = "off", doc = "Slow calls open the breaker too." },
             { key = "routes[].breaker.slow_call.duration", type = "duration", gt = 0, required = true,
                 default = 0, out = "slow_call_ms", default_doc = "— (required inside `slow_call`)",
@@ -382,7 +385,7 @@ Entries of `retry.on`:
                 doc = "Methods the key applies to." },
             { key = "routes[].idempotency.required", type = "boolean", default = false,
                 doc = "A request without a key gets 400 `idempotency-key-required`." },
-            { key = "routes[].idempotency.store", type = "store",
+            { key = "routes[].idempotency.store", type = "store", flat = "",
                 type_doc = '`"memory"` or `{ redis = ADDRESS, prefix = STRING }`', default = "memory",
                 doc = "Where keys live. Redis lets several gateways share them." },
             { key = "routes[].idempotency.store.redis", type = "hostport", required = true,
@@ -452,7 +455,9 @@ end
 
 --- The row of a key ("routes[].retry.attempts"); raises for a key the schema does not have.
 function M.row(key)
-    return assert(by_key[key], "levee.schema: no key " .. tostring(key))
+    local row = by_key[key]
+    assert(row, "levee.schema: no key " .. tostring(key))
+    return row
 end
 
 --- The rows directly inside a table, in order ("" is the top level). Entries of a list or map
