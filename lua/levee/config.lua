@@ -625,6 +625,7 @@ local function row_opts(row)
     if row.type == "number" and o.default then
         o.default = o.default + 0.0 -- a number key is a double in C
     end
+    o.per_read = row.min_ref or row.max_ref or row.default_ref or type(row.default) == "table"
     row_opts_cache[row] = o
     return o
 end
@@ -646,8 +647,8 @@ end
 -- Options of one read: the row's, with the bounds and default that refer to other keys' values
 -- (`vals`, by key, read earlier) filled in; a default stays within such bounds.
 local function read_opts(row, vals)
-    local o = row_opts(row)
-    if not (row.min_ref or row.max_ref or row.default_ref or type(row.default) == "table") then
+    local o = row_opts_cache[row] or row_opts(row)
+    if not o.per_read then
         return o
     end
     local r = {}
@@ -687,20 +688,34 @@ local READERS = {
     end,
 }
 
---- Reads the value `v` of the key `key` at `path`; `vals` gets it for the keys that refer to it.
-local function read_value(cx, key, v, path, vals)
-    local row = schema.row(key)
-    local x = assert(READERS[row.type], key)(cx, v, path, read_opts(row, vals))
+-- Reads the value `v` of a key at `path`; `vals` gets it for the keys that refer to it.
+local function read_row(cx, row, v, path, vals)
+    local read = READERS[row.type]
+    assert(read, row.key)
+    local o = row_opts_cache[row] or row_opts(row)
+    local x = read(cx, v, path, o.per_read and read_opts(row, vals) or o)
     if row.lower and x then
         x = x:lower()
     end
-    vals[key] = x
+    vals[row.key] = x
     return x
 end
 
--- The field of the normalized table a key's value goes to.
+--- Reads the value `v` of the key `key` at `path`.
+local function read_value(cx, key, v, path, vals)
+    return read_row(cx, schema.row(key), v, path, vals)
+end
+
+-- The field of the normalized table a key's value goes to (a key always has the same `prefix`,
+-- its table's `flat`).
+local out_names = {}
 local function out_name(row, prefix)
-    return row.out or ((prefix or "") .. row.name .. (row.type == "duration" and "_ms" or ""))
+    local name = out_names[row]
+    if not name then
+        name = row.out or ((prefix or "") .. row.name .. (row.type == "duration" and "_ms" or ""))
+        out_names[row] = name
+    end
+    return name
 end
 
 -- Keys read by a function of their own (see levee.schema), and checks made once a key is read:
@@ -723,7 +738,7 @@ local function read_table(cx, key, t, path, out, st, prefix)
                 read_table(cx, row.key, sub, p, out[row.name], st)
             end
         else
-            out[out_name(row, prefix)] = read_value(cx, row.key, v, p, st.vals)
+            out[out_names[row] or out_name(row, prefix)] = read_row(cx, row, v, p, st.vals)
         end
         if AFTER[row.key] then
             AFTER[row.key](cx, v, p, out, st, t)
@@ -1084,9 +1099,11 @@ local function retry_on(cx, v, path)
             out.errors[#out.errors + 1] = e
         end
     end
-    for s = 100, 599 do
-        if statuses[s] then
-            out.statuses[#out.statuses + 1] = s
+    if next(statuses) ~= nil then -- (the default retries on no status)
+        for s = 100, 599 do
+            if statuses[s] then
+                out.statuses[#out.statuses + 1] = s
+            end
         end
     end
     return out

@@ -456,27 +456,41 @@ end
 --- The row of a key ("routes[].retry.attempts"); raises for a key the schema does not have.
 function M.row(key)
     local row = by_key[key]
-    assert(row, "levee.schema: no key " .. tostring(key))
+    if not row then
+        error("levee.schema: no key " .. tostring(key), 2)
+    end
     return row
 end
+
+-- Both lists below are built once per key (every table of every load asks) and shared:
+-- callers do not change them.
+local named_children, allowed = {}, {}
 
 --- The rows directly inside a table, in order ("" is the top level). Entries of a list or map
 -- ("[]", "<name>") are left out: they are not keys one writes.
 function M.children(key)
-    local out = {}
-    for _, row in ipairs(children[key] or {}) do
-        if row.name ~= "[]" and row.name ~= "<name>" then
-            out[#out + 1] = row
+    local out = named_children[key]
+    if not out then
+        out = {}
+        for _, row in ipairs(children[key] or {}) do
+            if row.name ~= "[]" and row.name ~= "<name>" then
+                out[#out + 1] = row
+            end
         end
+        named_children[key] = out
     end
     return out
 end
 
 --- The key names a table may hold, in order.
 function M.allowed(key)
-    local out = {}
-    for i, row in ipairs(M.children(key)) do
-        out[i] = row.name
+    local out = allowed[key]
+    if not out then
+        out = {}
+        for i, row in ipairs(M.children(key)) do
+            out[i] = row.name
+        end
+        allowed[key] = out
     end
     return out
 end
