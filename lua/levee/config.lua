@@ -2,8 +2,9 @@
 --
 -- compile(path, lua_dir) reads the file as text and runs it in a sandbox (safe standard
 -- libraries only, an instruction limit, and a `require` that loads text modules from the
--- file's folder and lua_dir only). It then validates every key of the returned table and
--- collects every error as "FILE:LINE: key.path: message", the line found by levee.keylines.
+-- file's folder and lua_dir only). It then validates every key of the returned table against
+-- levee.schema (the keys each table may hold, their types, ranges and defaults; the rules
+-- between keys are here) and collects every error as "FILE:LINE: key.path: message", the line found by levee.keylines.
 -- On success it returns the normalized table and the list of files read (for `watch`); on
 -- failure nil and the list of errors.
 --
@@ -17,6 +18,7 @@
 -- Called by core/script/config.c (lv_config_load, lv_config_dev) and by spec/unit.
 
 local keylines = require("levee.keylines")
+local schema = require("levee.schema")
 
 local M = {}
 
@@ -595,22 +597,179 @@ function Cx:methods(v, path, o)
 end
 
 ------------------------------------------------------------------------------------------
--- Sections. Each takes the raw value and its path and returns the normalized table.
+-- Keys, read as levee.schema describes them.
 
-local NAME_PATTERN = "^[%w_%.:%-]+$"
-local NAME_WHAT = 'a name of letters, digits, "_", "-", ".", ":" (at most 64)'
-local TOKEN_PATTERN = "^[%w!#%$%%&'%*%+%-%.%^_`|~]+$"
+-- A row's default and range in the readers' units (milliseconds, bytes, floats), once.
+local row_opts_cache = {}
+local function row_opts(row)
+    local o = row_opts_cache[row]
+    if o then
+        return o
+    end
+    local conv = function(x)
+        return x
+    end
+    if row.type == "duration" then
+        conv = M.parse_duration
+    elseif row.type == "size" or row.type == "request_buffer" then
+        conv = M.parse_size
+    end
+    o = { required = row.required, choices = row.choices, pattern = row.pattern,
+        maxlen = row.maxlen, what = row.what }
+    for _, k in ipairs({ "default", "min", "max", "gt" }) do
+        if row[k] ~= nil and type(row[k]) ~= "table" then
+            o[k] = conv(row[k])
+            assert(o[k] ~= nil, row.key)
+        end
+    end
+    if row.type == "number" and o.default then
+        o.default = o.default + 0.0 -- a number key is a double in C
+    end
+    o.per_read = row.min_ref or row.max_ref or row.default_ref or type(row.default) == "table"
+    row_opts_cache[row] = o
+    return o
+end
 
-local function listen_entry(cx, v, path)
+local function copy_list(t)
+    local out = {}
+    for i, x in ipairs(t) do
+        out[i] = x
+    end
+    return out
+end
+
+-- A row's default as written in the schema (a fresh copy of a list).
+local function default_of(key)
+    local d = schema.row(key).default
+    return type(d) == "table" and copy_list(d) or d
+end
+
+-- Options of one read: the row's, with the bounds and default that refer to other keys' values
+-- (`vals`, by key, read earlier) filled in; a default stays within such bounds.
+local function read_opts(row, vals)
+    local o = row_opts_cache[row] or row_opts(row)
+    if not o.per_read then
+        return o
+    end
+    local r = {}
+    for k, x in pairs(o) do
+        r[k] = x
+    end
+    if type(row.default) == "table" then
+        r.default = copy_list(row.default)
+    end
+    if row.default_ref then
+        r.default = vals[row.default_ref]
+    end
+    if row.min_ref then
+        r.min = vals[row.min_ref]
+        r.default = math.max(r.default, r.min)
+    end
+    if row.max_ref then
+        r.max = vals[row.max_ref]
+        r.default = math.min(r.default, r.max)
+    end
+    return r
+end
+
+local READERS = {
+    size = Cx.size,
+    duration = Cx.duration,
+    integer = Cx.integer,
+    number = Cx.number,
+    boolean = Cx.boolean,
+    enum = Cx.enum,
+    hostport = Cx.hostport,
+    methods = Cx.methods,
+    file = Cx.readable_file,
+    ["function"] = Cx.func,
+    string = function(cx, v, path, o)
+        return cx:string(v, path, o)
+    end,
+}
+
+-- Reads the value `v` of a key at `path`; `vals` gets it for the keys that refer to it.
+local function read_row(cx, row, v, path, vals)
+    local read = READERS[row.type]
+    assert(read, row.key)
+    local o = row_opts_cache[row] or row_opts(row)
+    local x = read(cx, v, path, o.per_read and read_opts(row, vals) or o)
+    if row.lower and x then
+        x = x:lower()
+    end
+    vals[row.key] = x
+    return x
+end
+
+--- Reads the value `v` of the key `key` at `path`.
+local function read_value(cx, key, v, path, vals)
+    return read_row(cx, schema.row(key), v, path, vals)
+end
+
+-- The field of the normalized table a key's value goes to (a key always has the same `prefix`,
+-- its table's `flat`).
+local out_names = {}
+local function out_name(row, prefix)
+    local name = out_names[row]
+    if not name then
+        name = row.out or ((prefix or "") .. row.name .. (row.type == "duration" and "_ms" or ""))
+        out_names[row] = name
+    end
+    return name
+end
+
+-- Keys read by a function of their own (see levee.schema), and checks made once a key is read:
+-- both fn(cx, v, path, out, st, t), v the key's value, out the normalized table being built,
+-- st the state of the load, t the table the key is in.
+local CUSTOM, AFTER = {}, {}
+
+--- Reads every key of the table `key` (a record already checked by Cx:record) into `out`.
+local function read_table(cx, key, t, path, out, st, prefix)
+    for _, row in ipairs(schema.children(key)) do
+        local v, p = t[row.name], join(path, row.name)
+        if CUSTOM[row.key] then
+            CUSTOM[row.key](cx, v, p, out, st, t)
+        elseif row.type == "table" then
+            local sub = cx:record(v, p, schema.allowed(row.key))
+            if row.flat then
+                read_table(cx, row.key, sub, p, out, st, row.flat)
+            else
+                out[row.name] = {}
+                read_table(cx, row.key, sub, p, out[row.name], st)
+            end
+        else
+            out[out_names[row] or out_name(row, prefix)] = read_row(cx, row, v, p, st.vals)
+        end
+        if AFTER[row.key] then
+            AFTER[row.key](cx, v, p, out, st, t)
+        end
+    end
+    return out
+end
+
+-- A table key that `true` turns on with its defaults and nil or `false` leaves off.
+local function switch(cx, key, v, path, st, off)
+    if v == nil or v == false then
+        return off
+    end
+    if v == true then
+        v = {}
+    end
+    local t = cx:record(v, path, schema.allowed(key))
+    return read_table(cx, key, t, path, { enabled = true }, st)
+end
+
+-- Top level.
+
+local function listen_entry(cx, v, path, st)
     if type(v) == "table" then
-        local t = cx:record(v, path, { "addr", "tls" })
-        local addr = cx:hostport(t.addr, join(path, "addr"), { required = true })
+        local t = cx:record(v, path, schema.allowed("listen[]"))
+        local addr = read_value(cx, "listen[].addr", t.addr, join(path, "addr"), st.vals)
         local out = { addr = addr }
         if t.tls ~= nil then
             local tp = join(path, "tls")
-            local tls = cx:record(t.tls, tp, { "cert", "key" })
-            out.tls_cert = cx:readable_file(tls.cert, join(tp, "cert"), { required = true })
-            out.tls_key = cx:readable_file(tls.key, join(tp, "key"), { required = true })
+            local tls = cx:record(t.tls, tp, schema.allowed("listen[].tls"))
+            read_table(cx, "listen[].tls", tls, tp, out, st, schema.row("listen[].tls").flat)
             if cx.checks and out.tls_cert and out.tls_key then
                 local e = cx.checks.tls_pair(out.tls_cert, out.tls_key)
                 if e then
@@ -624,19 +783,19 @@ local function listen_entry(cx, v, path)
     return addr and { addr = addr }
 end
 
-local function listens(cx, v, path)
+CUSTOM["listen"] = function(cx, v, path, c, st)
     if v == nil then
-        v = { "127.0.0.1:8080" }
+        v = default_of("listen")
     elseif type(v) == "string" or (type(v) == "table" and v.addr ~= nil) then
         -- A single address is a list of one; the path stays "listen" for its messages.
-        local e = listen_entry(cx, v, path)
-        return { e }
+        c.listen = { listen_entry(cx, v, path, st) }
+        return
     end
     local list = cx:list(v, path, '"host:port" addresses')
     local out, seen = {}, {}
     for i, e in ipairs(list) do
         local p = join(path, i)
-        local l = listen_entry(cx, e, p)
+        local l = listen_entry(cx, e, p, st)
         if l then
             local key = l.addr.host .. ":" .. l.addr.port
             if seen[key] then
@@ -650,37 +809,18 @@ local function listens(cx, v, path)
     if #list == 0 and type(v) == "table" then
         cx:err(path, "expected at least one address")
     end
-    return out
+    c.listen = out
 end
 
-local function limits(cx, v, path)
-    local t = cx:record(v, path, { "header_size", "request_line", "header_count", "body_size",
-        "header_timeout", "idle_timeout", "send_timeout", "max_connections", "body_timeout",
-        "body_rate" })
-    local function p(k)
-        return join(path, k)
+CUSTOM["admin"] = function(cx, v, path, c)
+    if v ~= nil and v ~= false then
+        c.admin = cx:hostport(v, path)
+        for i, l in ipairs(c.listen) do
+            if c.admin and l.addr.host == c.admin.host and l.addr.port == c.admin.port then
+                cx:err(path, "address " .. show(v) .. " is also listen[" .. i .. "]")
+            end
+        end
     end
-    local r = {
-        header_size = cx:size(t.header_size, p("header_size"),
-            { default = 32 * KiB, min = 1 * KiB, max = 1 * MiB }),
-        header_count = cx:integer(t.header_count, p("header_count"),
-            { default = 100, min = 1, max = 10000 }),
-        body_size = cx:size(t.body_size, p("body_size"), { default = 16 * MiB }),
-        header_timeout_ms = cx:duration(t.header_timeout, p("header_timeout"),
-            { default = 10 * SECOND, gt = 0 }),
-        idle_timeout_ms = cx:duration(t.idle_timeout, p("idle_timeout"),
-            { default = 60 * SECOND, gt = 0 }),
-        send_timeout_ms = cx:duration(t.send_timeout, p("send_timeout"),
-            { default = 60 * SECOND, gt = 0 }),
-        body_timeout_ms = cx:duration(t.body_timeout, p("body_timeout"),
-            { default = 10 * SECOND, gt = 0 }),
-        body_rate = cx:size(t.body_rate, p("body_rate"), { default = 1 * KiB, max = 1 * GiB }),
-        max_connections = cx:integer(t.max_connections, p("max_connections"),
-            { default = 10000, min = 1 }),
-    }
-    r.request_line = cx:size(t.request_line, p("request_line"),
-        { default = math.min(8 * KiB, r.header_size), min = 256, max = r.header_size })
-    return r
 end
 
 -- A log file path, resolved against the config file's folder; `levee check` also makes sure
@@ -699,30 +839,102 @@ local function log_file(cx, v, path)
     return p
 end
 
-local function access_log(cx, v, path)
+CUSTOM["access_log"] = function(cx, v, path, c)
     if v == nil then
-        return "stdout", nil
-    elseif v == false then
-        return "off", nil
-    elseif v == "stdout" or v == "stderr" then
-        return v, nil
-    elseif type(v) == "string" and v ~= "" and not v:find("%z") then
-        return "file", log_file(cx, v, path)
+        v = default_of("access_log")
     end
-    cx:err(path, 'expected "stdout", "stderr", a file path or false, got ' .. show(v))
-    return "stdout", nil
+    if v == false then
+        c.access_log = "off"
+    elseif v == "stdout" or v == "stderr" then
+        c.access_log = v
+    elseif type(v) == "string" and v ~= "" and not v:find("%z") then
+        c.access_log, c.access_log_path = "file", log_file(cx, v, path)
+    else
+        cx:err(path, 'expected "stdout", "stderr", a file path or false, got ' .. show(v))
+        c.access_log = default_of("access_log")
+    end
 end
 
 -- error_log = "stderr" | "path" (README "Operations"): nil for stderr, else the file path,
 -- resolved against the config file's folder like access_log.
-local function error_log(cx, v, path)
-    if v == nil or v == "stderr" then
-        return nil
+CUSTOM["error_log"] = function(cx, v, path, c)
+    if v == nil or v == default_of("error_log") then
+        return
     elseif type(v) == "string" and v ~= "" and v ~= "stdout" and not v:find("%z") then
-        return log_file(cx, v, path)
+        c.error_log_path = log_file(cx, v, path)
+        return
     end
     cx:err(path, 'expected "stderr" or a file path, got ' .. show(v))
-    return nil
+end
+
+-- Upstreams.
+
+CUSTOM["upstreams"] = function(cx, v, path, c, st)
+    local out, by_name = {}, {}
+    c.upstreams, st.by_name = out, by_name
+    if v == nil then
+        return
+    end
+    if type(v) ~= "table" then
+        cx:err(path, "expected a table of upstreams by name, got " .. show(v))
+        return
+    end
+    for _, name in ipairs(sorted_keys(v)) do
+        local p = join(path, name)
+        if type(name) ~= "string" then
+            cx:err(p, "expected upstreams by name: upstreams = { api = { servers = { ... } } }")
+        elseif not name:match(schema.NAME_PATTERN) or #name > schema.NAME_MAXLEN then
+            cx:err(p, "expected " .. schema.NAME_WHAT .. " as the upstream name, got " .. show(name))
+        else
+            local u
+            if type(v[name]) ~= "table" then
+                cx:err(p, "expected an upstream table { servers = { ... } }, got " .. show(v[name]))
+            else
+                local t = cx:record(v[name], p, schema.allowed("upstreams.<name>"))
+                u = read_table(cx, "upstreams.<name>", t, p, { name = name, servers = {} }, st)
+            end
+            out[#out + 1] = u
+            -- A broken upstream is still known by name: no second error on its routes.
+            by_name[name] = u or true
+        end
+    end
+end
+
+CUSTOM["upstreams.<name>.servers"] = function(cx, v, sp, u, st)
+    if v == nil then
+        cx:err(sp, 'required key is missing; expected a list of "host:port"')
+    end
+    local list = cx:list(v, sp, '"host:port" addresses')
+    for i, s in ipairs(list) do
+        local hp = read_value(cx, "upstreams.<name>.servers[]", s, join(sp, i), st.vals)
+        if hp then
+            u.servers[#u.servers + 1] = hp
+        end
+    end
+    if v ~= nil and type(v) == "table" and #list == 0 then
+        cx:err(sp, "expected at least one server")
+    end
+end
+
+CUSTOM["upstreams.<name>.tls"] = function(cx, v, tp, u, st)
+    local key = "upstreams.<name>.tls"
+    local t = {}
+    u.tls = v == true
+    if type(v) == "table" then
+        t = cx:record(v, tp, schema.allowed(key))
+        u.tls = true
+    elseif v ~= nil and type(v) ~= "boolean" then
+        cx:err(tp, "expected true, false or a table { sni, verify, ca }, got " .. show(v))
+    end
+    read_table(cx, key, t, tp, u, st, schema.row(key).flat)
+end
+
+-- Active health checks: off when absent; `true` or `{}` turns them on with the defaults.
+CUSTOM["upstreams.<name>.health"] = function(cx, v, path, u, st)
+    u.health = switch(cx, "upstreams.<name>.health", v, path, st, nil)
+    if u.health then
+        u.health.enabled = nil
+    end
 end
 
 -- "2xx" or a status code (integer or "200") -> list of statuses; nil on a bad entry.
@@ -742,36 +954,14 @@ local function status_codes(x)
     return nil
 end
 
--- Active health checks: off when absent; `true` or `{}` turns them on with the defaults.
-local function health(cx, v, path)
-    if v == nil or v == false then
-        return nil
-    end
-    if v == true then
-        v = {}
-    end
-    local t = cx:record(v, path, { "path", "interval", "timeout", "healthy", "unhealthy",
-        "expect", "host" })
-    local function p(k)
-        return join(path, k)
-    end
-    local h = {
-        path = cx:string(t.path, p("path"), { default = "/", pattern = "^/[%w%-%._~!$&'()*+,;=:@/%%?]*$",
-            maxlen = 1024, what = "a path starting with /" }),
-        interval_ms = cx:duration(t.interval, p("interval"), { default = 2 * SECOND, min = 10 }),
-        healthy = cx:integer(t.healthy, p("healthy"), { default = 2, min = 1, max = 1000 }),
-        unhealthy = cx:integer(t.unhealthy, p("unhealthy"), { default = 3, min = 1, max = 1000 }),
-        host = cx:string(t.host, p("host"), { pattern = "^[%w%.%-_]+(:?%d*)$", maxlen = 255,
-            what = "a host name (with an optional :port)" }),
-    }
-    h.timeout_ms = cx:duration(t.timeout, p("timeout"),
-        { default = math.min(1 * SECOND, h.interval_ms), min = 1, max = h.interval_ms })
+CUSTOM["upstreams.<name>.health.expect"] = function(cx, v, path, h)
     local codes = {}
-    local list = t.expect == nil and { "2xx", "3xx" } or cx:list(t.expect, p("expect"), "status codes")
+    local list = v == nil and default_of("upstreams.<name>.health.expect")
+        or cx:list(v, path, "status codes")
     for i, x in ipairs(list) do
         local c = status_codes(x)
         if not c then
-            cx:err(join(p("expect"), i), 'expected a status code 100-599 or a class like "2xx", got '
+            cx:err(join(path, i), 'expected a status code 100-599 or a class like "2xx", got '
                 .. show(x))
         else
             for _, s in ipairs(c) do
@@ -785,133 +975,86 @@ local function health(cx, v, path)
             h.expect[#h.expect + 1] = s
         end
     end
-    if t.expect ~= nil and type(t.expect) == "table" and #list == 0 then
-        cx:err(p("expect"), "expected at least one status code or class")
+    if v ~= nil and type(v) == "table" and #list == 0 then
+        cx:err(path, "expected at least one status code or class")
     end
-    return h
 end
 
--- Passive outlier ejection: on by default; `false` turns it off.
-local function outlier(cx, v, path)
-    if v == false then
-        return { enabled = false, consecutive_failures = 5, eject_for_ms = 10 * SECOND,
-            max_eject_for_ms = 5 * MINUTE, max_ejected = 0.5, enforce = true }
-    end
-    if v == true then
-        v = nil
-    end
-    local t = cx:record(v, path, { "consecutive_failures", "eject_for", "max_eject_for",
-        "max_ejected", "enforce" })
-    local function p(k)
-        return join(path, k)
-    end
-    local o = {
-        enabled = true,
-        consecutive_failures = cx:integer(t.consecutive_failures, p("consecutive_failures"),
-            { default = 5, min = 1, max = 1000000 }),
-        eject_for_ms = cx:duration(t.eject_for, p("eject_for"), { default = 10 * SECOND, gt = 0 }),
-        max_ejected = cx:number(t.max_ejected, p("max_ejected"), { default = 0.5, min = 0, max = 1 }),
-        enforce = cx:boolean(t.enforce, p("enforce"), { default = true }),
-    }
-    o.max_eject_for_ms = cx:duration(t.max_eject_for, p("max_eject_for"),
-        { default = math.max(5 * MINUTE, o.eject_for_ms), min = o.eject_for_ms })
-    return o
+-- Passive outlier ejection: on by default; `false` turns it off (its values stay the defaults).
+CUSTOM["upstreams.<name>.outlier"] = function(cx, v, path, u, st)
+    local off = v == false
+    u.outlier = switch(cx, "upstreams.<name>.outlier", (v == nil or off) and true or v, path, st)
+    u.outlier.enabled = not off
 end
 
-local function upstream(cx, name, v, path)
+-- Routes.
+
+local function route(cx, v, path, st)
     if type(v) ~= "table" then
-        cx:err(path, "expected an upstream table { servers = { ... } }, got " .. show(v))
+        cx:err(path, "expected a route table { name = ..., upstream = ... }, got " .. show(v))
         return nil
     end
-    local t = cx:record(v, path, { "servers", "balance", "connect_timeout", "pool", "tls",
-        "health", "outlier", "slow_start" })
-    local function p(k)
-        return join(path, k)
+    local t = cx:record(v, path, schema.allowed("routes[]"))
+    return read_table(cx, "routes[]", t, path, { line = cx:line(path) }, st)
+end
+
+CUSTOM["routes"] = function(cx, v, path, c, st)
+    c.routes = {}
+    if v == nil then
+        cx:err(path, "required key is missing; expected a list of routes")
+    elseif type(v) == "table" and next(v) == nil then
+        cx:err(path, "expected at least one route")
     end
-    local u = { name = name, servers = {} }
-    local sp = p("servers")
-    if t.servers == nil then
-        cx:err(sp, 'required key is missing; expected a list of "host:port"')
+    local list = cx:list(v, path, "routes ({ name = ..., upstream = ... })")
+    for i, rv in ipairs(list) do
+        c.routes[#c.routes + 1] = route(cx, rv, join(path, i), st)
     end
-    local list = cx:list(t.servers, sp, '"host:port" addresses')
-    for i, s in ipairs(list) do
-        local hp = cx:hostport(s, join(sp, i))
-        if hp then
-            u.servers[#u.servers + 1] = hp
+end
+
+AFTER["routes[].name"] = function(cx, _, path, r, st)
+    if r.name then
+        if st.names[r.name] then
+            local other = st.names[r.name]
+            cx:err(path, "duplicate route name " .. show(r.name) .. " (also " .. other
+                .. (cx.lines and (", line " .. cx:line(other)) or "") .. ")")
+        else
+            st.names[r.name] = keylines.parent(path)
         end
     end
-    if t.servers ~= nil and type(t.servers) == "table" and #list == 0 then
-        cx:err(sp, "expected at least one server")
+end
+
+AFTER["routes[].upstream"] = function(cx, _, path, r, st)
+    if r.upstream and not st.by_name[r.upstream] then
+        local known = {}
+        for n in pairs(st.by_name) do
+            known[#known + 1] = n
+        end
+        table.sort(known)
+        local s = suggest(r.upstream, known)
+        cx:err(path, "no upstream named " .. show(r.upstream)
+            .. (s and (' (did you mean "' .. s .. '"?)') or (#known > 0 and
+                ("; upstreams: " .. table.concat(known, ", ")) or "; upstreams is empty")))
     end
-    u.balance = cx:enum(t.balance, p("balance"),
-        { default = "round_robin", choices = { "round_robin", "least_request" } })
-    u.connect_timeout_ms = cx:duration(t.connect_timeout, p("connect_timeout"),
-        { default = 1 * SECOND, gt = 0 })
+end
 
-    local pp = p("pool")
-    local pool = cx:record(t.pool, pp, { "max_idle", "idle_timeout", "max_lifetime",
-        "max_connections", "queue_size", "queue_timeout" })
-    u.pool = {
-        max_idle = cx:integer(pool.max_idle, join(pp, "max_idle"), { default = 64, min = 0 }),
-        idle_timeout_ms = cx:duration(pool.idle_timeout, join(pp, "idle_timeout"),
-            { default = 60 * SECOND, gt = 0 }),
-        max_lifetime_ms = cx:duration(pool.max_lifetime, join(pp, "max_lifetime"),
-            { default = 10 * MINUTE, gt = 0 }),
-        max_connections = cx:integer(pool.max_connections, join(pp, "max_connections"),
-            { default = 1024, min = 1 }),
-        queue_size = cx:integer(pool.queue_size, join(pp, "queue_size"),
-            { default = 1024, min = 0 }),
-        queue_timeout_ms = cx:duration(pool.queue_timeout, join(pp, "queue_timeout"),
-            { default = u.connect_timeout_ms, min = 0 }),
-    }
+AFTER["routes[].try_timeout"] = function(cx, _, path, r)
+    if r.try_timeout_ms > r.timeout_ms then
+        cx:err(path, "try_timeout (" .. fmt_ms(r.try_timeout_ms)
+            .. ") must not be more than timeout (" .. fmt_ms(r.timeout_ms) .. ")")
+    end
+end
 
-    local tp = p("tls")
-    u.tls, u.tls_verify = false, true
-    if t.tls == true then
-        u.tls = true
-    elseif t.tls ~= nil and t.tls ~= false then
-        if type(t.tls) ~= "table" then
-            cx:err(tp, "expected true, false or a table { sni, verify, ca }, got " .. show(t.tls))
-        else
-            local tls = cx:record(t.tls, tp, { "sni", "verify", "ca" })
-            u.tls = true
-            u.tls_sni = cx:string(tls.sni, join(tp, "sni"),
-                { pattern = "^[%w%.%-_]+$", what = "a host name" })
-            u.tls_verify = cx:boolean(tls.verify, join(tp, "verify"), { default = true })
-            if tls.ca ~= nil then
-                u.tls_ca = cx:readable_file(tls.ca, join(tp, "ca"))
+AFTER["routes[].retry"] = function(cx, _, path, r)
+    if r.retry.non_idempotent then
+        for _, s in ipairs(r.retry.on.statuses) do
+            if s >= 500 then
+                cx:warn(join(path, "non_idempotent"), "retries non-idempotent requests on "
+                    .. "5xx responses: the upstream may have acted before failing, so a retry "
+                    .. "can repeat it")
+                break
             end
         end
     end
-    u.health = health(cx, t.health, p("health"))
-    u.outlier = outlier(cx, t.outlier, p("outlier"))
-    u.slow_start_ms = cx:duration(t.slow_start, p("slow_start"), { default = 0, max = 1 * HOUR })
-    return u
-end
-
-local function upstreams(cx, v, path)
-    local out, by_name = {}, {}
-    if v == nil then
-        return out, by_name
-    end
-    if type(v) ~= "table" then
-        cx:err(path, "expected a table of upstreams by name, got " .. show(v))
-        return out, by_name
-    end
-    for _, name in ipairs(sorted_keys(v)) do
-        local p = join(path, name)
-        if type(name) ~= "string" then
-            cx:err(p, "expected upstreams by name: upstreams = { api = { servers = { ... } } }")
-        elseif not name:match(NAME_PATTERN) or #name > 64 then
-            cx:err(p, "expected " .. NAME_WHAT .. " as the upstream name, got " .. show(name))
-        else
-            local u = upstream(cx, name, v[name], p)
-            out[#out + 1] = u
-            -- A broken upstream is still known by name: no second error on its routes.
-            by_name[name] = u or true
-        end
-    end
-    return out, by_name
 end
 
 local function retry_on(cx, v, path)
@@ -956,228 +1099,86 @@ local function retry_on(cx, v, path)
             out.errors[#out.errors + 1] = e
         end
     end
-    for s = 100, 599 do
-        if statuses[s] then
-            out.statuses[#out.statuses + 1] = s
+    if next(statuses) ~= nil then -- (the default retries on no status)
+        for s = 100, 599 do
+            if statuses[s] then
+                out.statuses[#out.statuses + 1] = s
+            end
         end
     end
     return out
 end
 
-local function retry(cx, v, path)
-    local t = cx:record(v, path, { "attempts", "on", "backoff", "budget", "non_idempotent",
-        "buffer" })
-    local function p(k)
-        return join(path, k)
-    end
-    local r = {
-        attempts = cx:integer(t.attempts, p("attempts"), { default = 2, min = 1 }),
-        non_idempotent = cx:boolean(t.non_idempotent, p("non_idempotent"), { default = false }),
-        buffer = cx:size(t.buffer, p("buffer"), { default = 64 * KiB, max = 1 * GiB }),
-    }
-    if t.on == nil then
-        r.on = { errors = { "connect-failure", "reset" }, statuses = {} }
-    else
-        r.on = retry_on(cx, t.on, p("on"))
-    end
+CUSTOM["routes[].retry.on"] = function(cx, v, path, r)
+    r.on = retry_on(cx, v == nil and default_of("routes[].retry.on") or v, path)
+end
 
-    local bp = p("backoff")
-    local b = cx:record(t.backoff, bp, { "base", "max", "jitter" })
-    r.backoff_base_ms = cx:duration(b.base, join(bp, "base"), { default = 25, min = 0 })
-    r.backoff_max_ms = cx:duration(b.max, join(bp, "max"), { default = 1 * SECOND, min = 0 })
+AFTER["routes[].retry.backoff.max"] = function(cx, _, path, r, _, b)
     if r.backoff_max_ms < r.backoff_base_ms then
-        cx:err(join(bp, b.max ~= nil and "max" or "base"), "backoff.max ("
+        cx:err(b.max ~= nil and path or join(keylines.parent(path), "base"), "backoff.max ("
             .. fmt_ms(r.backoff_max_ms) .. ") must not be less than backoff.base ("
             .. fmt_ms(r.backoff_base_ms) .. ")")
     end
-    r.jitter = cx:enum(b.jitter, join(bp, "jitter"),
-        { default = "full", choices = { "full", "equal", "decorrelated", "none" } })
-
-    local gp = p("budget")
-    local g = cx:record(t.budget, gp, { "ratio", "min_per_second", "window" })
-    r.budget_ratio = cx:number(g.ratio, join(gp, "ratio"), { default = 0.2, min = 0, max = 1 })
-    r.budget_min_per_second = cx:number(g.min_per_second, join(gp, "min_per_second"),
-        { default = 10.0, min = 0 })
-    r.budget_window_ms = cx:duration(g.window, join(gp, "window"),
-        { default = 10 * SECOND, gt = 0 })
-    return r
 end
 
-local function breaker(cx, v, path)
-    if v == nil or v == false then
-        return { enabled = false }
-    end
-    if v == true then
-        v = {}
-    end
-    local t = cx:record(v, path, { "failure_ratio", "min_requests", "window",
-        "consecutive_failures", "open_for", "max_open_for", "half_open_requests", "slow_call" })
-    local function p(k)
-        return join(path, k)
-    end
-    local b = {
-        enabled = true,
-        failure_ratio = cx:number(t.failure_ratio, p("failure_ratio"),
-            { default = 0.5, gt = 0, max = 1 }),
-        min_requests = cx:integer(t.min_requests, p("min_requests"), { default = 20, min = 1 }),
-        window_ms = cx:duration(t.window, p("window"), { default = 10 * SECOND, gt = 0 }),
-        consecutive_failures = cx:integer(t.consecutive_failures, p("consecutive_failures"),
-            { default = 5, min = 0 }),
-        open_for_ms = cx:duration(t.open_for, p("open_for"), { default = 5 * SECOND, gt = 0 }),
-        half_open_requests = cx:integer(t.half_open_requests, p("half_open_requests"),
-            { default = 1, min = 1 }),
-        slow_call_ms = 0,
-        slow_call_ratio = 1.0,
-    }
-    b.max_open_for_ms = cx:duration(t.max_open_for, p("max_open_for"),
-        { default = b.open_for_ms, min = 0 })
-    if b.max_open_for_ms < b.open_for_ms then
-        cx:err(p("max_open_for"), "max_open_for (" .. fmt_ms(b.max_open_for_ms)
-            .. ") must not be less than open_for (" .. fmt_ms(b.open_for_ms) .. ")")
-    end
-    if t.slow_call ~= nil then
-        local sp = p("slow_call")
-        local s = cx:record(t.slow_call, sp, { "duration", "ratio" })
-        if type(t.slow_call) == "table" then
-            b.slow_call_ms = cx:duration(s.duration, join(sp, "duration"),
-                { required = true, default = 0, gt = 0 })
-        end
-        b.slow_call_ratio = cx:number(s.ratio, join(sp, "ratio"), { default = 1.0, gt = 0, max = 1 })
-    end
-    return b
-end
-
-local function idempotency(cx, v, path)
-    if v == nil or v == false then
-        return { enabled = false }
-    end
-    if v == true then
-        v = {}
-    end
-    local t = cx:record(v, path, { "header", "ttl", "methods", "required", "store", "max_body",
-        "max_memory", "key", "on_conflict", "on_store_error" })
-    local function p(k)
-        return join(path, k)
-    end
-    local d = {
-        enabled = true,
-        header = cx:string(t.header, p("header"), { default = "Idempotency-Key",
-            pattern = TOKEN_PATTERN, what = "a header name" }),
-        ttl_ms = cx:duration(t.ttl, p("ttl"), { default = 24 * HOUR, gt = 0 }),
-        methods = cx:methods(t.methods, p("methods"), { default = { "POST", "PATCH" } }),
-        required = cx:boolean(t.required, p("required"), { default = false }),
-        store = "memory",
-        redis_prefix = "levee:",
-        max_body = cx:size(t.max_body, p("max_body"), { default = 1 * MiB, max = 1 * GiB }),
-        max_memory = cx:size(t.max_memory, p("max_memory"), { default = 64 * MiB, min = 1 }),
-        key = cx:func(t.key, p("key")),
-        on_conflict = cx:enum(t.on_conflict, p("on_conflict"),
-            { default = "reject", choices = { "reject", "wait" } }),
-        on_store_error = cx:enum(t.on_store_error, p("on_store_error"),
-            { default = "fail_closed", choices = { "fail_closed", "fail_open" } }),
-    }
-    if d.max_memory < d.max_body then
-        cx:err(p("max_memory"), "max_memory (" .. fmt_size(d.max_memory)
-            .. ") must not be less than max_body (" .. fmt_size(d.max_body) .. ")")
-    end
-    local sp = p("store")
-    if type(t.store) == "table" then
-        local s = cx:record(t.store, sp, { "redis", "prefix" })
-        d.store = "redis"
-        d.redis = cx:hostport(s.redis, join(sp, "redis"), { required = true })
-        d.redis_prefix = cx:string(s.prefix, join(sp, "prefix"), { default = "levee:" })
-    elseif t.store ~= nil and t.store ~= "memory" then
-        cx:err(sp, 'expected "memory" or { redis = "host:port" }, got ' .. show(t.store))
-    end
-    return d
-end
-
-local function match(cx, v, path)
-    local t = cx:record(v, path, { "prefix", "path", "host", "methods" })
-    local m = {}
-    local function p(k)
-        return join(path, k)
-    end
-    m.prefix = cx:string(t.prefix, p("prefix"), { pattern = "^/[%g]*$",
-        what = 'a path prefix starting with "/"' })
-    m.path = cx:string(t.path, p("path"), { pattern = "^/[%g]*$",
-        what = 'a path starting with "/"' })
-    local host = cx:string(t.host, p("host"), { pattern = "^[%w%.%-_]+$",
-        what = "a host name without port" })
-    m.host = host and host:lower()
-    m.methods = cx:methods(t.methods, p("methods"))
-    return m
-end
-
-local function route(cx, v, path, by_name, names)
-    if type(v) ~= "table" then
-        cx:err(path, "expected a route table { name = ..., upstream = ... }, got " .. show(v))
-        return nil
-    end
-    local t = cx:record(v, path, { "name", "match", "upstream", "timeout", "try_timeout", "retry",
-        "breaker", "idempotency", "classify", "fallback", "request_buffer" })
-    local function p(k)
-        return join(path, k)
-    end
-    local r = { line = cx:line(path) }
-    r.name = cx:string(t.name, p("name"), { required = true, pattern = NAME_PATTERN,
-        maxlen = 64, what = NAME_WHAT })
-    if r.name then
-        if names[r.name] then
-            local other = names[r.name]
-            cx:err(p("name"), "duplicate route name " .. show(r.name) .. " (also " .. other
-                .. (cx.lines and (", line " .. cx:line(other)) or "") .. ")")
-        else
-            names[r.name] = path
-        end
-    end
-    local mt = match(cx, t.match, p("match"))
-    r.match_prefix, r.match_path, r.match_host = mt.prefix, mt.path, mt.host
-    r.match_methods = mt.methods or {}
-    r.upstream = cx:string(t.upstream, p("upstream"), { required = true,
-        what = "the name of an upstream" })
-    if r.upstream and not by_name[r.upstream] then
-        local known = {}
-        for n in pairs(by_name) do
-            known[#known + 1] = n
-        end
-        table.sort(known)
-        local s = suggest(r.upstream, known)
-        cx:err(p("upstream"), "no upstream named " .. show(r.upstream)
-            .. (s and (' (did you mean "' .. s .. '"?)') or (#known > 0 and
-                ("; upstreams: " .. table.concat(known, ", ")) or "; upstreams is empty")))
-    end
-    r.timeout_ms = cx:duration(t.timeout, p("timeout"), { default = 15 * SECOND, gt = 0 })
-    r.try_timeout_ms = cx:duration(t.try_timeout, p("try_timeout"),
-        { default = r.timeout_ms, gt = 0 })
-    if r.try_timeout_ms > r.timeout_ms then
-        cx:err(p("try_timeout"), "try_timeout (" .. fmt_ms(r.try_timeout_ms)
-            .. ") must not be more than timeout (" .. fmt_ms(r.timeout_ms) .. ")")
-    end
-    r.retry = retry(cx, t.retry, p("retry"))
-    if r.retry.non_idempotent then
-        for _, s in ipairs(r.retry.on.statuses) do
-            if s >= 500 then
-                cx:warn(join(p("retry"), "non_idempotent"), "retries non-idempotent requests on "
-                    .. "5xx responses: the upstream may have acted before failing, so a retry "
-                    .. "can repeat it")
-                break
-            end
-        end
-    end
-    -- Request buffering: a body up to this size is received before an upstream connection is
-    -- taken (false: stream at once, as before). The default is the replay buffer.
-    if t.request_buffer == false then
+-- Request buffering: a body up to this size is received before an upstream connection is
+-- taken (false: stream at once). The default is the replay buffer.
+CUSTOM["routes[].request_buffer"] = function(cx, v, path, r, st)
+    if v == false then
         r.request_buffer = 0
     else
-        r.request_buffer = cx:size(t.request_buffer, p("request_buffer"),
-            { default = r.retry.buffer, max = 1 * GiB })
+        local key = "routes[].request_buffer"
+        r.request_buffer = cx:size(v, path, read_opts(schema.row(key), st.vals))
     end
-    r.breaker = breaker(cx, t.breaker, p("breaker"))
-    r.idempotency = idempotency(cx, t.idempotency, p("idempotency"))
-    r.classify = cx:func(t.classify, p("classify"))
-    r.fallback = cx:func(t.fallback, p("fallback"))
-    return r
+end
+
+CUSTOM["routes[].breaker"] = function(cx, v, path, r, st)
+    r.breaker = switch(cx, "routes[].breaker", v, path, st, { enabled = false })
+end
+
+AFTER["routes[].breaker.max_open_for"] = function(cx, _, path, b)
+    if b.max_open_for_ms < b.open_for_ms then
+        cx:err(path, "max_open_for (" .. fmt_ms(b.max_open_for_ms)
+            .. ") must not be less than open_for (" .. fmt_ms(b.open_for_ms) .. ")")
+    end
+end
+
+-- Slow calls: off (a zero duration) when absent; inside it, `duration` is required.
+CUSTOM["routes[].breaker.slow_call"] = function(cx, v, path, b, st)
+    local key = "routes[].breaker.slow_call"
+    local s = v == nil and {} or cx:record(v, path, schema.allowed(key))
+    if type(v) == "table" then
+        read_table(cx, key, s, path, b, st, schema.row(key).flat)
+    else
+        b.slow_call_ms = row_opts(schema.row(key .. ".duration")).default
+        b.slow_call_ratio = read_value(cx, key .. ".ratio", s.ratio, join(path, "ratio"), st.vals)
+    end
+end
+
+CUSTOM["routes[].idempotency"] = function(cx, v, path, r, st)
+    r.idempotency = switch(cx, "routes[].idempotency", v, path, st, { enabled = false })
+end
+
+CUSTOM["routes[].idempotency.store"] = function(cx, v, path, d, st)
+    local key = "routes[].idempotency.store"
+    if type(v) == "table" then
+        local s = cx:record(v, path, schema.allowed(key))
+        d.store = "redis"
+        read_table(cx, key, s, path, d, st, schema.row(key).flat)
+        return
+    end
+    d.store = default_of(key)
+    d.redis_prefix = default_of(key .. ".prefix")
+    if v ~= nil and v ~= d.store then
+        cx:err(path, 'expected "memory" or { redis = "host:port" }, got ' .. show(v))
+    end
+end
+
+AFTER["routes[].idempotency.max_memory"] = function(cx, _, path, d)
+    if d.max_memory < d.max_body then
+        cx:err(path, "max_memory (" .. fmt_size(d.max_memory)
+            .. ") must not be less than max_body (" .. fmt_size(d.max_body) .. ")")
+    end
 end
 
 -- Does every request route `b` matches also match route `a` (README "Routing": a plain
@@ -1228,41 +1229,10 @@ local function warn_shadowed(cx, routes)
     end
 end
 
-local TOP_KEYS = { "listen", "admin", "limits", "access_log", "error_log", "watch",
-    "drain_timeout",
-    "upstreams", "routes" }
-
 local function validate(cx, v)
-    local t = cx:record(v, "", TOP_KEYS)
-    local c = {}
-    c.listen = listens(cx, t.listen, "listen")
-    if t.admin ~= nil and t.admin ~= false then
-        c.admin = cx:hostport(t.admin, "admin")
-        for i, l in ipairs(c.listen) do
-            if c.admin and l.addr.host == c.admin.host and l.addr.port == c.admin.port then
-                cx:err("admin", "address " .. show(t.admin) .. " is also listen[" .. i .. "]")
-            end
-        end
-    end
-    c.limits = limits(cx, t.limits, "limits")
-    c.access_log, c.access_log_path = access_log(cx, t.access_log, "access_log")
-    c.error_log_path = error_log(cx, t.error_log, "error_log")
-    c.watch = cx:boolean(t.watch, "watch", { default = false })
-    c.drain_timeout_ms = cx:duration(t.drain_timeout, "drain_timeout",
-        { default = 10 * SECOND, min = 0 })
-    local by_name
-    c.upstreams, by_name = upstreams(cx, t.upstreams, "upstreams")
-    c.routes = {}
-    if t.routes == nil then
-        cx:err("routes", "required key is missing; expected a list of routes")
-    elseif type(t.routes) == "table" and next(t.routes) == nil then
-        cx:err("routes", "expected at least one route")
-    end
-    local list = cx:list(t.routes, "routes", "routes ({ name = ..., upstream = ... })")
-    local names = {}
-    for i, rv in ipairs(list) do
-        c.routes[#c.routes + 1] = route(cx, rv, join("routes", i), by_name, names)
-    end
+    local t = cx:record(v, "", schema.allowed(""))
+    local st = { vals = {}, names = {}, by_name = {} }
+    local c = read_table(cx, "", t, "", {}, st)
     warn_shadowed(cx, c.routes)
     local used = {}
     for _, r in ipairs(c.routes) do
