@@ -156,7 +156,7 @@ T_TEST(test_no_hook)
     T_CHECK(c != NULL);
     if (!c)
         return;
-    T_CHECK(c->L == NULL);
+    T_CHECK(lv_hooks_state(c) == NULL);
     struct lv_hook_attempt a = attempt(200, NULL);
     uint64_t d = 7;
     bool h = true;
@@ -167,7 +167,7 @@ T_TEST(test_no_hook)
 
     /* A state with a fallback only: classify_ref is -1 */
     c = load(NULL, NULL, "function() return nil end");
-    T_CHECK(c && c->L && c->routes[0].classify_ref < 0);
+    T_CHECK(c && lv_hooks_state(c) && c->routes[0].classify_ref < 0);
     T_CHECK_INT(lv_hook_classify(c, c->routes[0].classify_ref, &a, &d, &h, &err), LV_HOOK_NONE);
     T_CHECK_INT(err.len, 0);
     lv_config_unpin(c);
@@ -439,7 +439,7 @@ T_TEST(test_endless_loops)
 
 static int lua_kib(struct lv_config *c)
 {
-    return lua_gc(c->L, LUA_GCCOUNT, 0);
+    return lua_gc(lv_hooks_state(c), LUA_GCCOUNT, 0);
 }
 
 T_TEST(test_memory_limit)
@@ -946,13 +946,13 @@ T_TEST(test_many_calls_no_growth)
     bool has;
     for (int i = 0; i < 2000; i++)
         run_classify(c, &a, &ms, &has);
-    lua_gc(c->L, LUA_GCCOLLECT, 0);
+    lua_gc(lv_hooks_state(c), LUA_GCCOLLECT, 0);
     int base = lua_kib(c);
     for (int i = 0; i < 20000; i++)
         T_CHECK_INT(run_classify(c, &a, &ms, &has), LV_HOOK_RETRY);
-    lua_gc(c->L, LUA_GCCOLLECT, 0);
+    lua_gc(lv_hooks_state(c), LUA_GCCOLLECT, 0);
     T_CHECK(lua_kib(c) <= base + 16);
-    T_CHECK_INT(lua_gettop(c->L), 0);
+    T_CHECK_INT(lua_gettop(lv_hooks_state(c)), 0);
     lv_config_unpin(c);
 }
 
@@ -1133,7 +1133,7 @@ T_TEST(test_idem_key_failures)
         T_CHECK_INT(err.len, 0);
         lv_buf_reset(&key);
     }
-    T_CHECK_INT(lua_gettop(c->L), 0);
+    T_CHECK_INT(lua_gettop(lv_hooks_state(c)), 0);
     lv_buf_dispose(&key);
     lv_config_unpin(c);
 }
