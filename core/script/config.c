@@ -285,7 +285,7 @@ static struct lv_config *run(const char *fn, const char *const *args, int nargs,
     } else {
         /* Only the hooks stay reachable (from the registry); drop the rest now. */
         lua_gc(L, LUA_GCCOLLECT);
-        /* hooks.c seals the sandbox, makes the hook thread and keeps the state (hooks.h). */
+        /* The hooks take the state over: their thread, the sealed sandbox (hooks.h). */
         if (lv_hooks_attach(L, c, errors) != 0) {
             lv_rt_close(L);
             lv_config_unpin(c);
