@@ -5,12 +5,12 @@
  * into the configuration's Lua state after loading.
  *
  * Every call runs on one Lua thread owned by the configuration (created at load by
- * lv__hooks_init), under pcall with a traceback handler, an instruction limit and a memory
+ * lv_hooks_attach), under pcall with a traceback handler, an instruction limit and a memory
  * limit per call. A hook that raises an error, loops, allocates without bound or returns
- * something unexpected fails that call only: the caller gets LV_HOOK_NONE (or -1) and a
+ * something unexpected fails that call only: the caller gets LV_VERDICT_NONE (or -1) and a
  * one-line message for the log, and the state stays usable for the next call.
  *
- * Hooks see the configuration's sandbox (config.lua), sealed once the file has loaded:
+ * Hooks see the configuration's sandbox (config.lua), sealed once the file has loaded (runtime.h):
  * globals and the library tables (string, table, math, utf8, os) become read-only, `require`
  * fails, and `setmetatable` refuses __gc (a finalizer would run outside every limit). State a
  * hook keeps on purpose lives in locals of the configuration file (upvalues), e.g. the module
@@ -33,53 +33,18 @@
 #include <stdint.h>
 
 #include "base/buf.h"
-#include "script/config.h"
+#include "conf/config.h"
+#include "policy/outcome.h"
+#include "script/hooktypes.h"
 
-/* Lua VM instructions one call may run (about 10 ms of pure Lua). Pure-C library calls
- * (e.g. one string.find with a pathological pattern) run to completion: they are not counted. */
-#define LV_HOOK_MAX_INSTRUCTIONS 1000000
-/* Bytes one call may add to the state (an allocation beyond fails the call with a memory
- * error); the state-wide cap of config.c still applies on top. */
-#define LV_HOOK_MAX_MEMORY ((size_t)8 << 20)
-/* A longer retry delay from a hook is capped (the deadline then decides; no deadline fits). */
-#define LV_HOOK_MAX_DELAY_MS ((uint64_t)86400 * 1000)
-/* Largest response head a fallback may produce (status line and headers). */
-#define LV_HOOK_MAX_FALLBACK_HEAD ((size_t)64 << 10)
-/* Longest key an idempotency key hook may return (it becomes part of a store key). */
-#define LV_HOOK_MAX_IDEM_KEY 255
-
-/* One header field, borrowed: not NUL-terminated. */
-struct lv_hook_header {
-    const char *name;
-    size_t name_len;
-    const char *value;
-    size_t value_len;
-};
-
-/* What a classify hook sees (README, "Outcomes and classification"), as the table
- * { status, error, headers, duration, number, route, request = { method, path, headers } }. */
-struct lv_hook_attempt {
-    int status;        /* the upstream's status; 0 when the attempt ended in an error */
-    const char *error; /* "connect-failure", "reset", "timeout", "protocol-error", or NULL */
-    const struct lv_hook_header *headers; /* response headers (status outcomes only) */
-    size_t nheaders;
-    double duration_s; /* this attempt, start to outcome */
-    int number;        /* 1 for the first attempt */
-    const char *route; /* route name */
-    const char *method;
-    const char *path; /* request-target as received (query included) */
-    size_t path_len;
-    const struct lv_hook_header *req_headers;
-    size_t nreq_headers;
-};
-
-/* Same order as enum lv_verdict (policy/outcome.h), so one converts to the other by value. */
-enum lv_hook_verdict {
-    LV_HOOK_NONE = 0, /* no verdict: the hook returned nil, failed, or there is no hook */
-    LV_HOOK_OK,
-    LV_HOOK_FAIL,
-    LV_HOOK_RETRY,
-};
+/* The classify hook's verdict is policy's enum lv_verdict (policy/outcome.h): LV_VERDICT_NONE
+ * when the hook returned nil, failed, or there is none. The names below are the former enum's,
+ * kept only until core/proxy/request.c uses enum lv_verdict directly; remove them then. */
+#define lv_hook_verdict lv_verdict
+#define LV_HOOK_NONE    LV_VERDICT_NONE
+#define LV_HOOK_OK      LV_VERDICT_OK
+#define LV_HOOK_FAIL    LV_VERDICT_FAIL
+#define LV_HOOK_RETRY   LV_VERDICT_RETRY
 
 /* Why a hook call failed, for levee_hook_errors_total{kind}. */
 enum lv_hook_failure {
@@ -99,32 +64,19 @@ enum lv_hook_failure lv_hook_last_failure(struct lv_config *cfg);
 
 /**
  * Runs the classify hook `ref` (a route's classify_ref) of `cfg` on attempt `a` (borrowed for
- * the call). Returns the verdict the hook named. On LV_HOOK_RETRY with a second return value
+ * the call). Returns the verdict the hook named. On LV_VERDICT_RETRY with a second return value
  * (seconds as a number, or a string: a duration "250ms", "1.5s", "1m30s", or bare seconds
  * "120"), sets *delay_ms (capped at LV_HOOK_MAX_DELAY_MS) and *has_delay = true; otherwise
  * *has_delay = false.
  *
- * LV_HOOK_NONE means "classify as if there were no hook". `err` is reset first; it stays empty
+ * LV_VERDICT_NONE means "classify as if there were no hook". `err` is reset first; it stays empty
  * when there is no hook (ref < 0, no state) or the hook returned nil on purpose, and holds a
  * one-line NUL-terminated message to log when the hook failed: raised an error, ran over
  * LV_HOOK_MAX_INSTRUCTIONS or LV_HOOK_MAX_MEMORY, or returned something other than
  * "ok"/"fail"/"retry"/nil or a bad delay.
  */
-enum lv_hook_verdict lv_hook_classify(struct lv_config *cfg, int ref,
-                                      const struct lv_hook_attempt *a, uint64_t *delay_ms,
-                                      bool *has_delay, struct lv_buf *err);
-
-/* The request a fallback hook sees, as { method, path, headers, route, request_id }. */
-struct lv_hook_request {
-    const char *method;
-    const char *path;
-    size_t path_len;
-    const struct lv_hook_header *headers;
-    size_t nheaders;
-    const char *route;
-    const char *request_id; /* sent back as X-Request-Id (the hook's own is dropped); may be NULL */
-    bool close; /* the connection closes after this response: the head says Connection: close */
-};
+enum lv_verdict lv_hook_classify(struct lv_config *cfg, int ref, const struct lv_hook_attempt *a,
+                                 uint64_t *delay_ms, bool *has_delay, struct lv_buf *err);
 
 /**
  * Runs the fallback hook `ref` (a route's fallback_ref) as fallback(req, why), `why` being the
@@ -165,22 +117,21 @@ int lv_hook_fallback(struct lv_config *cfg, int ref, const struct lv_hook_reques
 int lv_hook_idem_key(struct lv_config *cfg, int ref, const struct lv_hook_request *req,
                      struct lv_buf *key, struct lv_buf *err);
 
-/* ---- internal: the bridge between config.c and this module. */
+/* ---- for the loader (config.c) and tests */
 
 struct lua_State;
 
 /**
- * Called by config.c once a configuration with hooks has loaded, on its state: creates the
- * hook thread and the metatables, and seals the sandbox environments the hooks (and what
- * they reach through upvalues) use. Returns 0, or -1 with a message appended to `errors`.
+ * Takes over `L` (a state of runtime.h that loaded `c` and holds its hooks as registry
+ * references) for the hooks of `c`: creates the hook thread and the metatables, seals the
+ * sandbox environments the hooks (and what they reach through upvalues) use (lv_rt_seal), and
+ * sets the state's cap to LV_HOOK_STATE_MEMORY. On success `c` owns the state (freed with it)
+ * and 0 is returned; on failure, -1 with a message appended to `errors`, and `L` stays the
+ * caller's.
  */
-int lv__hooks_init(struct lua_State *L, struct lv_config *c, struct lv_buf *errors);
+int lv_hooks_attach(struct lua_State *L, struct lv_config *c, struct lv_buf *errors);
 
-/**
- * Defined in config.c, which owns the allocator: `extra` > 0 limits the state to `extra`
- * bytes above what it holds now (never above the state-wide cap); 0 restores the state-wide
- * cap. Used around each hook call.
- */
-void lv__config_lua_cap(struct lua_State *L, size_t extra);
+/** The Lua state holding `c`'s hooks, or NULL when it has none. */
+struct lua_State *lv_hooks_state(const struct lv_config *c);
 
 #endif

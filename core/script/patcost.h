@@ -2,7 +2,7 @@
  * patcost: an upper bound on the work one call of Lua's pattern functions (string.find, match,
  * gmatch, gsub) can do on a given subject. Lua's matcher backtracks: a pattern such as
  * ("a?"):rep(40) .. ("a"):rep(40) on 40 "a" runs for hours inside one C call, where no
- * instruction limit can stop it. While a configuration loads (README "Reload"), config.c asks
+ * instruction limit can stop it. While a configuration loads (README "Reload"), guards.c asks
  * this module first and refuses a call whose bound is over a limit.
  *
  * The bound is start positions x the steps of one start, where each item costs its steps once

@@ -10,6 +10,7 @@
 
 #include "base/method.h"
 #include "script/config.h"
+#include "script/hooks.h"
 #include "t.h"
 
 static char tmpdir[64];
@@ -224,16 +225,17 @@ T_TEST(test_full_config)
     T_CHECK_INT(d->on_store_error, LV_IDEM_FAIL_OPEN);
 
     /* Hooks are live functions in the state the config keeps. */
-    T_CHECK(c->L != NULL);
+    T_CHECK(lv_hooks_state(c) != NULL);
     T_CHECK(d->key_ref >= 0);
     T_CHECK(r->classify_ref >= 0);
     T_CHECK(r->fallback_ref >= 0);
-    if (c->L && r->classify_ref >= 0) {
-        lua_rawgeti(c->L, LUA_REGISTRYINDEX, r->classify_ref);
-        lua_newtable(c->L);
-        T_CHECK_INT(lua_pcall(c->L, 1, 1, 0), LUA_OK);
-        T_CHECK_STR(lua_tostring(c->L, -1), "ok");
-        lua_pop(c->L, 1);
+    lua_State *L = lv_hooks_state(c);
+    if (L && r->classify_ref >= 0) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, r->classify_ref);
+        lua_newtable(L);
+        T_CHECK_INT(lua_pcall(L, 1, 1, 0), LUA_OK);
+        T_CHECK_STR(lua_tostring(L, -1), "ok");
+        lua_pop(L, 1);
     }
 
     /* The second route: every policy default. */
@@ -282,7 +284,7 @@ T_TEST(test_defaults_without_hooks)
     struct lv_config *c = lv_config_load(path_of("min.lua"), NULL, &errs);
     T_CHECK(c != NULL);
     if (c) {
-        T_CHECK(c->L == NULL); /* no hook: the state is closed at once */
+        T_CHECK(lv_hooks_state(c) == NULL); /* no hook: the state is closed at once */
         T_CHECK_INT(c->nlistens, 1);
         T_CHECK_STR(c->listens[0].addr.host, "127.0.0.1");
         T_CHECK_INT(c->listens[0].addr.port, 8080);
@@ -429,7 +431,7 @@ T_TEST(test_dev)
         T_CHECK(!c->watch);
         T_CHECK_INT(c->access_log, LV_ACCESS_LOG_STDOUT);
         T_CHECK(c->files[0] == NULL);
-        T_CHECK(c->L == NULL);
+        T_CHECK(lv_hooks_state(c) == NULL);
         lv_config_unpin(c);
     }
 
@@ -482,7 +484,7 @@ T_TEST(test_examples)
         else if (i == 0) {
             T_CHECK_INT(c->nroutes, 2);
             T_CHECK(c->routes[0].fallback_ref >= 0);
-            T_CHECK(c->L != NULL);
+            T_CHECK(lv_hooks_state(c) != NULL);
         }
         lv_config_unpin(c);
         lv_buf_dispose(&errs);

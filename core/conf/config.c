@@ -1,0 +1,109 @@
+/*
+ * conf/config.c: the lifetime of one generation of the compiled configuration and lookups in
+ * it. Everything here is plain C: the hooks' runtime is freed through the callback the script
+ * layer stored with it.
+ */
+#include "conf/config.h"
+
+#include <assert.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/buf.h"
+
+static void upstream_free(struct lv_upstream_cfg *u)
+{
+    free(u->name);
+    for (size_t i = 0; i < u->nservers; i++)
+        free(u->servers[i].host);
+    free(u->servers);
+    free(u->tls_sni);
+    free(u->tls_ca);
+    free(u->health.path);
+    free(u->health.host);
+}
+
+static void route_free(struct lv_route_cfg *r)
+{
+    free(r->name);
+    free(r->match_prefix);
+    free(r->match_path);
+    free(r->match_host);
+    free(r->idempotency.header);
+    free(r->idempotency.redis.host);
+    free(r->idempotency.redis_prefix);
+}
+
+/* Frees a generation and everything it owns. A partly filled one (a load that failed midway)
+ * is fine: counts only cover filled entries, the rest is NULL. */
+static void config_free(struct lv_config *c)
+{
+    free(c->file);
+    if (c->files) {
+        for (char **f = c->files; *f; f++)
+            free(*f);
+        free(c->files);
+    }
+    for (size_t i = 0; i < c->nlistens; i++) {
+        free(c->listens[i].addr.host);
+        free(c->listens[i].tls_cert);
+        free(c->listens[i].tls_key);
+    }
+    free(c->listens);
+    free(c->admin.host);
+    free(c->access_log_path);
+    free(c->error_log_path);
+    for (size_t i = 0; i < c->nupstreams; i++)
+        upstream_free(&c->upstreams[i]);
+    free(c->upstreams);
+    for (size_t i = 0; i < c->nroutes; i++)
+        route_free(&c->routes[i]);
+    free(c->routes);
+    if (c->hooks) {
+        assert(c->hooks_free);
+        c->hooks_free(c->hooks);
+    }
+    free(c);
+}
+
+struct lv_config *lv_config_new(void)
+{
+    struct lv_config *c = lv_xcalloc(1, sizeof(*c));
+    c->refs = 1;
+    return c;
+}
+
+void lv_config_pin(struct lv_config *c)
+{
+    assert(c->refs > 0);
+    c->refs++;
+}
+
+void lv_config_unpin(struct lv_config *c)
+{
+    if (!c)
+        return;
+    assert(c->refs > 0);
+    if (--c->refs == 0)
+        config_free(c);
+}
+
+struct lv_upstream_cfg *lv_config_upstream(struct lv_config *c, const char *name)
+{
+    if (!name)
+        return NULL;
+    for (size_t i = 0; i < c->nupstreams; i++)
+        if (c->upstreams[i].name && strcmp(c->upstreams[i].name, name) == 0)
+            return &c->upstreams[i];
+    return NULL;
+}
+
+struct lv_route_cfg *lv_config_route(struct lv_config *c, const char *name)
+{
+    if (!name)
+        return NULL;
+    for (size_t i = 0; i < c->nroutes; i++)
+        if (c->routes[i].name && strcmp(c->routes[i].name, name) == 0)
+            return &c->routes[i];
+    return NULL;
+}
