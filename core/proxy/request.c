@@ -15,7 +15,7 @@
 #include "obs/accesslog.h"
 #include "proxy/client.h"
 #include "proxy/errresp.h"
-#include "proxy/router.h"
+#include "conf/router.h"
 #include "proxy/server.h"
 #include "policy/backoff.h"
 #include "policy/retry.h"

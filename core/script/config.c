@@ -22,6 +22,7 @@
 
 #include "base/log.h"
 #include "base/method.h"
+#include "conf/router.h"
 #include "script/hooks.h"
 #include "script/patcost.h"
 
@@ -462,6 +463,7 @@ static void config_free(struct lv_config *c)
     free(c->upstreams);
     for (size_t i = 0; i < c->nroutes; i++)
         route_free(&c->routes[i]);
+    lv_router_free(c->router); /* before the routes: it points into their strings */
     free(c->routes);
     if (c->L)
         state_close(c->L);
@@ -1092,6 +1094,7 @@ static struct lv_config *run(const char *fn, const char *const *args, int nargs,
         c->L = L;
         a->limit = LV__CONFIG_LUA_MEM_LIMIT; /* the hooks' state-wide cap from now on */
     }
+    c->router = lv_router_build(c->routes, c->nroutes); /* off the serving loop */
     c->loaded_at = unix_now();
     return c;
 }

@@ -20,6 +20,7 @@
 #include "base/buf.h"
 
 struct lua_State;
+struct lv_router; /* conf/router.h */
 
 struct lv_hostport {
     char *host; /* as written: a literal address or a DNS name */
@@ -198,6 +199,8 @@ struct lv_config {
     uint64_t generation; /* set by the server when it installs this config */
     double loaded_at;    /* unix time */
     int refs;
+
+    struct lv_router *router; /* route index (conf/router.h), built at load, freed with it */
 };
 
 /* Limits of one load (README "Reload"): the file's code and validation run at most
