@@ -395,17 +395,21 @@ void lv_metric_observe(struct lv_metric *s, double v)
 
 double lv_metric_value(const struct lv_metric *s)
 {
+    if (!s)
+        return 0;
     return s->fam->type == LV_METRIC_HISTOGRAM ? (double)s->count : s->value;
 }
 
 double lv_metric_sum(const struct lv_metric *s)
 {
+    if (!s)
+        return 0;
     return s->fam->type == LV_METRIC_HISTOGRAM ? s->value : 0;
 }
 
 uint64_t lv_metric_bucket(const struct lv_metric *s, size_t i)
 {
-    if (s->fam->type != LV_METRIC_HISTOGRAM || i > s->fam->nbuckets)
+    if (!s || s->fam->type != LV_METRIC_HISTOGRAM || i > s->fam->nbuckets)
         return 0;
     return s->buckets[i];
 }
