@@ -461,9 +461,9 @@ static void config_free(struct lv_config *c)
     for (size_t i = 0; i < c->nupstreams; i++)
         upstream_free(&c->upstreams[i]);
     free(c->upstreams);
+    lv_router_free(c->router); /* before the routes: it points into their strings */
     for (size_t i = 0; i < c->nroutes; i++)
         route_free(&c->routes[i]);
-    lv_router_free(c->router); /* before the routes: it points into their strings */
     free(c->routes);
     if (c->L)
         state_close(c->L);
