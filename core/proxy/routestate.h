@@ -4,10 +4,11 @@
  * route's metric series (README "Metrics").
  *
  * Lean by design, since a configuration may hold thousands of routes: a route that serves
- * nothing holds its name, its budget window and the three series every route shows from the
- * start (duration, retries, budget exhausted). Series by status code or attempt outcome are
- * made on first use and kept in small sorted arrays; breaker and idempotency series are made
- * when a configuration turns those features on for the route (they are shown only then).
+ * nothing holds this struct (about 1 KiB, its budget and breaker windows included) and the
+ * three series every route shows from the start (duration, retries, budget exhausted). Series
+ * by status code or attempt outcome are made on first use and kept in small sorted arrays;
+ * breaker and idempotency series are made when a configuration turns those features on for
+ * the route (they are shown only then).
  */
 #ifndef LV_ROUTESTATE_H
 #define LV_ROUTESTATE_H
