@@ -200,11 +200,8 @@ void lv_admin_status_json(struct lv_server *s, struct lv_buf *b)
                       (unsigned long long)bavail);
         /* Counters for the dashboard (README "Admin API"): answers by status class, retries,
          * and the levee_request_duration_seconds buckets (each alone, +Inf last). */
-        uint64_t cls[6] = {0};
-        for (int c = 1; c < 6; c++)
-            for (int k = 0; k < 100; k++)
-                if (rs->by_code[c][k])
-                    cls[c] += (uint64_t)lv_metric_value(rs->by_code[c][k]);
+        uint64_t cls[6];
+        lv_route_state_by_class(rs, cls);
         lv_buf_printf(b,
                       ",\"by_class\":{\"1xx\":%llu,\"2xx\":%llu,\"3xx\":%llu,\"4xx\":%llu,"
                       "\"5xx\":%llu},\"retries\":%llu,\"budget_exhausted\":%llu,"

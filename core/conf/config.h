@@ -19,6 +19,7 @@
 
 /* The route hooks' runtime, defined by the script layer (script/hooks.c). */
 struct lv_config_hooks;
+struct lv_router; /* conf/router.h */
 
 struct lv_hostport {
     char *host; /* as written: a literal address or a DNS name */
@@ -200,6 +201,8 @@ struct lv_config {
     uint64_t generation; /* set by the server when it installs this config */
     double loaded_at;    /* unix time */
     int refs;
+
+    struct lv_router *router; /* route index (conf/router.h), built at load, freed with it */
 };
 
 /** A generation with no content and one reference (the caller's), for the loader to fill. */

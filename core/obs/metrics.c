@@ -16,8 +16,9 @@ struct lv_metric {
     struct lv_metric_family *fam;
     uint64_t hash;
     int hidden;
-    char **values; /* fam->nlabels copies */
-    char *labels;  /* pre-rendered `a="x",b="y"` with values escaped; "" without labels */
+    char **values; /* fam->nlabels copies (in the series' own block) */
+    char *labels;  /* in the same block; pre-rendered `a="x",b="y"` with values escaped; "" without
+                      labels */
     size_t labels_len;
     uint64_t buckets[]; /* histogram: fam->nbuckets finite buckets, then the +Inf overflow */
 };
@@ -162,26 +163,41 @@ static void table_grow(struct lv_metric_family *f)
         table_insert(f, f->series[i]);
 }
 
+/* One allocation per series (a route may have thousands): the struct, its buckets, the value
+ * pointers, the values and the rendered labels. */
 static struct lv_metric *series_create(struct lv_metric_family *f, const char *const *values,
                                        uint64_t hash)
 {
     size_t nb = f->type == LV_METRIC_HISTOGRAM ? f->nbuckets + 1 : 0;
-    struct lv_metric *s = lv_xcalloc(1, sizeof(*s) + nb * sizeof(uint64_t));
-    s->fam = f;
-    s->hash = hash;
-    s->values = lv_xcalloc(f->nlabels ? f->nlabels : 1, sizeof(char *));
     struct lv_buf lb = LV_BUF_INIT;
+    size_t vbytes = 0;
     for (size_t i = 0; i < f->nlabels; i++) {
-        s->values[i] = lv_xstrdup(values && values[i] ? values[i] : "");
+        const char *v = values && values[i] ? values[i] : "";
+        vbytes += strlen(v) + 1;
         if (i)
             lv_buf_putc(&lb, ',');
         lv_buf_puts(&lb, f->label_names[i]);
         lv_buf_append(&lb, "=\"", 2);
-        put_escaped(&lb, s->values[i], 1);
+        put_escaped(&lb, v, 1);
         lv_buf_putc(&lb, '"');
     }
+    size_t head = sizeof(struct lv_metric) + nb * sizeof(uint64_t);
+    size_t ptrs = f->nlabels * sizeof(char *);
+    struct lv_metric *s = lv_xcalloc(1, head + ptrs + vbytes + lb.len + 1);
+    s->fam = f;
+    s->hash = hash;
+    s->values = (char **)((char *)s + head);
+    char *text = (char *)s + head + ptrs;
+    for (size_t i = 0; i < f->nlabels; i++) {
+        const char *v = values && values[i] ? values[i] : "";
+        size_t n = strlen(v) + 1;
+        s->values[i] = memcpy(text, v, n);
+        text += n;
+    }
+    s->labels = text;
     s->labels_len = lb.len;
-    s->labels = lv_xstrndup(lb.data ? lb.data : "", lb.len);
+    if (lb.len)
+        memcpy(text, lb.data, lb.len);
     lv_buf_dispose(&lb);
 
     if (f->nseries == f->series_cap) {
@@ -206,11 +222,7 @@ static void family_free(struct lv_metric_family *f)
 {
     for (size_t i = 0; i < f->nseries; i++) {
         struct lv_metric *s = f->series[i];
-        for (size_t j = 0; j < f->nlabels; j++)
-            free(s->values[j]);
-        free(s->values);
-        free(s->labels);
-        free(s);
+        free(s); /* values and labels live in the same block */
     }
     for (size_t i = 0; i < f->nlabels; i++)
         free(f->label_names[i]);
@@ -395,17 +407,21 @@ void lv_metric_observe(struct lv_metric *s, double v)
 
 double lv_metric_value(const struct lv_metric *s)
 {
+    if (!s)
+        return 0;
     return s->fam->type == LV_METRIC_HISTOGRAM ? (double)s->count : s->value;
 }
 
 double lv_metric_sum(const struct lv_metric *s)
 {
+    if (!s)
+        return 0;
     return s->fam->type == LV_METRIC_HISTOGRAM ? s->value : 0;
 }
 
 uint64_t lv_metric_bucket(const struct lv_metric *s, size_t i)
 {
-    if (s->fam->type != LV_METRIC_HISTOGRAM || i > s->fam->nbuckets)
+    if (!s || s->fam->type != LV_METRIC_HISTOGRAM || i > s->fam->nbuckets)
         return 0;
     return s->buckets[i];
 }

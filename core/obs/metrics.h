@@ -82,6 +82,8 @@ void lv_metric_set(struct lv_metric *s, double v);
 /** Records one observation in a histogram (NaN is ignored). Aborts on another type. */
 void lv_metric_observe(struct lv_metric *s, double v);
 
+/* The readers below take NULL as a series not made yet (made on first use) and read 0. */
+
 /** The current value of a counter or gauge; for a histogram, the number of observations. */
 double lv_metric_value(const struct lv_metric *s);
 

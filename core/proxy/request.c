@@ -10,7 +10,7 @@
 #include "http/fields.h"
 #include "http/reqhead.h"
 #include "obs/accesslog.h"
-#include "proxy/router.h"
+#include "conf/router.h"
 #include "proxy/server.h"
 #include "script/hooks.h"
 

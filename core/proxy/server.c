@@ -240,168 +240,32 @@ void lv_server_upstream_unuse(struct lv_server *s, struct lv_upstream *up)
     lv_upstream_destroy(up);
 }
 
-static void route_state_free(struct lv_server *s, size_t i)
-{
-    struct lv_route_state *rs = s->routes[i];
-    s->routes[i] = s->routes[--s->nroutes];
-    /* Its series leave /metrics (they come back, with their values, if the name returns). */
-    struct lv_metric_family *fams[] = {
-        s->m_requests,        s->m_duration,          s->m_retries,     s->m_budget_exhausted,
-        s->m_attempts,        s->m_breaker_state,     s->m_fallbacks,   s->m_breaker_rejected,
-        s->m_hook_errors,     s->m_idem_replays,      s->m_idem_stored, s->m_idem_conflicts,
-        s->m_idem_mismatches, s->m_idem_store_errors, s->m_idem_entries};
-    for (size_t k = 0; k < sizeof(fams) / sizeof(fams[0]); k++)
-        lv_metric_family_remove(fams[k], "route", rs->name);
-    if (rs->idem)
-        lv_idem_destroy(rs->idem);
-    free(rs->idem_sig);
-    free(rs->name);
-    free(rs);
-}
-
 void lv_server_route_use(struct lv_server *s, struct lv_route_state *rs)
 {
     (void)s;
-    rs->users++;
+    lv_route_state_use(rs);
 }
 
 void lv_server_route_unuse(struct lv_server *s, struct lv_route_state *rs)
 {
-    if (--rs->users > 0 || rs->in_config)
-        return;
-    for (size_t i = 0; i < s->nroutes; i++) {
-        if (s->routes[i] == rs) {
-            route_state_free(s, i);
-            return;
-        }
-    }
+    lv_route_state_unuse(&s->routes, rs);
 }
 
 struct lv_route_state *lv_server_route_state(struct lv_server *s, const char *name)
 {
-    for (size_t i = 0; i < s->nroutes; i++)
-        if (strcmp(s->routes[i]->name, name) == 0)
-            return s->routes[i];
-    struct lv_route_state *rs = lv_xcalloc(1, sizeof(*rs));
-    rs->name = lv_xstrdup(name);
-    const char *lv[] = {name, NULL};
-    rs->duration = lv_metric_series(s->m_duration, lv);
-    rs->retries = lv_metric_series(s->m_retries, lv);
-    rs->budget_exhausted = lv_metric_series(s->m_budget_exhausted, lv);
-    rs->fallbacks = lv_metric_series(s->m_fallbacks, lv);
-    rs->breaker_rejected = lv_metric_series(s->m_breaker_rejected, lv);
-    rs->idem_replays = lv_metric_series(s->m_idem_replays, lv);
-    rs->idem_stored = lv_metric_series(s->m_idem_stored, lv);
-    rs->idem_conflicts = lv_metric_series(s->m_idem_conflicts, lv);
-    rs->idem_mismatches = lv_metric_series(s->m_idem_mismatches, lv);
-    rs->idem_store_errors = lv_metric_series(s->m_idem_store_errors, lv);
-    s->routes = lv_xrealloc(s->routes, (s->nroutes + 1) * sizeof(*s->routes));
-    s->routes[s->nroutes++] = rs;
-    return rs;
+    return lv_route_states_get(&s->routes, name);
 }
 
 void lv_server_count_attempt(struct lv_server *s, struct lv_route_state *rs, int kind, int status)
 {
-    struct lv_metric **slot;
-    char name[16];
-    if (kind == LV_OUT_STATUS) {
-        if (status < 100 || status > 599)
-            return;
-        slot = &rs->att_by_code[status / 100][status % 100];
-        snprintf(name, sizeof(name), "%d", status);
-    } else {
-        if (kind < 0 || kind >= 8)
-            return;
-        slot = &rs->att_by_error[kind];
-        snprintf(name, sizeof(name), "%s", lv_outcome_name((enum lv_outcome_kind)kind));
-    }
-    if (!*slot) {
-        const char *lv[] = {rs->name, name, NULL};
-        *slot = lv_metric_series(s->m_attempts, lv);
-    }
-    lv_metric_add(*slot, 1);
-}
-
-/* New thresholds apply at once; counts and breaker state carry over (README, "Resilience
- * policies"). */
-static void route_state_configure(struct lv_server *s, struct lv_route_state *rs,
-                                  const struct lv_route_cfg *r)
-{
-    uint64_t now = uv_now(s->loop);
-    const struct lv_retry_cfg *rc = &r->retry;
-    if (!rs->policy_ready)
-        lv_budget_init(&rs->budget, rc->budget_ratio, rc->budget_min_per_second,
-                       rc->budget_window_ms, now);
-    else
-        lv_budget_configure(&rs->budget, rc->budget_ratio, rc->budget_min_per_second,
-                            rc->budget_window_ms, now);
-    const struct lv_breaker_cfg *bc = &r->breaker;
-    struct lv_breaker_params p = {
-        .failure_ratio = bc->failure_ratio,
-        .min_requests = bc->min_requests,
-        .window_ms = bc->window_ms,
-        .consecutive_failures = bc->consecutive_failures,
-        .open_for_ms = bc->open_for_ms,
-        .max_open_for_ms = bc->max_open_for_ms,
-        .half_open_requests = bc->half_open_requests,
-        .slow_call_ms = bc->slow_call_ms,
-        .slow_call_ratio = bc->slow_call_ratio,
-    };
-    if (bc->enabled && (!rs->policy_ready || !rs->breaker_enabled))
-        lv_breaker_init(&rs->breaker, &p, now);
-    else if (bc->enabled)
-        lv_breaker_configure(&rs->breaker, &p, now);
-    rs->breaker_enabled = bc->enabled;
-    rs->policy_ready = true;
-
-    /* The idempotency store lives as long as its settings: a reload that keeps them keeps the
-     * keys (and the locks of requests in flight). */
-    const struct lv_idem_cfg *ic = &r->idempotency;
-    char sig[512] = "";
-    if (ic->enabled) {
-        if (ic->store == LV_IDEM_STORE_REDIS)
-            snprintf(sig, sizeof(sig), "redis %s:%u %s", ic->redis.host, ic->redis.port,
-                     ic->redis_prefix ? ic->redis_prefix : "levee:");
-        else
-            snprintf(sig, sizeof(sig), "memory %zu", ic->max_memory);
-    }
-    if (rs->idem && (!ic->enabled || !rs->idem_sig || strcmp(rs->idem_sig, sig) != 0)) {
-        s->old_stores = lv_xrealloc(s->old_stores, (s->nold_stores + 1) * sizeof(*s->old_stores));
-        s->old_stores[s->nold_stores++] = rs->idem;
-        rs->idem = NULL;
-    }
-    if (ic->enabled && !rs->idem) {
-        if (ic->store == LV_IDEM_STORE_REDIS) {
-            char prefix[300];
-            /* keys are namespaced by route: one key means one thing per route */
-            snprintf(prefix, sizeof(prefix),
-                     "%s%s:", ic->redis_prefix ? ic->redis_prefix : "levee:", rs->name);
-            rs->idem = lv_idem_redis_create(s->loop, ic->redis.host, ic->redis.port, prefix, NULL);
-        } else {
-            rs->idem = lv_idem_memory_create(s->loop, ic->max_memory);
-        }
-    }
-    free(rs->idem_sig);
-    rs->idem_sig = lv_xstrdup(sig);
+    lv_route_state_count_attempt(&s->routes, rs, kind, status);
 }
 
 void lv_server_count_request(struct lv_server *s, struct lv_route_state *rs, int status,
                              double seconds)
 {
-    if (!rs)
-        return;
-    rs->requests++;
-    if (status >= 100 && status <= 599) {
-        struct lv_metric **slot = &rs->by_code[status / 100][status % 100];
-        if (!*slot) {
-            char code[8];
-            snprintf(code, sizeof(code), "%d", status);
-            const char *lv[] = {rs->name, code, NULL};
-            *slot = lv_metric_series(s->m_requests, lv);
-        }
-        lv_metric_add(*slot, 1);
-    }
-    lv_metric_observe(rs->duration, seconds);
+    if (rs)
+        lv_route_state_count_request(&s->routes, rs, status, seconds);
 }
 
 /* ---- metrics computed at render time */
@@ -412,36 +276,8 @@ static void render_gauges(struct lv_metrics *m, void *arg)
     lv_metric_set(lv_metric_series(s->m_generation, NULL), (double)s->generation);
     lv_metric_set(lv_metric_series(s->m_clients, NULL), (double)s->nclients);
     uint64_t now = uv_now(s->loop);
-    for (size_t i = 0; i < s->cfg->nroutes; i++) {
-        struct lv_route_state *rs = lv_server_route_state(s, s->cfg->routes[i].name);
-        const char *lv[] = {rs->name, NULL};
-        /* Breaker and idempotency series only for routes that have them (README "Metrics"):
-         * lv_metric_series() shows them again, with their counts, when a reload turns one on. */
-        struct lv_metric_family *bf[] = {s->m_breaker_state, s->m_breaker_rejected, s->m_fallbacks};
-        for (size_t k = 0; k < sizeof(bf) / sizeof(bf[0]); k++)
-            if (rs->breaker_enabled)
-                lv_metric_series(bf[k], lv);
-            else
-                lv_metric_family_remove(bf[k], "route", rs->name);
-        if (rs->breaker_enabled) {
-            struct lv_breaker_stats st = {0};
-            lv_breaker_stats(&rs->breaker, now, &st);
-            lv_metric_set(lv_metric_series(s->m_breaker_state, lv), (double)st.state);
-        }
-        struct lv_metric_family *idf[] = {s->m_idem_replays,      s->m_idem_stored,
-                                          s->m_idem_conflicts,    s->m_idem_mismatches,
-                                          s->m_idem_store_errors, s->m_idem_entries};
-        for (size_t k = 0; k < sizeof(idf) / sizeof(idf[0]); k++)
-            if (rs->idem)
-                lv_metric_series(idf[k], lv);
-            else
-                lv_metric_family_remove(idf[k], "route", rs->name);
-        if (rs->idem) {
-            struct lv_idem_stats is;
-            lv_idem_stats(rs->idem, &is);
-            lv_metric_set(lv_metric_series(s->m_idem_entries, lv), (double)is.entries);
-        }
-    }
+    for (size_t i = 0; i < s->cfg->nroutes; i++)
+        lv_route_state_publish(&s->routes, lv_server_route_state(s, s->cfg->routes[i].name), now);
     for (size_t i = 0; i < s->nupstreams; i++) {
         uint32_t active, idle;
         lv_upstream_counts(s->upstreams[i], &active, &idle);
@@ -524,6 +360,23 @@ static void metrics_setup(struct lv_server *s)
     s->m_idem_entries =
         lv_metrics_family(m, "levee_idempotency_store_entries", "Keys held by the route's store.",
                           LV_METRIC_GAUGE, L_ROUTE, NULL, 0);
+    s->routes.fam = (struct lv_route_families){
+        .requests = s->m_requests,
+        .duration = s->m_duration,
+        .retries = s->m_retries,
+        .budget_exhausted = s->m_budget_exhausted,
+        .attempts = s->m_attempts,
+        .breaker_state = s->m_breaker_state,
+        .fallbacks = s->m_fallbacks,
+        .breaker_rejected = s->m_breaker_rejected,
+        .hook_errors = s->m_hook_errors,
+        .idem_replays = s->m_idem_replays,
+        .idem_stored = s->m_idem_stored,
+        .idem_conflicts = s->m_idem_conflicts,
+        .idem_mismatches = s->m_idem_mismatches,
+        .idem_store_errors = s->m_idem_store_errors,
+        .idem_entries = s->m_idem_entries,
+    };
     s->m_reloads =
         lv_metrics_family(m, "levee_config_reloads_total", "Configuration reloads, by result.",
                           LV_METRIC_COUNTER, L_RESULT, NULL, 0);
@@ -1099,12 +952,7 @@ static void stop_loop_handles(struct lv_server *s)
     for (size_t i = 0; i < s->nretired; i++)
         lv_upstream_destroy(s->retired[i]);
     s->nretired = 0;
-    for (size_t i = 0; i < s->nroutes; i++) {
-        if (s->routes[i]->idem) {
-            lv_idem_destroy(s->routes[i]->idem);
-            s->routes[i]->idem = NULL;
-        }
-    }
+    lv_route_states_close_stores(&s->routes);
     for (size_t i = 0; i < s->nold_stores; i++)
         lv_idem_destroy(s->old_stores[i]);
     s->nold_stores = 0;
@@ -1206,17 +1054,19 @@ static void install_config(struct lv_server *s, struct lv_config *cfg, struct lv
     struct lv_config *old = s->cfg;
     s->cfg = cfg;
     sync_upstreams(s, cfg);
-    for (size_t i = 0; i < s->nroutes; i++)
-        s->routes[i]->in_config = false;
+    lv_route_states_begin_install(&s->routes);
     for (size_t i = 0; i < cfg->nroutes; i++) {
         struct lv_route_state *rs = lv_server_route_state(s, cfg->routes[i].name);
-        rs->in_config = true;
-        route_state_configure(s, rs, &cfg->routes[i]);
+        struct lv_idem *replaced =
+            lv_route_state_configure(&s->routes, rs, &cfg->routes[i], s->loop);
+        if (replaced) {
+            s->old_stores =
+                lv_xrealloc(s->old_stores, (s->nold_stores + 1) * sizeof(*s->old_stores));
+            s->old_stores[s->nold_stores++] = replaced;
+        }
     }
     /* A route that disappeared keeps its state only while requests still use it. */
-    for (size_t i = s->nroutes; i-- > 0;)
-        if (!s->routes[i]->in_config && s->routes[i]->users == 0)
-            route_state_free(s, i);
+    lv_route_states_prune(&s->routes);
     commit_prepared(s, cfg, p);
     if (s->config_path)
         watches_start(s, cfg);
@@ -1329,13 +1179,8 @@ void lv_server_reload_cancel(struct lv_server *s, void *arg)
 
 void lv_server_free(struct lv_server *s)
 {
-    for (size_t i = 0; i < s->nroutes; i++) {
-        free(s->routes[i]->name);
-        free(s->routes[i]->idem_sig);
-        free(s->routes[i]);
-    }
+    lv_route_states_dispose(&s->routes);
     free(s->old_stores);
-    free(s->routes);
     free(s->upstreams); /* each upstream freed itself when its handles closed */
     free(s->retired);
     free(s->listeners);

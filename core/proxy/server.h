@@ -18,6 +18,7 @@
 #include "obs/metrics.h"
 #include "policy/breaker.h"
 #include "policy/budget.h"
+#include "proxy/routestate.h"
 #include "script/config.h"
 #include "script/hooks.h"
 #include "store/idem.h"
@@ -33,37 +34,6 @@ struct lv_reload_waiter;
  * errors ("FILE:LINE: ...\n" lines; not NUL-terminated). */
 typedef void (*lv_reload_cb)(void *arg, int rc, uint64_t generation, const char *errors,
                              size_t len);
-
-/* Per-route state that outlives a configuration generation (kept by route name). */
-struct lv_route_state {
-    char *name;
-    int refs;                           /* generations that have a route with this name */
-    struct lv_metric *duration;         /* levee_request_duration_seconds{route} */
-    struct lv_metric *by_code[6][100];  /* levee_requests_total{route,code}, lazily */
-    struct lv_metric *retries;          /* levee_retries_total{route} */
-    struct lv_metric *budget_exhausted; /* levee_retry_budget_exhausted_total{route} */
-    struct lv_metric
-        *att_by_code[6][100]; /* levee_upstream_attempts_total{route,outcome}, lazily */
-    struct lv_metric *att_by_error[8];
-    struct lv_metric *fallbacks;        /* levee_fallbacks_total{route} */
-    struct lv_metric *breaker_rejected; /* levee_breaker_rejected_total{route} */
-    /* levee_hook_errors_total{route,hook,kind}: hook classify/fallback/key × kind, lazily */
-    struct lv_metric *hook_errors[3][LV_HOOK_FAILURE_KINDS];
-    uint64_t requests, errors;
-    uint32_t users; /* requests using this state now */
-    bool in_config; /* the configuration in force has a route with this name */
-    /* Resilience state, kept by route name across reloads; thresholds follow the newest config. */
-    struct lv_budget budget;
-    struct lv_breaker breaker;
-    bool breaker_enabled;
-    bool policy_ready;
-    uint64_t hook_log_at; /* rate limit for hook error log lines */
-    /* idempotency: the route's store (kept across reloads while its settings are unchanged) */
-    struct lv_idem *idem;
-    char *idem_sig; /* the settings the store was made with */
-    struct lv_metric *idem_replays, *idem_stored, *idem_conflicts, *idem_mismatches,
-        *idem_store_errors;
-};
 
 struct lv_listener {
     uv_tcp_t tcp;
@@ -92,8 +62,7 @@ struct lv_server {
     size_t nretired;
     struct lv_idem **old_stores; /* idempotency stores replaced by a reload (freed at exit) */
     size_t nold_stores;
-    struct lv_route_state **routes; /* route state registry, by name */
-    size_t nroutes;
+    struct lv_route_states routes; /* route state registry, by name (proxy/routestate.h) */
 
     struct lv_metrics *metrics;
     struct lv_metric_family *m_requests, *m_duration, *m_retries, *m_budget_exhausted, *m_reloads,

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "base/log.h"
+#include "conf/router.h"
 #include "script/guards.h"
 #include "script/hooks.h"
 #include "script/runtime.h"
@@ -292,6 +293,7 @@ static struct lv_config *run(const char *fn, const char *const *args, int nargs,
             return NULL;
         }
     }
+    c->router = lv_router_build(c->routes, c->nroutes); /* off the serving loop */
     c->loaded_at = unix_now();
     return c;
 }

@@ -402,6 +402,49 @@ static void valid_family(void)
     lv_metrics_destroy(m);
 }
 
+/* A series the caller has not made yet (made on first use) reads as zero. */
+T_TEST(unmade_series_read_zero)
+{
+    T_CHECK(lv_metric_value(NULL) == 0);
+    T_CHECK(lv_metric_sum(NULL) == 0);
+    T_CHECK_INT(lv_metric_bucket(NULL, 0), 0);
+    T_CHECK_INT(lv_metric_bucket(NULL, LV_METRIC_DEFAULT_NBUCKETS), 0);
+}
+
+/* Values and labels of every length, histogram buckets beside them: the series keeps its own
+ * copies (one block per series) and renders them. */
+T_TEST(series_keep_their_labels)
+{
+    struct lv_metrics *m = lv_metrics_create();
+    struct lv_metric_family *h =
+        lv_metrics_family(m, "lat_seconds", "h", LV_METRIC_HISTOGRAM, route_code, NULL, 0);
+    char longv[300];
+    memset(longv, 'v', sizeof(longv) - 1);
+    longv[sizeof(longv) - 1] = '\0';
+    char buf[16];
+    snprintf(buf, sizeof(buf), "%s", "a\"b");
+    struct lv_metric *a = lv_metric_series(h, (const char *[]){buf, ""});
+    struct lv_metric *b = lv_metric_series(h, (const char *[]){longv, "x"});
+    strcpy(buf, "zz"); /* the caller's strings are not kept */
+    lv_metric_observe(a, 0.003);
+    lv_metric_observe(b, 20);
+    T_CHECK(lv_metric_series(h, (const char *[]){"a\"b", ""}) == a);
+    T_CHECK(lv_metric_series(h, (const char *[]){longv, "x"}) == b);
+    T_CHECK_INT(lv_metric_bucket(a, 2), 1);
+    T_CHECK_INT(lv_metric_bucket(b, LV_METRIC_DEFAULT_NBUCKETS), 1);
+    char *out = render(m);
+    T_CHECK(strstr(out, "lat_seconds_bucket{route=\"a\\\"b\",code=\"\",le=\"0.005\"} 1\n") != NULL);
+    char want[400];
+    snprintf(want, sizeof(want), "lat_seconds_count{route=\"%s\",code=\"x\"} 1\n", longv);
+    T_CHECK(strstr(out, want) != NULL);
+    free(out);
+    lv_metric_family_remove(h, "route", longv);
+    out = render(m);
+    T_CHECK(strstr(out, want) == NULL);
+    free(out);
+    lv_metrics_destroy(m);
+}
+
 T_TEST(programming_errors_abort)
 {
     T_CHECK(aborts(bad_name));
@@ -429,6 +472,8 @@ int main(void)
     T_RUN(remove_hides_and_revives);
     T_RUN(reregister_returns_same_family);
     T_RUN(series_pointers_stable);
+    T_RUN(unmade_series_read_zero);
+    T_RUN(series_keep_their_labels);
     T_RUN(programming_errors_abort);
     T_DONE();
 }

@@ -1,0 +1,320 @@
+#include "proxy/routestate.h"
+
+#include <assert.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/buf.h"
+#include "policy/outcome.h"
+
+/* ---- series made on first use */
+
+/* The series under `key`, made with `labels` when missing; the array stays sorted by key. */
+static struct lv_metric *keyed_get(struct lv_keyed_series *ks, int key,
+                                   struct lv_metric_family *fam, const char *const *labels)
+{
+    uint32_t lo = 0, hi = ks->n;
+    while (lo < hi) {
+        uint32_t mid = (lo + hi) / 2;
+        if (ks->v[mid].key == key)
+            return ks->v[mid].m;
+        if (ks->v[mid].key < key)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (ks->n == ks->cap) {
+        ks->cap = ks->cap ? ks->cap * 2 : 2;
+        ks->v = lv_xrealloc(ks->v, ks->cap * sizeof(*ks->v));
+    }
+    memmove(&ks->v[lo + 1], &ks->v[lo], (ks->n - lo) * sizeof(*ks->v));
+    ks->v[lo].key = key;
+    ks->v[lo].m = lv_metric_series(fam, labels);
+    ks->n++;
+    return ks->v[lo].m;
+}
+
+/* ---- the registry, by name */
+
+static uint64_t name_hash(const char *s)
+{
+    uint64_t h = 14695981039346656037ull; /* FNV-1a */
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+static void table_insert(struct lv_route_states *reg, struct lv_route_state *rs)
+{
+    size_t mask = reg->cap - 1, i = (size_t)name_hash(rs->name) & mask;
+    while (reg->table[i])
+        i = (i + 1) & mask;
+    reg->table[i] = rs;
+}
+
+/* Rebuilt after a growth or a removal (removals come from reloads, not from requests). */
+static void table_rebuild(struct lv_route_states *reg, size_t cap)
+{
+    free(reg->table);
+    reg->table = lv_xcalloc(cap, sizeof(*reg->table));
+    reg->cap = cap;
+    for (size_t i = 0; i < reg->n; i++)
+        table_insert(reg, reg->all[i]);
+}
+
+struct lv_route_state *lv_route_states_get(struct lv_route_states *reg, const char *name)
+{
+    if (reg->cap) {
+        size_t mask = reg->cap - 1;
+        for (size_t i = (size_t)name_hash(name) & mask; reg->table[i]; i = (i + 1) & mask)
+            if (strcmp(reg->table[i]->name, name) == 0)
+                return reg->table[i];
+    }
+    struct lv_route_state *rs = lv_xcalloc(1, sizeof(*rs));
+    rs->name = lv_xstrdup(name);
+    const char *lv[] = {name, NULL};
+    rs->duration = lv_metric_series(reg->fam.duration, lv);
+    rs->retries = lv_metric_series(reg->fam.retries, lv);
+    rs->budget_exhausted = lv_metric_series(reg->fam.budget_exhausted, lv);
+    reg->all = lv_xrealloc(reg->all, (reg->n + 1) * sizeof(*reg->all));
+    reg->all[reg->n++] = rs;
+    if (reg->n * 2 > reg->cap)
+        table_rebuild(reg, reg->cap ? reg->cap * 2 : 16);
+    else
+        table_insert(reg, rs);
+    return rs;
+}
+
+static void state_free(struct lv_route_states *reg, size_t i)
+{
+    struct lv_route_state *rs = reg->all[i];
+    reg->all[i] = reg->all[--reg->n];
+    table_rebuild(reg, reg->cap);
+    /* Its series leave /metrics (they come back, with their values, if the name returns). */
+    const struct lv_route_families *f = &reg->fam;
+    struct lv_metric_family *fams[] = {f->requests,         f->duration,          f->retries,
+                                       f->budget_exhausted, f->attempts,          f->breaker_state,
+                                       f->fallbacks,        f->breaker_rejected,  f->hook_errors,
+                                       f->idem_replays,     f->idem_stored,       f->idem_conflicts,
+                                       f->idem_mismatches,  f->idem_store_errors, f->idem_entries};
+    for (size_t k = 0; k < sizeof(fams) / sizeof(fams[0]); k++)
+        lv_metric_family_remove(fams[k], "route", rs->name);
+    if (rs->idem)
+        lv_idem_destroy(rs->idem);
+    free(rs->by_code.v);
+    free(rs->attempts.v);
+    free(rs->idem_sig);
+    free(rs->name);
+    free(rs);
+}
+
+void lv_route_states_begin_install(struct lv_route_states *reg)
+{
+    for (size_t i = 0; i < reg->n; i++)
+        reg->all[i]->in_config = false;
+}
+
+void lv_route_states_prune(struct lv_route_states *reg)
+{
+    for (size_t i = reg->n; i-- > 0;)
+        if (!reg->all[i]->in_config && reg->all[i]->users == 0)
+            state_free(reg, i);
+}
+
+void lv_route_state_use(struct lv_route_state *rs)
+{
+    rs->users++;
+}
+
+void lv_route_state_unuse(struct lv_route_states *reg, struct lv_route_state *rs)
+{
+    assert(rs->users > 0);
+    if (--rs->users > 0 || rs->in_config)
+        return;
+    for (size_t i = 0; i < reg->n; i++) {
+        if (reg->all[i] == rs) {
+            state_free(reg, i);
+            return;
+        }
+    }
+}
+
+/* ---- configuration */
+
+struct lv_idem *lv_route_state_configure(struct lv_route_states *reg, struct lv_route_state *rs,
+                                         const struct lv_route_cfg *r, uv_loop_t *loop)
+{
+    rs->in_config = true;
+    uint64_t now = uv_now(loop);
+    const struct lv_retry_cfg *rc = &r->retry;
+    if (!rs->policy_ready)
+        lv_budget_init(&rs->budget, rc->budget_ratio, rc->budget_min_per_second,
+                       rc->budget_window_ms, now);
+    else
+        lv_budget_configure(&rs->budget, rc->budget_ratio, rc->budget_min_per_second,
+                            rc->budget_window_ms, now);
+    const struct lv_breaker_cfg *bc = &r->breaker;
+    struct lv_breaker_params p = {
+        .failure_ratio = bc->failure_ratio,
+        .min_requests = bc->min_requests,
+        .window_ms = bc->window_ms,
+        .consecutive_failures = bc->consecutive_failures,
+        .open_for_ms = bc->open_for_ms,
+        .max_open_for_ms = bc->max_open_for_ms,
+        .half_open_requests = bc->half_open_requests,
+        .slow_call_ms = bc->slow_call_ms,
+        .slow_call_ratio = bc->slow_call_ratio,
+    };
+    if (bc->enabled && (!rs->policy_ready || !rs->breaker_enabled))
+        lv_breaker_init(&rs->breaker, &p, now);
+    else if (bc->enabled)
+        lv_breaker_configure(&rs->breaker, &p, now);
+    rs->breaker_enabled = bc->enabled;
+    rs->policy_ready = true;
+    const char *lv[] = {rs->name, NULL};
+    if (bc->enabled && !rs->breaker_rejected) {
+        rs->fallbacks = lv_metric_series(reg->fam.fallbacks, lv);
+        rs->breaker_rejected = lv_metric_series(reg->fam.breaker_rejected, lv);
+    }
+
+    /* The idempotency store lives as long as its settings: a reload that keeps them keeps the
+     * keys (and the locks of requests in flight). */
+    const struct lv_idem_cfg *ic = &r->idempotency;
+    struct lv_idem *replaced = NULL;
+    char sig[512] = "";
+    if (ic->enabled) {
+        if (ic->store == LV_IDEM_STORE_REDIS)
+            snprintf(sig, sizeof(sig), "redis %s:%u %s", ic->redis.host, ic->redis.port,
+                     ic->redis_prefix ? ic->redis_prefix : "levee:");
+        else
+            snprintf(sig, sizeof(sig), "memory %zu", ic->max_memory);
+    }
+    if (rs->idem && (!ic->enabled || !rs->idem_sig || strcmp(rs->idem_sig, sig) != 0)) {
+        replaced = rs->idem;
+        rs->idem = NULL;
+    }
+    if (ic->enabled && !rs->idem) {
+        if (ic->store == LV_IDEM_STORE_REDIS) {
+            char prefix[300];
+            /* keys are namespaced by route: one key means one thing per route */
+            snprintf(prefix, sizeof(prefix),
+                     "%s%s:", ic->redis_prefix ? ic->redis_prefix : "levee:", rs->name);
+            rs->idem = lv_idem_redis_create(loop, ic->redis.host, ic->redis.port, prefix, NULL);
+        } else {
+            rs->idem = lv_idem_memory_create(loop, ic->max_memory);
+        }
+    }
+    if (ic->enabled && !rs->idem_stored) {
+        rs->idem_replays = lv_metric_series(reg->fam.idem_replays, lv);
+        rs->idem_stored = lv_metric_series(reg->fam.idem_stored, lv);
+        rs->idem_conflicts = lv_metric_series(reg->fam.idem_conflicts, lv);
+        rs->idem_mismatches = lv_metric_series(reg->fam.idem_mismatches, lv);
+        rs->idem_store_errors = lv_metric_series(reg->fam.idem_store_errors, lv);
+    }
+    free(rs->idem_sig);
+    rs->idem_sig = lv_xstrdup(sig);
+    return replaced;
+}
+
+/* ---- counting */
+
+void lv_route_state_count_request(struct lv_route_states *reg, struct lv_route_state *rs,
+                                  int status, double seconds)
+{
+    rs->requests++;
+    if (status >= 100 && status <= 599) {
+        char code[8];
+        snprintf(code, sizeof(code), "%d", status);
+        const char *lv[] = {rs->name, code, NULL};
+        lv_metric_add(keyed_get(&rs->by_code, status, reg->fam.requests, lv), 1);
+    }
+    lv_metric_observe(rs->duration, seconds);
+}
+
+void lv_route_state_count_attempt(struct lv_route_states *reg, struct lv_route_state *rs, int kind,
+                                  int status)
+{
+    char name[16];
+    int key;
+    if (kind == LV_OUT_STATUS) {
+        if (status < 100 || status > 599)
+            return;
+        key = status;
+        snprintf(name, sizeof(name), "%d", status);
+    } else {
+        if (kind < 0 || kind >= 8)
+            return;
+        key = -1 - kind;
+        snprintf(name, sizeof(name), "%s", lv_outcome_name((enum lv_outcome_kind)kind));
+    }
+    const char *lv[] = {rs->name, name, NULL};
+    lv_metric_add(keyed_get(&rs->attempts, key, reg->fam.attempts, lv), 1);
+}
+
+void lv_route_state_by_class(const struct lv_route_state *rs, uint64_t out[6])
+{
+    memset(out, 0, 6 * sizeof(out[0]));
+    for (uint32_t i = 0; i < rs->by_code.n; i++)
+        out[rs->by_code.v[i].key / 100] += (uint64_t)lv_metric_value(rs->by_code.v[i].m);
+}
+
+/* ---- render time */
+
+void lv_route_state_publish(struct lv_route_states *reg, struct lv_route_state *rs, uint64_t now)
+{
+    const struct lv_route_families *f = &reg->fam;
+    const char *lv[] = {rs->name, NULL};
+    /* Breaker and idempotency series only for routes that have them (README "Metrics"):
+     * lv_metric_series() shows them again, with their counts, when a reload turns one on. */
+    struct lv_metric_family *bf[] = {f->breaker_state, f->breaker_rejected, f->fallbacks};
+    for (size_t k = 0; k < sizeof(bf) / sizeof(bf[0]); k++)
+        if (rs->breaker_enabled)
+            lv_metric_series(bf[k], lv);
+        else
+            lv_metric_family_remove(bf[k], "route", rs->name);
+    if (rs->breaker_enabled) {
+        struct lv_breaker_stats st = {0};
+        lv_breaker_stats(&rs->breaker, now, &st);
+        lv_metric_set(lv_metric_series(f->breaker_state, lv), (double)st.state);
+    }
+    struct lv_metric_family *idf[] = {f->idem_replays,    f->idem_stored,       f->idem_conflicts,
+                                      f->idem_mismatches, f->idem_store_errors, f->idem_entries};
+    for (size_t k = 0; k < sizeof(idf) / sizeof(idf[0]); k++)
+        if (rs->idem)
+            lv_metric_series(idf[k], lv);
+        else
+            lv_metric_family_remove(idf[k], "route", rs->name);
+    if (rs->idem) {
+        struct lv_idem_stats is;
+        lv_idem_stats(rs->idem, &is);
+        lv_metric_set(lv_metric_series(f->idem_entries, lv), (double)is.entries);
+    }
+}
+
+/* ---- teardown */
+
+void lv_route_states_close_stores(struct lv_route_states *reg)
+{
+    for (size_t i = 0; i < reg->n; i++) {
+        if (reg->all[i]->idem) {
+            lv_idem_destroy(reg->all[i]->idem);
+            reg->all[i]->idem = NULL;
+        }
+    }
+}
+
+void lv_route_states_dispose(struct lv_route_states *reg)
+{
+    for (size_t i = 0; i < reg->n; i++) {
+        struct lv_route_state *rs = reg->all[i];
+        free(rs->by_code.v);
+        free(rs->attempts.v);
+        free(rs->idem_sig);
+        free(rs->name);
+        free(rs);
+    }
+    free(reg->all);
+    free(reg->table);
+    *reg = (struct lv_route_states){0};
+}

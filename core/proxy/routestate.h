@@ -1,0 +1,125 @@
+/*
+ * routestate: per-route state that outlives a configuration generation, kept by route name
+ * (README "Reload": counts, retry budget, breaker and idempotency store carry over), and the
+ * route's metric series (README "Metrics").
+ *
+ * Lean by design, since a configuration may hold thousands of routes: a route that serves
+ * nothing holds this struct (about 1 KiB, its budget and breaker windows included) and the
+ * three series every route shows from the start (duration, retries, budget exhausted). Series
+ * by status code or attempt outcome are made on first use and kept in small sorted arrays;
+ * breaker and idempotency series are made when a configuration turns those features on for
+ * the route (they are shown only then).
+ */
+#ifndef LV_ROUTESTATE_H
+#define LV_ROUTESTATE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "obs/metrics.h"
+#include "policy/breaker.h"
+#include "policy/budget.h"
+#include "conf/config.h"
+#include "script/hooks.h"
+#include "store/idem.h"
+
+/* The families a route's series belong to (the server registers them). */
+struct lv_route_families {
+    struct lv_metric_family *requests, *duration, *retries, *budget_exhausted, *attempts,
+        *breaker_state, *fallbacks, *breaker_rejected, *hook_errors, *idem_replays, *idem_stored,
+        *idem_conflicts, *idem_mismatches, *idem_store_errors, *idem_entries;
+};
+
+/* Series made on first use, by key, sorted by key. */
+struct lv_keyed_series {
+    struct lv_keyed_metric {
+        int key;
+        struct lv_metric *m;
+    } * v;
+    uint32_t n, cap;
+};
+
+struct lv_route_state {
+    char *name;
+    struct lv_metric *duration;         /* levee_request_duration_seconds{route} */
+    struct lv_keyed_series by_code;     /* levee_requests_total{route,code}, key: the status */
+    struct lv_metric *retries;          /* levee_retries_total{route} */
+    struct lv_metric *budget_exhausted; /* levee_retry_budget_exhausted_total{route} */
+    /* levee_upstream_attempts_total{route,outcome}: key the status, or -1 - the error kind */
+    struct lv_keyed_series attempts;
+    /* Made when the route first gets a breaker (used only then; NULL before). */
+    struct lv_metric *fallbacks;        /* levee_fallbacks_total{route} */
+    struct lv_metric *breaker_rejected; /* levee_breaker_rejected_total{route} */
+    /* levee_hook_errors_total{route,hook,kind}: hook classify/fallback/key × kind, lazily */
+    struct lv_metric *hook_errors[3][LV_HOOK_FAILURE_KINDS];
+    uint64_t requests;
+    uint32_t users; /* requests using this state now */
+    bool in_config; /* the configuration in force has a route with this name */
+    /* Resilience state, kept by route name across reloads; thresholds follow the newest config. */
+    struct lv_budget budget;
+    struct lv_breaker breaker;
+    bool breaker_enabled;
+    bool policy_ready;
+    uint64_t hook_log_at; /* rate limit for hook error log lines */
+    /* idempotency: the route's store (kept across reloads while its settings are unchanged) */
+    struct lv_idem *idem;
+    char *idem_sig; /* the settings the store was made with */
+    /* Made when the route first gets an idempotency store (used only then; NULL before). */
+    struct lv_metric *idem_replays, *idem_stored, *idem_conflicts, *idem_mismatches,
+        *idem_store_errors;
+};
+
+/* The registry: every route state, by name. */
+struct lv_route_states {
+    struct lv_route_families fam;
+    struct lv_route_state **all; /* no particular order */
+    size_t n;
+    struct lv_route_state **table; /* open addressing by name hash */
+    size_t cap;                    /* a power of two, or 0 */
+};
+
+/** The state of route `name`, created when missing (with its always-shown series). */
+struct lv_route_state *lv_route_states_get(struct lv_route_states *reg, const char *name);
+
+/** A configuration is being installed: no state is in it until lv_route_state_configure. */
+void lv_route_states_begin_install(struct lv_route_states *reg);
+
+/**
+ * Marks `rs` as in the configuration and applies route `r`'s settings to it: new thresholds
+ * apply at once, counts and breaker state carry over (README "Resilience policies"). Returns
+ * the idempotency store this replaced (its settings changed: the caller keeps it alive for the
+ * requests that still hold it), or NULL.
+ */
+struct lv_idem *lv_route_state_configure(struct lv_route_states *reg, struct lv_route_state *rs,
+                                         const struct lv_route_cfg *r, uv_loop_t *loop);
+
+/** Frees every state whose route left the configuration and that no request uses. */
+void lv_route_states_prune(struct lv_route_states *reg);
+
+/** A request starts / stops using `rs`; a state out of the configuration goes with its last
+ * user. */
+void lv_route_state_use(struct lv_route_state *rs);
+void lv_route_state_unuse(struct lv_route_states *reg, struct lv_route_state *rs);
+
+/** Counts a finished request: its status (100..599; others only in `requests`) and duration. */
+void lv_route_state_count_request(struct lv_route_states *reg, struct lv_route_state *rs,
+                                  int status, double seconds);
+/** Counts one upstream attempt's outcome: a status, or an error kind (enum lv_outcome_kind). */
+void lv_route_state_count_attempt(struct lv_route_states *reg, struct lv_route_state *rs, int kind,
+                                  int status);
+
+/** Render time: shows the breaker and idempotency series of a route that has them (hides them
+ * otherwise) and copies in the breaker state and store size. */
+void lv_route_state_publish(struct lv_route_states *reg, struct lv_route_state *rs, uint64_t now);
+
+/** Requests answered, by status class: out[1] 1xx .. out[5] 5xx (out[0] is 0). */
+void lv_route_state_by_class(const struct lv_route_state *rs, uint64_t out[6]);
+
+/** Shutdown: destroys every idempotency store (their handles close with the loop). */
+void lv_route_states_close_stores(struct lv_route_states *reg);
+
+/** Frees every state and the registry's arrays (after the loop ran to completion). */
+void lv_route_states_dispose(struct lv_route_states *reg);
+
+#endif
