@@ -28,46 +28,10 @@ static uint64_t rng_next(uint64_t *s)
     return lv_rand_next(s);
 }
 
-/* ---- list helpers (circular, sentinel-headed) */
-
-static void conn_list_init(struct lv_upconn *h)
+static struct lv_upconn *idle_first(struct lv_upserver *s)
 {
-    h->next = h->prev = h;
-}
-
-static void conn_list_push(struct lv_upconn *h, struct lv_upconn *c)
-{
-    c->next = h->next;
-    c->prev = h;
-    h->next->prev = c;
-    h->next = c;
-}
-
-static void conn_list_remove(struct lv_upconn *c)
-{
-    c->prev->next = c->next;
-    c->next->prev = c->prev;
-    c->next = c->prev = NULL;
-}
-
-static void acq_list_init(struct lv_acquire *h)
-{
-    h->next = h->prev = h;
-}
-
-static void acq_list_append(struct lv_acquire *h, struct lv_acquire *a)
-{
-    a->prev = h->prev;
-    a->next = h;
-    h->prev->next = a;
-    h->prev = a;
-}
-
-static void acq_list_remove(struct lv_acquire *a)
-{
-    a->prev->next = a->next;
-    a->next->prev = a->prev;
-    a->next = a->prev = NULL;
+    struct lv_dlist *l = lv_dlist_first(&s->idle_conns);
+    return l ? lv_dlist_entry(l, struct lv_upconn, idle_link) : NULL;
 }
 
 /* ---- resolution */
@@ -204,7 +168,7 @@ static void conn_close(struct lv_upconn *uc, bool reset)
     if (uc->state == LV_UPCONN_CLOSING)
         return;
     if (uc->state == LV_UPCONN_IDLE) {
-        conn_list_remove(uc);
+        lv_dlist_remove(&uc->idle_link);
         s->idle--;
     } else if (uc->state == LV_UPCONN_BUSY) {
         s->active--;
@@ -690,7 +654,7 @@ void lv_upconn_release(struct lv_upconn *uc)
     s->idle++;
     uc->state = LV_UPCONN_IDLE;
     uc->idle_since_ms = now;
-    conn_list_push(&s->idle_head, uc);
+    lv_dlist_push(&s->idle_conns, &uc->idle_link);
     conn_reading(uc, true);
     uint64_t to = pc->idle_timeout_ms ? pc->idle_timeout_ms : 60000;
     if (pc->max_lifetime_ms) {
@@ -834,9 +798,9 @@ static bool try_acquire(struct lv_upstream *up, struct lv_acquire *acq, bool *ca
         return true; /* unresolvable: caller reports */
     }
     if (!acq->fresh) {
-        while (s->idle_head.next != &s->idle_head) {
-            struct lv_upconn *uc = s->idle_head.next;
-            conn_list_remove(uc);
+        struct lv_upconn *uc = idle_first(s);
+        if (uc) {
+            lv_dlist_remove(&uc->idle_link);
             s->idle--;
             s->active++;
             uv_timer_stop(&uc->timer);
@@ -869,7 +833,7 @@ void lv_upstream_acquire(struct lv_upstream *up, struct lv_acquire *acq,
     acq->queued_at = now_ms(up);
     acq->server = pick_server(up, last, tried, fresh, &acq->panic);
     /* Always go through the wait queue + a zero timer so the callback runs from the loop. */
-    acq_list_append(&up->waitq, acq);
+    lv_dlist_append(&up->waitq, &acq->link);
     acq->queued = true;
     up->nwaiting++;
     uv_timer_start(&up->timer, on_reuse_now, 0, 0);
@@ -881,7 +845,7 @@ void lv_upstream_cancel(struct lv_acquire *acq)
         return;
     acq->active = false;
     if (acq->queued) {
-        acq_list_remove(acq);
+        lv_dlist_remove(&acq->link);
         acq->queued = false;
         acq->up->nwaiting--;
         return;
@@ -909,13 +873,14 @@ static void dispatch_waiters(struct lv_upstream *up)
     uint64_t qto = up->cfg->pool.queue_timeout_ms ? up->cfg->pool.queue_timeout_ms
                                                   : up->cfg->connect_timeout_ms;
     uint32_t waiting_for_slot = 0;
-    struct lv_acquire *a = up->waitq.next;
-    while (a != &up->waitq) {
-        struct lv_acquire *next = a->next;
+    struct lv_dlist *l, *n;
+    lv_dlist_foreach_safe(l, n, &up->waitq)
+    {
+        struct lv_acquire *a = lv_dlist_entry(l, struct lv_acquire, link);
         bool call_now;
         struct lv_upconn *got;
         if (try_acquire(up, a, &call_now, &got)) {
-            acq_list_remove(a);
+            lv_dlist_remove(&a->link);
             a->queued = false;
             up->nwaiting--;
             if (got) {
@@ -927,17 +892,16 @@ static void dispatch_waiters(struct lv_upstream *up)
             }
             /* else: connecting; the connect callbacks finish it */
         } else if (now - a->queued_at >= qto) {
-            acq_list_remove(a);
+            lv_dlist_remove(&a->link);
             a->queued = false;
             up->nwaiting--;
             fail_acquire(up, a, LV_ACQUIRE_QUEUE_TIMEOUT, "timed out waiting for a connection");
         } else if (++waiting_for_slot > up->cfg->pool.queue_size) {
-            acq_list_remove(a);
+            lv_dlist_remove(&a->link);
             a->queued = false;
             up->nwaiting--;
             fail_acquire(up, a, LV_ACQUIRE_OVERFLOW, "connection pool queue full");
         }
-        a = next;
     }
     if (up->nwaiting > 0 && !up->closing) {
         /* Re-check queue timeouts soon. */
@@ -1071,7 +1035,7 @@ struct lv_upstream *lv_upstream_create(uv_loop_t *loop, const struct lv_upstream
                      err.data ? err.data : "");
         lv_buf_dispose(&err);
     }
-    acq_list_init(&up->waitq);
+    lv_dlist_init(&up->waitq);
     uv_timer_init(loop, &up->timer);
     up->timer.data = up;
     up->open_handles = 1;
@@ -1086,7 +1050,7 @@ struct lv_upstream *lv_upstream_create(uv_loop_t *loop, const struct lv_upstream
         s->hp.host = lv_xstrdup(cfg->servers[i].host);
         s->hp.port = cfg->servers[i].port;
         snprintf(s->name, sizeof(s->name), "%s:%u", s->hp.host, s->hp.port);
-        conn_list_init(&s->idle_head);
+        lv_dlist_init(&s->idle_conns);
         struct sockaddr_storage ss;
         if (literal_addr(&s->hp, &ss) == 0) {
             s->addrs = lv_xcalloc(1, sizeof(ss));
@@ -1150,8 +1114,8 @@ void lv_upstream_retire(struct lv_upstream *up)
     checks_sync(up); /* its replacement checks the servers now */
     for (size_t i = 0; i < up->nservers; i++) {
         struct lv_upserver *s = &up->servers[i];
-        while (s->idle_head.next != &s->idle_head)
-            conn_close(s->idle_head.next, false);
+        for (struct lv_upconn *uc; (uc = idle_first(s));)
+            conn_close(uc, false);
     }
 }
 
@@ -1161,19 +1125,19 @@ void lv_upstream_destroy(struct lv_upstream *up)
         return;
     up->closing = true;
     checks_sync(up);
-    struct lv_acquire *a = up->waitq.next;
-    while (a != &up->waitq) {
-        struct lv_acquire *next = a->next;
-        acq_list_remove(a);
+    struct lv_dlist *l, *n;
+    lv_dlist_foreach_safe(l, n, &up->waitq)
+    {
+        struct lv_acquire *a = lv_dlist_entry(l, struct lv_acquire, link);
+        lv_dlist_remove(&a->link);
         a->queued = false;
         up->nwaiting--;
         fail_acquire(up, a, LV_ACQUIRE_CANCELLED, "upstream removed");
-        a = next;
     }
     for (size_t i = 0; i < up->nservers; i++) {
         struct lv_upserver *s = &up->servers[i];
-        while (s->idle_head.next != &s->idle_head)
-            conn_close(s->idle_head.next, false);
+        for (struct lv_upconn *uc; (uc = idle_first(s));)
+            conn_close(uc, false);
         if (s->resolving)
             uv_cancel((uv_req_t *)&s->gai);
     }

@@ -18,6 +18,7 @@
 #include <uv.h>
 
 #include "base/buf.h"
+#include "base/list.h"
 #include "policy/health.h"
 #include "script/config.h"
 
@@ -52,7 +53,7 @@ typedef void (*lv_acquire_cb)(enum lv_acquire_error err, struct lv_upconn *uc, c
 
 struct lv_acquire {
     /* private */
-    struct lv_acquire *next, *prev;
+    struct lv_dlist link; /* the upstream's wait queue, while queued */
     struct lv_upstream *up;
     struct lv_upserver *server;
     lv_acquire_cb cb;
@@ -73,7 +74,7 @@ struct lv_upconn {
     uv_connect_t connect_req;
     uv_timer_t timer;
     struct lv_upserver *server;
-    struct lv_upconn *next, *prev; /* idle list */
+    struct lv_dlist idle_link; /* the server's idle list, while IDLE */
     enum lv_upconn_state state;
     uint64_t created_ms;
     uint64_t idle_since_ms;
@@ -108,7 +109,7 @@ struct lv_upserver {
     uint32_t active; /* connect races (one each, however many attempts) + busy */
     uint32_t idle;
     uint32_t inflight;          /* requests being served (for least_request) */
-    struct lv_upconn idle_head; /* sentinel of the idle LIFO list */
+    struct lv_dlist idle_conns; /* idle connections, LIFO (struct lv_upconn, by idle_link) */
     uint64_t connects, connect_failures;
     uint64_t tls_resumed; /* connects whose TLS handshake resumed a cached session */
     /* the last active check: "200", "503", "timeout", "connection refused"...; "" if none */
@@ -129,7 +130,7 @@ struct lv_upstream {
     size_t nservers;
     size_t rr;
     uint64_t rng;
-    struct lv_acquire waitq; /* sentinel */
+    struct lv_dlist waitq; /* queued acquires, FIFO (struct lv_acquire, by link) */
     uint32_t nwaiting;
     uv_timer_t timer; /* queue timeouts, idle expiry, re-resolution: one periodic tick */
     bool closing;

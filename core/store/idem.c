@@ -26,34 +26,9 @@ const char *lv_idem_result_name(enum lv_idem_result r)
     return "?";
 }
 
-void lv__idem_link_init(struct lv__idem_link *h)
+static struct lv_idem_op *op_of(struct lv_dlist *l)
 {
-    h->next = h->prev = h;
-}
-
-void lv__idem_link_append(struct lv__idem_link *h, struct lv__idem_link *l)
-{
-    l->prev = h->prev;
-    l->next = h;
-    h->prev->next = l;
-    h->prev = l;
-}
-
-void lv__idem_link_remove(struct lv__idem_link *l)
-{
-    l->prev->next = l->next;
-    l->next->prev = l->prev;
-    l->next = l->prev = l;
-}
-
-bool lv__idem_link_empty(const struct lv__idem_link *h)
-{
-    return h->next == h;
-}
-
-static struct lv_idem_op *op_of(struct lv__idem_link *l)
-{
-    return (struct lv_idem_op *)((char *)l - offsetof(struct lv_idem_op, link));
+    return lv_dlist_entry(l, struct lv_idem_op, link);
 }
 
 static void on_close(uv_handle_t *h)
@@ -82,27 +57,21 @@ static void deliver(struct lv_idem_op *op)
 static void on_kick(uv_timer_t *t)
 {
     struct lv_idem *s = t->data;
-    struct lv__idem_link batch;
-    lv__idem_link_init(&batch);
-    if (!lv__idem_link_empty(&s->ready)) {
-        batch.next = s->ready.next;
-        batch.prev = s->ready.prev;
-        batch.next->prev = &batch;
-        batch.prev->next = &batch;
-        lv__idem_link_init(&s->ready);
-    }
-    while (!lv__idem_link_empty(&batch) && !s->dying) {
+    struct lv_dlist batch;
+    lv_dlist_init(&batch);
+    lv_dlist_splice(&batch, &s->ready);
+    while (!lv_dlist_empty(&batch) && !s->dying) {
         struct lv_idem_op *op = op_of(batch.next);
-        lv__idem_link_remove(&op->link);
+        lv_dlist_remove(&op->link);
         op->in_ready = false;
         if (!op->is_wait && s->vt->resolve)
             s->vt->resolve(op);
         deliver(op);
     }
     /* A callback destroyed the store: what is left of the batch goes with it. */
-    while (!lv__idem_link_empty(&batch)) {
+    while (!lv_dlist_empty(&batch)) {
         struct lv_idem_op *op = op_of(batch.next);
-        lv__idem_link_remove(&op->link);
+        lv_dlist_remove(&op->link);
         lv__idem_op_free(op);
     }
 }
@@ -111,7 +80,7 @@ void lv__idem_init(struct lv_idem *s, const struct lv__idem_vt *vt, uv_loop_t *l
 {
     s->vt = vt;
     s->loop = loop;
-    lv__idem_link_init(&s->ready);
+    lv_dlist_init(&s->ready);
     uv_timer_init(loop, &s->kick);
     s->kick.data = s;
     s->handles = 1;
@@ -122,7 +91,7 @@ void lv__idem_init(struct lv_idem *s, const struct lv__idem_vt *vt, uv_loop_t *l
 void lv__idem_post(struct lv_idem_op *op)
 {
     struct lv_idem *s = op->store;
-    lv__idem_link_append(&s->ready, &op->link);
+    lv_dlist_append(&s->ready, &op->link);
     op->in_ready = true;
     if (!uv_is_active((uv_handle_t *)&s->kick))
         uv_timer_start(&s->kick, on_kick, 0, 0);
@@ -187,7 +156,7 @@ void lv_idem_cancel(struct lv_idem_op *op)
     if (!op)
         return;
     if (op->in_ready) {
-        lv__idem_link_remove(&op->link);
+        lv_dlist_remove(&op->link);
         op->in_ready = false;
     } else {
         op->store->vt->detach(op);
@@ -238,9 +207,9 @@ void lv_idem_destroy(struct lv_idem *s)
     if (!s || s->dying)
         return;
     s->dying = true;
-    while (!lv__idem_link_empty(&s->ready)) {
+    while (!lv_dlist_empty(&s->ready)) {
         struct lv_idem_op *op = op_of(s->ready.next);
-        lv__idem_link_remove(&op->link);
+        lv_dlist_remove(&op->link);
         lv__idem_op_free(op);
     }
     s->vt->destroy(s);

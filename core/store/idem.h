@@ -21,6 +21,8 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "base/list.h"
+
 /* ---- fingerprint: SHA-256 over method, target and the body, streamed */
 
 #define LV_IDEM_FP_LEN 32
@@ -210,10 +212,6 @@ void lv_idem_stats(struct lv_idem *s, struct lv_idem_stats *out);
 
 /* ---- implementation interface: for memstore.c and redisstore.c only */
 
-struct lv__idem_link {
-    struct lv__idem_link *next, *prev;
-};
-
 struct lv__idem_vt {
     const char *kind;
     struct lv_idem_op *(*begin)(struct lv_idem *s, const char *key, size_t klen,
@@ -239,15 +237,15 @@ struct lv__idem_vt {
 struct lv_idem {
     const struct lv__idem_vt *vt;
     uv_loop_t *loop;
-    uv_timer_t kick;            /* delivers ready ops on the next loop turn */
-    struct lv__idem_link ready; /* ops whose callback is due */
-    unsigned handles;           /* open handles and requests; freed at 0 with no locks */
+    uv_timer_t kick;       /* delivers ready ops on the next loop turn */
+    struct lv_dlist ready; /* ops whose callback is due */
+    unsigned handles;      /* open handles and requests; freed at 0 with no locks */
     unsigned locks;
     bool dying;
 };
 
 struct lv_idem_op {
-    struct lv__idem_link link; /* ready list, or the store's pending or waiter list */
+    struct lv_dlist link; /* ready list, or the store's pending or waiter list */
     struct lv_idem *store;
     bool is_wait;
     bool in_ready;
@@ -264,11 +262,6 @@ struct lv_idem_op {
 struct lv_idem_lock {
     struct lv_idem *store;
 };
-
-void lv__idem_link_init(struct lv__idem_link *h);
-void lv__idem_link_append(struct lv__idem_link *h, struct lv__idem_link *l);
-void lv__idem_link_remove(struct lv__idem_link *l);
-bool lv__idem_link_empty(const struct lv__idem_link *h);
 
 /** Sets up the common part; the store counts kick as one handle. */
 void lv__idem_init(struct lv_idem *s, const struct lv__idem_vt *vt, uv_loop_t *loop);

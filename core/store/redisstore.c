@@ -86,8 +86,8 @@ struct rstore {
     uint64_t rng;
     char id[17]; /* this store's random part of lock tokens */
     uint64_t token_seq;
-    struct lv__idem_link pending; /* begin ops: queued until connected, or awaiting a reply */
-    struct lv__idem_link waiters; /* wait ops */
+    struct lv_dlist pending; /* begin ops: queued until connected, or awaiting a reply */
+    struct lv_dlist waiters; /* wait ops */
 };
 
 struct rop;
@@ -232,9 +232,9 @@ static uint64_t now_ms(struct rstore *s)
     return uv_now(s->base.loop);
 }
 
-static struct rop *rop_of(struct lv__idem_link *l)
+static struct rop *rop_of(struct lv_dlist *l)
 {
-    return (struct rop *)((char *)l - offsetof(struct rop, base.link));
+    return lv_dlist_entry(l, struct rop, base.link);
 }
 
 static uint64_t rng_next(struct rstore *s)
@@ -370,7 +370,7 @@ static void fail_op(struct rop *op)
         op->cmd->op = NULL;
     op->cmd = NULL;
     op->unsent = false;
-    lv__idem_link_remove(&op->base.link);
+    lv_dlist_remove(&op->base.link);
     op->base.result = LV_IDEM_UNAVAILABLE;
     lv__idem_post(&op->base);
 }
@@ -397,7 +397,7 @@ static bool send_begin(struct rstore *s, struct rcmd *cmd)
 /* Connected: hand the queued begins to hiredis. */
 static void flush_queued(struct rstore *s)
 {
-    struct lv__idem_link *l = s->pending.next;
+    struct lv_dlist *l = s->pending.next;
     while (l != &s->pending) {
         struct rop *op = rop_of(l);
         l = l->next;
@@ -435,7 +435,7 @@ static void went_down(struct rstore *s, const char *why)
         lv_warn("idempotency: redis %s:%u: %s", s->host, s->port, why);
     s->down_logged = true;
     s->state = R_DOWN;
-    struct lv__idem_link *l = s->pending.next;
+    struct lv_dlist *l = s->pending.next;
     while (l != &s->pending) {
         struct rop *op = rop_of(l);
         l = l->next;
@@ -673,7 +673,7 @@ static void reply_begin(struct rstore *s, struct rcmd *cmd, const redisReply *r)
             send_release(s, cmd->rkey, cmd->rklen, cmd->blob, cmd->bloblen, NULL);
         return;
     }
-    lv__idem_link_remove(&op->base.link);
+    lv_dlist_remove(&op->base.link);
     op->cmd = NULL;
     op->base.result = res;
     if (res == LV_IDEM_ACQUIRED) {
@@ -709,7 +709,7 @@ static void reply_poll(struct rstore *s, struct rcmd *cmd, const redisReply *r)
     if (in_flight)
         return;
     /* Done, gone, or trouble: the caller asks again and learns which. */
-    lv__idem_link_remove(&op->base.link);
+    lv_dlist_remove(&op->base.link);
     op->base.changed = true;
     lv__idem_post(&op->base);
 }
@@ -731,7 +731,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         case CMD_RELEASE:
             if (cmd->op) { /* the _notify forms: stored (1), or our lock is gone (any count) */
                 struct rop *op = cmd->op;
-                lv__idem_link_remove(&op->base.link);
+                lv_dlist_remove(&op->base.link);
                 op->cmd = NULL;
                 op->base.changed = r && r->type == REDIS_REPLY_INTEGER &&
                                    (cmd->kind == CMD_RELEASE || r->integer == 1);
@@ -756,7 +756,7 @@ static void on_tick(uv_timer_t *t)
     struct rstore *s = t->data;
     uint64_t now = now_ms(s);
     bool timed_out = false;
-    struct lv__idem_link *l = s->pending.next;
+    struct lv_dlist *l = s->pending.next;
     while (l != &s->pending) {
         struct rop *op = rop_of(l);
         l = l->next;
@@ -777,7 +777,7 @@ static void on_tick(uv_timer_t *t)
             if (op->cmd)
                 op->cmd->op = NULL;
             op->cmd = NULL;
-            lv__idem_link_remove(&op->base.link);
+            lv_dlist_remove(&op->base.link);
             op->base.changed = stuck; /* trouble: the caller asks again and hears it */
             lv__idem_post(&op->base);
         } else if (!op->cmd && op->next_poll <= now && !connecting(s)) {
@@ -793,7 +793,7 @@ static void on_tick(uv_timer_t *t)
                 op->next_poll = now + s->o.poll_ms;
             } else {
                 cmd_free(cmd);
-                lv__idem_link_remove(&op->base.link);
+                lv_dlist_remove(&op->base.link);
                 op->base.changed = true;
                 lv__idem_post(&op->base);
             }
@@ -801,7 +801,7 @@ static void on_tick(uv_timer_t *t)
     }
     if (timed_out && s->ac && s->state == R_UP)
         drop_connection(s, "command timed out");
-    if (lv__idem_link_empty(&s->pending) && lv__idem_link_empty(&s->waiters))
+    if (lv_dlist_empty(&s->pending) && lv_dlist_empty(&s->waiters))
         uv_timer_stop(&s->tick);
 }
 
@@ -811,7 +811,7 @@ static struct rop *rop_new(struct rstore *s, size_t extra)
 {
     struct rop *op = lv_xcalloc(1, sizeof(*op) + extra + 1);
     op->base.store = &s->base;
-    lv__idem_link_init(&op->base.link);
+    lv_dlist_init(&op->base.link);
     return op;
 }
 
@@ -842,7 +842,7 @@ static struct lv_idem_op *redis_begin(struct lv_idem *base, const char *key, siz
     cmd->bloblen = INFLIGHT_LEN;
     op->cmd = cmd;
     op->cmd_deadline = now_ms(s) + s->o.command_timeout_ms;
-    lv__idem_link_append(&s->pending, &op->base.link);
+    lv_dlist_append(&s->pending, &op->base.link);
     if (!can_send(s))
         op->unsent = true; /* sent once connected, see flush_queued */
     else if (!send_begin(s, cmd))
@@ -868,7 +868,7 @@ static struct lv_idem_op *redis_wait(struct lv_idem *base, const char *key, size
     op->deadline = now + timeout_ms;
     /* The first look waits a poll period: the caller has just seen the key in flight. */
     op->next_poll = now + s->o.poll_ms;
-    lv__idem_link_append(&s->waiters, &op->base.link);
+    lv_dlist_append(&s->waiters, &op->base.link);
     ensure_tick(s);
     return &op->base;
 }
@@ -882,7 +882,7 @@ static void redis_detach(struct lv_idem_op *o)
         op->cmd->op = NULL;
     op->cmd = NULL;
     op->unsent = false;
-    lv__idem_link_remove(&op->base.link);
+    lv_dlist_remove(&op->base.link);
 }
 
 static void lock_end(struct rlock *lk)
@@ -908,7 +908,7 @@ static struct lv_idem_op *told(struct rop *op, bool yes)
 static struct lv_idem_op *awaiting(struct rstore *s, struct rop *op)
 {
     op->cmd_deadline = now_ms(s) + s->o.command_timeout_ms;
-    lv__idem_link_append(&s->pending, &op->base.link);
+    lv_dlist_append(&s->pending, &op->base.link);
     ensure_tick(s);
     return &op->base;
 }
@@ -984,9 +984,9 @@ static void on_handle_close(uv_handle_t *h)
 static void redis_destroy(struct lv_idem *base)
 {
     struct rstore *s = (struct rstore *)base;
-    struct lv__idem_link *lists[] = {&s->pending, &s->waiters};
+    struct lv_dlist *lists[] = {&s->pending, &s->waiters};
     for (int i = 0; i < 2; i++) {
-        while (!lv__idem_link_empty(lists[i])) {
+        while (!lv_dlist_empty(lists[i])) {
             struct rop *op = rop_of(lists[i]->next);
             redis_detach(&op->base);
             lv__idem_op_free(&op->base);
@@ -1049,8 +1049,8 @@ struct lv_idem *lv_idem_redis_create(uv_loop_t *loop, const char *host, uint16_t
     s->numeric = inet_pton(AF_INET, host, a) == 1 || inet_pton(AF_INET6, host, a) == 1;
     s->prefix = lv_xstrdup(prefix ? prefix : "");
     s->plen = strlen(s->prefix);
-    lv__idem_link_init(&s->pending);
-    lv__idem_link_init(&s->waiters);
+    lv_dlist_init(&s->pending);
+    lv_dlist_init(&s->waiters);
     uint8_t rnd[16];
     if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
         uint64_t x = uv_hrtime() ^ (uint64_t)(uintptr_t)s ^ (uint64_t)uv_os_getpid() << 32;
