@@ -1,6 +1,5 @@
 #include "net/tls.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,6 +8,8 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
+
+#include "base/addr.h"
 
 /* TLS 1.2 suites: ECDHE only (forward secrecy), AEAD only. TLS 1.3 keeps OpenSSL's set. */
 #define LV__TLS12_CIPHERS                                                                          \
@@ -462,8 +463,7 @@ struct lv_tls *lv_tls_new(struct lv_tls_ctx *x, bool server, const char *sni)
         }
         return t;
     }
-    unsigned char addr[16];
-    bool is_ip = inet_pton(AF_INET, t->name, addr) == 1 || inet_pton(AF_INET6, t->name, addr) == 1;
+    bool is_ip = lv_addr_ip_family(t->name) != AF_UNSPEC;
     int ok = 1;
     if (!is_ip)
         ok = (int)SSL_set_tlsext_host_name(t->ssl, t->name);

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/addr.h"
 #include "base/log.h"
 #include "base/rand.h"
 #include "net/healthcheck.h"
@@ -35,24 +36,6 @@ static struct lv_upconn *idle_first(struct lv_upserver *s)
 }
 
 /* ---- resolution */
-
-static int literal_addr(const struct lv_hostport *hp, struct sockaddr_storage *ss)
-{
-    memset(ss, 0, sizeof(*ss));
-    if (uv_ip4_addr(hp->host, hp->port, (struct sockaddr_in *)ss) == 0)
-        return 0;
-    const char *h = hp->host;
-    char tmp[64];
-    size_t n = strlen(h);
-    if (n > 2 && h[0] == '[' && h[n - 1] == ']' && n - 2 < sizeof(tmp)) {
-        memcpy(tmp, h + 1, n - 2);
-        tmp[n - 2] = '\0';
-        h = tmp;
-    }
-    if (uv_ip6_addr(h, hp->port, (struct sockaddr_in6 *)ss) == 0)
-        return 0;
-    return -1;
-}
 
 /* The first entry from `a` on of `family` (AF_UNSPEC: either IPv4 or IPv6). */
 static struct addrinfo *next_of_family(struct addrinfo *a, int family)
@@ -136,7 +119,7 @@ static void resolve(struct lv_upserver *s)
 static bool is_literal(const struct lv_upserver *s)
 {
     struct sockaddr_storage ss;
-    return literal_addr(&s->hp, &ss) == 0;
+    return lv_addr_from_ip(s->hp.host, s->hp.port, &ss) == 0;
 }
 
 /* ---- connections */
@@ -397,23 +380,6 @@ static void on_connect_error_deferred(uv_timer_t *t)
     connect_failed(uc, uv_strerror(uc->connect_error));
 }
 
-static void format_peer(const struct sockaddr_storage *ss, char *out, size_t n)
-{
-    char ip[INET6_ADDRSTRLEN] = "?";
-    int port = 0;
-    if (ss->ss_family == AF_INET) {
-        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
-        uv_ip4_name(a, ip, sizeof(ip));
-        port = ntohs(a->sin_port);
-        snprintf(out, n, "%s:%d", ip, port);
-    } else {
-        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
-        uv_ip6_name(a, ip, sizeof(ip));
-        port = ntohs(a->sin6_port);
-        snprintf(out, n, "[%s]:%d", ip, port);
-    }
-}
-
 /* TCP to uc completed first: it wins, and every other attempt of its race is closed now
  * (not counted as failures: they were abandoned, not refused). */
 static void race_won(struct lv_upconn *uc)
@@ -490,7 +456,7 @@ static void connect_done(struct lv_upconn *uc)
 static void connect_next(struct lv_upconn *uc)
 {
     struct sockaddr_storage *ss = &uc->race->addrs[uc->addr_index].ss;
-    format_peer(ss, uc->peer, sizeof(uc->peer));
+    lv_addr_format((const struct sockaddr *)ss, uc->peer, sizeof(uc->peer));
     uc->connect_req.data = uc;
     int rc = uv_tcp_connect(&uc->connect_req, &uc->tcp, (const struct sockaddr *)ss, on_connected);
     if (rc < 0) {
@@ -1052,7 +1018,7 @@ struct lv_upstream *lv_upstream_create(uv_loop_t *loop, const struct lv_upstream
         snprintf(s->name, sizeof(s->name), "%s:%u", s->hp.host, s->hp.port);
         lv_dlist_init(&s->idle_conns);
         struct sockaddr_storage ss;
-        if (literal_addr(&s->hp, &ss) == 0) {
+        if (lv_addr_from_ip(s->hp.host, s->hp.port, &ss) == 0) {
             s->addrs = lv_xcalloc(1, sizeof(ss));
             s->addrs[0] = ss;
             s->naddrs = 1;

@@ -24,7 +24,7 @@
  * libuv reports POLLERR (a refused connect, a reset) as an error status and stops the handle,
  * and the 0.14 adapter drops those, so a refused connect would only be seen at its deadline.
  */
-#include <arpa/inet.h>
+#include <assert.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <netinet/in.h>
@@ -33,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/addr.h"
 #include "base/buf.h"
 #include "base/log.h"
 #include "store/idem.h"
@@ -545,12 +546,7 @@ static void on_gai(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
         s->naddrs = 0;
         for (struct addrinfo *a = status == 0 ? res : NULL; a && s->naddrs < MAX_ADDRS;
              a = a->ai_next) {
-            const void *src = NULL;
-            if (a->ai_family == AF_INET)
-                src = &((struct sockaddr_in *)a->ai_addr)->sin_addr;
-            else if (a->ai_family == AF_INET6)
-                src = &((struct sockaddr_in6 *)a->ai_addr)->sin6_addr;
-            if (src && inet_ntop(a->ai_family, src, s->addrs[s->naddrs], INET6_ADDRSTRLEN))
+            if (lv_addr_format_ip(a->ai_addr, s->addrs[s->naddrs], sizeof(s->addrs[0])) == 0)
                 s->naddrs++;
         }
         if (s->naddrs > 0) {
@@ -572,8 +568,12 @@ static void start_connect(struct rstore *s)
 {
     s->addr_idx = 0;
     if (s->numeric) {
+        struct sockaddr_storage ss;
+        int rc = lv_addr_from_ip(s->host, s->port, &ss);
+        assert(rc == 0); /* s->numeric says it is a literal */
+        (void)rc;
         s->naddrs = 1;
-        snprintf(s->addrs[0], sizeof(s->addrs[0]), "%s", s->host);
+        lv_addr_format_ip((struct sockaddr *)&ss, s->addrs[0], sizeof(s->addrs[0]));
         connect_next(s);
         return;
     }
@@ -1045,8 +1045,7 @@ struct lv_idem *lv_idem_redis_create(uv_loop_t *loop, const char *host, uint16_t
         s->o.backoff_max_ms = s->o.backoff_min_ms;
     s->host = lv_xstrdup(host);
     s->port = port;
-    unsigned char a[16];
-    s->numeric = inet_pton(AF_INET, host, a) == 1 || inet_pton(AF_INET6, host, a) == 1;
+    s->numeric = lv_addr_ip_family(host) != AF_UNSPEC;
     s->prefix = lv_xstrdup(prefix ? prefix : "");
     s->plen = strlen(s->prefix);
     lv_dlist_init(&s->pending);
