@@ -1,5 +1,6 @@
 #include "net/upstream.h"
 
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -952,6 +953,42 @@ void lv_upstream_check_result(struct lv_upstream *up, size_t i, bool ok, const c
     health_events(up, ev, n);
 }
 
+/* ---- the servers as net/healthcheck sees them */
+
+static size_t check_count(void *owner)
+{
+    const struct lv_upstream *up = owner;
+    return up->servers ? up->nservers : 0;
+}
+
+static bool check_closing(void *owner)
+{
+    return ((const struct lv_upstream *)owner)->closing;
+}
+
+static void check_get(void *owner, size_t i, struct lv_healthcheck_target *t)
+{
+    const struct lv_upstream *up = owner;
+    assert(i < up->nservers);
+    const struct lv_upserver *s = &up->servers[i];
+    *t = (struct lv_healthcheck_target){
+        .name = s->name,
+        .host = s->hp.host,
+        .port = s->hp.port,
+        .addrs = s->addrs,
+        .naddrs = s->naddrs,
+        .resolving = s->resolving,
+        .tls_ctx = up->tls_ctx,
+        .sni = up->cfg ? up->cfg->tls_sni : NULL,
+    };
+}
+
+const struct lv_healthcheck_servers lv_upstream_check_servers = {
+    .count = check_count,
+    .closing = check_closing,
+    .get = check_get,
+};
+
 static void on_check(size_t server, bool ok, const char *why, uint64_t duration_ms, void *arg)
 {
     lv_upstream_check_result(arg, server, ok, why, (double)duration_ms);
@@ -977,7 +1014,7 @@ static void checks_sync(struct lv_upstream *up)
                     lv_healthcheck_params_error(&p));
         return;
     }
-    up->checker = lv_healthcheck_start(up->loop, up, &p, on_check, up);
+    up->checker = lv_healthcheck_start(up->loop, &lv_upstream_check_servers, up, &p, on_check, up);
     if (!up->checker)
         lv_warn("upstream %s: cannot start health checks: %s", up->name,
                 lv_healthcheck_params_error(&p));

@@ -150,6 +150,11 @@ struct lv_upstream {
     void *owner; /* for on_health_event */
 };
 
+/* Its servers as net/healthcheck sees them: lv_healthcheck_start(loop,
+ * &lv_upstream_check_servers, up, ...). */
+struct lv_healthcheck_servers;
+extern const struct lv_healthcheck_servers lv_upstream_check_servers;
+
 /** Creates the runtime upstream for `cfg` (resolves literal addresses now; names async). */
 struct lv_upstream *lv_upstream_create(uv_loop_t *loop, const struct lv_upstream_cfg *cfg);
 /** True if `cfg` has the same servers and TLS as the running one (so pools can be kept). */
