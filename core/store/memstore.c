@@ -533,7 +533,22 @@ static void mem_stats(struct lv_idem *base, struct lv_idem_stats *out)
 
 static void on_timer_close(uv_handle_t *h)
 {
-    lv__idem_unref(h->data);
+    lv__idem_handle_closed(h->data);
+}
+
+/* Nothing is ever outstanding here: the waiters are answered "not changed" (as if their time
+ * had run out) and the store is drained at once; lookups already queued are answered
+ * UNAVAILABLE at delivery (idem.c). */
+static void mem_close(struct lv_idem *base)
+{
+    struct mstore *s = (struct mstore *)base;
+    while (!lv_dlist_empty(&s->waiting)) {
+        struct mwait *w = wait_of_all(s->waiting.next);
+        mem_detach(&w->base);
+        w->base.changed = false;
+        lv__idem_post(&w->base);
+    }
+    lv__idem_drained(base);
 }
 
 static void mem_destroy(struct lv_idem *base)
@@ -575,6 +590,7 @@ static const struct lv__idem_vt mem_vt = {
     .complete = mem_complete,
     .release = mem_release,
     .stats = mem_stats,
+    .close = mem_close,
     .destroy = mem_destroy,
     .free = mem_free,
 };

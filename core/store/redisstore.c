@@ -89,6 +89,8 @@ struct rstore {
     uint64_t token_seq;
     struct lv_dlist pending; /* begin ops: queued until connected, or awaiting a reply */
     struct lv_dlist waiters; /* wait ops */
+    unsigned outstanding;    /* commands handed to hiredis and not yet called back */
+    uint64_t close_deadline; /* closing: the last command sent gets until then */
 };
 
 struct rop;
@@ -383,7 +385,12 @@ static bool send_cmd(struct rstore *s, struct rcmd *cmd, int argc, const char **
 {
     if (!can_send(s))
         return false;
-    return redisAsyncCommandArgv(s->ac, on_reply, cmd, argc, argv, lens) == REDIS_OK;
+    if (redisAsyncCommandArgv(s->ac, on_reply, cmd, argc, argv, lens) != REDIS_OK)
+        return false;
+    s->outstanding++;
+    if (s->base.closing)
+        s->close_deadline = now_ms(s) + s->o.command_timeout_ms;
+    return true;
 }
 
 static bool send_begin(struct rstore *s, struct rcmd *cmd)
@@ -417,7 +424,7 @@ static void on_conn_timer(uv_timer_t *t);
 static void schedule_reconnect(struct rstore *s)
 {
     s->state = R_DOWN;
-    if (s->base.dying)
+    if (s->base.dying || s->base.closing)
         return;
     unsigned shift = s->failures < 20 ? s->failures : 20;
     uint64_t delay = s->o.backoff_min_ms << shift;
@@ -542,7 +549,7 @@ static void on_gai(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 {
     struct rstore *s = req->data;
     s->gai_busy = false;
-    if (!s->base.dying && s->state == R_RESOLVING) {
+    if (!s->base.dying && !s->base.closing && s->state == R_RESOLVING) {
         s->naddrs = 0;
         for (struct addrinfo *a = status == 0 ? res : NULL; a && s->naddrs < MAX_ADDRS;
              a = a->ai_next) {
@@ -561,7 +568,7 @@ static void on_gai(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     }
     if (res)
         uv_freeaddrinfo(res);
-    lv__idem_unref(&s->base);
+    lv__idem_handle_closed(&s->base);
 }
 
 static void start_connect(struct rstore *s)
@@ -594,9 +601,15 @@ static void start_connect(struct rstore *s)
     uv_timer_start(&s->conn_timer, on_conn_timer, s->o.connect_timeout_ms, 0);
 }
 
+static void closing_timer(struct rstore *s);
+
 static void on_conn_timer(uv_timer_t *t)
 {
     struct rstore *s = t->data;
+    if (s->base.closing) {
+        closing_timer(s);
+        return;
+    }
     switch (s->state) {
     case R_DOWN:
         start_connect(s);
@@ -747,6 +760,10 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         }
     }
     cmd_free(cmd);
+    assert(s->outstanding > 0);
+    /* Closing: the last reply is in, finish from a timer (hiredis is inside a callback). */
+    if (--s->outstanding == 0 && s->base.closing && !s->base.dying)
+        uv_timer_start(&s->conn_timer, on_conn_timer, 0, 0);
 }
 
 /* ---- timers: command deadlines and polls */
@@ -976,9 +993,68 @@ static void redis_stats(struct lv_idem *base, struct lv_idem_stats *out)
     *out = (struct lv_idem_stats){"redis", base->locks, 0, 0, s->state == R_UP};
 }
 
+/* The last reference went. Lookups are answered UNAVAILABLE (a lock one of them gets after
+ * all is given back by reply_begin), waits "not changed"; the notify forms keep waiting for
+ * their replies. With a connection, the commands sent get up to command_timeout_ms to be
+ * answered; without one, nothing is outstanding. */
+static void redis_close(struct lv_idem *base)
+{
+    struct rstore *s = (struct rstore *)base;
+    struct lv_dlist *l, *n;
+    lv_dlist_foreach_safe(l, n, &s->pending)
+    {
+        struct rop *op = rop_of(l);
+        if (!op->base.is_wait)
+            fail_op(op);
+    }
+    lv_dlist_foreach_safe(l, n, &s->waiters)
+    {
+        struct rop *op = rop_of(l);
+        redis_detach(&op->base);
+        op->base.changed = false;
+        lv__idem_post(&op->base);
+    }
+    if (s->state != R_UP) {
+        if (s->ac) { /* connecting: nothing was sent on it */
+            redisAsyncContext *ac = s->ac;
+            s->ac = NULL;
+            redisAsyncFree(ac);
+        }
+        if (s->gai_busy)
+            uv_cancel((uv_req_t *)&s->gai);
+        s->state = R_DOWN;
+    }
+    uv_timer_stop(&s->conn_timer);
+    s->close_deadline = now_ms(s) + s->o.command_timeout_ms;
+    if (s->outstanding == 0)
+        lv__idem_drained(base);
+    else
+        uv_timer_start(&s->conn_timer, on_conn_timer, s->o.command_timeout_ms, 0);
+}
+
+/* While closing, conn_timer fires when the last reply came in, or at the deadline: then the
+ * notify forms still waiting are answered "no" and destroy abandons the rest. */
+static void closing_timer(struct rstore *s)
+{
+    if (s->base.dying || s->base.drained)
+        return;
+    uint64_t now = now_ms(s);
+    if (s->outstanding > 0 && now < s->close_deadline) {
+        /* A lock ended after the close sent one more command: it gets its time too. */
+        uv_timer_start(&s->conn_timer, on_conn_timer, s->close_deadline - now, 0);
+        return;
+    }
+    struct lv_dlist *l, *n;
+    lv_dlist_foreach_safe(l, n, &s->pending)
+    {
+        fail_op(rop_of(l));
+    }
+    lv__idem_drained(&s->base);
+}
+
 static void on_handle_close(uv_handle_t *h)
 {
-    lv__idem_unref(h->data);
+    lv__idem_handle_closed(h->data);
 }
 
 static void redis_destroy(struct lv_idem *base)
@@ -1020,6 +1096,7 @@ static const struct lv__idem_vt redis_vt = {
     .complete = redis_complete,
     .release = redis_release,
     .stats = redis_stats,
+    .close = redis_close,
     .destroy = redis_destroy,
     .free = redis_free,
 };

@@ -1,5 +1,5 @@
 /*
- * test_server_tls: the TLS engine (net/tls.h) with a client and a server end pumped against
+ * test_net_tls: the TLS engine (net/tls.h) with a client and a server end pumped against
  * each other in memory. Certificates come from a throwaway CA made with the openssl command
  * line in a temporary directory at start.
  */

@@ -1,5 +1,5 @@
 /*
- * test_server_healthcheck: active health checks (net/healthcheck.h) against small HTTP
+ * test_net_healthcheck: active health checks (net/healthcheck.h) against small HTTP
  * responders run inside the test on loopback: one answering a sequence of statuses, one that
  * accepts and never answers, a closed port, responders sending garbage, an endless head, a cut
  * head, an interim 100 then 204, and a TLS one (certificates from a throwaway CA made with the
