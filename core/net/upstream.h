@@ -4,7 +4,7 @@
  * (round robin, or least request by power of two choices), and keeps a pool of keep-alive
  * connections per server with max_idle / idle_timeout / max_lifetime / max_connections and a
  * bounded queue of requests waiting for a connection slot. A new connection races the
- * server's addresses, families interleaved (Happy Eyeballs, RFC 8305; see upstream.c).
+ * server's addresses, families interleaved (Happy Eyeballs, RFC 8305; see upconn.c).
  *
  * Runtime upstreams live in the server's registry keyed by name, so a reload that keeps an
  * upstream unchanged keeps its pools. The server creates and destroys them; attempts borrow
