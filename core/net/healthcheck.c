@@ -1,5 +1,7 @@
 #include "net/healthcheck.h"
 
+#include <assert.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -601,8 +603,9 @@ struct lv_healthcheck *lv_healthcheck_start(uv_loop_t *loop,
 
 int lv_healthcheck_update(struct lv_healthcheck *hc, const struct lv_healthcheck_params *p)
 {
-    if (hc->stopping || lv_healthcheck_params_error(p))
-        return -1;
+    assert(!hc->stopping); /* updating a stopped checker is a bug */
+    if (lv_healthcheck_params_error(p))
+        return -EINVAL;
     set_params(hc, p);
     uint64_t now = uv_now(hc->loop);
     for (size_t i = 0; i < hc->nslots; i++)

@@ -101,8 +101,8 @@ struct lv_healthcheck *lv_healthcheck_start(uv_loop_t *loop,
 /**
  * New parameters (a reload). Checks under way finish with their old timeout; a server's next
  * check is brought forward into the new interval if it was due later than that. Also picks up
- * servers added to or removed from the upstream. Returns 0, or -1 (and keeps the old
- * parameters) when `p` is invalid.
+ * servers added to or removed from the upstream. Returns 0, or -EINVAL (and keeps the old
+ * parameters) when `p` is invalid (lv_healthcheck_params_error says why).
  */
 int lv_healthcheck_update(struct lv_healthcheck *hc, const struct lv_healthcheck_params *p);
 

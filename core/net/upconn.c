@@ -395,8 +395,11 @@ static void raw_send(struct lv_upconn *uc)
 int lv_upconn_tls_wrap(struct lv_upconn *uc, const uv_buf_t *bufs, unsigned n)
 {
     for (unsigned i = 0; i < n; i++)
-        if (bufs[i].len && lv_tls_write(uc->tls, bufs[i].base, bufs[i].len, &uc->tls_out) < 0)
-            return -1;
+        if (bufs[i].len) {
+            int rc = lv_tls_write(uc->tls, bufs[i].base, bufs[i].len, &uc->tls_out);
+            if (rc < 0)
+                return rc;
+        }
     return 0;
 }
 

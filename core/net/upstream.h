@@ -192,7 +192,7 @@ size_t lv_upserver_index(const struct lv_upserver *s);
 void lv_upstream_cancel(struct lv_acquire *acq);
 
 /** Upstream TLS: encrypts `bufs` into uc->tls_out (the caller writes that out and empties
- *  it). Returns 0 or -1. */
+ *  it). Returns 0, or a negative errno from lv_tls_write (lv_tls_error says why). */
 int lv_upconn_tls_wrap(struct lv_upconn *uc, const uv_buf_t *bufs, unsigned n);
 
 /** Starts delivering bytes from the connection to `cb` (and EOF/errors as nread < 0). */

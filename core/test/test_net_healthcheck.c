@@ -7,6 +7,7 @@
  * destroys its upstream and checks uv_loop_close() == 0 (with LeakSanitizer in the ASan build,
  * that also proves the checker freed everything).
  */
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -597,7 +598,7 @@ T_TEST(host_field_and_expect_set)
     struct lv_healthcheck_params bad = params(20, 500);
     bad.path = "/a b";
     T_CHECK(lv_healthcheck_params_error(&bad) != NULL);
-    T_CHECK_INT(lv_healthcheck_update(rc.hc, &bad), -1);
+    T_CHECK_INT(lv_healthcheck_update(rc.hc, &bad), -EINVAL);
     bad.path = "status";
     T_CHECK(lv_healthcheck_params_error(&bad) != NULL);
     T_CHECK(lv_healthcheck_start(&f.loop, &lv_upstream_check_servers, f.up, &bad, on_result, &rc) ==
