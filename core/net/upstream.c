@@ -112,6 +112,7 @@ static void health_events(struct lv_upstream *up, const struct lv_health_event *
 
 size_t lv_upserver_index(const struct lv_upserver *s)
 {
+    assert(s >= s->up->servers && s < s->up->servers + s->up->nservers);
     return (size_t)(s - s->up->servers);
 }
 
@@ -388,7 +389,8 @@ static void health_events(struct lv_upstream *up, const struct lv_health_event *
 void lv_upstream_report(struct lv_upstream *up, const struct lv_upserver *s,
                         enum lv_health_outcome o)
 {
-    if (!s || s->up != up || up->closing)
+    assert(!s || s->up == up); /* a server of another upstream: a bug */
+    if (!s || up->closing)
         return;
     struct lv_health_event ev[LV_HEALTH_MAX_EVENTS];
     int n = lv_health_record(&up->health, lv_upserver_index(s), lv__upstream_now(up), o, ev);
@@ -398,7 +400,9 @@ void lv_upstream_report(struct lv_upstream *up, const struct lv_upserver *s,
 void lv_upstream_check_result(struct lv_upstream *up, size_t i, bool ok, const char *why,
                               double duration_ms)
 {
-    if (i >= up->nservers || up->closing)
+    /* The checker drops the results of servers it no longer has: i is always one of ours. */
+    assert(i < up->nservers);
+    if (up->closing)
         return;
     struct lv_upserver *s = &up->servers[i];
     snprintf(s->last_check, sizeof(s->last_check), "%s", why ? why : (ok ? "ok" : "failed"));
