@@ -159,7 +159,8 @@ void lv_idem_unref(struct lv_idem *s);
  * commands not yet answered are abandoned, and begin or wait from then on (say, from a
  * callback) return NULL and never call back. Locks still held stay valid: ending them after
  * destroy does nothing in the store and frees them. The memory is freed once the loop has
- * closed the store's handles and the last lock has ended. NULL is a no-op.
+ * closed the store's handles and the last lock has ended. It ends every reference: nobody may
+ * call lv_idem_unref on the store afterwards. NULL is a no-op.
  */
 void lv_idem_destroy(struct lv_idem *s);
 
