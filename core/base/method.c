@@ -2,6 +2,8 @@
 
 #include <string.h>
 
+_Static_assert(LV_METHOD__COUNT < 64, "a method set is one uint64_t");
+
 /* Same numbering as llhttp's HTTP_METHOD_MAP (checked by test_http). */
 static const char *const names[] = {
     "DELETE",     "GET",      "HEAD",       "POST",     "PUT",    "CONNECT",   "OPTIONS",
@@ -10,6 +12,7 @@ static const char *const names[] = {
     "MKACTIVITY", "CHECKOUT", "MERGE",      "M-SEARCH", "NOTIFY", "SUBSCRIBE", "UNSUBSCRIBE",
     "PATCH",      "PURGE",    "MKCALENDAR", "LINK",     "UNLINK", "SOURCE",
 };
+_Static_assert(sizeof(names) / sizeof(names[0]) == LV_METHOD__COUNT, "one name per method");
 
 int lv_method_from_name(const char *name, size_t len)
 {
@@ -28,6 +31,6 @@ const char *lv_method_name(int method)
 
 bool lv_method_idempotent(int m)
 {
-    /* DELETE GET HEAD PUT OPTIONS TRACE */
-    return m == 0 || m == 1 || m == 2 || m == 4 || m == 6 || m == 7;
+    return m == LV_METHOD_DELETE || m == LV_METHOD_GET || m == LV_METHOD_HEAD ||
+           m == LV_METHOD_PUT || m == LV_METHOD_OPTIONS || m == LV_METHOD_TRACE;
 }

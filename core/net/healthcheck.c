@@ -1,5 +1,7 @@
 #include "net/healthcheck.h"
 
+#include <assert.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,7 +10,6 @@
 #include "base/rand.h"
 #include "http/headscan.h"
 #include "net/tls.h"
-#include "net/upstream.h"
 
 /* Addresses of one server a check tries, in order (the rest would not fit in the timeout). */
 #define MAX_ADDRS 8
@@ -23,14 +24,15 @@ struct probe;
 
 /* A server of the upstream, by index: its schedule and the check under way. */
 struct slot {
-    char name[sizeof(((struct lv_upserver *)0)->name)]; /* which server holds this index */
+    char name[LV_HEALTHCHECK_NAME_MAX]; /* which server holds this index */
     uint64_t next_due;
     struct probe *probe; /* NULL when no check is under way */
 };
 
 struct lv_healthcheck {
     uv_loop_t *loop;
-    struct lv_upstream *up;
+    const struct lv_healthcheck_servers *servers;
+    void *owner; /* NULL once stopped */
     lv_healthcheck_cb cb;
     void *arg;
     /* parameters (owned copies) */
@@ -437,8 +439,8 @@ static void fail_soon(struct probe *p, const char *why)
 
 static void probe_start(struct lv_healthcheck *hc, size_t i)
 {
-    struct lv_upstream *up = hc->up;
-    const struct lv_upserver *s = &up->servers[i];
+    struct lv_healthcheck_target s;
+    hc->servers->get(hc->owner, i, &s);
     struct probe *p = lv_xcalloc(1, sizeof(*p));
     p->hc = hc;
     p->server = i;
@@ -453,24 +455,23 @@ static void probe_start(struct lv_healthcheck *hc, size_t i)
     lv_headscan_init(&p->scan, true, sizeof(p->head), sizeof(p->head), MAX_FIELDS);
 
     /* Copy what the check needs: the upstream may re-resolve or reload while it runs. */
-    const char *host = s->hp.host ? s->hp.host : "";
+    const char *host = s.host ? s.host : "";
     lv_buf_printf(&p->req, "GET %s HTTP/1.1\r\nHost: ", hc->path);
     if (hc->host)
         lv_buf_puts(&p->req, hc->host);
     else if (strchr(host, ':') && host[0] != '[')
-        lv_buf_printf(&p->req, "[%s]:%u", host, s->hp.port); /* a bare IPv6 literal */
+        lv_buf_printf(&p->req, "[%s]:%u", host, s.port); /* a bare IPv6 literal */
     else
-        lv_buf_printf(&p->req, "%s:%u", host, s->hp.port);
+        lv_buf_printf(&p->req, "%s:%u", host, s.port);
     lv_buf_puts(&p->req, "\r\nUser-Agent: levee-health-check\r\nConnection: close\r\n\r\n");
-    p->naddrs = s->naddrs < MAX_ADDRS ? s->naddrs : MAX_ADDRS;
-    if (p->naddrs > 0 && s->addrs)
-        memcpy(p->addrs, s->addrs, (size_t)p->naddrs * sizeof(p->addrs[0]));
+    p->naddrs = s.naddrs < MAX_ADDRS ? s.naddrs : MAX_ADDRS;
+    if (p->naddrs > 0 && s.addrs)
+        memcpy(p->addrs, s.addrs, (size_t)p->naddrs * sizeof(p->addrs[0]));
     else
         p->naddrs = 0;
-    if (up->tls_ctx) {
-        /* Same name rule as the upstream's own connections. */
-        const char *sni = up->cfg && up->cfg->tls_sni ? up->cfg->tls_sni : s->hp.host;
-        p->tls = lv_tls_new(up->tls_ctx, false, sni);
+    if (s.tls_ctx) {
+        /* Same name rule as the owner's own connections. */
+        p->tls = lv_tls_new(s.tls_ctx, false, s.sni ? s.sni : s.host);
         if (lv_tls_write(p->tls, p->req.data, p->req.len, &p->tls_out) < 0) {
             char why[WHY_MAX];
             snprintf(why, sizeof(why), "TLS: %s", lv_tls_error(p->tls));
@@ -498,13 +499,19 @@ static void slot_abandon(struct lv_healthcheck *hc, size_t i)
     probe_close(p);
 }
 
-/* Follows the upstream's servers: new ones get a first check spread over the interval,
+static const char *server_name(struct lv_healthcheck *hc, size_t i)
+{
+    struct lv_healthcheck_target t;
+    hc->servers->get(hc->owner, i, &t);
+    return t.name ? t.name : "";
+}
+
+/* Follows the owner's servers: new ones get a first check spread over the interval,
  * removed or replaced ones lose their check. */
 static void sync_slots(struct lv_healthcheck *hc)
 {
-    const struct lv_upstream *up = hc->up;
     uint64_t now = uv_now(hc->loop);
-    size_t n = up->servers ? up->nservers : 0;
+    size_t n = hc->servers->count(hc->owner);
     if (n != hc->nslots) {
         for (size_t i = n; i < hc->nslots; i++)
             slot_abandon(hc, i);
@@ -512,17 +519,18 @@ static void sync_slots(struct lv_healthcheck *hc)
         hc->slots = lv_xrealloc(hc->slots, (n ? n : 1) * sizeof(*hc->slots));
         for (size_t i = old; i < n; i++) {
             memset(&hc->slots[i], 0, sizeof(hc->slots[i]));
-            snprintf(hc->slots[i].name, sizeof(hc->slots[i].name), "%s", up->servers[i].name);
+            snprintf(hc->slots[i].name, sizeof(hc->slots[i].name), "%s", server_name(hc, i));
             hc->slots[i].next_due = first_due(hc, now);
         }
         hc->nslots = n;
     }
     for (size_t i = 0; i < n; i++) {
         struct slot *sl = &hc->slots[i];
-        if (strncmp(sl->name, up->servers[i].name, sizeof(sl->name)) == 0)
+        const char *name = server_name(hc, i);
+        if (strncmp(sl->name, name, sizeof(sl->name)) == 0)
             continue;
         slot_abandon(hc, i);
-        snprintf(sl->name, sizeof(sl->name), "%s", up->servers[i].name);
+        snprintf(sl->name, sizeof(sl->name), "%s", name);
         sl->next_due = first_due(hc, now);
     }
 }
@@ -552,10 +560,11 @@ static void on_tick(uv_timer_t *t)
         struct slot *sl = &hc->slots[i];
         if (sl->probe || sl->next_due > now)
             continue;
-        const struct lv_upserver *s = &hc->up->servers[i];
-        if (hc->up->closing) {
+        struct lv_healthcheck_target s;
+        hc->servers->get(hc->owner, i, &s);
+        if (hc->servers->closing(hc->owner)) {
             sl->next_due = now + hc->interval_ms;
-        } else if (s->naddrs == 0 && s->resolving) {
+        } else if (s.naddrs == 0 && s.resolving) {
             /* The first resolution is under way: not a failure yet, look again soon. */
             uint64_t again = hc->interval_ms / 10;
             sl->next_due = now + (again ? again : 1);
@@ -568,15 +577,17 @@ static void on_tick(uv_timer_t *t)
 
 /* ---- API */
 
-struct lv_healthcheck *lv_healthcheck_start(uv_loop_t *loop, struct lv_upstream *up,
-                                            const struct lv_healthcheck_params *p,
+struct lv_healthcheck *lv_healthcheck_start(uv_loop_t *loop,
+                                            const struct lv_healthcheck_servers *servers,
+                                            void *owner, const struct lv_healthcheck_params *p,
                                             lv_healthcheck_cb cb, void *arg)
 {
     if (lv_healthcheck_params_error(p))
         return NULL;
     struct lv_healthcheck *hc = lv_xcalloc(1, sizeof(*hc));
     hc->loop = loop;
-    hc->up = up;
+    hc->servers = servers;
+    hc->owner = owner;
     hc->cb = cb;
     hc->arg = arg;
     hc->rng = (uint64_t)(uintptr_t)hc ^ uv_hrtime() ^ 0x9E3779B97F4A7C15ULL;
@@ -592,8 +603,9 @@ struct lv_healthcheck *lv_healthcheck_start(uv_loop_t *loop, struct lv_upstream 
 
 int lv_healthcheck_update(struct lv_healthcheck *hc, const struct lv_healthcheck_params *p)
 {
-    if (hc->stopping || lv_healthcheck_params_error(p))
-        return -1;
+    assert(!hc->stopping); /* updating a stopped checker is a bug */
+    if (lv_healthcheck_params_error(p))
+        return -EINVAL;
     set_params(hc, p);
     uint64_t now = uv_now(hc->loop);
     for (size_t i = 0; i < hc->nslots; i++)
@@ -611,7 +623,7 @@ void lv_healthcheck_stop(struct lv_healthcheck *hc)
     for (size_t i = 0; i < hc->nslots; i++)
         slot_abandon(hc, i);
     hc->stopping = true;
-    hc->up = NULL; /* nothing of it is used any more */
+    hc->owner = NULL; /* nothing of it is used any more */
     uv_timer_stop(&hc->timer);
     uv_close((uv_handle_t *)&hc->timer, on_hc_timer_closed);
 }

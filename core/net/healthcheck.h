@@ -15,13 +15,14 @@
  * jitter) after the previous one of the same server started, or as soon as that one ended if
  * it took longer. A server never has two checks at once.
  *
- * The checker reads the upstream's servers (count, host, port, addresses, TLS context,
- * tls_sni) only when it starts a check, and copies what the check needs, so the upstream may
- * re-resolve addresses or be updated by a reload between checks; a server whose slot changes
- * (the servers array was rebuilt with another server at that index) starts afresh, and the
- * result of a check still running on the old one is dropped. The upstream must outlive the
- * checker's running state: call lv_healthcheck_stop before lv_upstream_destroy. Nothing of the
- * upstream is touched after lv_healthcheck_stop returns.
+ * The checker knows the servers only through the lv_healthcheck_servers interface its owner
+ * gives it (net/upstream gives lv_upstream_check_servers), so this module does not depend on
+ * net/upstream. It reads a server (name, host, port, addresses, TLS context, SNI) only when it
+ * starts a check, and copies what the check needs, so the owner may re-resolve addresses or be
+ * updated by a reload between checks; a server whose slot changes (another name at that
+ * index) starts afresh, and the result of a check still running on the old one is dropped.
+ * The owner must outlive the checker's running state: call lv_healthcheck_stop before freeing
+ * it. Nothing of the owner is touched after lv_healthcheck_stop returns.
  */
 #ifndef LV_HEALTHCHECK_H
 #define LV_HEALTHCHECK_H
@@ -31,8 +32,32 @@
 #include <stdint.h>
 #include <uv.h>
 
-struct lv_upstream;
 struct lv_healthcheck;
+struct lv_tls_ctx;
+struct sockaddr_storage;
+
+/* Longest server name a slot remembers (longer names compare on this prefix). */
+#define LV_HEALTHCHECK_NAME_MAX 80
+
+/* What a check needs of one server; borrowed for the duration of the `get` call only. */
+struct lv_healthcheck_target {
+    const char *name; /* identifies the server at this index ("host:port" as configured) */
+    const char *host; /* for the Host field and, without `sni`, the TLS name; NULL: "" */
+    uint16_t port;
+    const struct sockaddr_storage *addrs; /* resolved addresses, tried in order */
+    int naddrs;
+    bool resolving;             /* the first resolution is under way: not a failure yet */
+    struct lv_tls_ctx *tls_ctx; /* client TLS context, or NULL for plain TCP */
+    const char *sni;            /* TLS name to use instead of host, or NULL */
+};
+
+/* The servers to check, as their owner shows them. */
+struct lv_healthcheck_servers {
+    size_t (*count)(void *owner);
+    /* The owner is shutting down: checks are postponed, not started. */
+    bool (*closing)(void *owner);
+    void (*get)(void *owner, size_t i, struct lv_healthcheck_target *out);
+};
 
 /* Largest response head a check reads (status line and fields, interim heads included). */
 #define LV_HEALTHCHECK_MAX_HEAD (16 * 1024)
@@ -63,19 +88,21 @@ typedef void (*lv_healthcheck_cb)(size_t server, bool ok, const char *why, uint6
 const char *lv_healthcheck_params_error(const struct lv_healthcheck_params *p);
 
 /**
- * Starts checking the servers of `up` (which must not be closing) on `loop`. `p` is copied
- * (strings included). Returns NULL if lv_healthcheck_params_error(p) is not NULL. The callback
- * is never called from inside this function.
+ * Starts checking the servers `servers` shows of `owner` (which must not be closing) on `loop`.
+ * `servers` is borrowed for the checker's life; `p` is copied (strings included). Returns NULL
+ * if lv_healthcheck_params_error(p) is not NULL. The callback is never called from inside this
+ * function.
  */
-struct lv_healthcheck *lv_healthcheck_start(uv_loop_t *loop, struct lv_upstream *up,
-                                            const struct lv_healthcheck_params *p,
+struct lv_healthcheck *lv_healthcheck_start(uv_loop_t *loop,
+                                            const struct lv_healthcheck_servers *servers,
+                                            void *owner, const struct lv_healthcheck_params *p,
                                             lv_healthcheck_cb cb, void *arg);
 
 /**
  * New parameters (a reload). Checks under way finish with their old timeout; a server's next
  * check is brought forward into the new interval if it was due later than that. Also picks up
- * servers added to or removed from the upstream. Returns 0, or -1 (and keeps the old
- * parameters) when `p` is invalid.
+ * servers added to or removed from the upstream. Returns 0, or -EINVAL (and keeps the old
+ * parameters) when `p` is invalid (lv_healthcheck_params_error says why).
  */
 int lv_healthcheck_update(struct lv_healthcheck *hc, const struct lv_healthcheck_params *p);
 

@@ -1,6 +1,5 @@
 #include "net/tls.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,6 +8,8 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
+
+#include "base/addr.h"
 
 /* TLS 1.2 suites: ECDHE only (forward secrecy), AEAD only. TLS 1.3 keeps OpenSSL's set. */
 #define LV__TLS12_CIPHERS                                                                          \
@@ -387,7 +388,7 @@ static void set_error_text(struct lv_tls *t, const char *text)
     t->err.len--;
 }
 
-/* Records a fatal error from the OpenSSL call that returned `ssl_err`; always returns -1. */
+/* Records a fatal error from the OpenSSL call that returned `ssl_err`; always returns -EPROTO. */
 static int fail(struct lv_tls *t, int ssl_err)
 {
     t->failed = true;
@@ -411,7 +412,7 @@ static int fail(struct lv_tls *t, int ssl_err)
     }
     lv_buf_putc(&t->err, '\0');
     t->err.len--;
-    return -1;
+    return -EPROTO;
 }
 
 /* ---- connections */
@@ -462,8 +463,7 @@ struct lv_tls *lv_tls_new(struct lv_tls_ctx *x, bool server, const char *sni)
         }
         return t;
     }
-    unsigned char addr[16];
-    bool is_ip = inet_pton(AF_INET, t->name, addr) == 1 || inet_pton(AF_INET6, t->name, addr) == 1;
+    bool is_ip = lv_addr_ip_family(t->name) != AF_UNSPEC;
     int ok = 1;
     if (!is_ip)
         ok = (int)SSL_set_tlsext_host_name(t->ssl, t->name);
@@ -524,7 +524,7 @@ static size_t drain(struct lv_tls *t, struct lv_buf *net_out)
     return total;
 }
 
-/* Sends the queued plaintext. Returns 0 (all sent, or OpenSSL wants input first) or -1. */
+/* Sends the queued plaintext. Returns 0 (all sent, or OpenSSL wants input first) or -EPROTO. */
 static int flush_queue(struct lv_tls *t, struct lv_buf *net_out)
 {
     while (t->queue.len > 0) {
@@ -560,7 +560,7 @@ static void on_handshake_done(struct lv_tls *t)
     lv_buf_dispose(&a);
 }
 
-/* Runs the handshake as far as the input allows. Returns 0 or -1. */
+/* Runs the handshake as far as the input allows. Returns 0 or -EPROTO. */
 static int handshake(struct lv_tls *t, struct lv_buf *net_out)
 {
     t->started = true;
@@ -588,7 +588,7 @@ int lv_tls_feed(struct lv_tls *t, const char *cipher, size_t n, lv_tls_plain_cb 
                 struct lv_buf *net_out)
 {
     if (t->failed)
-        return -1;
+        return -EPROTO;
     /* After close_notify nothing more is read: do not let the input BIO grow. */
     if (t->peer_shut)
         return 1;
@@ -603,12 +603,12 @@ int lv_tls_feed(struct lv_tls *t, const char *cipher, size_t n, lv_tls_plain_cb 
     }
     if (!t->done) {
         if (handshake(t, net_out) < 0 || !t->done) {
-            rc = t->failed ? -1 : 0;
+            rc = t->failed ? -EPROTO : 0;
             goto out;
         }
     }
     if (flush_queue(t, net_out) < 0) {
-        rc = -1;
+        rc = -EPROTO;
         goto out;
     }
     char plain[LV__READ_CHUNK];
@@ -619,7 +619,7 @@ int lv_tls_feed(struct lv_tls *t, const char *cipher, size_t n, lv_tls_plain_cb 
             if (plain_cb)
                 plain_cb(arg, plain, got);
             if (t->failed) { /* plain_cb wrote and that failed */
-                rc = -1;
+                rc = -EPROTO;
                 break;
             }
             continue;
@@ -639,7 +639,7 @@ int lv_tls_feed(struct lv_tls *t, const char *cipher, size_t n, lv_tls_plain_cb 
     }
     /* A renegotiation refusal or key update may have left queued bytes unsent. */
     if (rc == 0 && t->queue.len > 0 && flush_queue(t, net_out) < 0)
-        rc = -1;
+        rc = -EPROTO;
 out:
     drain(t, net_out);
     ERR_clear_error();
@@ -649,10 +649,10 @@ out:
 int lv_tls_write(struct lv_tls *t, const char *plain, size_t n, struct lv_buf *net_out)
 {
     if (t->failed)
-        return -1;
+        return -EPROTO;
     if (t->shut) {
         set_error_text(t, "write after TLS shutdown");
-        return -1;
+        return -EPIPE;
     }
     lv_buf_append(&t->queue, plain, n);
     if (!t->done)
@@ -667,7 +667,7 @@ int lv_tls_write(struct lv_tls *t, const char *plain, size_t n, struct lv_buf *n
 int lv_tls_start(struct lv_tls *t, struct lv_buf *net_out)
 {
     if (t->failed)
-        return -1;
+        return -EPROTO;
     if (t->server || t->started)
         return 0;
     ERR_clear_error();

@@ -73,7 +73,7 @@ void lv_tls_collect(void *arg, const char *p, size_t n);
  * queued data) are appended to `net_out`. `plain_cb` may call lv_tls_write or lv_tls_shutdown
  * on this connection but must not free it.
  * Returns 0 (more bytes needed, or all consumed), 1 when the peer sent close_notify (no more
- * plaintext will come; the connection may still write), or -1 on a fatal error: the text is
+ * plaintext will come; the connection may still write), or -EPROTO on a fatal error: the text is
  * in lv_tls_error(), `net_out` may hold an alert worth sending before closing, and every later
  * call fails. An incomplete record or handshake message just waits for more bytes.
  */
@@ -83,14 +83,14 @@ int lv_tls_feed(struct lv_tls *t, const char *cipher, size_t n, lv_tls_plain_cb 
 /**
  * Encrypts `n` plaintext bytes into `net_out`. Before the handshake completes the bytes are
  * queued inside (the caller bounds what it writes) and go out from the lv_tls_feed call that
- * completes it; if the handshake fails they are never sent. Returns 0, or -1 after a fatal
- * error or lv_tls_shutdown.
+ * completes it; if the handshake fails they are never sent. Returns 0, -EPROTO after a fatal
+ * error, or -EPIPE after lv_tls_shutdown.
  */
 int lv_tls_write(struct lv_tls *t, const char *plain, size_t n, struct lv_buf *net_out);
 
 /**
  * Client: starts the handshake (ClientHello into `net_out`). Server: nothing to do. Calling it
- * twice is harmless. Returns 0 or -1 (lv_tls_error() says why).
+ * twice is harmless. Returns 0 or -EPROTO (lv_tls_error() says why).
  */
 int lv_tls_start(struct lv_tls *t, struct lv_buf *net_out);
 

@@ -4,7 +4,7 @@
  * (round robin, or least request by power of two choices), and keeps a pool of keep-alive
  * connections per server with max_idle / idle_timeout / max_lifetime / max_connections and a
  * bounded queue of requests waiting for a connection slot. A new connection races the
- * server's addresses, families interleaved (Happy Eyeballs, RFC 8305; see upstream.c).
+ * server's addresses, families interleaved (Happy Eyeballs, RFC 8305; see upconn.c).
  *
  * Runtime upstreams live in the server's registry keyed by name, so a reload that keeps an
  * upstream unchanged keeps its pools. The server creates and destroys them; attempts borrow
@@ -18,6 +18,7 @@
 #include <uv.h>
 
 #include "base/buf.h"
+#include "base/list.h"
 #include "policy/health.h"
 #include "script/config.h"
 
@@ -52,7 +53,7 @@ typedef void (*lv_acquire_cb)(enum lv_acquire_error err, struct lv_upconn *uc, c
 
 struct lv_acquire {
     /* private */
-    struct lv_acquire *next, *prev;
+    struct lv_dlist link; /* the upstream's wait queue, while queued */
     struct lv_upstream *up;
     struct lv_upserver *server;
     lv_acquire_cb cb;
@@ -73,7 +74,7 @@ struct lv_upconn {
     uv_connect_t connect_req;
     uv_timer_t timer;
     struct lv_upserver *server;
-    struct lv_upconn *next, *prev; /* idle list */
+    struct lv_dlist idle_link; /* the server's idle list, while IDLE */
     enum lv_upconn_state state;
     uint64_t created_ms;
     uint64_t idle_since_ms;
@@ -108,7 +109,7 @@ struct lv_upserver {
     uint32_t active; /* connect races (one each, however many attempts) + busy */
     uint32_t idle;
     uint32_t inflight;          /* requests being served (for least_request) */
-    struct lv_upconn idle_head; /* sentinel of the idle LIFO list */
+    struct lv_dlist idle_conns; /* idle connections, LIFO (struct lv_upconn, by idle_link) */
     uint64_t connects, connect_failures;
     uint64_t tls_resumed; /* connects whose TLS handshake resumed a cached session */
     /* the last active check: "200", "503", "timeout", "connection refused"...; "" if none */
@@ -129,7 +130,7 @@ struct lv_upstream {
     size_t nservers;
     size_t rr;
     uint64_t rng;
-    struct lv_acquire waitq; /* sentinel */
+    struct lv_dlist waitq; /* queued acquires, FIFO (struct lv_acquire, by link) */
     uint32_t nwaiting;
     uv_timer_t timer; /* queue timeouts, idle expiry, re-resolution: one periodic tick */
     bool closing;
@@ -148,6 +149,11 @@ struct lv_upstream {
     void (*on_health_event)(struct lv_upstream *up, const struct lv_health_event *ev);
     void *owner; /* for on_health_event */
 };
+
+/* Its servers as net/healthcheck sees them: lv_healthcheck_start(loop,
+ * &lv_upstream_check_servers, up, ...). */
+struct lv_healthcheck_servers;
+extern const struct lv_healthcheck_servers lv_upstream_check_servers;
 
 /** Creates the runtime upstream for `cfg` (resolves literal addresses now; names async). */
 struct lv_upstream *lv_upstream_create(uv_loop_t *loop, const struct lv_upstream_cfg *cfg);
@@ -186,7 +192,7 @@ size_t lv_upserver_index(const struct lv_upserver *s);
 void lv_upstream_cancel(struct lv_acquire *acq);
 
 /** Upstream TLS: encrypts `bufs` into uc->tls_out (the caller writes that out and empties
- *  it). Returns 0 or -1. */
+ *  it). Returns 0, or a negative errno from lv_tls_write (lv_tls_error says why). */
 int lv_upconn_tls_wrap(struct lv_upconn *uc, const uv_buf_t *bufs, unsigned n);
 
 /** Starts delivering bytes from the connection to `cb` (and EOF/errors as nread < 0). */

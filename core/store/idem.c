@@ -5,6 +5,7 @@
  */
 #include "store/idem.h"
 
+#include <assert.h>
 #include <stdlib.h>
 
 const char *lv_idem_result_name(enum lv_idem_result r)
@@ -26,39 +27,23 @@ const char *lv_idem_result_name(enum lv_idem_result r)
     return "?";
 }
 
-void lv__idem_link_init(struct lv__idem_link *h)
+static struct lv_idem_op *op_of(struct lv_dlist *l)
 {
-    h->next = h->prev = h;
+    return lv_dlist_entry(l, struct lv_idem_op, link);
 }
 
-void lv__idem_link_append(struct lv__idem_link *h, struct lv__idem_link *l)
-{
-    l->prev = h->prev;
-    l->next = h;
-    h->prev->next = l;
-    h->prev = l;
-}
+static void shut(struct lv_idem *s);
 
-void lv__idem_link_remove(struct lv__idem_link *l)
+/* A closing store is destroyed once it has nothing outstanding and every answer was given. */
+static void finish_if_drained(struct lv_idem *s)
 {
-    l->prev->next = l->next;
-    l->next->prev = l->prev;
-    l->next = l->prev = l;
-}
-
-bool lv__idem_link_empty(const struct lv__idem_link *h)
-{
-    return h->next == h;
-}
-
-static struct lv_idem_op *op_of(struct lv__idem_link *l)
-{
-    return (struct lv_idem_op *)((char *)l - offsetof(struct lv_idem_op, link));
+    if (s->closing && s->drained && !s->dying && !s->delivering && lv_dlist_empty(&s->ready))
+        shut(s);
 }
 
 static void on_close(uv_handle_t *h)
 {
-    lv__idem_unref(h->data);
+    lv__idem_handle_closed(h->data);
 }
 
 static void deliver(struct lv_idem_op *op)
@@ -82,47 +67,50 @@ static void deliver(struct lv_idem_op *op)
 static void on_kick(uv_timer_t *t)
 {
     struct lv_idem *s = t->data;
-    struct lv__idem_link batch;
-    lv__idem_link_init(&batch);
-    if (!lv__idem_link_empty(&s->ready)) {
-        batch.next = s->ready.next;
-        batch.prev = s->ready.prev;
-        batch.next->prev = &batch;
-        batch.prev->next = &batch;
-        lv__idem_link_init(&s->ready);
-    }
-    while (!lv__idem_link_empty(&batch) && !s->dying) {
+    struct lv_dlist batch;
+    lv_dlist_init(&batch);
+    lv_dlist_splice(&batch, &s->ready);
+    s->delivering = true;
+    while (!lv_dlist_empty(&batch) && !s->dying) {
         struct lv_idem_op *op = op_of(batch.next);
-        lv__idem_link_remove(&op->link);
+        lv_dlist_remove(&op->link);
         op->in_ready = false;
-        if (!op->is_wait && s->vt->resolve)
-            s->vt->resolve(op);
+        if (!op->is_wait && s->vt->resolve) {
+            /* A closing store takes no new lock: a lookup decided now is UNAVAILABLE. */
+            if (s->closing)
+                op->result = LV_IDEM_UNAVAILABLE;
+            else
+                s->vt->resolve(op);
+        }
         deliver(op);
     }
+    s->delivering = false;
     /* A callback destroyed the store: what is left of the batch goes with it. */
-    while (!lv__idem_link_empty(&batch)) {
+    while (!lv_dlist_empty(&batch)) {
         struct lv_idem_op *op = op_of(batch.next);
-        lv__idem_link_remove(&op->link);
+        lv_dlist_remove(&op->link);
         lv__idem_op_free(op);
     }
+    finish_if_drained(s);
 }
 
 void lv__idem_init(struct lv_idem *s, const struct lv__idem_vt *vt, uv_loop_t *loop)
 {
     s->vt = vt;
     s->loop = loop;
-    lv__idem_link_init(&s->ready);
+    lv_dlist_init(&s->ready);
     uv_timer_init(loop, &s->kick);
     s->kick.data = s;
     s->handles = 1;
     s->locks = 0;
-    s->dying = false;
+    s->refs = 1;
+    s->closing = s->drained = s->delivering = s->dying = false;
 }
 
 void lv__idem_post(struct lv_idem_op *op)
 {
     struct lv_idem *s = op->store;
-    lv__idem_link_append(&s->ready, &op->link);
+    lv_dlist_append(&s->ready, &op->link);
     op->in_ready = true;
     if (!uv_is_active((uv_handle_t *)&s->kick))
         uv_timer_start(&s->kick, on_kick, 0, 0);
@@ -136,16 +124,24 @@ void lv__idem_op_free(struct lv_idem_op *op)
     free(op);
 }
 
-void lv__idem_unref(struct lv_idem *s)
+void lv__idem_handle_closed(struct lv_idem *s)
 {
-    if (s->handles > 0)
-        s->handles--;
+    assert(s->handles > 0);
+    s->handles--;
     if (s->dying && s->handles == 0 && s->locks == 0)
         s->vt->free(s);
 }
 
+void lv__idem_drained(struct lv_idem *s)
+{
+    assert(s->closing);
+    s->drained = true;
+    finish_if_drained(s);
+}
+
 void lv__idem_lock_ended(struct lv_idem *s)
 {
+    assert(s->locks > 0);
     s->locks--;
     if (s->dying && s->handles == 0 && s->locks == 0)
         s->vt->free(s);
@@ -167,6 +163,8 @@ struct lv_idem_op *lv_idem_begin(struct lv_idem *s, const char *key, size_t klen
                                  const uint8_t fp[LV_IDEM_FP_LEN], uint64_t lease_ms, lv_idem_cb cb,
                                  void *arg)
 {
+    /* Only a holder of a reference asks (see idem.h); after lv_idem_destroy, NULL. */
+    assert(!s->closing || s->dying);
     if (s->dying)
         return NULL;
     if (lease_ms == 0)
@@ -177,6 +175,7 @@ struct lv_idem_op *lv_idem_begin(struct lv_idem *s, const char *key, size_t klen
 struct lv_idem_op *lv_idem_wait(struct lv_idem *s, const char *key, size_t klen,
                                 uint64_t timeout_ms, lv_idem_wait_cb cb, void *arg)
 {
+    assert(!s->closing || s->dying);
     if (s->dying)
         return NULL;
     return started(s->vt->wait(s, key, klen, timeout_ms), true, NULL, cb, arg);
@@ -187,7 +186,7 @@ void lv_idem_cancel(struct lv_idem_op *op)
     if (!op)
         return;
     if (op->in_ready) {
-        lv__idem_link_remove(&op->link);
+        lv_dlist_remove(&op->link);
         op->in_ready = false;
     } else {
         op->store->vt->detach(op);
@@ -233,14 +232,41 @@ void lv_idem_stats(struct lv_idem *s, struct lv_idem_stats *out)
     s->vt->stats(s, out);
 }
 
+struct lv_idem *lv_idem_ref(struct lv_idem *s)
+{
+    assert(s->refs > 0 && !s->closing && !s->dying);
+    s->refs++;
+    return s;
+}
+
+void lv_idem_unref(struct lv_idem *s)
+{
+    if (!s)
+        return;
+    assert(s->refs > 0);
+    if (--s->refs > 0 || s->dying)
+        return;
+    s->closing = true;
+    s->vt->close(s);
+    finish_if_drained(s);
+}
+
 void lv_idem_destroy(struct lv_idem *s)
 {
     if (!s || s->dying)
         return;
+    s->refs = 0;
+    s->closing = true;
+    shut(s);
+}
+
+/* Destroys: drops what is still queued for delivery and closes the handles. */
+static void shut(struct lv_idem *s)
+{
     s->dying = true;
-    while (!lv__idem_link_empty(&s->ready)) {
+    while (!lv_dlist_empty(&s->ready)) {
         struct lv_idem_op *op = op_of(s->ready.next);
-        lv__idem_link_remove(&op->link);
+        lv_dlist_remove(&op->link);
         lv__idem_op_free(op);
     }
     s->vt->destroy(s);

@@ -7,8 +7,19 @@
  * a ttl. Two kinds: the memory store (hash table with a byte cap, one process) and the Redis
  * store (hiredis on the libuv loop; several gateways sharing one Redis act as one). The
  * request path (proxy/request.c) asks with lv_idem_begin, and the request that got the lock
- * ends it exactly once with lv_idem_complete or lv_idem_release. A store is owned by the
- * server's route-state registry and outlives config generations.
+ * ends it exactly once with lv_idem_complete or lv_idem_release.
+ *
+ * Lifetime: a store is reference counted. lv_idem_*_create returns it with one reference;
+ * every owner (a configuration generation, a request that starts an operation or holds a lock)
+ * holds one with lv_idem_ref and gives it back with lv_idem_unref. Rule: only a holder of a
+ * reference may call lv_idem_begin or lv_idem_wait. When the last reference goes the store
+ * closes: lookups still pending are answered UNAVAILABLE and waits are answered `changed =
+ * false` (as if they had run out), on later loop turns as always; locks ended while it closes
+ * are still carried out; the Redis store lets the commands already sent (complete, release, a
+ * begin's lock given back) get their replies, up to command_timeout_ms, and the notify forms
+ * are answered from those replies. Then it closes its handles and frees itself once the last
+ * lock has ended. Nothing ever runs on freed memory: hiredis is freed from a timer, never from
+ * inside one of its callbacks, and every callback of ours finds the store still allocated.
  *
  * Every callback runs later from the loop, never inside the call that started it, and never
  * after lv_idem_cancel. Everything here runs on the loop thread.
@@ -20,6 +31,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
+
+#include "base/list.h"
 
 /* ---- fingerprint: SHA-256 over method, target and the body, streamed */
 
@@ -130,12 +143,24 @@ struct lv_idem_redis_opts {
 struct lv_idem *lv_idem_redis_create(uv_loop_t *loop, const char *host, uint16_t port,
                                      const char *prefix, const struct lv_idem_redis_opts *opts);
 
+/** Adds a reference to `s` (which must still have one) and returns `s`. */
+struct lv_idem *lv_idem_ref(struct lv_idem *s);
+
 /**
- * Destroys a store: operations not yet called back are dropped (their callbacks never run,
- * their handles become invalid), and begin or wait from then on (say, from a callback) return
- * NULL and never call back. Locks still held stay valid: ending them after destroy does
- * nothing in the store and frees them. The memory is freed once the loop has closed the
- * store's handles and the last lock has ended.
+ * Gives back a reference; the last one closes the store as described at the top (pending
+ * lookups UNAVAILABLE, waits `false`, commands already sent finish, then the store frees
+ * itself). NULL is a no-op.
+ */
+void lv_idem_unref(struct lv_idem *s);
+
+/**
+ * Destroys a store at once, whatever its references (for process shutdown): operations not yet
+ * called back are dropped (their callbacks never run, their handles become invalid), Redis
+ * commands not yet answered are abandoned, and begin or wait from then on (say, from a
+ * callback) return NULL and never call back. Locks still held stay valid: ending them after
+ * destroy does nothing in the store and frees them. The memory is freed once the loop has
+ * closed the store's handles and the last lock has ended. It ends every reference: nobody may
+ * call lv_idem_unref on the store afterwards. NULL is a no-op.
  */
 void lv_idem_destroy(struct lv_idem *s);
 
@@ -210,10 +235,6 @@ void lv_idem_stats(struct lv_idem *s, struct lv_idem_stats *out);
 
 /* ---- implementation interface: for memstore.c and redisstore.c only */
 
-struct lv__idem_link {
-    struct lv__idem_link *next, *prev;
-};
-
 struct lv__idem_vt {
     const char *kind;
     struct lv_idem_op *(*begin)(struct lv_idem *s, const char *key, size_t klen,
@@ -230,6 +251,9 @@ struct lv__idem_vt {
     /* Ends the lock; with `notify`, returns an op whose `changed` says "confirmed". */
     struct lv_idem_op *(*release)(struct lv_idem_lock *lock, bool notify);
     void (*stats)(struct lv_idem *s, struct lv_idem_stats *out);
+    /* The last reference went: answer the pending begins (UNAVAILABLE) and waits (false), let
+     * what was sent finish, and call lv__idem_drained once nothing is outstanding. */
+    void (*close)(struct lv_idem *s);
     /* Drops the store's own pending ops and starts closing its handles. */
     void (*destroy)(struct lv_idem *s);
     /* Frees the store once nothing refers to it. */
@@ -239,15 +263,19 @@ struct lv__idem_vt {
 struct lv_idem {
     const struct lv__idem_vt *vt;
     uv_loop_t *loop;
-    uv_timer_t kick;            /* delivers ready ops on the next loop turn */
-    struct lv__idem_link ready; /* ops whose callback is due */
-    unsigned handles;           /* open handles and requests; freed at 0 with no locks */
+    uv_timer_t kick;       /* delivers ready ops on the next loop turn */
+    struct lv_dlist ready; /* ops whose callback is due */
+    unsigned handles;      /* open handles and requests; freed at 0 with no locks */
     unsigned locks;
-    bool dying;
+    unsigned refs;   /* owners (lv_idem_ref/unref); the store closes at 0 */
+    bool closing;    /* refs reached 0: draining, then destroyed */
+    bool drained;    /* closing, and the store reported nothing outstanding */
+    bool delivering; /* on_kick is calling back */
+    bool dying;      /* destroyed: handles closing, nothing is called back any more */
 };
 
 struct lv_idem_op {
-    struct lv__idem_link link; /* ready list, or the store's pending or waiter list */
+    struct lv_dlist link; /* ready list, or the store's pending or waiter list */
     struct lv_idem *store;
     bool is_wait;
     bool in_ready;
@@ -265,11 +293,6 @@ struct lv_idem_lock {
     struct lv_idem *store;
 };
 
-void lv__idem_link_init(struct lv__idem_link *h);
-void lv__idem_link_append(struct lv__idem_link *h, struct lv__idem_link *l);
-void lv__idem_link_remove(struct lv__idem_link *l);
-bool lv__idem_link_empty(const struct lv__idem_link *h);
-
 /** Sets up the common part; the store counts kick as one handle. */
 void lv__idem_init(struct lv_idem *s, const struct lv__idem_vt *vt, uv_loop_t *loop);
 /** Queues `op` (result already set, or resolved by vt->resolve) for delivery. */
@@ -277,7 +300,9 @@ void lv__idem_post(struct lv_idem_op *op);
 /** Frees an op and whatever it owns (an undelivered lock is released). */
 void lv__idem_op_free(struct lv_idem_op *op);
 /** A handle or request of the store finished closing; frees the store when nothing is left. */
-void lv__idem_unref(struct lv_idem *s);
+void lv__idem_handle_closed(struct lv_idem *s);
+/** A closing store has nothing outstanding: it is destroyed once its answers are delivered. */
+void lv__idem_drained(struct lv_idem *s);
 /** Ends a lock's count on its store (after the store's own bookkeeping). */
 void lv__idem_lock_ended(struct lv_idem *s);
 

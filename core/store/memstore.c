@@ -25,7 +25,7 @@ struct ment {
     uint64_t expires; /* lease end while in flight, ttl end once done */
     uint64_t gen;     /* which lock created it */
     size_t heap_idx;
-    struct lv__idem_link waiters; /* struct mwait, by base.link */
+    struct lv_dlist waiters; /* struct mwait, by base.link */
     uint8_t fp[LV_IDEM_FP_LEN];
     bool done;
     int status;
@@ -47,8 +47,8 @@ struct mstore {
     size_t bytes, max_bytes;
     uint64_t next_gen;
     uint64_t sip[2];
-    struct lv__idem_link waiting; /* every struct mwait, by `all` */
-    uint64_t wait_due;            /* no waiter is due before this (may be early) */
+    struct lv_dlist waiting; /* every struct mwait, by `all` */
+    uint64_t wait_due;       /* no waiter is due before this (may be early) */
 };
 
 struct mbegin {
@@ -61,7 +61,7 @@ struct mbegin {
 
 struct mwait {
     struct lv_idem_op base;
-    struct lv__idem_link all;
+    struct lv_dlist all;
     uint64_t deadline;
 };
 
@@ -83,14 +83,14 @@ static uint64_t default_now(void *arg)
     return uv_now(arg);
 }
 
-static struct mwait *wait_of_all(struct lv__idem_link *l)
+static struct mwait *wait_of_all(struct lv_dlist *l)
 {
-    return (struct mwait *)((char *)l - offsetof(struct mwait, all));
+    return lv_dlist_entry(l, struct mwait, all);
 }
 
-static struct mwait *wait_of_link(struct lv__idem_link *l)
+static struct mwait *wait_of_link(struct lv_dlist *l)
 {
-    return (struct mwait *)((char *)l - offsetof(struct mwait, base.link));
+    return lv_dlist_entry(l, struct mwait, base.link);
 }
 
 /* ---- SipHash-2-4 */
@@ -250,10 +250,10 @@ static size_t entry_bytes(const struct ment *e)
 /* Wakes every waiter of `e` with changed = true. */
 static void wake(struct ment *e)
 {
-    while (!lv__idem_link_empty(&e->waiters)) {
+    while (!lv_dlist_empty(&e->waiters)) {
         struct mwait *w = wait_of_link(e->waiters.next);
-        lv__idem_link_remove(&w->base.link);
-        lv__idem_link_remove(&w->all);
+        lv_dlist_remove(&w->base.link);
+        lv_dlist_remove(&w->all);
         w->base.changed = true;
         lv__idem_post(&w->base);
     }
@@ -288,14 +288,14 @@ static void arm(struct mstore *s)
     uint64_t due = UINT64_MAX;
     if (s->heap_len > 0)
         due = s->heap[0]->expires;
-    if (!lv__idem_link_empty(&s->waiting) && s->wait_due < due)
+    if (!lv_dlist_empty(&s->waiting) && s->wait_due < due)
         due = s->wait_due;
     if (due == UINT64_MAX) {
         uv_timer_stop(&s->timer);
         return;
     }
     uint64_t delay = due > now ? due - now : 0;
-    if (!lv__idem_link_empty(&s->waiting) && delay > WAIT_TICK_MS)
+    if (!lv_dlist_empty(&s->waiting) && delay > WAIT_TICK_MS)
         delay = WAIT_TICK_MS;
     uv_timer_start(&s->timer, on_timer, delay, 0);
 }
@@ -309,13 +309,13 @@ void lv_idem_memory_sweep(struct lv_idem *base)
     uint64_t now = now_of(s);
     expire_due(s, now);
     uint64_t due = UINT64_MAX;
-    struct lv__idem_link *l = s->waiting.next;
+    struct lv_dlist *l = s->waiting.next;
     while (l != &s->waiting) {
         struct mwait *w = wait_of_all(l);
         l = l->next;
         if (w->deadline <= now) {
-            lv__idem_link_remove(&w->base.link);
-            lv__idem_link_remove(&w->all);
+            lv_dlist_remove(&w->base.link);
+            lv_dlist_remove(&w->all);
             w->base.changed = false;
             lv__idem_post(&w->base);
         } else if (w->deadline < due) {
@@ -385,7 +385,7 @@ static void mem_resolve(struct lv_idem_op *o)
     e->hash = h;
     e->expires = now + op->lease_ms;
     e->gen = ++s->next_gen;
-    lv__idem_link_init(&e->waiters);
+    lv_dlist_init(&e->waiters);
     memcpy(e->fp, op->fp, LV_IDEM_FP_LEN);
     e->klen = op->klen;
     memcpy(e->key, op->key, op->klen);
@@ -412,7 +412,7 @@ static struct lv_idem_op *mem_wait(struct lv_idem *base, const char *key, size_t
     struct mstore *s = (struct mstore *)base;
     struct mwait *w = lv_xcalloc(1, sizeof(*w));
     w->base.store = base;
-    lv__idem_link_init(&w->all);
+    lv_dlist_init(&w->all);
     uint64_t now = now_of(s);
     uint64_t h = siphash(s->sip, key, klen);
     struct ment *e = lookup(s, key, klen, h);
@@ -426,8 +426,8 @@ static struct lv_idem_op *mem_wait(struct lv_idem *base, const char *key, size_t
         return &w->base;
     }
     w->deadline = now + timeout_ms;
-    lv__idem_link_append(&e->waiters, &w->base.link);
-    lv__idem_link_append(&s->waiting, &w->all);
+    lv_dlist_append(&e->waiters, &w->base.link);
+    lv_dlist_append(&s->waiting, &w->all);
     if (w->deadline < s->wait_due)
         s->wait_due = w->deadline;
     arm(s);
@@ -438,8 +438,8 @@ static void mem_detach(struct lv_idem_op *o)
 {
     /* Only waits are ever outside the ready list. */
     struct mwait *w = (struct mwait *)o;
-    lv__idem_link_remove(&w->base.link);
-    lv__idem_link_remove(&w->all);
+    lv_dlist_remove(&w->base.link);
+    lv_dlist_remove(&w->all);
 }
 
 /* The entry `lk` created, if it is still in flight under that lock. */
@@ -463,7 +463,7 @@ static struct lv_idem_op *told(struct lv_idem *s, bool yes)
 {
     struct mwait *w = lv_xcalloc(1, sizeof(*w));
     w->base.store = s;
-    lv__idem_link_init(&w->all);
+    lv_dlist_init(&w->all);
     w->base.changed = yes;
     lv__idem_post(&w->base);
     return &w->base;
@@ -533,13 +533,28 @@ static void mem_stats(struct lv_idem *base, struct lv_idem_stats *out)
 
 static void on_timer_close(uv_handle_t *h)
 {
-    lv__idem_unref(h->data);
+    lv__idem_handle_closed(h->data);
+}
+
+/* Nothing is ever outstanding here: the waiters are answered "not changed" (as if their time
+ * had run out) and the store is drained at once; lookups already queued are answered
+ * UNAVAILABLE at delivery (idem.c). */
+static void mem_close(struct lv_idem *base)
+{
+    struct mstore *s = (struct mstore *)base;
+    while (!lv_dlist_empty(&s->waiting)) {
+        struct mwait *w = wait_of_all(s->waiting.next);
+        mem_detach(&w->base);
+        w->base.changed = false;
+        lv__idem_post(&w->base);
+    }
+    lv__idem_drained(base);
 }
 
 static void mem_destroy(struct lv_idem *base)
 {
     struct mstore *s = (struct mstore *)base;
-    while (!lv__idem_link_empty(&s->waiting)) {
+    while (!lv_dlist_empty(&s->waiting)) {
         struct mwait *w = wait_of_all(s->waiting.next);
         mem_detach(&w->base);
         lv__idem_op_free(&w->base);
@@ -575,6 +590,7 @@ static const struct lv__idem_vt mem_vt = {
     .complete = mem_complete,
     .release = mem_release,
     .stats = mem_stats,
+    .close = mem_close,
     .destroy = mem_destroy,
     .free = mem_free,
 };
@@ -592,7 +608,7 @@ struct lv_idem *lv_idem_memory_create(uv_loop_t *loop, size_t max_memory)
     s->nbuckets = 64;
     s->buckets = lv_xcalloc(s->nbuckets, sizeof(*s->buckets));
     s->max_bytes = max_memory ? max_memory : LV_IDEM_DEFAULT_MAX_MEMORY;
-    lv__idem_link_init(&s->waiting);
+    lv_dlist_init(&s->waiting);
     s->wait_due = UINT64_MAX;
     if (RAND_bytes((unsigned char *)s->sip, sizeof(s->sip)) != 1) {
         /* Still spread, if guessable: the table works, only flooding gets easier. */

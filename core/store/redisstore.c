@@ -19,23 +19,22 @@
  * hiredis 0.14 has no timeouts of its own, and must never be freed from inside one of its
  * callbacks: every free happens from our timers or destroy, and every user callback is
  * delivered from the ready queue, never from inside hiredis.
- *
- * The socket is watched by a small adapter of our own rather than hiredis' adapters/libuv.h:
- * libuv reports POLLERR (a refused connect, a reset) as an error status and stops the handle,
- * and the 0.14 adapter drops those, so a refused connect would only be seen at its deadline.
+
+ * The connection itself (resolving, connecting, backoff, the socket watcher) is redisconn.c.
  */
-#include <arpa/inet.h>
+#include <assert.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
-#include <netinet/in.h>
 #include <openssl/rand.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/addr.h"
 #include "base/buf.h"
 #include "base/log.h"
 #include "store/idem.h"
+#include "store/redis.h"
 
 #define TICK_MAX_MS 25
 
@@ -60,35 +59,7 @@ static const char SCRIPT_RELEASE[] = "if redis.call('GET', KEYS[1]) == ARGV[1] t
 #define TOKEN_LEN    32
 #define INFLIGHT_LEN (TAG_LEN + FPHEX_LEN + 1 + TOKEN_LEN)
 
-enum rstate { R_DOWN, R_RESOLVING, R_CONNECTING, R_UP };
 enum rkind { CMD_BEGIN, CMD_POLL, CMD_COMPLETE, CMD_RELEASE };
-
-#define MAX_ADDRS 8
-
-struct rstore {
-    struct lv_idem base;
-    struct lv_idem_redis_opts o;
-    char *host;
-    uint16_t port;
-    bool numeric; /* host is an IP literal: no resolving */
-    char *prefix;
-    size_t plen;
-    enum rstate state;
-    redisAsyncContext *ac; /* while connecting or up */
-    char addrs[MAX_ADDRS][INET6_ADDRSTRLEN];
-    int naddrs, addr_idx;  /* the addresses of this attempt, tried in turn */
-    uv_timer_t conn_timer; /* connect deadline while connecting, backoff while down */
-    uv_timer_t tick;       /* command deadlines and polls, while anything is pending */
-    uv_getaddrinfo_t gai;
-    bool gai_busy;
-    unsigned failures; /* consecutive, for the backoff */
-    bool down_logged;
-    uint64_t rng;
-    char id[17]; /* this store's random part of lock tokens */
-    uint64_t token_seq;
-    struct lv__idem_link pending; /* begin ops: queued until connected, or awaiting a reply */
-    struct lv__idem_link waiters; /* wait ops */
-};
 
 struct rop;
 
@@ -105,17 +76,6 @@ struct rcmd {
     size_t rklen, bloblen;
 };
 
-struct rop {
-    struct lv_idem_op base;
-    struct rcmd *cmd;      /* outstanding command, or (unsent) queued until connected */
-    bool unsent;           /* cmd is still ours, not hiredis' */
-    uint64_t cmd_deadline; /* of cmd */
-    uint64_t deadline;     /* wait: the waiter's timeout */
-    uint64_t next_poll;    /* wait */
-    size_t rklen;
-    char rkey[]; /* wait: prefixed key */
-};
-
 struct rlock {
     struct lv_idem_lock base;
     char *rkey, *blob; /* blob: our in-flight value, token included */
@@ -124,129 +84,7 @@ struct rlock {
 
 static const struct lv__idem_vt redis_vt;
 
-/* ---- hiredis event hooks on a uv_poll_t */
-
-struct rpoll {
-    redisAsyncContext *ac; /* NULL once hiredis let go of it */
-    uv_poll_t poll;
-    int events;
-    int errors; /* error reports in a row: past a few, stop watching (no spinning) */
-};
-
-static void rpoll_cb(uv_poll_t *h, int status, int events);
-
-static void rpoll_update(struct rpoll *p)
-{
-    if (p->events && p->errors < 3)
-        uv_poll_start(&p->poll, p->events, rpoll_cb);
-    else
-        uv_poll_stop(&p->poll);
-}
-
-static void rpoll_cb(uv_poll_t *h, int status, int events)
-{
-    struct rpoll *p = h->data;
-    if (!p->ac)
-        return;
-    if (status < 0) {
-        /* Reading makes hiredis fetch the socket error and disconnect (or fail the connect).
-         * If it somehow does not, the command deadlines drop the connection. */
-        p->errors++;
-        redisAsyncHandleRead(p->ac);
-        if (p->ac)
-            rpoll_update(p);
-        return;
-    }
-    p->errors = 0;
-    if (events & UV_READABLE)
-        redisAsyncHandleRead(p->ac);
-    if (p->ac && (events & UV_WRITABLE))
-        redisAsyncHandleWrite(p->ac);
-}
-
-static void rpoll_add_read(void *arg)
-{
-    struct rpoll *p = arg;
-    p->events |= UV_READABLE;
-    rpoll_update(p);
-}
-
-static void rpoll_del_read(void *arg)
-{
-    struct rpoll *p = arg;
-    p->events &= ~UV_READABLE;
-    rpoll_update(p);
-}
-
-static void rpoll_add_write(void *arg)
-{
-    struct rpoll *p = arg;
-    p->events |= UV_WRITABLE;
-    rpoll_update(p);
-}
-
-static void rpoll_del_write(void *arg)
-{
-    struct rpoll *p = arg;
-    p->events &= ~UV_WRITABLE;
-    rpoll_update(p);
-}
-
-static void rpoll_closed(uv_handle_t *h)
-{
-    free(h->data);
-}
-
-/* hiredis is done with the socket (it closes it right after). */
-static void rpoll_cleanup(void *arg)
-{
-    struct rpoll *p = arg;
-    p->ac = NULL;
-    uv_close((uv_handle_t *)&p->poll, rpoll_closed);
-}
-
-static bool rpoll_attach(redisAsyncContext *ac, uv_loop_t *loop)
-{
-    struct rpoll *p = lv_xcalloc(1, sizeof(*p));
-    if (uv_poll_init(loop, &p->poll, ac->c.fd) != 0) {
-        free(p);
-        return false;
-    }
-    p->poll.data = p;
-    p->ac = ac;
-    ac->ev.data = p;
-    ac->ev.addRead = rpoll_add_read;
-    ac->ev.delRead = rpoll_del_read;
-    ac->ev.addWrite = rpoll_add_write;
-    ac->ev.delWrite = rpoll_del_write;
-    ac->ev.cleanup = rpoll_cleanup;
-    return true;
-}
-
-static void start_connect(struct rstore *s);
-static void connect_next(struct rstore *s);
 static void on_tick(uv_timer_t *t);
-
-static uint64_t now_ms(struct rstore *s)
-{
-    return uv_now(s->base.loop);
-}
-
-static struct rop *rop_of(struct lv__idem_link *l)
-{
-    return (struct rop *)((char *)l - offsetof(struct rop, base.link));
-}
-
-static uint64_t rng_next(struct rstore *s)
-{
-    /* xorshift64*: jitter needs spread, not secrecy. */
-    uint64_t x = s->rng;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    s->rng = x;
-    return x * 0x2545F4914F6CDD1DULL;
-}
 
 static void hex(char *out, const uint8_t *p, size_t n)
 {
@@ -333,20 +171,6 @@ static bool parse_blob(const char *p, size_t n, struct blob *b)
     return true;
 }
 
-/* ---- connection */
-
-static bool can_send(struct rstore *s)
-{
-    return s->ac && !s->base.dying && s->state == R_UP &&
-           !(s->ac->c.flags & (REDIS_DISCONNECTING | REDIS_FREEING));
-}
-
-/* A connection attempt is under way: new work waits for it rather than failing. */
-static bool connecting(struct rstore *s)
-{
-    return !s->base.dying && (s->state == R_RESOLVING || s->state == R_CONNECTING);
-}
-
 static void ensure_tick(struct rstore *s)
 {
     if (!uv_is_active((uv_handle_t *)&s->tick)) {
@@ -362,7 +186,7 @@ static void cmd_free(struct rcmd *cmd)
     free(cmd);
 }
 
-static void fail_op(struct rop *op)
+void lv__redis_fail_op(struct rop *op)
 {
     if (op->cmd && op->unsent)
         cmd_free(op->cmd);
@@ -370,7 +194,7 @@ static void fail_op(struct rop *op)
         op->cmd->op = NULL;
     op->cmd = NULL;
     op->unsent = false;
-    lv__idem_link_remove(&op->base.link);
+    lv_dlist_remove(&op->base.link);
     op->base.result = LV_IDEM_UNAVAILABLE;
     lv__idem_post(&op->base);
 }
@@ -380,9 +204,14 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata);
 static bool send_cmd(struct rstore *s, struct rcmd *cmd, int argc, const char **argv,
                      const size_t *lens)
 {
-    if (!can_send(s))
+    if (!lv__redis_can_send(s))
         return false;
-    return redisAsyncCommandArgv(s->ac, on_reply, cmd, argc, argv, lens) == REDIS_OK;
+    if (redisAsyncCommandArgv(s->ac, on_reply, cmd, argc, argv, lens) != REDIS_OK)
+        return false;
+    s->outstanding++;
+    if (s->base.closing)
+        s->close_deadline = lv__redis_now(s) + s->o.command_timeout_ms;
+    return true;
 }
 
 static bool send_begin(struct rstore *s, struct rcmd *cmd)
@@ -395,226 +224,19 @@ static bool send_begin(struct rstore *s, struct rcmd *cmd)
 }
 
 /* Connected: hand the queued begins to hiredis. */
-static void flush_queued(struct rstore *s)
+void lv__redis_flush_queued(struct rstore *s)
 {
-    struct lv__idem_link *l = s->pending.next;
+    struct lv_dlist *l = s->pending.next;
     while (l != &s->pending) {
-        struct rop *op = rop_of(l);
+        struct rop *op = lv__rop_of(l);
         l = l->next;
         if (!op->unsent)
             continue;
         op->unsent = false;
         if (!send_begin(s, op->cmd)) {
             op->unsent = true;
-            fail_op(op);
+            lv__redis_fail_op(op);
         }
-    }
-}
-
-static void on_conn_timer(uv_timer_t *t);
-
-static void schedule_reconnect(struct rstore *s)
-{
-    s->state = R_DOWN;
-    if (s->base.dying)
-        return;
-    unsigned shift = s->failures < 20 ? s->failures : 20;
-    uint64_t delay = s->o.backoff_min_ms << shift;
-    if (delay > s->o.backoff_max_ms || delay < s->o.backoff_min_ms)
-        delay = s->o.backoff_max_ms;
-    /* Equal jitter: several gateways that lost the same Redis do not come back in step. */
-    delay = delay / 2 + rng_next(s) % (delay / 2 + 1);
-    s->failures++;
-    uv_timer_start(&s->conn_timer, on_conn_timer, delay, 0);
-}
-
-/* The attempt failed for good: what waited for it fails, and the store backs off. */
-static void went_down(struct rstore *s, const char *why)
-{
-    if (!s->down_logged)
-        lv_warn("idempotency: redis %s:%u: %s", s->host, s->port, why);
-    s->down_logged = true;
-    s->state = R_DOWN;
-    struct lv__idem_link *l = s->pending.next;
-    while (l != &s->pending) {
-        struct rop *op = rop_of(l);
-        l = l->next;
-        if (op->unsent)
-            fail_op(op);
-    }
-    schedule_reconnect(s);
-}
-
-/* One address failed: try the next one of this attempt (from a timer, as this may run inside
- * a hiredis callback), or give up. */
-static void address_failed(struct rstore *s, const char *why)
-{
-    if (++s->addr_idx < s->naddrs) {
-        s->state = R_CONNECTING;
-        uv_timer_start(&s->conn_timer, on_conn_timer, 0, 0);
-        return;
-    }
-    went_down(s, why);
-}
-
-/* Frees the connection from outside hiredis' callbacks: its pending commands are called back
- * with NULL, which makes their ops UNAVAILABLE. */
-static void drop_connection(struct rstore *s, const char *why)
-{
-    redisAsyncContext *ac = s->ac;
-    bool was_up = s->state == R_UP;
-    s->ac = NULL;
-    s->state = R_DOWN;
-    if (ac)
-        redisAsyncFree(ac);
-    if (was_up)
-        went_down(s, why);
-    else
-        address_failed(s, why);
-}
-
-static void on_connect(const redisAsyncContext *ac, int status)
-{
-    struct rstore *s = ac->data;
-    if (s->ac != ac)
-        return;
-    if (status != REDIS_OK) {
-        /* hiredis frees the context after this returns. */
-        char why[160];
-        snprintf(why, sizeof(why), "connect to %s failed: %s", s->addrs[s->addr_idx],
-                 ac->errstr ? ac->errstr : "?");
-        s->ac = NULL;
-        address_failed(s, why);
-        return;
-    }
-    uv_timer_stop(&s->conn_timer);
-    s->state = R_UP;
-    s->failures = 0;
-    if (s->down_logged)
-        lv_info("idempotency: redis %s:%u: connected", s->host, s->port);
-    s->down_logged = false;
-    flush_queued(s);
-}
-
-static void on_disconnect(const redisAsyncContext *ac, int status)
-{
-    struct rstore *s = ac->data;
-    if (s->ac != ac)
-        return;
-    char why[160];
-    snprintf(why, sizeof(why), "connection lost: %s", ac->errstr ? ac->errstr : "closed");
-    s->ac = NULL;
-    went_down(s, why);
-}
-
-/* Connects to addrs[addr_idx]. */
-static void connect_next(struct rstore *s)
-{
-    const char *ip = s->addrs[s->addr_idx];
-    redisAsyncContext *ac = redisAsyncConnect(ip, s->port);
-    if (!ac) {
-        went_down(s, "out of memory");
-        return;
-    }
-    if (ac->err) {
-        char why[160];
-        snprintf(why, sizeof(why), "connect to %s failed: %s", ip, ac->errstr);
-        redisAsyncFree(ac);
-        address_failed(s, why);
-        return;
-    }
-    if (!rpoll_attach(ac, s->base.loop)) {
-        redisAsyncFree(ac);
-        went_down(s, "cannot watch the socket");
-        return;
-    }
-    ac->data = s;
-    s->ac = ac;
-    s->state = R_CONNECTING;
-    redisAsyncSetDisconnectCallback(ac, on_disconnect);
-    /* This also watches for writability, which is how the connect completes. */
-    redisAsyncSetConnectCallback(ac, on_connect);
-    uv_timer_start(&s->conn_timer, on_conn_timer, s->o.connect_timeout_ms, 0);
-}
-
-static void on_gai(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
-{
-    struct rstore *s = req->data;
-    s->gai_busy = false;
-    if (!s->base.dying && s->state == R_RESOLVING) {
-        s->naddrs = 0;
-        for (struct addrinfo *a = status == 0 ? res : NULL; a && s->naddrs < MAX_ADDRS;
-             a = a->ai_next) {
-            const void *src = NULL;
-            if (a->ai_family == AF_INET)
-                src = &((struct sockaddr_in *)a->ai_addr)->sin_addr;
-            else if (a->ai_family == AF_INET6)
-                src = &((struct sockaddr_in6 *)a->ai_addr)->sin6_addr;
-            if (src && inet_ntop(a->ai_family, src, s->addrs[s->naddrs], INET6_ADDRSTRLEN))
-                s->naddrs++;
-        }
-        if (s->naddrs > 0) {
-            s->addr_idx = 0;
-            connect_next(s);
-        } else {
-            char why[160];
-            snprintf(why, sizeof(why), "cannot resolve: %s",
-                     status ? uv_strerror(status) : "no address");
-            went_down(s, why);
-        }
-    }
-    if (res)
-        uv_freeaddrinfo(res);
-    lv__idem_unref(&s->base);
-}
-
-static void start_connect(struct rstore *s)
-{
-    s->addr_idx = 0;
-    if (s->numeric) {
-        s->naddrs = 1;
-        snprintf(s->addrs[0], sizeof(s->addrs[0]), "%s", s->host);
-        connect_next(s);
-        return;
-    }
-    if (s->gai_busy) {
-        /* The last lookup is still stuck in the thread pool. */
-        went_down(s, "name lookup still pending");
-        return;
-    }
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-    s->gai.data = s;
-    if (uv_getaddrinfo(s->base.loop, &s->gai, on_gai, s->host, NULL, &hints) != 0) {
-        went_down(s, "cannot start a name lookup");
-        return;
-    }
-    s->gai_busy = true;
-    s->base.handles++;
-    s->state = R_RESOLVING;
-    uv_timer_start(&s->conn_timer, on_conn_timer, s->o.connect_timeout_ms, 0);
-}
-
-static void on_conn_timer(uv_timer_t *t)
-{
-    struct rstore *s = t->data;
-    switch (s->state) {
-    case R_DOWN:
-        start_connect(s);
-        break;
-    case R_RESOLVING:
-        /* on_gai will see the state changed and ignore the answer. */
-        if (s->gai_busy)
-            uv_cancel((uv_req_t *)&s->gai);
-        went_down(s, "name lookup timed out");
-        break;
-    case R_CONNECTING:
-        if (s->ac)
-            drop_connection(s, "connect timed out");
-        else
-            connect_next(s); /* the next address, after a failed one */
-        break;
-    case R_UP:
-        break;
     }
 }
 
@@ -673,7 +295,7 @@ static void reply_begin(struct rstore *s, struct rcmd *cmd, const redisReply *r)
             send_release(s, cmd->rkey, cmd->rklen, cmd->blob, cmd->bloblen, NULL);
         return;
     }
-    lv__idem_link_remove(&op->base.link);
+    lv_dlist_remove(&op->base.link);
     op->cmd = NULL;
     op->base.result = res;
     if (res == LV_IDEM_ACQUIRED) {
@@ -709,7 +331,7 @@ static void reply_poll(struct rstore *s, struct rcmd *cmd, const redisReply *r)
     if (in_flight)
         return;
     /* Done, gone, or trouble: the caller asks again and learns which. */
-    lv__idem_link_remove(&op->base.link);
+    lv_dlist_remove(&op->base.link);
     op->base.changed = true;
     lv__idem_post(&op->base);
 }
@@ -731,7 +353,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         case CMD_RELEASE:
             if (cmd->op) { /* the _notify forms: stored (1), or our lock is gone (any count) */
                 struct rop *op = cmd->op;
-                lv__idem_link_remove(&op->base.link);
+                lv_dlist_remove(&op->base.link);
                 op->cmd = NULL;
                 op->base.changed = r && r->type == REDIS_REPLY_INTEGER &&
                                    (cmd->kind == CMD_RELEASE || r->integer == 1);
@@ -747,6 +369,10 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         }
     }
     cmd_free(cmd);
+    assert(s->outstanding > 0);
+    /* Closing: the last reply is in, finish from a timer (hiredis is inside a callback). */
+    if (--s->outstanding == 0 && s->base.closing && !s->base.dying)
+        uv_timer_start(&s->conn_timer, lv__redis_on_conn_timer, 0, 0);
 }
 
 /* ---- timers: command deadlines and polls */
@@ -754,22 +380,22 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 static void on_tick(uv_timer_t *t)
 {
     struct rstore *s = t->data;
-    uint64_t now = now_ms(s);
+    uint64_t now = lv__redis_now(s);
     bool timed_out = false;
-    struct lv__idem_link *l = s->pending.next;
+    struct lv_dlist *l = s->pending.next;
     while (l != &s->pending) {
-        struct rop *op = rop_of(l);
+        struct rop *op = lv__rop_of(l);
         l = l->next;
         if (op->cmd_deadline > now)
             continue;
         /* A reply overdue means the connection is stuck; a queued op waited too long for a
          * connection attempt that has its own deadline. */
         timed_out = timed_out || !op->unsent;
-        fail_op(op);
+        lv__redis_fail_op(op);
     }
     l = s->waiters.next;
     while (l != &s->waiters) {
-        struct rop *op = rop_of(l);
+        struct rop *op = lv__rop_of(l);
         l = l->next;
         bool stuck = op->cmd && op->cmd_deadline <= now;
         timed_out = timed_out || stuck;
@@ -777,10 +403,10 @@ static void on_tick(uv_timer_t *t)
             if (op->cmd)
                 op->cmd->op = NULL;
             op->cmd = NULL;
-            lv__idem_link_remove(&op->base.link);
+            lv_dlist_remove(&op->base.link);
             op->base.changed = stuck; /* trouble: the caller asks again and hears it */
             lv__idem_post(&op->base);
-        } else if (!op->cmd && op->next_poll <= now && !connecting(s)) {
+        } else if (!op->cmd && op->next_poll <= now && !lv__redis_connecting(s)) {
             struct rcmd *cmd = lv_xcalloc(1, sizeof(*cmd));
             cmd->s = s;
             cmd->op = op;
@@ -793,15 +419,15 @@ static void on_tick(uv_timer_t *t)
                 op->next_poll = now + s->o.poll_ms;
             } else {
                 cmd_free(cmd);
-                lv__idem_link_remove(&op->base.link);
+                lv_dlist_remove(&op->base.link);
                 op->base.changed = true;
                 lv__idem_post(&op->base);
             }
         }
     }
     if (timed_out && s->ac && s->state == R_UP)
-        drop_connection(s, "command timed out");
-    if (lv__idem_link_empty(&s->pending) && lv__idem_link_empty(&s->waiters))
+        lv__redis_drop(s, "command timed out");
+    if (lv_dlist_empty(&s->pending) && lv_dlist_empty(&s->waiters))
         uv_timer_stop(&s->tick);
 }
 
@@ -811,7 +437,7 @@ static struct rop *rop_new(struct rstore *s, size_t extra)
 {
     struct rop *op = lv_xcalloc(1, sizeof(*op) + extra + 1);
     op->base.store = &s->base;
-    lv__idem_link_init(&op->base.link);
+    lv_dlist_init(&op->base.link);
     return op;
 }
 
@@ -820,7 +446,7 @@ static struct lv_idem_op *redis_begin(struct lv_idem *base, const char *key, siz
 {
     struct rstore *s = (struct rstore *)base;
     struct rop *op = rop_new(s, 0);
-    if (!can_send(s) && !connecting(s)) {
+    if (!lv__redis_can_send(s) && !lv__redis_connecting(s)) {
         /* Down, backing off: answer now, the caller applies on_store_error. */
         op->base.result = LV_IDEM_UNAVAILABLE;
         lv__idem_post(&op->base);
@@ -841,12 +467,12 @@ static struct lv_idem_op *redis_begin(struct lv_idem *base, const char *key, siz
              (unsigned long long)++s->token_seq);
     cmd->bloblen = INFLIGHT_LEN;
     op->cmd = cmd;
-    op->cmd_deadline = now_ms(s) + s->o.command_timeout_ms;
-    lv__idem_link_append(&s->pending, &op->base.link);
-    if (!can_send(s))
+    op->cmd_deadline = lv__redis_now(s) + s->o.command_timeout_ms;
+    lv_dlist_append(&s->pending, &op->base.link);
+    if (!lv__redis_can_send(s))
         op->unsent = true; /* sent once connected, see flush_queued */
     else if (!send_begin(s, cmd))
-        fail_op(op);
+        lv__redis_fail_op(op);
     ensure_tick(s);
     return &op->base;
 }
@@ -859,16 +485,16 @@ static struct lv_idem_op *redis_wait(struct lv_idem *base, const char *key, size
     memcpy(op->rkey, s->prefix, s->plen);
     memcpy(op->rkey + s->plen, key, klen);
     op->rklen = s->plen + klen;
-    if (!can_send(s) && !connecting(s)) {
+    if (!lv__redis_can_send(s) && !lv__redis_connecting(s)) {
         op->base.changed = true; /* the caller's next begin answers UNAVAILABLE */
         lv__idem_post(&op->base);
         return &op->base;
     }
-    uint64_t now = now_ms(s);
+    uint64_t now = lv__redis_now(s);
     op->deadline = now + timeout_ms;
     /* The first look waits a poll period: the caller has just seen the key in flight. */
     op->next_poll = now + s->o.poll_ms;
-    lv__idem_link_append(&s->waiters, &op->base.link);
+    lv_dlist_append(&s->waiters, &op->base.link);
     ensure_tick(s);
     return &op->base;
 }
@@ -882,7 +508,7 @@ static void redis_detach(struct lv_idem_op *o)
         op->cmd->op = NULL;
     op->cmd = NULL;
     op->unsent = false;
-    lv__idem_link_remove(&op->base.link);
+    lv_dlist_remove(&op->base.link);
 }
 
 static void lock_end(struct rlock *lk)
@@ -907,8 +533,8 @@ static struct lv_idem_op *told(struct rop *op, bool yes)
 /* A notify op waits for its reply like a begin: same deadline, same list. */
 static struct lv_idem_op *awaiting(struct rstore *s, struct rop *op)
 {
-    op->cmd_deadline = now_ms(s) + s->o.command_timeout_ms;
-    lv__idem_link_append(&s->pending, &op->base.link);
+    op->cmd_deadline = lv__redis_now(s) + s->o.command_timeout_ms;
+    lv_dlist_append(&s->pending, &op->base.link);
     ensure_tick(s);
     return &op->base;
 }
@@ -976,18 +602,77 @@ static void redis_stats(struct lv_idem *base, struct lv_idem_stats *out)
     *out = (struct lv_idem_stats){"redis", base->locks, 0, 0, s->state == R_UP};
 }
 
+/* The last reference went. Lookups are answered UNAVAILABLE (a lock one of them gets after
+ * all is given back by reply_begin), waits "not changed"; the notify forms keep waiting for
+ * their replies. With a connection, the commands sent get up to command_timeout_ms to be
+ * answered; without one, nothing is outstanding. */
+static void redis_close(struct lv_idem *base)
+{
+    struct rstore *s = (struct rstore *)base;
+    struct lv_dlist *l, *n;
+    lv_dlist_foreach_safe(l, n, &s->pending)
+    {
+        struct rop *op = lv__rop_of(l);
+        if (!op->base.is_wait)
+            lv__redis_fail_op(op);
+    }
+    lv_dlist_foreach_safe(l, n, &s->waiters)
+    {
+        struct rop *op = lv__rop_of(l);
+        redis_detach(&op->base);
+        op->base.changed = false;
+        lv__idem_post(&op->base);
+    }
+    if (s->state != R_UP) {
+        if (s->ac) { /* connecting: nothing was sent on it */
+            redisAsyncContext *ac = s->ac;
+            s->ac = NULL;
+            redisAsyncFree(ac);
+        }
+        if (s->gai_busy)
+            uv_cancel((uv_req_t *)&s->gai);
+        s->state = R_DOWN;
+    }
+    uv_timer_stop(&s->conn_timer);
+    s->close_deadline = lv__redis_now(s) + s->o.command_timeout_ms;
+    if (s->outstanding == 0)
+        lv__idem_drained(base);
+    else
+        uv_timer_start(&s->conn_timer, lv__redis_on_conn_timer, s->o.command_timeout_ms, 0);
+}
+
+/* While closing, conn_timer fires when the last reply came in, or at the deadline: then the
+ * notify forms still waiting are answered "no" and destroy abandons the rest. */
+void lv__redis_closing_timer(struct rstore *s)
+{
+    if (s->base.dying || s->base.drained)
+        return;
+    uint64_t now = lv__redis_now(s);
+    if (s->outstanding > 0 && now < s->close_deadline) {
+        /* A lock ended after the close sent one more command: it gets its time too. */
+        uv_timer_start(&s->conn_timer, lv__redis_on_conn_timer, s->close_deadline - now, 0);
+        return;
+    }
+    struct lv_dlist *l, *n;
+    lv_dlist_foreach_safe(l, n, &s->pending)
+    {
+        lv__redis_fail_op(lv__rop_of(l));
+    }
+    lv__idem_drained(&s->base);
+}
+
 static void on_handle_close(uv_handle_t *h)
 {
-    lv__idem_unref(h->data);
+    lv__idem_handle_closed(h->data);
 }
 
 static void redis_destroy(struct lv_idem *base)
 {
     struct rstore *s = (struct rstore *)base;
-    struct lv__idem_link *lists[] = {&s->pending, &s->waiters};
+    struct lv_dlist *lists[] = {&s->pending, &s->waiters};
     for (int i = 0; i < 2; i++) {
-        while (!lv__idem_link_empty(lists[i])) {
-            struct rop *op = rop_of(lists[i]->next);
+        while (!lv_dlist_empty(lists[i])) {
+            struct rop *op = lv__rop_of(lists[i]->next);
             redis_detach(&op->base);
             lv__idem_op_free(&op->base);
         }
@@ -1020,6 +705,7 @@ static const struct lv__idem_vt redis_vt = {
     .complete = redis_complete,
     .release = redis_release,
     .stats = redis_stats,
+    .close = redis_close,
     .destroy = redis_destroy,
     .free = redis_free,
 };
@@ -1045,12 +731,11 @@ struct lv_idem *lv_idem_redis_create(uv_loop_t *loop, const char *host, uint16_t
         s->o.backoff_max_ms = s->o.backoff_min_ms;
     s->host = lv_xstrdup(host);
     s->port = port;
-    unsigned char a[16];
-    s->numeric = inet_pton(AF_INET, host, a) == 1 || inet_pton(AF_INET6, host, a) == 1;
+    s->numeric = lv_addr_ip_family(host) != AF_UNSPEC;
     s->prefix = lv_xstrdup(prefix ? prefix : "");
     s->plen = strlen(s->prefix);
-    lv__idem_link_init(&s->pending);
-    lv__idem_link_init(&s->waiters);
+    lv_dlist_init(&s->pending);
+    lv_dlist_init(&s->waiters);
     uint8_t rnd[16];
     if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
         uint64_t x = uv_hrtime() ^ (uint64_t)(uintptr_t)s ^ (uint64_t)uv_os_getpid() << 32;
@@ -1068,6 +753,6 @@ struct lv_idem *lv_idem_redis_create(uv_loop_t *loop, const char *host, uint16_t
     uv_timer_init(loop, &s->tick);
     s->tick.data = s;
     s->base.handles += 2;
-    start_connect(s);
+    lv__redis_connect(s);
     return &s->base;
 }

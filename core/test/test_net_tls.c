@@ -1,8 +1,9 @@
 /*
- * test_server_tls: the TLS engine (net/tls.h) with a client and a server end pumped against
+ * test_net_tls: the TLS engine (net/tls.h) with a client and a server end pumped against
  * each other in memory. Certificates come from a throwaway CA made with the openssl command
  * line in a temporary directory at start.
  */
+#include <errno.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <stdio.h>
@@ -242,7 +243,7 @@ T_TEST(verify_hostname_mismatch_fails_before_any_request_byte)
     T_CHECK_INT(lv_tls_write(c.t, "POST /pay HTTP/1.1\r\n\r\n", 22, &c.out), 0);
     T_CHECK_INT(lv_tls_start(c.t, &c.out), 0);
     T_CHECK_INT(pump(&c, &s, 1 << 20), -1);
-    T_CHECK_INT(c.rc, -1);
+    T_CHECK_INT(c.rc, -EPROTO);
     T_CHECK(!lv_tls_handshake_done(c.t));
     const char *e = lv_tls_error(c.t);
     T_CHECK(contains(e, "certificate verify failed"));
@@ -252,12 +253,12 @@ T_TEST(verify_hostname_mismatch_fails_before_any_request_byte)
     /* The client's alert reaches the server, which fails too; no request byte ever arrived. */
     T_CHECK(c.out.len > 0);
     T_CHECK_INT(pump(&c, &s, 1 << 20), -1);
-    T_CHECK_INT(s.rc, -1);
+    T_CHECK_INT(s.rc, -EPROTO);
     T_CHECK(contains(lv_tls_error(s.t), "alert"));
     T_CHECK_INT(s.got.len, 0);
     /* Failed is final. */
-    T_CHECK_INT(lv_tls_feed(c.t, "x", 1, on_plain, &c, &c.out), -1);
-    T_CHECK_INT(lv_tls_write(c.t, "x", 1, &c.out), -1);
+    T_CHECK_INT(lv_tls_feed(c.t, "x", 1, on_plain, &c, &c.out), -EPROTO);
+    T_CHECK_INT(lv_tls_write(c.t, "x", 1, &c.out), -EPROTO);
     end_dispose(&c);
     end_dispose(&s);
     lv_tls_ctx_free(sc);
@@ -271,7 +272,7 @@ T_TEST(verify_without_the_ca_fails)
     T_CHECK(cc != NULL);
     struct end c, s;
     T_CHECK_INT(connect_pair(cc, sc, "localhost", &c, &s, 1 << 20), -1);
-    T_CHECK_INT(c.rc, -1);
+    T_CHECK_INT(c.rc, -EPROTO);
     T_CHECK(contains(lv_tls_error(c.t), "certificate verify failed: "));
     T_CHECK(!contains(lv_tls_error(c.t), "hostname")); /* the chain, not the name, is at fault */
     end_dispose(&c);
@@ -324,7 +325,7 @@ T_TEST(verifying_client_without_a_name_refuses_to_start)
     struct lv_tls_ctx *cc = client_ctx(true, "ca.pem");
     struct lv_tls *t = lv_tls_new(cc, false, NULL);
     struct lv_buf out = LV_BUF_INIT;
-    T_CHECK_INT(lv_tls_start(t, &out), -1);
+    T_CHECK_INT(lv_tls_start(t, &out), -EPROTO);
     T_CHECK_INT(out.len, 0);
     T_CHECK(contains(lv_tls_error(t), "no host name"));
     lv_tls_free(t);
@@ -340,7 +341,7 @@ T_TEST(close_notify_both_ways)
     T_CHECK_INT(connect_pair(cc, sc, "localhost", &c, &s, 1 << 20), 0);
     lv_tls_shutdown(c.t, &c.out);
     T_CHECK(c.out.len > 0);
-    T_CHECK_INT(lv_tls_write(c.t, "late", 4, &c.out), -1);
+    T_CHECK_INT(lv_tls_write(c.t, "late", 4, &c.out), -EPIPE);
     T_CHECK_INT(pump(&c, &s, 1 << 20), 0);
     T_CHECK_INT(s.rc, 1);
     /* Half-close: the server may still answer, then closes too. */
@@ -380,15 +381,15 @@ T_TEST(garbage_to_the_server_fails_cleanly)
     /* Plain HTTP on the TLS port. */
     struct lv_tls *t = lv_tls_new(sc, true, NULL);
     const char *http = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
-    T_CHECK_INT(lv_tls_feed(t, http, strlen(http), on_plain, NULL, &out), -1);
+    T_CHECK_INT(lv_tls_feed(t, http, strlen(http), on_plain, NULL, &out), -EPROTO);
     T_CHECK(contains(lv_tls_error(t), "http request"));
-    T_CHECK_INT(lv_tls_feed(t, http, strlen(http), on_plain, NULL, &out), -1);
+    T_CHECK_INT(lv_tls_feed(t, http, strlen(http), on_plain, NULL, &out), -EPROTO);
     T_CHECK_INT(ERR_peek_error(), 0); /* nothing left behind for the next connection */
     lv_tls_free(t);
 
     /* A handshake record header claiming 65535 bytes: refused from the header alone. */
     t = lv_tls_new(sc, true, NULL);
-    T_CHECK_INT(lv_tls_feed(t, "\x16\x03\x01\xff\xff", 5, on_plain, NULL, &out), -1);
+    T_CHECK_INT(lv_tls_feed(t, "\x16\x03\x01\xff\xff", 5, on_plain, NULL, &out), -EPROTO);
     T_CHECK(lv_tls_error(t)[0] != '\0');
     lv_tls_free(t);
 
@@ -397,7 +398,7 @@ T_TEST(garbage_to_the_server_fails_cleanly)
     fill_pattern(junk, sizeof(junk), 7);
     junk[0] = (char)0xff;
     t = lv_tls_new(sc, true, NULL);
-    T_CHECK_INT(lv_tls_feed(t, junk, sizeof(junk), on_plain, NULL, &out), -1);
+    T_CHECK_INT(lv_tls_feed(t, junk, sizeof(junk), on_plain, NULL, &out), -EPROTO);
     T_CHECK(lv_tls_error(t)[0] != '\0');
     lv_tls_free(t);
     lv_buf_dispose(&out);
@@ -408,7 +409,7 @@ T_TEST(garbage_to_the_server_fails_cleanly)
     T_CHECK_INT(connect_pair(cc, sc, "localhost", &c, &s, 1 << 20), 0);
     char rec[5 + 32] = "\x17\x03\x03\x00\x20";
     fill_pattern(rec + 5, 32, 9);
-    T_CHECK_INT(lv_tls_feed(s.t, rec, sizeof(rec), on_plain, &s, &s.out), -1);
+    T_CHECK_INT(lv_tls_feed(s.t, rec, sizeof(rec), on_plain, &s, &s.out), -EPROTO);
     T_CHECK(lv_tls_error(s.t)[0] != '\0');
     T_CHECK_INT(s.got.len, 0);
     end_dispose(&c);
@@ -451,7 +452,7 @@ T_TEST(stale_openssl_errors_do_not_leak_into_a_connection)
     /* Connection A fails; connection B, made right after, must not inherit anything. */
     struct lv_tls *a = lv_tls_new(sc, true, NULL);
     struct lv_buf out = LV_BUF_INIT;
-    T_CHECK_INT(lv_tls_feed(a, "garbage!", 8, NULL, NULL, &out), -1);
+    T_CHECK_INT(lv_tls_feed(a, "garbage!", 8, NULL, NULL, &out), -EPROTO);
     const char *a_err = lv_tls_error(a);
     T_CHECK(a_err[0] != '\0');
     /* Some other code left an error on the thread's queue: with it there, SSL_get_error would
@@ -557,7 +558,7 @@ T_TEST(alpn_http11_only)
     T_CHECK_STR(lv_tls_alpn(s.t), "http/1.1");
     end_dispose(&s);
     /* Only h2: refused with no_application_protocol rather than speaking HTTP/1.1 to it. */
-    T_CHECK_INT(raw_client(sc, "\x02h2", 3, 0, &s, sel, sizeof(sel)), -1);
+    T_CHECK_INT(raw_client(sc, "\x02h2", 3, 0, &s, sel, sizeof(sel)), -EPROTO);
     T_CHECK(contains(lv_tls_error(s.t), "application protocol"));
     end_dispose(&s);
     /* No ALPN at all: fine, HTTP/1.1 is assumed. */
@@ -578,7 +579,7 @@ T_TEST(tls12_served_tls11_refused)
     T_CHECK_STR(lv_tls_version(s.t), "TLSv1.2");
     T_CHECK_STR(sel, "http/1.1");
     end_dispose(&s);
-    T_CHECK_INT(raw_client(sc, "", 0, TLS1_1_VERSION, &s, sel, sizeof(sel)), -1);
+    T_CHECK_INT(raw_client(sc, "", 0, TLS1_1_VERSION, &s, sel, sizeof(sel)), -EPROTO);
     T_CHECK(contains(lv_tls_error(s.t), "unsupported protocol"));
     end_dispose(&s);
     lv_tls_ctx_free(sc);

@@ -1,5 +1,5 @@
 /*
- * test_server_healthcheck: active health checks (net/healthcheck.h) against small HTTP
+ * test_net_healthcheck: active health checks (net/healthcheck.h) against small HTTP
  * responders run inside the test on loopback: one answering a sequence of statuses, one that
  * accepts and never answers, a closed port, responders sending garbage, an endless head, a cut
  * head, an interim 100 then 204, and a TLS one (certificates from a throwaway CA made with the
@@ -7,6 +7,7 @@
  * destroys its upstream and checks uv_loop_close() == 0 (with LeakSanitizer in the ASan build,
  * that also proves the checker freed everything).
  */
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -527,7 +528,7 @@ T_TEST(ok_then_503_and_the_request_sent)
     fixture_add(&f, r->port);
     fixture_up(&f);
     struct lv_healthcheck_params p = params(30, 500);
-    rc.hc = lv_healthcheck_start(&f.loop, f.up, &p, on_result, &rc);
+    rc.hc = lv_healthcheck_start(&f.loop, &lv_upstream_check_servers, f.up, &p, on_result, &rc);
     T_CHECK(rc.hc != NULL);
     T_CHECK_INT(rc.n, 0); /* nothing from inside start */
     rc.want = 4;
@@ -576,7 +577,7 @@ T_TEST(host_field_and_expect_set)
     p.host = "api.internal";
     p.path = "/status?deep=1";
     p.expect[418 / 64] |= 1ULL << (418 % 64);
-    rc.hc = lv_healthcheck_start(&f.loop, f.up, &p, on_result, &rc);
+    rc.hc = lv_healthcheck_start(&f.loop, &lv_upstream_check_servers, f.up, &p, on_result, &rc);
     rc.want = 1;
     T_CHECK(run_until(&f.loop, until_n, &rc, 3000));
     T_CHECK(rc.r[0].ok);
@@ -597,10 +598,11 @@ T_TEST(host_field_and_expect_set)
     struct lv_healthcheck_params bad = params(20, 500);
     bad.path = "/a b";
     T_CHECK(lv_healthcheck_params_error(&bad) != NULL);
-    T_CHECK_INT(lv_healthcheck_update(rc.hc, &bad), -1);
+    T_CHECK_INT(lv_healthcheck_update(rc.hc, &bad), -EINVAL);
     bad.path = "status";
     T_CHECK(lv_healthcheck_params_error(&bad) != NULL);
-    T_CHECK(lv_healthcheck_start(&f.loop, f.up, &bad, on_result, &rc) == NULL);
+    T_CHECK(lv_healthcheck_start(&f.loop, &lv_upstream_check_servers, f.up, &bad, on_result, &rc) ==
+            NULL);
     bad.path = "/ok";
     bad.host = "evil\r\nX-Injected: 1";
     T_CHECK(lv_healthcheck_params_error(&bad) != NULL);
@@ -628,7 +630,7 @@ T_TEST(failures_are_named)
     fixture_add(&f, closed_port(&f.loop)); /* server NM: nobody listens */
     fixture_up(&f);
     struct lv_healthcheck_params p = params(200, 60);
-    rc.hc = lv_healthcheck_start(&f.loop, f.up, &p, on_result, &rc);
+    rc.hc = lv_healthcheck_start(&f.loop, &lv_upstream_check_servers, f.up, &p, on_result, &rc);
     rc.want_each = 1;
     rc.nservers = NM + 1;
     T_CHECK(run_until(&f.loop, until_each, &rc, 3000));
@@ -671,7 +673,7 @@ T_TEST(cannot_resolve)
     int naddrs = f.up->servers[0].naddrs;
     f.up->servers[0].naddrs = 0;
     struct lv_healthcheck_params p = params(20, 500);
-    rc.hc = lv_healthcheck_start(&f.loop, f.up, &p, on_result, &rc);
+    rc.hc = lv_healthcheck_start(&f.loop, &lv_upstream_check_servers, f.up, &p, on_result, &rc);
     rc.want = 1;
     T_CHECK(run_until(&f.loop, until_n, &rc, 3000));
     T_CHECK(!rc.r[0].ok);
@@ -701,7 +703,7 @@ T_TEST(checks_are_spread_and_periodic)
     struct lv_healthcheck_params p = params(INTERVAL, 500);
     uv_update_time(&f.loop);
     uint64_t t0 = uv_now(&f.loop);
-    rc.hc = lv_healthcheck_start(&f.loop, f.up, &p, on_result, &rc);
+    rc.hc = lv_healthcheck_start(&f.loop, &lv_upstream_check_servers, f.up, &p, on_result, &rc);
     rc.want_each = CHECKS;
     rc.nservers = N;
     T_CHECK(run_until(&f.loop, until_each, &rc, 5000));
@@ -765,7 +767,7 @@ T_TEST(never_two_checks_of_a_server_at_once)
     fixture_up(&f);
     /* The timeout is longer than the interval: the next check waits for the last one. */
     struct lv_healthcheck_params p = params(15, 45);
-    rc.hc = lv_healthcheck_start(&f.loop, f.up, &p, on_result, &rc);
+    rc.hc = lv_healthcheck_start(&f.loop, &lv_upstream_check_servers, f.up, &p, on_result, &rc);
     rc.want = 4;
     T_CHECK(run_until(&f.loop, until_n, &rc, 3000));
     for (int k = 0; k < 4; k++) {
@@ -792,7 +794,7 @@ T_TEST(stop_while_a_check_runs)
     fixture_add(&f, r->port);
     fixture_up(&f);
     struct lv_healthcheck_params p = params(10, 1000);
-    rc.hc = lv_healthcheck_start(&f.loop, f.up, &p, on_result, &rc);
+    rc.hc = lv_healthcheck_start(&f.loop, &lv_upstream_check_servers, f.up, &p, on_result, &rc);
     T_CHECK(run_until(&f.loop, until_running, &rc, 3000));
     /* Let it connect and send its request, then abandon it. */
     run_until(&f.loop, NULL, NULL, 20);
@@ -821,7 +823,7 @@ T_TEST(stop_from_the_callback)
         fixture_add(&f, r->port);
     fixture_up(&f);
     struct lv_healthcheck_params p = params(10, 1000);
-    rc.hc = lv_healthcheck_start(&f.loop, f.up, &p, on_result, &rc);
+    rc.hc = lv_healthcheck_start(&f.loop, &lv_upstream_check_servers, f.up, &p, on_result, &rc);
     rc.stop_in_cb = true;
     rc.want = 1;
     T_CHECK(run_until(&f.loop, until_n, &rc, 3000));
@@ -844,7 +846,7 @@ T_TEST(servers_removed_by_a_reload)
     fixture_add(&f, ok->port);
     fixture_up(&f);
     struct lv_healthcheck_params p = params(15, 200);
-    rc.hc = lv_healthcheck_start(&f.loop, f.up, &p, on_result, &rc);
+    rc.hc = lv_healthcheck_start(&f.loop, &lv_upstream_check_servers, f.up, &p, on_result, &rc);
     rc.want_each = 1;
     rc.nservers = 1;
     T_CHECK(run_until(&f.loop, until_each, &rc, 3000));
@@ -901,7 +903,7 @@ T_TEST(tls_checks)
     fixture_up(&f);
     T_CHECK(f.up->tls_ctx != NULL);
     struct lv_healthcheck_params p = params(20, 1000);
-    rc.hc = lv_healthcheck_start(&f.loop, f.up, &p, on_result, &rc);
+    rc.hc = lv_healthcheck_start(&f.loop, &lv_upstream_check_servers, f.up, &p, on_result, &rc);
     rc.want = 2;
     T_CHECK(run_until(&f.loop, until_n, &rc, 5000));
     T_CHECK(rc.r[0].ok && rc.r[1].ok);
