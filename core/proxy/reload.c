@@ -8,8 +8,6 @@
 #include "base/log.h"
 #include "proxy/server.h"
 
-static void waiters_free(struct lv_reload_waiter *w);
-
 /* ---- watching the configuration files (watch = true) */
 
 /* Editors often save by writing a new file and renaming it over the old one, which a watch

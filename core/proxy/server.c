@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <lua.h>
@@ -788,6 +787,7 @@ void lv_server_stop(struct lv_server *s)
 
 void lv_server_free(struct lv_server *s)
 {
+    assert(!s->gen); /* lv_server_stop ran */
     for (size_t i = 0; i < s->nroutes; i++) {
         free(s->routes[i]->name);
         free(s->routes[i]->idem_sig);
