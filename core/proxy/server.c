@@ -125,13 +125,9 @@ static void generation_take_upstreams(struct lv_server *s, struct lv_generation 
 
 struct lv_upstream *lv_server_upstream(struct lv_server *s, const struct lv_upstream_cfg *cfg)
 {
-    for (size_t i = 0; i < s->cfg->nupstreams; i++)
-        if (s->gen->upstreams[i]->cfg == cfg)
-            return s->gen->upstreams[i];
-    for (size_t i = 0; i < s->cfg->nupstreams; i++)
-        if (strcmp(s->gen->upstreams[i]->name, cfg->name) == 0)
-            return s->gen->upstreams[i];
-    return NULL;
+    /* a request routes on the configuration in force, within the call that looks this up */
+    assert(cfg >= s->cfg->upstreams && cfg < s->cfg->upstreams + s->cfg->nupstreams);
+    return s->gen->upstreams[cfg - s->cfg->upstreams];
 }
 
 void lv_server_upstream_use(struct lv_server *s, struct lv_upstream *up)

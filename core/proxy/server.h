@@ -140,7 +140,7 @@ void lv_server_stop(struct lv_server *s);
 void lv_server_free(struct lv_server *s);
 
 /** Until requests pin generations (then: lv_generation_upstream): the runtime upstream in
- *  force for `cfg`, by pointer, else by name. */
+ *  force for `cfg`, an upstream of the configuration in force. */
 struct lv_upstream *lv_server_upstream(struct lv_server *s, const struct lv_upstream_cfg *cfg);
 /** A request starts / stops using a runtime upstream: one more reference beside those of the
  *  generations naming it; it goes with the last. */
