@@ -223,8 +223,8 @@ static void on_tick(uv_timer_t *t)
     lv_listeners_tick(&app->listeners);
 }
 
-/* Puts `cfg` in force and starts the admin API and the signals: 0, or a libuv error (logged;
- * the caller shuts down what was opened). */
+/* Puts `cfg` in force (takes the caller's reference either way) and starts the admin API and
+ * the signals: 0, or a libuv error (logged; the caller shuts down what was opened). */
 static int start(struct app *app, struct lv_config *cfg)
 {
     struct lv_buf errors = LV_BUF_INIT;
@@ -232,6 +232,7 @@ static int start(struct app *app, struct lv_config *cfg)
     if (rc != 0) {
         lv_error("%.*s", (int)(errors.len ? errors.len - 1 : 0), errors.data ? errors.data : "");
         lv_buf_dispose(&errors);
+        lv_config_unpin(cfg);
         return rc;
     }
     lv_buf_dispose(&errors);
@@ -277,19 +278,15 @@ static int run(struct lv_config *cfg, const char *path)
     uv_timer_init(&app->loop, &app->tick);
     app->tick.data = app;
     uint64_t drain_timeout_ms = cfg->drain_timeout_ms;
-    lv_config_pin(cfg); /* for the line below, whether or not it goes in force */
     int rc = start(app, cfg);
     if (rc != 0) {
         lv_error("cannot start: %s", uv_strerror(rc));
         app->exit_code = 1;
-        if (!s->cfg)
-            lv_config_unpin(cfg);                /* it did not go in force */
         shutdown_gateway(app, drain_timeout_ms); /* close what was opened, so the exit is clean */
     } else {
         lv_info("levee %s started (generation %llu, %zu routes)", LEVEE_VERSION,
-                (unsigned long long)s->generation, cfg->nroutes);
+                (unsigned long long)s->generation, s->cfg->nroutes);
     }
-    lv_config_unpin(cfg);
     uv_run(&app->loop, UV_RUN_DEFAULT);
     lv_log_flush_repeats(true);
     if (rc == 0)
