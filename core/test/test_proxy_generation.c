@@ -268,6 +268,35 @@ T_TEST(test_route_state_kept_by_name)
     stop(2);
 }
 
+/* An upstream kept by g2 reads g2's configuration; when g2 goes while the older g1 still names
+ * it, it must read g1's again (g2's configuration is freed). */
+T_TEST(test_upstream_outliving_a_newer_generation_reads_a_live_config)
+{
+    start();
+    struct lv_generation *g1 = install(two_routes);
+    lv_generation_pin(g1);
+    struct lv_upstream *up_a = lv_generation_upstream(g1, 0);
+    struct lv_generation *g2 = install(two_routes);
+    T_CHECK(lv_generation_upstream(g2, 0) == up_a);
+    T_CHECK(up_a->cfg == &g2->cfg->upstreams[0]);
+    /* g3 drops a: nothing pins g2, so it goes now; g1 still names a */
+    install("return {\n"
+            "  upstreams = { b = { servers = { '127.0.0.1:2' } } },\n"
+            "  routes = { { name = 'rb', match = { prefix = '/b' }, upstream = 'b' } },\n"
+            "}\n");
+    T_CHECK_INT(server.nlive, 2);
+    T_CHECK(up_a->retired);
+    T_CHECK(up_a->cfg == &g1->cfg->upstreams[0]);
+    T_CHECK_STR(up_a->cfg->name, "a");
+    settle();
+    T_CHECK_INT(nclosed, 0);
+    lv_generation_unpin(g1);
+    settle();
+    T_CHECK_INT(nclosed, 1);
+    T_CHECK(was_closed("a"));
+    stop(2);
+}
+
 int main(void)
 {
     snprintf(tmpdir, sizeof(tmpdir), "/tmp/lv-test-gen-XXXXXX");
@@ -279,6 +308,7 @@ int main(void)
     T_RUN(test_old_generation_keeps_what_it_names_while_pinned);
     T_RUN(test_unpinned_generation_goes_at_the_reload);
     T_RUN(test_route_state_kept_by_name);
+    T_RUN(test_upstream_outliving_a_newer_generation_reads_a_live_config);
     char path[128];
     snprintf(path, sizeof(path), "%s/levee.lua", tmpdir);
     unlink(path);
