@@ -50,8 +50,8 @@ struct lv_listen_plan {
     size_t n;
 };
 
-/** Sets up an empty set for `s` (its drain timer is a loop handle: lv_listeners_drain or
- *  lv_listeners_close closes it). */
+/** Sets up an empty set for `s`. Its drain timer is a loop handle: lv_listeners_drain, which
+ *  every run ends with, closes it. */
 void lv_listeners_init(struct lv_listeners *ls, struct lv_server *s);
 /** Binds the listeners `cfg` adds (unchanged addresses keep their sockets, with their
  *  certificates loaded again). Returns 0, or a negative libuv error with each reason appended
@@ -68,7 +68,7 @@ void lv_listeners_undo(struct lv_listen_plan *p);
 void lv_listeners_tick(struct lv_listeners *ls);
 
 /** Shutdown: stops accepting, closes idle connections, lets busy ones finish for up to
- *  `drain_timeout_ms`, then closes the rest; `done(arg)` once none is left (maybe at once).
+ *  `drain_timeout_ms`, then closes the rest; `done(arg)` on the loop turn after none is left.
  *  Marks the server draining. A second call does nothing. */
 void lv_listeners_drain(struct lv_listeners *ls, uint64_t drain_timeout_ms, void (*done)(void *arg),
                         void *arg);
