@@ -11,15 +11,17 @@
 #include "http/headscan.h"
 #include "http/reqhead.h"
 #include "net/upstream.h"
-#include "proxy/server.h"
+#include "obs/metrics.h"
+#include "policy/breaker.h"
+#include "policy/budget.h"
+#include "store/idem.h"
 
 #define ADMIN_MAX_HEAD 16384
 
 struct lv_admin {
     uv_tcp_t tcp;
-    struct lv_server *server;
+    struct lv_admin_ops ops;
     struct admin_conn *conns;
-    bool stopping;
 };
 
 struct admin_conn {
@@ -47,18 +49,15 @@ static void conn_closed(uv_handle_t *h)
         ac->admin->conns = ac->next;
     if (ac->next)
         ac->next->prev = ac->prev;
-    struct lv_admin *a = ac->admin;
     lv_buf_dispose(&ac->in);
     free(ac);
-    if (a->stopping && !a->conns && uv_is_closing((uv_handle_t *)&a->tcp)) {
-    }
 }
 
 static void conn_close(struct admin_conn *ac)
 {
     if (ac->reloading) {
         ac->reloading = false;
-        lv_server_reload_cancel(ac->admin->server, ac);
+        ac->admin->ops.reload_cancel(ac->admin->ops.arg, ac);
     }
     if (uv_is_closing((uv_handle_t *)&ac->tcp))
         return;
@@ -132,34 +131,39 @@ static void json_str(struct lv_buf *b, const char *s)
     lv_buf_putc(b, '"');
 }
 
-void lv_admin_status_json(struct lv_server *s, struct lv_buf *b)
+/* GET /status: the JSON document (README "Admin API"). */
+static void status_json(struct lv_admin *a, struct lv_buf *b)
 {
-    struct lv_config *cfg = s->cfg;
+    struct lv_admin_status s;
+    a->ops.status(a->ops.arg, &s);
+    const struct lv_config *cfg = s.cfg;
     char when[40];
-    time_t t = (time_t)s->reload_at;
+    time_t t = (time_t)s.loaded_at;
     struct tm tm;
     gmtime_r(&t, &tm);
     strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
     lv_buf_puts(b, "{\"version\":\"" LEVEE_VERSION "\",\"generation\":");
-    lv_buf_putu(b, s->generation);
+    lv_buf_putu(b, s.generation);
     lv_buf_puts(b, ",\"loaded_at\":\"");
     lv_buf_puts(b, when);
     lv_buf_puts(b, "\",\"file\":");
     json_str(b, cfg->file);
     lv_buf_puts(b, ",\"last_reload\":");
-    json_str(b, s->last_reload_result);
-    lv_buf_printf(b, ",\"draining\":%s,\"client_connections\":%u", s->draining ? "true" : "false",
-                  s->nclients);
+    json_str(b, s.last_reload);
+    lv_buf_printf(b, ",\"draining\":%s,\"client_connections\":%u", s.draining ? "true" : "false",
+                  s.client_connections);
     size_t lua_bytes;
     unsigned lua_states;
     lv_config_lua_stats(&lua_bytes, &lua_states);
     lv_buf_printf(b, ",\"lua\":{\"states\":%u,\"bytes\":%zu,\"abandoned_loaders\":%u}", lua_states,
                   lua_bytes, lv_config_loaders_abandoned());
-    lv_buf_printf(b, ",\"reloading\":%s", s->reload ? "true" : "false");
+    lv_buf_printf(b, ",\"reloading\":%s", s.reloading ? "true" : "false");
     lv_buf_puts(b, ",\"routes\":[");
     for (size_t i = 0; i < cfg->nroutes; i++) {
         const struct lv_route_cfg *r = &cfg->routes[i];
-        struct lv_route_state *rs = lv_server_route_state(s, r->name);
+        struct lv_admin_route route;
+        a->ops.route(a->ops.arg, i, &route);
+        const struct lv_admin_route *rs = &route;
         if (i)
             lv_buf_putc(b, ',');
         lv_buf_puts(b, "{\"name\":");
@@ -168,10 +172,10 @@ void lv_admin_status_json(struct lv_server *s, struct lv_buf *b)
         json_str(b, r->upstream->name);
         lv_buf_puts(b, ",\"requests\":");
         lv_buf_putu(b, rs->requests);
-        uint64_t now = uv_now(s->loop);
+        uint64_t now = uv_now(a->tcp.loop);
         if (rs->breaker_enabled) {
             struct lv_breaker_stats st;
-            lv_breaker_stats(&rs->breaker, now, &st);
+            lv_breaker_stats(rs->breaker, now, &st);
             lv_buf_printf(b,
                           ",\"breaker\":{\"enabled\":true,\"state\":\"%s\",\"open_left_ms\":%llu,"
                           "\"open_for_ms\":%llu,\"window\":{\"requests\":%llu,\"failures\":%llu,"
@@ -194,14 +198,13 @@ void lv_admin_status_json(struct lv_server *s, struct lv_buf *b)
                           (unsigned long long)is.max_bytes, is.connected ? "true" : "false");
         }
         uint64_t breq = 0, bret = 0, bavail = 0;
-        lv_budget_stats(&rs->budget, now, &breq, &bret, &bavail);
+        lv_budget_stats(rs->budget, now, &breq, &bret, &bavail);
         lv_buf_printf(b, ",\"budget\":{\"requests\":%llu,\"retries\":%llu,\"available\":%llu}",
                       (unsigned long long)breq, (unsigned long long)bret,
                       (unsigned long long)bavail);
         /* Counters for the dashboard (README "Admin API"): answers by status class, retries,
          * and the levee_request_duration_seconds buckets (each alone, +Inf last). */
-        uint64_t cls[6];
-        lv_route_state_by_class(rs, cls);
+        const uint64_t *cls = rs->by_class;
         lv_buf_printf(b,
                       ",\"by_class\":{\"1xx\":%llu,\"2xx\":%llu,\"3xx\":%llu,\"4xx\":%llu,"
                       "\"5xx\":%llu},\"retries\":%llu,\"budget_exhausted\":%llu,"
@@ -222,9 +225,9 @@ void lv_admin_status_json(struct lv_server *s, struct lv_buf *b)
         lv_buf_putc(b, '}');
     }
     lv_buf_puts(b, "],\"upstreams\":[");
-    uint64_t now = uv_now(s->loop);
-    for (size_t i = 0; i < s->nupstreams; i++) {
-        struct lv_upstream *up = s->upstreams[i];
+    uint64_t now = uv_now(a->tcp.loop);
+    for (size_t i = 0; i < s.nupstreams; i++) {
+        struct lv_upstream *up = s.upstreams[i];
         if (i)
             lv_buf_putc(b, ',');
         lv_buf_puts(b, "{\"name\":");
@@ -309,7 +312,7 @@ static void reload_done(void *arg, int rc, uint64_t generation, const char *erro
 
 static void handle(struct admin_conn *ac)
 {
-    struct lv_server *s = ac->admin->server;
+    struct lv_admin *a = ac->admin;
     struct lv_field fields[64];
     struct lv_reqhead h;
     if (lv_reqhead_parse(&h, ac->in.data, ac->hs.head_len, fields, 64) != 0) {
@@ -322,15 +325,17 @@ static void handle(struct admin_conn *ac)
 #define PATH_IS(lit) (h.path.len == sizeof(lit) - 1 && memcmp(h.path.p, lit, sizeof(lit) - 1) == 0)
     struct lv_buf b = LV_BUF_INIT;
     if (PATH_IS("/healthz") && get) {
-        if (s->draining)
+        struct lv_admin_status s;
+        a->ops.status(a->ops.arg, &s);
+        if (s.draining)
             respond(ac, 503, "text/plain", "draining\n", 9);
         else
             respond(ac, 200, "text/plain", "ok\n", 3);
     } else if (PATH_IS("/metrics") && get) {
-        lv_metrics_render(s->metrics, &b);
+        a->ops.metrics(a->ops.arg, &b);
         respond(ac, 200, "text/plain; version=0.0.4", b.data ? b.data : "", b.len);
     } else if (PATH_IS("/status") && get) {
-        lv_admin_status_json(s, &b);
+        status_json(a, &b);
         respond(ac, 200, "application/json", b.data, b.len);
     } else if (PATH_IS("/reload") && post) {
         /* Answered when the load ends (off the loop, bounded: README "Reload"); nothing more
@@ -339,7 +344,7 @@ static void handle(struct admin_conn *ac)
         uv_read_stop((uv_stream_t *)&ac->tcp);
         uv_timer_stop(&ac->timer);
         ac->reloading = true;
-        lv_server_reload(s, reload_done, ac);
+        a->ops.reload(a->ops.arg, reload_done, ac);
     } else if (PATH_IS("/") && get) {
         respond(ac, 200, "text/html; charset=utf-8", lv_dashboard_html, strlen(lv_dashboard_html));
     } else if (PATH_IS("/reload")) {
@@ -409,7 +414,8 @@ static void on_connection(uv_stream_t *ls, int status)
     uv_read_start((uv_stream_t *)&ac->tcp, on_alloc, on_read);
 }
 
-struct lv_admin *lv_admin_start(struct lv_server *s, const struct lv_hostport *addr)
+struct lv_admin *lv_admin_start(uv_loop_t *loop, const struct lv_hostport *addr,
+                                const struct lv_admin_ops *ops)
 {
     struct sockaddr_storage ss;
     memset(&ss, 0, sizeof(ss));
@@ -420,8 +426,8 @@ struct lv_admin *lv_admin_start(struct lv_server *s, const struct lv_hostport *a
         return NULL;
     }
     struct lv_admin *a = lv_xcalloc(1, sizeof(*a));
-    a->server = s;
-    uv_tcp_init(s->loop, &a->tcp);
+    a->ops = *ops;
+    uv_tcp_init(loop, &a->tcp);
     a->tcp.data = a;
     int rc = uv_tcp_bind(&a->tcp, (const struct sockaddr *)&ss, 0);
     if (rc == 0)
@@ -442,7 +448,6 @@ static void admin_closed(uv_handle_t *h)
 
 void lv_admin_stop(struct lv_admin *a)
 {
-    a->stopping = true;
     for (struct admin_conn *ac = a->conns; ac; ac = ac->next)
         conn_close(ac);
     uv_close((uv_handle_t *)&a->tcp, admin_closed);

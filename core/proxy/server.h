@@ -1,7 +1,9 @@
 /*
- * server: one worker loop and everything it owns: the listeners, the current configuration
- * generation, the runtime upstreams (by name), the route state registry (by name), the
- * metrics registry, the admin listener, the access log, signals and graceful shutdown.
+ * server: one worker loop's state: the generation in force (proxy/generation.h) and the
+ * runtime objects generations name (upstreams, route states by name), the metrics registry,
+ * the access log and the log files, and what client connections share (their list, request
+ * ids). It knows nothing of listeners, connections' handling or the admin API: proxy/listener
+ * accepts and drains connections, proxy/reload loads configurations, main.c composes them.
  *
  * Nothing on the request path is global: a client connection reaches all of it through its
  * server pointer, so several workers (SO_REUSEPORT listeners, one loop per thread) can run
@@ -24,42 +26,19 @@
 #include "store/idem.h"
 
 struct lv_client;
-struct lv_admin;
 struct lv_upstream;
-struct lv_tls_ctx;
-struct lv_reload;
-struct lv_reload_waiter;
-
-/* The answer to one reload request: rc 0 and the generation now in force, or -1 and the
- * errors ("FILE:LINE: ...\n" lines; not NUL-terminated). */
-typedef void (*lv_reload_cb)(void *arg, int rc, uint64_t generation, const char *errors,
-                             size_t len);
-
-struct lv_listener {
-    uv_tcp_t tcp;
-    struct lv_server *server;
-    struct lv_hostport addr;
-    char name[80];
-    struct lv_tls_ctx *tls_ctx; /* listen { tls = { cert, key } }: HTTPS; NULL: plain */
-    bool closing;
-};
+struct lv_generation;
 
 struct lv_server {
     uv_loop_t *loop;
-    struct lv_config *cfg; /* current generation: the server holds one reference */
-    uint64_t generation;
-    char *config_path;
-    const char *lua_dir;
-    bool dev_mode;
+    struct lv_generation *gen; /* the generation in force: the server holds one pin */
+    struct lv_config *cfg;     /* gen->cfg: the configuration in force */
+    uint64_t generation;       /* number of the newest generation installed */
+    char *config_path;         /* NULL: levee dev (nothing to reload) */
+    double reload_at;          /* unix time the generation in force was installed */
 
-    struct lv_listener **listeners;
-    size_t nlisteners;
-    struct lv_admin *admin;
-
-    struct lv_upstream **upstreams; /* runtime upstreams, by name */
-    size_t nupstreams;
-    struct lv_upstream **retired; /* replaced by a reload, still used by older requests */
-    size_t nretired;
+    struct lv_generation **live; /* every generation not yet released, oldest first */
+    size_t nlive;
     struct lv_idem **old_stores; /* idempotency stores replaced by a reload (freed at exit) */
     size_t nold_stores;
     struct lv_route_states routes; /* route state registry, by name (proxy/routestate.h) */
@@ -79,59 +58,61 @@ struct lv_server {
     uint32_t refused_logged;     /* lines written in it */
     uint64_t refused_unlogged;   /* refused requests not logged in it */
 
-    /* client connections */
+    /* client connections (proxy/client.c keeps the list; proxy/listener.c drains it) */
     struct lv_client *clients; /* intrusive list head */
     uint32_t nclients;
     uint64_t next_conn_id;
     uint64_t rid_state; /* request id generator */
+    bool draining;      /* shutting down: no new connections, no keep-alive */
+    /* told by lv_server_client_closed (proxy/listener.c counts down the drain with it) */
+    void (*on_client_closed)(void *arg);
+    void *on_client_closed_arg;
 
     /* access log */
     int access_fd; /* -1: off */
     bool access_fd_owned;
     struct lv_buf access_buf;
     uv_check_t flush_check;
-
-    /* watch = true: one fs watcher per folder holding the file or a module it required */
-    struct lv_watch *watches;
-    uv_timer_t watch_debounce;
-    uint64_t reloads_by_watch;
-
-    /* reload (README "Reload"): one load at a time, on a thread of its own */
-    struct lv_reload *reload;              /* the load in progress, or NULL */
-    struct lv_reload_waiter *reload_queue; /* requests answered by the next load */
-    bool reload_again;                     /* a reload was asked during the current one */
-    uv_async_t reload_async;               /* the loader thread's "done" */
-    uv_timer_t reload_timer;               /* LV_CONFIG_LOAD_WAIT_MS: then it is abandoned */
-
-    uv_signal_t sig_term, sig_int, sig_hup, sig_quit, sig_usr1, sig_usr2;
     bool error_fd_owned; /* error_log = "path": the log module writes to a file levee opened */
-    uv_timer_t tick;
-    uv_timer_t drain_timer;
-    bool draining;
-    int exit_code;
-    double reload_at;
-    char last_reload_result[512];
 };
 
-/** Sets up the server on `loop` with `cfg` (takes the caller's reference), binds listeners.
- *  Returns 0 or a negative libuv error (logged). */
-int lv_server_start(struct lv_server *s, uv_loop_t *loop, struct lv_config *cfg);
-/** Loads the config file again, off the loop, and swaps it in when valid (the old one keeps
- *  serving otherwise). `cb(arg, ...)` (may be NULL) gets the outcome when the load ends; at
- *  once when no reload is possible. A reload asked while one runs waits for it; all asked
- *  meanwhile share the next load. */
-void lv_server_reload(struct lv_server *s, lv_reload_cb cb, void *arg);
-/** Forgets the pending answers to `arg` (its requester went away). */
-void lv_server_reload_cancel(struct lv_server *s, void *arg);
-/** Stops accepting, lets requests in flight finish (up to drain_timeout), then stops. */
-void lv_server_shutdown(struct lv_server *s);
+/* The log files of a configuration, opened before it goes in force (a reload is all or
+ * nothing: README "Operations"). */
+struct lv_log_files {
+    int access_fd; /* -1: off */
+    int error_fd;  /* -1: stderr */
+};
 
+/** Sets up the server's state on `loop` (metrics, the access-log flush); nothing in force yet.
+ *  `config_path` (copied; NULL for levee dev) names the file in messages and reloads. */
+void lv_server_init(struct lv_server *s, uv_loop_t *loop, const char *config_path);
+/** Opens the log files `cfg` names. Returns 0, or a negative libuv error with each reason
+ *  appended to `errors` as one line (and nothing left open). */
+int lv_server_open_logs(struct lv_server *s, const struct lv_config *cfg, struct lv_log_files *lf,
+                        struct lv_buf *errors);
+/** Closes log files opened by lv_server_open_logs that will not go in force. */
+void lv_server_close_logs(struct lv_log_files *lf);
+/** Puts `cfg` (takes the caller's reference) in force as a new generation, with the log files
+ *  opened for it; the previous generation loses the server's pin. Cannot fail. */
+void lv_server_install(struct lv_server *s, struct lv_config *cfg, struct lv_log_files *lf);
+/** The generation in force (NULL before the first install and after lv_server_stop). */
+struct lv_generation *lv_server_generation(struct lv_server *s);
+/** Once a second: upstream health timers and pool lifetimes, repeated log lines. */
+void lv_server_tick(struct lv_server *s);
+/** SIGUSR1 (README "Operations"): the access log and error log files are opened again by name
+ *  (logrotate renamed them), the old fds closed. A file that cannot be opened keeps its old fd. */
+void lv_server_reopen_logs(struct lv_server *s);
+/** After the last connection closed: flushes the access log and lets go of the generation in
+ *  force (its upstreams close) and of the idempotency stores, so the loop can end. */
+void lv_server_stop(struct lv_server *s);
 /** Frees what the server owns, after its loop ran to completion. */
 void lv_server_free(struct lv_server *s);
 
-/** The runtime upstream for a route of the current or an older generation. */
+/** Until requests pin generations (then: lv_generation_upstream): the runtime upstream in
+ *  force for `cfg`, an upstream of the configuration in force. */
 struct lv_upstream *lv_server_upstream(struct lv_server *s, const struct lv_upstream_cfg *cfg);
-/** A request starts / stops using a runtime upstream (a retired one goes with its last user). */
+/** A request starts / stops using a runtime upstream: one more reference beside those of the
+ *  generations naming it; it goes with the last. */
 void lv_server_upstream_use(struct lv_server *s, struct lv_upstream *up);
 void lv_server_upstream_unuse(struct lv_server *s, struct lv_upstream *up);
 /** A request starts / stops using a route's state; the state of a route that left the
@@ -144,7 +125,7 @@ struct lv_route_state *lv_server_route_state(struct lv_server *s, const char *na
 /** Appends one access log line (already formatted, ends with \n). */
 void lv_server_access_log(struct lv_server *s, const char *line, size_t len);
 
-/** Called by client.c when a connection closes. */
+/** Called by client.c when a connection closed (tells on_client_closed). */
 void lv_server_client_closed(struct lv_server *s, struct lv_client *c);
 
 /** Fills a new request id (32 hex chars + NUL). */
