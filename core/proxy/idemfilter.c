@@ -109,7 +109,7 @@ static void on_lookup(enum lv_idem_result res, const struct lv_idem_response *st
     case LV_IDEM_IN_FLIGHT:
         lv_metric_add(r->rs->idem_conflicts, 1);
         if (ic->on_conflict == LV_IDEM_CONFLICT_WAIT) {
-            f->op = lv_idem_wait(r->rs->idem, f->key.data, f->key.len, lv_attempt_time_left(r),
+            f->op = lv_idem_wait(r->store, f->key.data, f->key.len, lv_attempt_time_left(r),
                                  on_waited, r);
             if (f->op)
                 return;
@@ -156,8 +156,8 @@ static void lookup(struct lv_request *r)
                         fp);
     f->state = LV_IDEMF_LOOKUP;
     r->phase = LV_REQ_LOOKUP;
-    f->op = lv_idem_begin(r->rs->idem, f->key.data, f->key.len, fp, lv_attempt_time_left(r),
-                          on_lookup, r);
+    f->op =
+        lv_idem_begin(r->store, f->key.data, f->key.len, fp, lv_attempt_time_left(r), on_lookup, r);
 }
 
 void lv_idem_filter_body_done(struct lv_request *r)
@@ -196,7 +196,7 @@ bool lv_idem_filter_begin(struct lv_request *r, const struct lv_reqhead *h)
     struct lv_idem_filter *f = &r->idem;
     const struct lv_idem_cfg *ic = &r->route->idempotency;
     f->state = LV_IDEMF_OFF;
-    if (!ic->enabled || !r->rs->idem || !(ic->methods & LV_METHOD_BIT(r->method)))
+    if (!ic->enabled || !r->store || !(ic->methods & LV_METHOD_BIT(r->method)))
         return true;
     lv_buf_reset(&f->key);
     int have = -1; /* -1: look at the header */

@@ -11,6 +11,7 @@
 #include "http/reqhead.h"
 #include "obs/accesslog.h"
 #include "conf/router.h"
+#include "proxy/generation.h"
 #include "proxy/server.h"
 #include "script/hooks.h"
 
@@ -157,17 +158,14 @@ static void teardown(struct lv_request *r, bool flush)
     uv_timer_stop(&r->try_timer);
     uv_timer_stop(&r->body_timer);
     log_request(r);
-    if (r->up) { /* after the log: its tries name the upstream's servers */
-        lv_server_upstream_unuse(r->s, r->up);
-        r->up = NULL;
-    }
-    if (r->rs) {
-        lv_server_route_unuse(r->s, r->rs);
-        r->rs = NULL;
-    }
-    lv_config_unpin(r->cfg);
-    r->cfg = NULL;
+    /* after the log: its tries name the upstream's servers, which the generation keeps */
+    r->up = NULL;
+    r->rs = NULL;
+    r->store = NULL;
     r->route = NULL;
+    r->cfg = NULL;
+    lv_generation_unpin(r->gen);
+    r->gen = NULL;
 }
 
 void lv_request_end(struct lv_request *r, bool close)
@@ -321,6 +319,7 @@ static void reset(struct lv_request *r, const struct lv_reqhead *h)
     r->route = NULL;
     r->rs = NULL;
     r->up = NULL;
+    r->store = NULL;
     r->method = h->method;
     r->http10 = h->minor == 0;
     r->client_keep_alive = h->keep_alive;
@@ -409,8 +408,9 @@ void lv_request_begin(struct lv_request *r, size_t head_len)
 
     /* A request from here on: pin the generation it starts under. */
     r->phase = LV_REQ_CONNECTING; /* not idle; the stages set the real phase below */
-    r->cfg = s->cfg;
-    lv_config_pin(r->cfg);
+    r->gen = lv_server_generation(s);
+    lv_generation_pin(r->gen);
+    r->cfg = r->gen->cfg;
     reset(r, &h);
 
     int refuse = -1; /* enum lv_gwerr */
@@ -455,10 +455,10 @@ void lv_request_begin(struct lv_request *r, size_t head_len)
         .content_length = r->body_cl,
     };
     r->add_server_host = lv_fwdhead_build(&r->fwd, &fi);
-    r->rs = lv_server_route_state(s, r->route->name);
-    lv_server_route_use(s, r->rs);
-    r->up = lv_server_upstream(s, r->route->upstream);
-    lv_server_upstream_use(s, r->up);
+    size_t ri = lv_generation_route_index(r->gen, r->route);
+    r->rs = lv_generation_route_state(r->gen, ri);
+    r->up = lv_generation_upstream(r->gen, ri);
+    r->store = lv_generation_store(r->gen, ri);
     if (r->route->classify_ref >= 0 || r->route->fallback_ref >= 0 ||
         r->route->idempotency.key_ref >= 0)
         keep_hook_headers(r, &h, ds->in.data);

@@ -38,6 +38,8 @@
 #include "proxy/fwdhead.h"
 
 struct lv_server;
+struct lv_generation;
+struct lv_idem;
 struct lv_config;
 struct lv_route_cfg;
 struct lv_route_state;
@@ -106,10 +108,12 @@ struct lv_request {
     struct lv_downstream *ds;
     struct lv_server *s;
     enum lv_req_phase phase;
-    struct lv_config *cfg; /* pinned while the request is not idle */
+    struct lv_generation *gen; /* pinned while the request is not idle: all it names lives */
+    struct lv_config *cfg;     /* gen->cfg */
     const struct lv_route_cfg *route;
-    struct lv_route_state *rs;
+    struct lv_route_state *rs; /* of the route, in this generation */
     struct lv_upstream *up;
+    struct lv_idem *store; /* the route's idempotency store in this generation, or NULL */
 
     /* what the client asked (request.c) */
     int method;

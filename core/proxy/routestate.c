@@ -100,8 +100,7 @@ static void state_free(struct lv_route_states *reg, size_t i)
                                        f->idem_mismatches,  f->idem_store_errors, f->idem_entries};
     for (size_t k = 0; k < sizeof(fams) / sizeof(fams[0]); k++)
         lv_metric_family_remove(fams[k], "route", rs->name);
-    if (rs->idem)
-        lv_idem_destroy(rs->idem);
+    lv_idem_unref(rs->idem); /* its own reference; generations that named it hold theirs */
     free(rs->by_code.v);
     free(rs->attempts.v);
     free(rs->idem_sig);

@@ -54,7 +54,7 @@ struct lv_route_state {
     /* levee_hook_errors_total{route,hook,kind}: hook classify/fallback/key × kind, lazily */
     struct lv_metric *hook_errors[3][LV_HOOK_FAILURE_KINDS];
     uint64_t requests;
-    uint32_t users; /* requests using this state now */
+    uint32_t users; /* generations naming this state */
     bool in_config; /* the configuration in force has a route with this name */
     /* Resilience state, kept by route name across reloads; thresholds follow the newest config. */
     struct lv_budget budget;

@@ -65,8 +65,8 @@ static void carry_health(struct lv_upstream *up, const struct lv_upstream *old)
             }
 }
 
-/* An upstream's reference count is `users`: the generations that name it, plus (until the
- * request path pins generations) the requests that use it. It is destroyed with the last. */
+/* An upstream's reference count is `users`: the generations that name it (a request holds it
+ * through its pinned generation). It is destroyed with the last. */
 static void upstream_ref(struct lv_upstream *up)
 {
     up->users++;
@@ -123,25 +123,6 @@ static void generation_take_upstreams(struct lv_server *s, struct lv_generation 
     }
 }
 
-struct lv_upstream *lv_server_upstream(struct lv_server *s, const struct lv_upstream_cfg *cfg)
-{
-    /* a request routes on the configuration in force, within the call that looks this up */
-    assert(cfg >= s->cfg->upstreams && cfg < s->cfg->upstreams + s->cfg->nupstreams);
-    return s->gen->upstreams[cfg - s->cfg->upstreams];
-}
-
-void lv_server_upstream_use(struct lv_server *s, struct lv_upstream *up)
-{
-    (void)s;
-    upstream_ref(up);
-}
-
-void lv_server_upstream_unuse(struct lv_server *s, struct lv_upstream *up)
-{
-    (void)s;
-    upstream_unref(up);
-}
-
 void lv_server_route_use(struct lv_server *s, struct lv_route_state *rs)
 {
     (void)s;
@@ -170,20 +151,17 @@ void lv_server_count_request(struct lv_server *s, struct lv_route_state *rs, int
         lv_route_state_count_request(&s->routes, rs, status, seconds);
 }
 
-/* The idempotency store a generation names for a route: taken when the generation is built,
- * released in generation_release_store. The route state owns the store it uses now; one it
- * replaced waits in s->old_stores until exit. When stores are refcounted, take a reference
- * here and drop it there, and route_state_configure drops the route state's own. */
+/* The idempotency store a generation names for a route: one reference, taken when the
+ * generation is built and given back when it goes (a request keeps the store it began with by
+ * pinning its generation). The route state holds one more while the store is its current one. */
 static struct lv_idem *generation_take_store(struct lv_route_state *rs)
 {
-    return rs->idem;
+    return rs->idem ? lv_idem_ref(rs->idem) : NULL;
 }
 
-/* THE single place where a generation lets go of an idempotency store (see above). */
-static void generation_release_store(struct lv_server *s, struct lv_idem *store)
+static void generation_release_store(struct lv_idem *store)
 {
-    (void)s;
-    (void)store;
+    lv_idem_unref(store); /* the last reference closes it (store/idem.h) */
 }
 
 /* An upstream that outlives `g` may still read its configuration through up->cfg, which a
@@ -215,7 +193,7 @@ static void generation_release(void *owner, struct lv_generation *g)
             break;
         }
     for (size_t i = 0; i < g->cfg->nroutes; i++) {
-        generation_release_store(s, g->route_stores[i]);
+        generation_release_store(g->route_stores[i]);
         lv_server_route_unuse(s, g->route_states[i]);
     }
     for (size_t i = 0; i < g->cfg->nupstreams; i++) {
@@ -237,11 +215,7 @@ static struct lv_generation *generation_build(struct lv_server *s, struct lv_con
         struct lv_route_state *rs = lv_server_route_state(s, cfg->routes[i].name);
         struct lv_idem *replaced =
             lv_route_state_configure(&s->routes, rs, &cfg->routes[i], s->loop);
-        if (replaced) {
-            s->old_stores =
-                lv_xrealloc(s->old_stores, (s->nold_stores + 1) * sizeof(*s->old_stores));
-            s->old_stores[s->nold_stores++] = replaced;
-        }
+        lv_idem_unref(replaced); /* the route state's reference; generations keep theirs */
         lv_server_route_use(s, rs);
         g->route_states[i] = rs;
         g->route_stores[i] = generation_take_store(rs);
@@ -628,16 +602,12 @@ void lv_server_stop(struct lv_server *s)
     }
     assert(s->nlive == 0);
     lv_route_states_close_stores(&s->routes);
-    for (size_t i = 0; i < s->nold_stores; i++)
-        lv_idem_destroy(s->old_stores[i]);
-    s->nold_stores = 0;
 }
 
 void lv_server_free(struct lv_server *s)
 {
     assert(!s->gen); /* lv_server_stop ran */
     lv_route_states_dispose(&s->routes);
-    free(s->old_stores);
     free(s->live);
     lv_buf_dispose(&s->access_buf);
     if (s->access_fd_owned && s->access_fd >= 0)

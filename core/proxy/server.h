@@ -39,8 +39,6 @@ struct lv_server {
 
     struct lv_generation **live; /* every generation not yet released, oldest first */
     size_t nlive;
-    struct lv_idem **old_stores; /* idempotency stores replaced by a reload (freed at exit) */
-    size_t nold_stores;
     struct lv_route_states routes; /* route state registry, by name (proxy/routestate.h) */
 
     struct lv_metrics *metrics;
@@ -108,15 +106,8 @@ void lv_server_stop(struct lv_server *s);
 /** Frees what the server owns, after its loop ran to completion. */
 void lv_server_free(struct lv_server *s);
 
-/** Until requests pin generations (then: lv_generation_upstream): the runtime upstream in
- *  force for `cfg`, an upstream of the configuration in force. */
-struct lv_upstream *lv_server_upstream(struct lv_server *s, const struct lv_upstream_cfg *cfg);
-/** A request starts / stops using a runtime upstream: one more reference beside those of the
- *  generations naming it; it goes with the last. */
-void lv_server_upstream_use(struct lv_server *s, struct lv_upstream *up);
-void lv_server_upstream_unuse(struct lv_server *s, struct lv_upstream *up);
-/** A request starts / stops using a route's state; the state of a route that left the
- *  configuration goes with its last user. */
+/** A generation starts / stops naming a route's state; the state of a route that left the
+ *  configuration goes with the last generation naming it. */
 void lv_server_route_use(struct lv_server *s, struct lv_route_state *rs);
 void lv_server_route_unuse(struct lv_server *s, struct lv_route_state *rs);
 /** Route state by name (created when missing). */
