@@ -20,7 +20,7 @@
 #include "base/buf.h"
 #include "base/list.h"
 #include "policy/health.h"
-#include "script/config.h"
+#include "conf/config.h"
 
 struct lv_upstream;
 struct lv_upserver;

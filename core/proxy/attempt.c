@@ -188,20 +188,6 @@ static uint64_t rand64(struct lv_request *r)
     return x ^ (x >> 31);
 }
 
-static enum lv_verdict verdict_of(enum lv_hook_verdict hv)
-{
-    switch (hv) {
-    case LV_HOOK_OK:
-        return LV_VERDICT_OK;
-    case LV_HOOK_FAIL:
-        return LV_VERDICT_FAIL;
-    case LV_HOOK_RETRY:
-        return LV_VERDICT_RETRY;
-    default:
-        return LV_VERDICT_NONE;
-    }
-}
-
 /* The verdict on one attempt: the route's classify hook when it gives one, else retry.on. */
 static enum lv_verdict classify(struct lv_request *r, struct lv_outcome o,
                                 const struct lv_resphead *h, double attempt_ms,
@@ -233,13 +219,13 @@ static enum lv_verdict classify(struct lv_request *r, struct lv_outcome o,
             .nreq_headers = r->nhook_req,
         };
         struct lv_buf err = LV_BUF_INIT;
-        enum lv_hook_verdict hv =
+        enum lv_verdict hv =
             lv_hook_classify(r->cfg, rt->classify_ref, &a, hook_delay, has_hook_delay, &err);
-        if (hv == LV_HOOK_NONE && err.len)
+        if (hv == LV_VERDICT_NONE && err.len)
             lv_request_hook_failed(r, LV_REQ_HOOK_CLASSIFY, &err);
         lv_buf_dispose(&err);
-        if (hv != LV_HOOK_NONE)
-            return verdict_of(hv);
+        if (hv != LV_VERDICT_NONE)
+            return hv;
         *has_hook_delay = false;
     }
     return lv_classify_default(rt->retry.on_errors, rt->retry.on_status, o);

@@ -20,7 +20,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "script/config.h"
+#include "conf/config.h"
 
 struct lv_upstream;
 struct lv_route_state;

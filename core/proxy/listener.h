@@ -17,7 +17,7 @@
 #include <uv.h>
 
 #include "base/buf.h"
-#include "script/config.h"
+#include "conf/config.h"
 
 struct lv_server;
 struct lv_tls_ctx;

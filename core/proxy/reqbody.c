@@ -4,7 +4,7 @@
 
 #include "base/log.h"
 #include "proxy/request.h"
-#include "script/config.h"
+#include "conf/config.h"
 
 #define container_of(p, type, member) ((type *)((char *)(p)-offsetof(type, member)))
 

@@ -6,7 +6,7 @@
 #include "proxy/errresp.h"
 #include "proxy/request.h"
 #include "proxy/server.h"
-#include "script/config.h"
+#include "conf/config.h"
 
 /* Pieces at least this long are referenced, not copied (below it a copy is cheaper). */
 #define LV_CPIECE_MIN 2048

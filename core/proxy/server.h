@@ -21,7 +21,7 @@
 #include "policy/breaker.h"
 #include "policy/budget.h"
 #include "proxy/routestate.h"
-#include "script/config.h"
+#include "conf/config.h"
 #include "script/hooks.h"
 #include "store/idem.h"
 

@@ -38,13 +38,7 @@
 #include "script/hooktypes.h"
 
 /* The classify hook's verdict is policy's enum lv_verdict (policy/outcome.h): LV_VERDICT_NONE
- * when the hook returned nil, failed, or there is none. The names below are the former enum's,
- * kept only until core/proxy/request.c uses enum lv_verdict directly; remove them then. */
-#define lv_hook_verdict lv_verdict
-#define LV_HOOK_NONE    LV_VERDICT_NONE
-#define LV_HOOK_OK      LV_VERDICT_OK
-#define LV_HOOK_FAIL    LV_VERDICT_FAIL
-#define LV_HOOK_RETRY   LV_VERDICT_RETRY
+ * when the hook returned nil, failed, or there is none. */
 
 /* Why a hook call failed, for levee_hook_errors_total{kind}. */
 enum lv_hook_failure {

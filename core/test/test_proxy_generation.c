@@ -11,6 +11,7 @@
 
 #include "net/upstream.h"
 #include "proxy/generation.h"
+#include "script/config.h"
 #include "proxy/server.h"
 #include "t.h"
 

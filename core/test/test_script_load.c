@@ -247,7 +247,7 @@ T_TEST(test_hooks_keep_patterns)
         uint64_t delay = 0;
         bool has_delay = false;
         T_CHECK_INT(lv_hook_classify(c, c->routes[0].classify_ref, &a, &delay, &has_delay, &herr),
-                    LV_HOOK_FAIL);
+                    LV_VERDICT_FAIL);
         /* the empty-rep guard is always on */
         lv_buf_dispose(&herr);
         lv_config_unpin(c);
