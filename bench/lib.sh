@@ -96,7 +96,8 @@ table() {   # table TSV: aligned columns (column(1) is not on every Debian insta
 # bench_ports_free PORT...: exit 1 if something listens on one of them.
 # nginx_head DIR WORKERS [CONNECTIONS]: the top of an nginx.conf up to an open `http {`
 #   (worker_connections 4096 unless CONNECTIONS, which also raises worker_rlimit_nofile).
-# run_wrk URL SECONDS LOG [wrk options...]: wrk -t$THREADS -c$CONNS on CPU_WRK, bounded.
+# run_wrk URL SECONDS LOG [wrk options...]: wrk -t$THREADS -c$CONNS on CPU_WRK, bounded;
+#   start_wrk (same arguments) starts it in the background, wait_wrk URL LOG waits for it.
 # rss_kib PID...: VmRSS summed over the processes, KiB. children PID: its direct children.
 bench_pin() {
   if [[ ${PIN:-1} != 0 ]] && command -v taskset >/dev/null && (($(nproc) >= 2)); then
@@ -161,14 +162,22 @@ http {
 NGINX
 }
 
-run_wrk() {   # killed 20 s after -d if it hangs
+start_wrk() {   # killed 20 s after -d if it hangs
   local url=$1 secs=$2 log=$3 pin=()
   shift 3
   if [[ -n $CPU_WRK ]]; then pin=(taskset -c "$CPU_WRK"); fi
   timeout -k 5 $((secs + 20)) "${pin[@]}" wrk -t"${THREADS:-1}" -c"${CONNS:-50}" -d"$secs"s --latency "$@" "$url" > "$log" 2>&1 &
   wrk_pid=$!
-  wait "$wrk_pid" || { wrk_pid=; cat "$log" >&2; echo "bench: wrk failed on $url" >&2; exit 1; }
+}
+
+wait_wrk() {   # wait_wrk URL LOG
+  wait "$wrk_pid" || { wrk_pid=; cat "$2" >&2; echo "bench: wrk failed on $1" >&2; exit 1; }
   wrk_pid=
+}
+
+run_wrk() {
+  start_wrk "$@"
+  wait_wrk "$1" "$3"
 }
 
 rss_kib() {
@@ -180,7 +189,7 @@ rss_kib() {
 children() {   # read from /proc: ps may be missing on a minimal install
   local f line rest ppid
   for f in /proc/[0-9]*/stat; do
-    read -r line <"$f" 2>/dev/null || continue
+    { read -r line <"$f"; } 2>/dev/null || continue   # a process that just ended
     rest=${line##*) }   # the name in parentheses may hold spaces; ppid is the 2nd field after it
     read -r _ ppid _ <<<"$rest"
     if [[ $ppid == "$1" ]]; then f=${f#/proc/}; echo "${f%/stat}"; fi
