@@ -93,7 +93,7 @@ EOF
   proxy_pid=$spawned
   bench_wait_http "$p" "$proxy_pid" "$port" "$log"
   serving=$proxy_pid
-  if [[ $p == nginx ]]; then serving=$(children "$proxy_pid" | head -1); fi
+  if [[ $p == nginx ]]; then serving=$(children "$proxy_pid" | awk 'NR == 1'); fi
   run_wrk "http://127.0.0.1:$port/" 1 "$d/warmup.log"
   sleep 0.5   # wrk's connections closed
   rss0=$(steady_rss "$serving") fd0=$(fds "$serving")

@@ -119,7 +119,7 @@ for t in "${targets[@]}"; do
   # The serving process: levee itself; nginx's one worker (the master only forks it).
   case $t in
     levee-*) SERVING_OF[$t]=$spawned ;;
-    nginx-*) SERVING_OF[$t]=$(children "$spawned" | head -1)
+    nginx-*) SERVING_OF[$t]=$(children "$spawned" | awk 'NR == 1')
              [[ -n ${SERVING_OF[$t]} ]] || { echo "routes: no nginx worker for $t" >&2; exit 1; } ;;
   esac
   i=$((i + 1))

@@ -81,21 +81,9 @@ EOF
   log=$d/levee.log; [[ $p == levee ]] || log=$d/stdout.log
   bench_wait_http "$p" "$spawned" "${PORT_OF[$p]}" "$log"
   SERVING_OF[$p]=$spawned
-  if [[ $p == nginx ]]; then SERVING_OF[$p]=$(children "$spawned" | head -1); fi
+  if [[ $p == nginx ]]; then SERVING_OF[$p]=$(children "$spawned" | awk 'NR == 1'); fi
   i=$((i + 1))
 done
-
-# wrk stops after REQUESTS responses and leaves a mark, so strace detaches once the load ends.
-cat > "$work/count.lua" <<'LUA'
-local n, limit, mark = 0, tonumber(os.getenv("WRK_REQUESTS")), os.getenv("WRK_MARK")
-function response()
-  n = n + 1
-  if n == limit then
-    local f = io.open(mark, "w"); f:write("done\n"); f:close()
-    wrk.thread:stop()
-  end
-end
-LUA
 
 declare -A PATH_OF=([small]=/ [16k]=/16k)
 tsv=$out/syscalls.tsv
@@ -108,7 +96,8 @@ for b in $BODIES; do
     strace -c -f -o "$trace" -p "${SERVING_OF[$p]}" 2>"$work/strace.err" & strace_pid=$!
     pids+=("$strace_pid")
     sleep 0.5   # attached (strace prints nothing to say so)
-    WRK_REQUESTS=$REQUESTS WRK_MARK=$mark start_wrk "$url" 60 "$out/wrk-$b-$p.log" -s "$work/count.lua"
+    # wrk stops after REQUESTS answers and leaves a mark: strace detaches once the load ends.
+    WRK_REQUESTS=$REQUESTS WRK_MARK=$mark start_wrk "$url" 60 "$out/wrk-$b-$p.log" -s bench/wrk-count.lua
     for ((w = 0; w < 1200; w++)); do [[ -e $mark ]] && break; sleep 0.05; done
     [[ -e $mark ]] || { echo "syscalls: $p $b: $REQUESTS requests not done in 60 s" >&2; exit 1; }
     sleep 0.2   # the last answers in flight
