@@ -185,6 +185,11 @@ done
 
 rss=$out/rss.tsv   # after the load: buffers every request needs are in both columns
 for t in "${targets[@]}"; do printf '%s\t%s\n' "$t" "$(rss_kib "${SERVING_OF[$t]}")"; done > "$rss"
+for t in levee-1 "levee-$ROUTES"; do   # the configuration's Lua state, from /status (README "Reload")
+  lua=$(curl -s --max-time 5 "http://127.0.0.1:${ADMIN_OF[$t]}/status" |
+    sed -n 's/.*"lua":{"states":\([0-9]*\),"bytes":\([0-9]*\).*/\2/p')
+  printf '%s-lua\t%s\n' "$t" "$((${lua:-0} / 1024))" >> "$rss"
+done
 
 # Levee's reloads: POST /reload (answered when the load ends: 200, or 400 when refused) and
 # SIGHUP (until the log says "configuration reloaded" or "reload refused"; its timestamp has
@@ -250,6 +255,8 @@ awk -F'\t' -v routes="$ROUTES" -v rounds="$ROUNDS" -v secs="$DURATION" -v conns=
         n++; a[n] = rps[r, y] / rps[r, x]; c[n] = p99[r, y] / p99[r, x]; d[n] = cpu[r, y] / cpu[r, x] }
       printf "%-6s %12.3f %10.3f %14.3f %10d %10.2f\n", px[pi], med(a, n), med(c, n), med(d, n), rss[y] - rss[x], (rss[y] - rss[x]) / (routes - 1)
     }
+    x = rss["levee-1-lua"]; y = rss["levee-" routes "-lua"]
+    printf "(levee'"'"'s Lua states, /status \"lua\".bytes: %d KiB at 1 route, %d KiB at %d)\n", x, y, routes
     printf "\n== levee: levee check and reload times, ms (median; min-max; refused loads counted apart) ==\n"
     printf "%-7s %24s %24s %24s %12s\n", "routes", "levee check (wall)", "POST /reload -> 200", "SIGHUP -> log line", "RSS after"
     for (q = 0; q < 2; q++) {
