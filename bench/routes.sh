@@ -258,13 +258,13 @@ awk -F'\t' -v routes="$ROUTES" -v rounds="$ROUNDS" -v secs="$DURATION" -v conns=
     x = rss["levee-1-lua"]; y = rss["levee-" routes "-lua"]
     printf "(levee'"'"'s Lua states, /status \"lua\".bytes: %d KiB at 1 route, %d KiB at %d)\n", x, y, routes
     printf "\n== levee: levee check and reload times, ms (median; min-max; refused loads counted apart) ==\n"
-    printf "%-7s %24s %24s %24s %12s\n", "routes", "levee check (wall)", "POST /reload -> 200", "SIGHUP -> log line", "RSS after"
+    printf "%-7s %32s %32s %32s %12s\n", "routes", "levee check (wall)", "POST /reload -> answer", "SIGHUP -> log line", "RSS after"
     for (q = 0; q < 2; q++) {
       t = "levee-" (q ? routes : 1)
       n = nc[t]; delete a; for (k = 1; k <= n; k++) a[k] = chk[t, k]; c1 = span(a, n, chkref[t])
       n = np_[t]; delete a; for (k = 1; k <= n; k++) a[k] = post[t, k]; c2 = span(a, n, pref[t])
       n = nh[t]; delete a; for (k = 1; k <= n; k++) a[k] = hup[t, k]; c3 = span(a, n, href[t])
-      printf "%-7d %24s %24s %24s %9d KiB\n", q ? routes : 1, c1, c2, c3, rss[t "-after-reloads"]
+      printf "%-7d %32s %32s %32s %8d KiB\n", q ? routes : 1, c1, c2, c3, rss[t "-after-reloads"]
     }
     print "(ratios > 1 in req/s: the long table serves more; RSS: levee process, nginx worker)"
   }' "$rss" "$checks" "$reload_tsv" "$tsv" | tee "$out/summary.txt"
