@@ -8,9 +8,11 @@
 # Prints per proxy and route count: median req/s, p99, CPU per request (user+sys ticks of
 # its processes / requests), RSS of the serving process (levee; nginx's worker) after the
 # load; then per proxy the ROUTES/1 ratios (median of same-round ratios) and KiB per route;
-# then levee's reload time for each configuration (median of RELOADS): POST /reload on the
-# admin API until its 200 answer, and SIGHUP until the log line "configuration reloaded:
-# generation N" (its millisecond timestamp; README "Reload").
+# then, for each levee configuration, the wall time of `levee check` and of a reload (median
+# of RELOADS): POST /reload on the admin API until its answer, and SIGHUP until the log line
+# "configuration reloaded: generation N" (its millisecond timestamp; README "Reload"). A load
+# refused for the 2 s limit (README "Load limits"; a busy machine can push 1,000 routes past
+# it) is counted apart, and retried at start up to LOAD_TRIES=3 times.
 #   ROUNDS=3 DURATION=3 ROUTES=1000 RELOADS=5 bench/routes.sh        (about a minute)
 # Knobs: WARMUP=1 (s per target), CONNS=50, BASE_PORT=18680 (+0 origin, +1..+4 proxies, +5 +6
 # levee admin), OUT_DIR=dir (configurations and raw results kept there), BUILD=0 (no setup,
