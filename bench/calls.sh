@@ -31,7 +31,7 @@ declare -A BIN_OF=([levee]=$levee_bin)
 targets=(levee)
 if [[ -n ${LEVEE_BASELINE:-} ]]; then BIN_OF[baseline]=$LEVEE_BASELINE; targets+=(baseline); fi
 for t in wrk curl nginx perf nm ldd "${BIN_OF[@]}"; do
-  command -v "$t" >/dev/null || { echo "calls: $t missing" >&2; exit 2; }
+  command -v "$t" >/dev/null || { echo "calls: $t missing (perf: Debian package linux-perf; strace: strace)" >&2; exit 2; }
 done
 
 work=$(mktemp -d /tmp/levee-calls.XXXX)

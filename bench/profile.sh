@@ -29,7 +29,7 @@ fi
 levee_bin=${LEVEE_BIN:-$root/build/levee}
 config=${LEVEE_BENCH_CONFIG:-$root/bench/levee-bench.lua}
 for t in wrk curl nginx perf "$levee_bin"; do
-  command -v "$t" >/dev/null || { echo "profile: $t missing" >&2; exit 2; }
+  command -v "$t" >/dev/null || { echo "profile: $t missing (perf: Debian package linux-perf; strace: strace)" >&2; exit 2; }
 done
 case $CALLGRAPH in
   dwarf) cg=(--call-graph "dwarf,$STACK") ;;

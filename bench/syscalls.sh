@@ -24,7 +24,7 @@ if [[ ${BUILD:-1} != 0 ]]; then
 fi
 levee_bin=${LEVEE_BIN:-$root/build/levee}
 for t in wrk curl nginx strace "$levee_bin"; do
-  command -v "$t" >/dev/null || { echo "syscalls: $t missing" >&2; exit 2; }
+  command -v "$t" >/dev/null || { echo "syscalls: $t missing (perf: Debian package linux-perf; strace: strace)" >&2; exit 2; }
 done
 
 work=$(mktemp -d /tmp/levee-syscalls.XXXX)
