@@ -85,3 +85,113 @@ table() {   # table TSV: aligned columns (column(1) is not on every Debian insta
   awk -F'\t' '{for (i = 1; i <= NF; i++) {c[NR, i] = $i; if (length($i) > w[i]) w[i] = length($i)}; if (NF > nf) nf = NF}
     END {for (r = 1; r <= NR; r++) for (i = 1; i <= nf; i++) printf (i < nf ? "%-" w[i] "s  " : "%s\n"), c[r, i]}' "$1"
 }
+
+# Used by run.sh, routes.sh, idle.sh and profile.sh, which keep their started processes in
+# `pids`, a running wrk in `wrk_pid` and their scratch files in `work`:
+# bench_pin: CPU_PROXY and CPU_WRK (proxies on CPU 0, wrk and the origin on CPU 1) when
+#   PIN != 0 and there are two CPUs and taskset; both empty otherwise.
+# bench_spawn CPUS LOG cmd...: start in the background (pinned when CPUS is set); sets spawned.
+# bench_stop_all: TERM to each of `pids`, up to 5 s each, then KILL; removes `work`. For trap EXIT.
+# bench_wait_http NAME PID PORT LOG [PATH]: until an HTTP answer comes (exit 1 if PID dies).
+# bench_ports_free PORT...: exit 1 if something listens on one of them.
+# nginx_head DIR WORKERS [CONNECTIONS]: the top of an nginx.conf up to an open `http {`
+#   (worker_connections 4096 unless CONNECTIONS, which also raises worker_rlimit_nofile).
+# run_wrk URL SECONDS LOG [wrk options...]: wrk -t$THREADS -c$CONNS on CPU_WRK, bounded;
+#   start_wrk (same arguments) starts it in the background, wait_wrk URL LOG waits for it.
+# rss_kib PID...: VmRSS summed over the processes, KiB. children PID: its direct children.
+bench_pin() {
+  if [[ ${PIN:-1} != 0 ]] && command -v taskset >/dev/null && (($(nproc) >= 2)); then
+    CPU_PROXY=${CPU_PROXY:-0} CPU_WRK=${CPU_WRK:-1}
+  else
+    CPU_PROXY='' CPU_WRK=''
+  fi
+}
+
+bench_spawn() {
+  local cpus=$1 log=$2; shift 2
+  if [[ -n $cpus ]]; then taskset -c "$cpus" "$@" > "$log" 2>&1 &
+  else "$@" > "$log" 2>&1 &
+  fi
+  spawned=$!
+  pids+=("$spawned")
+}
+
+bench_stop_all() {
+  local p i
+  trap - EXIT INT TERM
+  if [[ -n ${wrk_pid:-} ]]; then kill "$wrk_pid" 2>/dev/null || true; fi
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do
+    for ((i = 0; i < 50; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
+  if [[ -n ${work:-} ]]; then rm -rf "$work"; fi   # an OUT_DIR outside it is kept
+}
+
+bench_wait_http() {
+  local i
+  for ((i = 0; i < 100; i++)); do
+    kill -0 "$2" 2>/dev/null || { cat "$4" >&2; echo "bench: $1 exited at startup" >&2; exit 1; }
+    curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$3${5:-/}" && return 0
+    sleep 0.1
+  done
+  cat "$4" >&2; echo "bench: $1 not answering on 127.0.0.1:$3" >&2; exit 1
+}
+
+bench_ports_free() {
+  local p
+  for p in "$@"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "bench: port $p in use (set BASE_PORT)" >&2; exit 1; fi
+  done
+}
+
+nginx_head() {
+  cat <<NGINX
+worker_processes $2;
+${3:+worker_rlimit_nofile $((2 * $3 + 64));}
+daemon off;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
+events { worker_connections ${3:-4096}; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path $1/tmp-body; proxy_temp_path $1/tmp-proxy; fastcgi_temp_path $1/tmp-fcgi;
+  uwsgi_temp_path $1/tmp-uwsgi; scgi_temp_path $1/tmp-scgi;
+NGINX
+}
+
+start_wrk() {   # killed 20 s after -d if it hangs
+  local url=$1 secs=$2 log=$3 pin=()
+  shift 3
+  if [[ -n $CPU_WRK ]]; then pin=(taskset -c "$CPU_WRK"); fi
+  timeout -k 5 $((secs + 20)) "${pin[@]}" wrk -t"${THREADS:-1}" -c"${CONNS:-50}" -d"$secs"s --latency "$@" "$url" > "$log" 2>&1 &
+  wrk_pid=$!
+}
+
+wait_wrk() {   # wait_wrk URL LOG
+  wait "$wrk_pid" || { wrk_pid=; cat "$2" >&2; echo "bench: wrk failed on $1" >&2; exit 1; }
+  wrk_pid=
+}
+
+run_wrk() {
+  start_wrk "$@"
+  wait_wrk "$1" "$3"
+}
+
+rss_kib() {
+  local p sum=0 kb
+  for p in "$@"; do kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status"); sum=$((sum + kb)); done
+  echo "$sum"
+}
+
+children() {   # read from /proc: ps may be missing on a minimal install
+  local f line rest ppid
+  for f in /proc/[0-9]*/stat; do
+    { read -r line <"$f"; } 2>/dev/null || continue   # a process that just ended
+    rest=${line##*) }   # the name in parentheses may hold spaces; ppid is the 2nd field after it
+    read -r _ ppid _ <<<"$rest"
+    if [[ $ppid == "$1" ]]; then f=${f#/proc/}; echo "${f%/stat}"; fi
+  done
+}

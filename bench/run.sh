@@ -6,6 +6,9 @@
 # HAProxy +2, levee +9), PEERS="nginx haproxy", OUT_DIR=dir (raw results kept there),
 # BUILD=0 (no setup, no build: use LEVEE_BIN, default build/levee), PIN=0 (no taskset),
 # CPU_PROXY=0 CPU_WRK=1 (the origin runs on CPU_WRK too), LEVEE_BENCH_CONFIG=file.
+# A/B: LEVEE_BASELINE=/path/to/an/older/levee adds it as the target "baseline" (port +8, same
+# configuration, pinned and loaded like the others), so "levee / baseline" is a before/after
+# table from one run; LEVEE_BASELINE_LUA_DIR sets its LEVEE_LUA_DIR when its own is gone.
 # Ratios, not absolute numbers, are what to quote: the machine is shared and noisy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,11 +21,7 @@ THREADS=${THREADS:-1} CONNS=${CONNS:-50} WORKERS=${WORKERS:-1}
 BODIES=${BODIES:-"small 16k"} PEERS=${PEERS:-"nginx haproxy"}
 BASE_PORT=${BASE_PORT:-18080}
 ncpu=$(nproc)
-if [[ ${PIN:-1} == 1 ]] && command -v taskset >/dev/null && ((ncpu >= 2)); then
-  CPU_PROXY=${CPU_PROXY:-0} CPU_WRK=${CPU_WRK:-1}
-else
-  CPU_PROXY='' CPU_WRK=''
-fi
+bench_pin
 
 if [[ ${BUILD:-1} != 0 ]]; then
   scripts/setup.sh --bench
@@ -30,7 +29,8 @@ if [[ ${BUILD:-1} != 0 ]]; then
 fi
 levee_bin=${LEVEE_BIN:-$root/build/levee}
 config=${LEVEE_BENCH_CONFIG:-$root/bench/levee-bench.lua}
-for t in wrk curl nginx "$levee_bin"; do
+baseline_bin=${LEVEE_BASELINE:-}
+for t in wrk curl nginx "$levee_bin" ${baseline_bin:+"$baseline_bin"}; do
   command -v "$t" >/dev/null || { echo "bench: $t missing (scripts/setup.sh --bench)" >&2; exit 2; }
 done
 [[ $WORKERS == 1 ]] || echo "bench: levee runs one event loop; WORKERS=$WORKERS applies to nginx and HAProxy only" >&2
@@ -41,59 +41,12 @@ out=${OUT_DIR:-$work/out}
 mkdir -p "$out"
 pids=() wrk_pid=
 
-stop_all() {   # our own processes only, by PID: TERM, up to 5 s, then KILL
-  local p i
-  trap - EXIT INT TERM
-  if [[ -n $wrk_pid ]]; then kill "$wrk_pid" 2>/dev/null || true; fi
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do
-    for ((i = 0; i < 50; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-  done
-  rm -rf "$work"               # OUT_DIR, when given, lies outside it and is kept
-}
-trap stop_all EXIT
+trap bench_stop_all EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-spawn() {   # spawn CPUS LOG cmd...: background, pinned when CPUS is set; sets spawned=PID
-  local cpus=$1 log=$2; shift 2
-  if [[ -n $cpus ]]; then taskset -c "$cpus" "$@" > "$log" 2>&1 &
-  else "$@" > "$log" 2>&1 &
-  fi
-  spawned=$!
-  pids+=("$spawned")
-}
-
-wait_port() {   # wait_port NAME PID PORT LOG
-  local i
-  for ((i = 0; i < 100; i++)); do
-    kill -0 "$2" 2>/dev/null || { cat "$4" >&2; echo "bench: $1 exited at startup" >&2; exit 1; }
-    curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$3/" && return 0
-    sleep 0.1
-  done
-  cat "$4" >&2; echo "bench: $1 not answering on 127.0.0.1:$3" >&2; exit 1
-}
-
-for p in "$BASE_PORT" $((BASE_PORT + 1)) $((BASE_PORT + 2)) $((BASE_PORT + 9)); do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "bench: port $p in use (set BASE_PORT)" >&2; exit 1; fi
-done
-
-nginx_head() {   # nginx_head DIR WORKERS
-  cat <<EOF
-worker_processes $2;
-daemon off;
-pid $1/nginx.pid;
-error_log $1/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  client_body_temp_path $1/tmp-body; proxy_temp_path $1/tmp-proxy; fastcgi_temp_path $1/tmp-fcgi;
-  uwsgi_temp_path $1/tmp-uwsgi; scgi_temp_path $1/tmp-scgi;
-EOF
-}
+bench_ports_free "$BASE_PORT" $((BASE_PORT + 1)) $((BASE_PORT + 2)) $((BASE_PORT + 9)) \
+  ${baseline_bin:+$((BASE_PORT + 8))}
 
 # The origin: nginx, one worker, "ok\n" on / and 16 KiB on /16k; it shares the wrk CPU.
 od=$work/origin; mkdir -p "$od"; chmod 755 "$od"
@@ -107,8 +60,8 @@ head -c 16384 /dev/zero | tr '\0' x > "$od/16k"; chmod 644 "$od/16k"
 }
 EOF
 } > "$od/nginx.conf"
-spawn "$CPU_WRK" "$od/stdout.log" nginx -p "$od" -c "$od/nginx.conf" -e "$od/error.log"
-wait_port origin "$spawned" "$BASE_PORT" "$od/error.log"
+bench_spawn "$CPU_WRK" "$od/stdout.log" nginx -p "$od" -c "$od/nginx.conf" -e "$od/error.log"
+bench_wait_http origin "$spawned" "$BASE_PORT" "$od/error.log"
 
 declare -A PID_OF PORT_OF VERSION_OF
 targets=(levee)
@@ -127,7 +80,7 @@ for peer in $PEERS; do
 }
 EOF
       } > "$d/nginx.conf"
-      spawn "$CPU_PROXY" "$d/stdout.log" nginx -p "$d" -c "$d/nginx.conf" -e "$d/error.log"
+      bench_spawn "$CPU_PROXY" "$d/stdout.log" nginx -p "$d" -c "$d/nginx.conf" -e "$d/error.log"
       VERSION_OF[nginx]=$(nginx -v 2>&1 | sed 's/.*version: //') ;;
     haproxy)
       command -v haproxy >/dev/null || { echo "bench: haproxy missing, skipped" >&2; continue; }
@@ -146,36 +99,37 @@ frontend fe
 backend be
   server origin 127.0.0.1:$BASE_PORT
 EOF
-      spawn "$CPU_PROXY" "$d/stdout.log" haproxy -db -f "$d/haproxy.cfg"
+      bench_spawn "$CPU_PROXY" "$d/stdout.log" haproxy -db -f "$d/haproxy.cfg"
       VERSION_OF[haproxy]=$(haproxy -v 2>/dev/null | awk 'NR == 1 {print "haproxy/" $3}') ;;
     *) echo "bench: unknown peer $peer" >&2; exit 2 ;;
   esac
   PID_OF[$peer]=$spawned
   targets+=("$peer")
-  wait_port "$peer" "$spawned" "${PORT_OF[$peer]}" "$d/stdout.log"
+  bench_wait_http "$peer" "$spawned" "${PORT_OF[$peer]}" "$d/stdout.log"
   for f in "$d/nginx.conf" "$d/haproxy.cfg"; do if [[ -f $f ]]; then cp "$f" "$out/$peer.${f##*/}"; fi; done
 done
 export EXTRA_PORT=${PORT_OF[levee]} ORIGIN_PORT=$BASE_PORT   # read by levee-bench.lua
-spawn "$CPU_PROXY" "$work/levee.log" "$levee_bin" -c "$config"
+bench_spawn "$CPU_PROXY" "$work/levee.log" "$levee_bin" -c "$config"
 PID_OF[levee]=$spawned
 cp "$config" "$out/levee.${config##*/}"
 VERSION_OF[levee]=$("$levee_bin" --version 2>&1 | head -1)
-wait_port levee "$spawned" "${PORT_OF[levee]}" "$work/levee.log"
+bench_wait_http levee "$spawned" "${PORT_OF[levee]}" "$work/levee.log"
+if [[ -n $baseline_bin ]]; then   # the older build: same configuration, its own port
+  PORT_OF[baseline]=$((BASE_PORT + 8))
+  baseline_env=(env EXTRA_PORT="${PORT_OF[baseline]}")
+  if [[ -n ${LEVEE_BASELINE_LUA_DIR:-} ]]; then baseline_env+=(LEVEE_LUA_DIR="$LEVEE_BASELINE_LUA_DIR"); fi
+  bench_spawn "$CPU_PROXY" "$work/baseline.log" "${baseline_env[@]}" "$baseline_bin" -c "$config"
+  PID_OF[baseline]=$spawned
+  VERSION_OF[baseline]="$("${baseline_env[@]}" "$baseline_bin" --version 2>&1 | head -1), $baseline_bin"
+  bench_wait_http baseline "$spawned" "${PORT_OF[baseline]}" "$work/baseline.log"
+  targets+=(baseline)
+fi
 
 declare -A PATH_OF=([small]=/ [16k]=/16k) SIZE_OF=([small]=3 [16k]=16384)
 for t in "${targets[@]}"; do for b in $BODIES; do
   got=$(curl -s -o /dev/null --max-time 5 -w '%{http_code} %{size_download}' "http://127.0.0.1:${PORT_OF[$t]}${PATH_OF[$b]}")
   [[ $got == "200 ${SIZE_OF[$b]}" ]] || { echo "bench: $t ${PATH_OF[$b]} gave '$got'" >&2; exit 1; }
 done; done
-
-run_wrk() {   # run_wrk URL SECONDS LOG (bounded: killed 20 s after -d)
-  local pin=()
-  if [[ -n $CPU_WRK ]]; then pin=(taskset -c "$CPU_WRK"); fi
-  timeout -k 5 $(($2 + 20)) "${pin[@]}" wrk -t"$THREADS" -c"$CONNS" -d"$2"s --latency "$1" > "$3" 2>&1 &
-  wrk_pid=$!
-  wait "$wrk_pid" || { wrk_pid=; cat "$3" >&2; echo "bench: wrk failed on $1" >&2; exit 1; }
-  wrk_pid=
-}
 
 {
   echo "# bench/run.sh $(date -u +%Y-%m-%dT%H:%M:%SZ) $(uname -sr) cpus=$ncpu" \

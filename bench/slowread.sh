@@ -20,7 +20,7 @@ BASE=${BASE_PORT:-18480}
 ORIGIN_PORT=$BASE LEVEE_PORT=$((BASE + 1)) NGINX_PORT=$((BASE + 2))
 
 # shellcheck source=bench/lib.sh
-. bench/lib.sh   # table, port_up, stop_pid, cleanup
+. bench/lib.sh   # table, port_up, stop_pid, cleanup, rss_kib, children
 scripts/setup.sh --bench
 [[ ${BUILD:-1} == 0 ]] || scripts/build.sh release >/dev/null
 out=${OUT_DIR:-$(mktemp -d /tmp/levee-slowread.XXXX)}
@@ -58,20 +58,6 @@ socket.sleep(hold)
 for _, s in ipairs(conns) do s:close() end
 LUA
 
-rss_kib() {   # rss_kib PID...: VmRSS summed over the processes, KiB
-  local p sum=0 kb
-  for p in "$@"; do kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status"); sum=$((sum + kb)); done
-  echo "$sum"
-}
-children() {   # children PID: its direct children (nginx's workers), read from /proc
-  local f line rest ppid
-  for f in /proc/[0-9]*/stat; do
-    read -r line <"$f" 2>/dev/null || continue
-    rest=${line##*) }   # the name in parentheses may hold spaces; ppid is the 2nd field after it
-    read -r _ ppid _ <<<"$rest"
-    if [[ $ppid == "$1" ]]; then f=${f#/proc/}; echo "${f%/stat}"; fi
-  done
-}
 tcp_kib() { awk -v pg="$(getconf PAGESIZE)" '$1 == "TCP:" {for (i = 2; i < NF; i++) if ($i == "mem") print $(i + 1) * pg / 1024}' /proc/net/sockstat; }
 temp_bytes() {   # temp_bytes PID...: size of the open nginx temp files (unlinked, so du sees none)
   local p f sum=0
