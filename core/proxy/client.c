@@ -365,6 +365,9 @@ static _Thread_local struct {
     unsigned n;
 } input_pool;
 
+/* An idle connection's read lands here; its bytes are then copied to a buffer of its own. */
+static _Thread_local char first_block[INPUT_BUF_SIZE];
+
 static void input_release(struct lv_client *c)
 {
     struct lv_buf *in = &c->ds.in;
@@ -391,9 +394,12 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
         buf->len = sizeof(tls_block);
         return;
     }
-    if (c->ds.in.cap == 0 && input_pool.n) {
-        c->ds.in.data = input_pool.bufs[--input_pool.n];
-        c->ds.in.cap = INPUT_BUF_SIZE;
+    if (c->ds.in.cap == 0) {
+        /* No buffer (idle): read into the loop's block first, so a read that brings nothing
+         * (the end of the stream, a reset) costs no allocation (see on_read). */
+        buf->base = first_block;
+        buf->len = sizeof(first_block);
+        return;
     }
     size_t want = c->ds.in.len < 16384 ? 16384 : 32768;
     buf->base = lv_buf_reserve(&c->ds.in, want);
@@ -454,7 +460,15 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         }
         return;
     }
-    c->ds.in.len += (size_t)nread;
+    if (buf->base == first_block) {
+        if (input_pool.n) {
+            c->ds.in.data = input_pool.bufs[--input_pool.n];
+            c->ds.in.cap = INPUT_BUF_SIZE;
+        }
+        lv_buf_append(&c->ds.in, first_block, (size_t)nread);
+    } else {
+        c->ds.in.len += (size_t)nread;
+    }
     client_process(c);
 }
 
