@@ -5,8 +5,6 @@
  */
 #include "conf/config.h"
 
-#include "conf/router.h"
-
 #include <assert.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,7 +56,8 @@ static void config_free(struct lv_config *c)
     for (size_t i = 0; i < c->nupstreams; i++)
         upstream_free(&c->upstreams[i]);
     free(c->upstreams);
-    lv_router_free(c->router); /* before the routes: it points into their strings */
+    if (c->router) /* before the routes: it points into their strings */
+        c->router_free(c->router);
     for (size_t i = 0; i < c->nroutes; i++)
         route_free(&c->routes[i]);
     free(c->routes);

@@ -202,7 +202,10 @@ struct lv_config {
     double loaded_at;    /* unix time */
     int refs;
 
-    struct lv_router *router; /* route index (conf/router.h), built at load, freed with it */
+    /* The route index (conf/router.h), built at load; freed with the generation through
+     * `router_free`, so this module needs nothing of the router's. */
+    struct lv_router *router;
+    void (*router_free)(struct lv_router *router);
 };
 
 /** A generation with no content and one reference (the caller's), for the loader to fill. */

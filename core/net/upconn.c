@@ -11,7 +11,6 @@
 #include "base/addr.h"
 #include "base/log.h"
 #include "net/tls.h"
-#include "net/upconn.h"
 #include "net/upstream.h"
 
 /* One read buffer per thread (= per worker loop): readers consume synchronously. */

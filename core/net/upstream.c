@@ -10,7 +10,6 @@
 #include "base/rand.h"
 #include "net/healthcheck.h"
 #include "net/tls.h"
-#include "net/upconn.h"
 
 static uint64_t rng_next(uint64_t *s)
 {

@@ -294,6 +294,7 @@ static struct lv_config *run(const char *fn, const char *const *args, int nargs,
         }
     }
     c->router = lv_router_build(c->routes, c->nroutes); /* off the serving loop */
+    c->router_free = lv_router_free;
     c->loaded_at = unix_now();
     return c;
 }
