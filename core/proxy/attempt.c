@@ -14,15 +14,11 @@
 #include "proxy/server.h"
 #include "script/hooks.h"
 
-#define container_of(p, type, member) ((type *)((char *)(p)-offsetof(type, member)))
-
 /* Upstream write queue above which we stop reading the client's body. */
 #define UP_WRITE_HIGH (256 * 1024)
 
 static void attempt_failed(struct lv_request *r, enum lv_outcome_kind kind, const char *detail);
 static void on_up_read(struct lv_upconn *uc, ssize_t nread, const char *data, void *arg);
-static void on_try_timeout(uv_timer_t *t);
-static void on_deadline(uv_timer_t *t);
 
 static double ms_since(uint64_t ns)
 {
@@ -132,7 +128,7 @@ void lv_attempt_release(struct lv_request *r, bool reusable)
         else
             lv_upconn_discard(uc, false);
     }
-    uv_timer_stop(&r->try_timer);
+    lv_request_clock_clear(r, LV_CLOCK_TRY);
 }
 
 /* ---- deadline */
@@ -149,7 +145,7 @@ void lv_attempt_start_deadline(struct lv_request *r)
         return;
     r->deadline_started = true;
     r->deadline_at_ms = uv_now(r->s->loop) + r->route->timeout_ms;
-    uv_timer_start(&r->deadline_timer, on_deadline, r->route->timeout_ms, 0);
+    lv_request_clock_set(r, LV_CLOCK_DEADLINE, r->route->timeout_ms);
 }
 
 static void record_try(struct lv_request *r, enum lv_outcome_kind kind, int status)
@@ -163,9 +159,8 @@ static void record_try(struct lv_request *r, enum lv_outcome_kind kind, int stat
     }
 }
 
-static void on_deadline(uv_timer_t *t)
+void lv_attempt_deadline(struct lv_request *r)
 {
-    struct lv_request *r = container_of(t, struct lv_request, deadline_timer);
     assert(lv_request_active(r));
     if (r->head_sent) {
         /* The response is streaming: the deadline covers getting it, not reading it. */
@@ -330,19 +325,12 @@ static bool next_attempt(struct lv_request *r, struct lv_outcome o, const struct
     return true;
 }
 
-static void on_backoff_done(uv_timer_t *t)
-{
-    struct lv_request *r = container_of(t, struct lv_request, try_timer);
-    assert(r->phase == LV_REQ_BACKOFF);
-    lv_attempt_start(r);
-}
-
-/* Wait out the backoff, then the next attempt. Called once the last attempt's connection
- * was let go (lv_attempt_release stops the timer we use). */
+/* Wait out the backoff on the TRY clock, then the next attempt (lv_attempt_clock). Called
+ * once the last attempt's connection was let go (lv_attempt_release clears that clock). */
 static void start_backoff(struct lv_request *r)
 {
     r->phase = LV_REQ_BACKOFF;
-    uv_timer_start(&r->try_timer, on_backoff_done, r->backoff_next_ms, 0);
+    lv_request_clock_set(r, LV_CLOCK_TRY, r->backoff_next_ms);
 }
 
 static enum lv_gwerr outcome_error(enum lv_outcome_kind kind)
@@ -481,7 +469,7 @@ static void on_acquired(enum lv_acquire_error err, struct lv_upconn *uc, const c
     uint64_t left = lv_attempt_time_left(r);
     if (!try_to || try_to > left)
         try_to = left;
-    uv_timer_start(&r->try_timer, on_try_timeout, try_to, 0);
+    lv_request_clock_set(r, LV_CLOCK_TRY, try_to);
     lv_reqbody_pump(r);
 }
 
@@ -500,9 +488,12 @@ void lv_attempt_start(struct lv_request *r)
                         on_acquired, r);
 }
 
-static void on_try_timeout(uv_timer_t *t)
+void lv_attempt_clock(struct lv_request *r)
 {
-    struct lv_request *r = container_of(t, struct lv_request, try_timer);
+    if (r->phase == LV_REQ_BACKOFF) {
+        lv_attempt_start(r);
+        return;
+    }
     assert(r->phase == LV_REQ_EXCHANGE || r->phase == LV_REQ_RESPONDING);
     if (r->phase == LV_REQ_RESPONDING) {
         /* The upstream stalled in the middle of the body. */
@@ -527,7 +518,7 @@ static void sink_interim(void *arg, const struct lv_resphead *h)
 static bool sink_head(void *arg, const struct lv_resphead *h)
 {
     struct lv_request *r = arg;
-    uv_timer_stop(&r->try_timer);
+    lv_request_clock_clear(r, LV_CLOCK_TRY);
     double upstream_ms = ms_since(r->attempt_start_ns);
     record_try(r, LV_OUT_STATUS, h->status);
     lv_upstream_report(r->up, r->last_server, h->status >= 500 ? LV_HEALTH_5XX : LV_HEALTH_SUCCESS);
@@ -596,14 +587,14 @@ static void on_up_read(struct lv_upconn *uc, ssize_t nread, const char *data, vo
     uc->server->received_bytes += (uint64_t)nread; /* levee_upstream_received_bytes_total */
     bool in_body = r->ex.started;
     if (in_body) /* idle bound while streaming: the route timeout between two reads */
-        uv_timer_start(&r->try_timer, on_try_timeout, r->route->timeout_ms, 0);
+        lv_request_clock_set(r, LV_CLOCK_TRY, r->route->timeout_ms);
     enum lv_exchange_rc rc = lv_exchange_feed(&r->ex, data, (size_t)nread, &sink, r);
     if (r->ncpieces)
         lv_respout_flush(r); /* the pieces point into `data`: out before anything else */
     switch (rc) {
     case LV_EXCHANGE_MORE:
         if (r->ex.started && !in_body) /* the head came with this read: start the idle bound */
-            uv_timer_start(&r->try_timer, on_try_timeout, r->route->timeout_ms, 0);
+            lv_request_clock_set(r, LV_CLOCK_TRY, r->route->timeout_ms);
         break;
     case LV_EXCHANGE_DONE:
         response_done(r);

@@ -26,6 +26,8 @@ struct write_req {
 };
 
 static void client_process(struct lv_client *c);
+static void on_timer(uv_timer_t *t);
+static void timer_take(struct lv_client *c, uv_timer_cb cb, uint64_t timeout_ms);
 static int raw_write_buf(struct lv_client *c, struct lv_buf *b);
 static void client_close(struct lv_client *c, bool reset);
 static void input_release(struct lv_client *c);
@@ -111,7 +113,7 @@ static void on_shutdown(uv_shutdown_t *req, int status)
     /* Keep reading (and discarding) for a moment: closing with unread input would send an
      * RST that can destroy the response before the client reads it. */
     c->lingering = true;
-    uv_timer_start(&c->timer, on_linger_timeout, LINGER_MS, 0);
+    timer_take(c, on_linger_timeout, LINGER_MS);
 }
 
 /* Close after everything queued has been written. */
@@ -121,7 +123,7 @@ static void client_close_after_write(struct lv_client *c)
         return;
     c->state = LV_CLIENT_CLOSING;
     uint64_t to = c->server->cfg->limits.send_timeout_ms;
-    uv_timer_start(&c->timer, on_linger_timeout, to ? to : 60000, 0);
+    timer_take(c, on_linger_timeout, to ? to : 60000);
     if (c->tls) {
         lv_tls_shutdown(c->tls, &c->tls_out);
         raw_write_buf(c, &c->tls_out);
@@ -464,6 +466,8 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         if (input_pool.n) {
             c->ds.in.data = input_pool.bufs[--input_pool.n];
             c->ds.in.cap = INPUT_BUF_SIZE;
+        } else {
+            lv_buf_reserve(&c->ds.in, INPUT_BUF_SIZE); /* its size, so it can go to the pool */
         }
         lv_buf_append(&c->ds.in, first_block, (size_t)nread);
     } else {
@@ -496,9 +500,36 @@ static void client_input_consumed(struct lv_client *c)
         resume_reading(c);
 }
 
+/* The connection's one timer is armed lazily: `due` is when the current state's timeout
+ * expires, `armed` when the timer will fire (0: not armed for on_timer). Moving `due` later
+ * costs nothing (the timer fires early and re-arms for what is left), so a keep-alive request,
+ * whose idle and send timeouts only ever move later, makes no timer call at all. */
+static void timer_due(struct lv_client *c, uint64_t timeout_ms)
+{
+    c->due = uv_now(c->server->loop) + timeout_ms;
+    if (c->armed == 0 || c->armed > c->due) {
+        uv_timer_start(&c->timer, on_timer, timeout_ms, 0);
+        c->armed = c->due;
+    }
+}
+
+/* The timer goes to another callback (closing): the lazy scheme is over. */
+static void timer_take(struct lv_client *c, uv_timer_cb cb, uint64_t timeout_ms)
+{
+    c->armed = 0;
+    c->due = UINT64_MAX;
+    uv_timer_start(&c->timer, cb, timeout_ms, 0);
+}
+
 static void on_timer(uv_timer_t *t)
 {
     struct lv_client *c = t->data;
+    uint64_t now = uv_now(c->server->loop);
+    c->armed = 0;
+    if (now < c->due) { /* armed for an earlier due that moved */
+        timer_due(c, c->due - now);
+        return;
+    }
     switch (c->state) {
     case LV_CLIENT_IDLE:
         if (c->ds.in.len > 0) {
@@ -514,13 +545,13 @@ static void on_timer(uv_timer_t *t)
         /* send timeout: the client stopped reading our response */
         if (c->ds.write_queued > 0) {
             uint64_t to = c->server->cfg->limits.send_timeout_ms;
-            uint64_t now = uv_now(c->server->loop);
+
             if (now - c->last_write_ms >= to) {
                 lv_debug("client %s: send timeout", c->ds.peer);
                 client_close(c, true);
                 return;
             }
-            uv_timer_start(&c->timer, on_timer, to - (now - c->last_write_ms), 0);
+            timer_due(c, to - (now - c->last_write_ms));
         } else {
             start_timer_for_state(c);
         }
@@ -536,14 +567,13 @@ static void start_timer_for_state(struct lv_client *c)
     const struct lv_limits_cfg *lim = &c->server->cfg->limits;
     switch (c->state) {
     case LV_CLIENT_IDLE:
-        uv_timer_start(&c->timer, on_timer,
-                       c->requests ? lim->idle_timeout_ms : lim->header_timeout_ms, 0);
+        timer_due(c, c->requests ? lim->idle_timeout_ms : lim->header_timeout_ms);
         break;
     case LV_CLIENT_HEAD:
         /* started once at the first byte; not restarted on each read (slowloris) */
         break;
     case LV_CLIENT_REQUEST:
-        uv_timer_start(&c->timer, on_timer, lim->send_timeout_ms ? lim->send_timeout_ms : 60000, 0);
+        timer_due(c, lim->send_timeout_ms ? lim->send_timeout_ms : 60000);
         break;
     case LV_CLIENT_CLOSING:
         break;
@@ -582,7 +612,8 @@ static void client_process(struct lv_client *c)
             }
             c->state = LV_CLIENT_HEAD;
             lv_headscan_init(&c->hs, false, lim->header_size, lim->request_line, lim->header_count);
-            uv_timer_start(&c->timer, on_timer, lim->header_timeout_ms, 0);
+            c->head_at = uv_now(s->loop);
+            c->head_timed = false;
         }
         /* LV_CLIENT_HEAD */
         struct lv_headscan *hs = &c->hs;
@@ -591,6 +622,13 @@ static void client_process(struct lv_client *c)
             if (c->eof) {
                 client_close(c, false);
                 return;
+            }
+            if (!c->head_timed) {
+                /* header_timeout counts from the head's first byte and is not moved by later
+                 * reads (slowloris); a head that comes whole never sets it */
+                uint64_t gone = uv_now(s->loop) - c->head_at;
+                timer_due(c, gone < lim->header_timeout_ms ? lim->header_timeout_ms - gone : 0);
+                c->head_timed = true;
             }
             if (c->ds.in.len >= INPUT_HIGH + lim->header_size)
                 pause_reading(c); /* cannot happen past the head limit, but stay bounded */
@@ -607,7 +645,6 @@ static void client_process(struct lv_client *c)
             return;
         }
         /* A complete, pre-validated head: the request takes it from here. */
-        uv_timer_stop(&c->timer);
         c->state = LV_CLIENT_REQUEST;
         c->requests++;
         size_t head_len = hs->head_len;
@@ -639,7 +676,7 @@ static void client_request_done(struct lv_client *c, bool close)
     /* Serve what is already buffered (pipelining) from the loop, not from inside the
      * request's completion path. */
     if (c->ds.in.len > 0) {
-        uv_timer_start(&c->timer, on_timer, 0, 0);
+        timer_due(c, 0);
     } else {
         /* Idle: the input buffer goes (a read takes one again), as nginx frees its
          * connection buffer between requests; an idle connection holds little memory. */
@@ -732,7 +769,7 @@ void lv_client_accept(struct lv_server *s, uv_stream_t *ls, struct lv_tls_ctx *t
         c->ds.tls = true;
     }
     c->state = LV_CLIENT_IDLE;
-    uv_timer_start(&c->timer, on_timer, s->cfg->limits.header_timeout_ms, 0);
+    timer_due(c, s->cfg->limits.header_timeout_ms);
     uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
     c->reading = true;
 }

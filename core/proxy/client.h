@@ -47,6 +47,10 @@ struct lv_client {
     struct lv_headscan hs;  /* progress on the head being received */
     uint32_t requests;
     uint64_t last_write_ms;
+    uint64_t due;     /* loop ms: the current state's timeout (see timer_due in client.c) */
+    uint64_t armed;   /* loop ms the timer fires at for on_timer; 0: not armed for it */
+    uint64_t head_at; /* loop ms: a head's first byte */
+    bool head_timed;  /* header_timeout is set for the head being received */
     int open_handles;
     bool reading;
     bool read_paused; /* input buffer full: stop reading until the request consumes */

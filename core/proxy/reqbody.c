@@ -6,10 +6,6 @@
 #include "proxy/request.h"
 #include "conf/config.h"
 
-#define container_of(p, type, member) ((type *)((char *)(p)-offsetof(type, member)))
-
-static void on_body_timer(uv_timer_t *t);
-
 /* Body bytes held before a connection is taken and kept for replay: the larger of the replay
  * buffer and the request buffer (a body held whole can always be sent again). */
 static size_t hold_cap(const struct lv_request *r)
@@ -153,7 +149,7 @@ void lv_reqbody_pump(struct lv_request *r)
         }
         if (rc == 1) {
             r->body_done = true;
-            uv_timer_stop(&r->body_timer);
+            lv_request_clock_clear(r, LV_CLOCK_BODY);
         }
         if (used == 0)
             break;
@@ -210,7 +206,7 @@ void lv_reqbody_begin(struct lv_request *r)
         buffering_check(r);
     /* Only a body still on its way needs the body timer (most arrive with their head). */
     if (lv_request_active(r) && !r->body_done)
-        uv_timer_start(&r->body_timer, on_body_timer, lim->body_timeout_ms, 0);
+        lv_request_clock_set(r, LV_CLOCK_BODY, lim->body_timeout_ms);
 }
 
 /*
@@ -220,9 +216,8 @@ void lv_reqbody_begin(struct lv_request *r)
  * bytes per second (at least one byte), except a window in which we left client bytes unread:
  * then the upstream or our own wait for a connection was the bottleneck, not the client.
  */
-static void on_body_timer(uv_timer_t *t)
+void lv_reqbody_clock(struct lv_request *r)
 {
-    struct lv_request *r = container_of(t, struct lv_request, body_timer);
     assert(lv_request_active(r) && !r->body_done);
     const struct lv_limits_cfg *lim = &r->cfg->limits;
     if (r->phase == LV_REQ_RECEIVING) {
@@ -239,5 +234,5 @@ static void on_body_timer(uv_timer_t *t)
     }
     r->body_held = false;
     r->body_mark = r->body_in;
-    uv_timer_start(&r->body_timer, on_body_timer, lim->body_timeout_ms, 0);
+    lv_request_clock_set(r, LV_CLOCK_BODY, lim->body_timeout_ms);
 }

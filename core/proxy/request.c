@@ -23,6 +23,8 @@
 
 /* ---- slots */
 
+static void on_clock(uv_timer_t *t);
+
 struct slot_pool {
     struct lv_request *slots[POOL_MAX];
     unsigned n;
@@ -49,10 +51,60 @@ static void slot_handle_closed(uv_handle_t *h)
 
 static void slot_free(struct lv_request *r)
 {
-    r->phase = 3; /* an idle slot's phase field counts its closing timers from here on */
-    uv_close((uv_handle_t *)&r->deadline_timer, slot_handle_closed);
-    uv_close((uv_handle_t *)&r->try_timer, slot_handle_closed);
-    uv_close((uv_handle_t *)&r->body_timer, slot_handle_closed);
+    r->phase = 1; /* an idle slot's phase field counts its closing handles from here on */
+    uv_close((uv_handle_t *)&r->timer, slot_handle_closed);
+}
+
+/* ---- clocks */
+
+static void clock_arm(struct lv_request *r)
+{
+    uint64_t first = 0;
+    for (int i = 0; i < 3; i++)
+        if (r->due[i] && (!first || r->due[i] < first))
+            first = r->due[i];
+    if (first && (!r->armed || first < r->armed)) {
+        uint64_t now = uv_now(r->s->loop);
+        uv_timer_start(&r->timer, on_clock, first > now ? first - now : 0, 0);
+        r->armed = first;
+    }
+}
+
+void lv_request_clock_set(struct lv_request *r, enum lv_req_clock which, uint64_t timeout_ms)
+{
+    r->due[which] = uv_now(r->s->loop) + timeout_ms;
+    if (!r->due[which])
+        r->due[which] = 1; /* 0 means "not set" */
+    clock_arm(r);
+}
+
+/* The earliest due came (or one that has moved since): run the clocks that are due. */
+static void on_clock(uv_timer_t *t)
+{
+    struct lv_request *r = t->data;
+    r->armed = 0;
+    if (!lv_request_active(r))
+        return; /* a due of a request that ended (dues are cleared, the timer is not) */
+    uint64_t now = uv_now(r->s->loop);
+    if (r->due[LV_CLOCK_DEADLINE] && r->due[LV_CLOCK_DEADLINE] <= now) {
+        r->due[LV_CLOCK_DEADLINE] = 0;
+        lv_attempt_deadline(r);
+        if (!lv_request_active(r))
+            return;
+    }
+    if (r->due[LV_CLOCK_TRY] && r->due[LV_CLOCK_TRY] <= now) {
+        r->due[LV_CLOCK_TRY] = 0;
+        lv_attempt_clock(r);
+        if (!lv_request_active(r))
+            return;
+    }
+    if (r->due[LV_CLOCK_BODY] && r->due[LV_CLOCK_BODY] <= now) {
+        r->due[LV_CLOCK_BODY] = 0;
+        lv_reqbody_clock(r);
+        if (!lv_request_active(r))
+            return;
+    }
+    clock_arm(r);
 }
 
 struct lv_request *lv_request_get(struct lv_server *s, struct lv_downstream *ds)
@@ -62,12 +114,8 @@ struct lv_request *lv_request_get(struct lv_server *s, struct lv_downstream *ds)
         r = pool.slots[--pool.n];
     } else {
         r = lv_xcalloc(1, sizeof(*r));
-        uv_timer_init(s->loop, &r->deadline_timer);
-        uv_timer_init(s->loop, &r->try_timer);
-        uv_timer_init(s->loop, &r->body_timer);
-        r->deadline_timer.data = r;
-        r->try_timer.data = r;
-        r->body_timer.data = r;
+        uv_timer_init(s->loop, &r->timer);
+        r->timer.data = r;
         r->rng = uv_hrtime() ^ (uint64_t)(uintptr_t)r;
     }
     assert(r->phase == LV_REQ_IDLE);
@@ -154,9 +202,7 @@ static void teardown(struct lv_request *r, bool flush)
     r->ncpieces = 0;
     r->cout_marked = 0;
     r->cout.len = 0;
-    uv_timer_stop(&r->deadline_timer);
-    uv_timer_stop(&r->try_timer);
-    uv_timer_stop(&r->body_timer);
+    r->due[LV_CLOCK_DEADLINE] = r->due[LV_CLOCK_TRY] = r->due[LV_CLOCK_BODY] = 0;
     log_request(r);
     /* after the log: its tries name the upstream's servers, which the generation keeps */
     r->up = NULL;

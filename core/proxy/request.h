@@ -139,11 +139,10 @@ struct lv_request {
     bool body_done;
     struct lv_buf replay;
     bool replay_valid;
-    bool body_sent_any;    /* body bytes reached the current attempt */
-    bool body_final_sent;  /* the last chunk (or last byte) went to the current attempt */
-    bool body_held;        /* we left client bytes unread in this window (our backpressure) */
-    uint64_t body_mark;    /* body_in at the start of the current rate window */
-    uv_timer_t body_timer; /* limits.body_timeout / limits.body_rate while the body arrives */
+    bool body_sent_any;   /* body bytes reached the current attempt */
+    bool body_final_sent; /* the last chunk (or last byte) went to the current attempt */
+    bool body_held;       /* we left client bytes unread in this window (our backpressure) */
+    uint64_t body_mark;   /* body_in at the start of the current rate window */
 
     /* attempts (attempt.c) */
     int attempt;
@@ -164,8 +163,6 @@ struct lv_request {
     uint64_t prev_delay_ms; /* last backoff planned (decorrelated jitter) */
     uint64_t backoff_next_ms;
     double backoff_ms; /* total slept in backoff */
-    uv_timer_t deadline_timer;
-    uv_timer_t try_timer;
     struct lv_try tries[LV_MAX_TRIES];
     int ntries;
     struct lv_exchange ex; /* the current attempt's response (exchange.c) */
@@ -190,6 +187,12 @@ struct lv_request {
     size_t nhook_req;
 
     struct lv_idem_filter idem; /* idemfilter.c */
+
+    /* One timer for the request's clocks (request.c lv_request_clock): it fires at the
+     * earliest due; a due moved later or cleared costs no timer call. Loop ms; 0: not set. */
+    uv_timer_t timer;
+    uint64_t armed;
+    uint64_t due[3]; /* enum lv_req_clock */
 
     /* log */
     unsigned flags;
@@ -231,6 +234,17 @@ void lv_request_finish(struct lv_request *r);
 void lv_request_abort_client(struct lv_request *r, unsigned log_flag);
 /** The response went out whole (after the idempotency store took it): end. */
 void lv_request_finish_end(struct lv_request *r);
+/* The request's clocks. DEADLINE: the route timeout. TRY: the per-try timeout while waiting
+ * for a head, the idle bound while the body streams, the backoff between attempts (attempt.c
+ * tells them apart by the phase). BODY: limits.body_timeout / body_rate (reqbody.c). */
+enum lv_req_clock { LV_CLOCK_DEADLINE, LV_CLOCK_TRY, LV_CLOCK_BODY };
+/** Sets a clock to fire `timeout_ms` from now (replacing its due). */
+void lv_request_clock_set(struct lv_request *r, enum lv_req_clock which, uint64_t timeout_ms);
+/** Clears a clock. */
+static inline void lv_request_clock_clear(struct lv_request *r, enum lv_req_clock which)
+{
+    r->due[which] = 0;
+}
 /** Which hook failed, for levee_hook_errors_total{hook}. */
 enum lv_req_hook { LV_REQ_HOOK_CLASSIFY, LV_REQ_HOOK_FALLBACK, LV_REQ_HOOK_KEY };
 /** A hook failed: counted as no hook, counted in the metrics, logged at most once a second
@@ -265,6 +279,10 @@ size_t lv_attempt_queued(const struct lv_request *r);
 bool lv_attempt_body_room(const struct lv_request *r);
 /** The client drained its output: read the upstream again. */
 void lv_attempt_resume(struct lv_request *r);
+/** The DEADLINE clock fired. */
+void lv_attempt_deadline(struct lv_request *r);
+/** The TRY clock fired: a try timeout, a stalled body, or the end of a backoff. */
+void lv_attempt_clock(struct lv_request *r);
 
 /* ---- reqbody.c: the request body. Reads it from the downstream's input, de-frames it
  * (Content-Length or chunked, limits.body_size), keeps up to the replay cap for retries, and either
@@ -280,6 +298,8 @@ void lv_reqbody_begin(struct lv_request *r);
 void lv_reqbody_pump(struct lv_request *r);
 /** More body bytes arrived. */
 void lv_reqbody_client_data(struct lv_request *r);
+/** The BODY clock fired. */
+void lv_reqbody_clock(struct lv_request *r);
 
 /* ---- respout.c: what a request sends its client. Response heads (forwarded, interim) and gateway
  * errors are written with http/respwrite; body bytes are staged in the request's cout, large
