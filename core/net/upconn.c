@@ -471,7 +471,17 @@ static void on_conn_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf
 
 static void on_idle_timeout(uv_timer_t *t)
 {
-    lv__upconn_close(t->data, false);
+    struct lv_upconn *uc = t->data;
+    uc->idle_armed = 0;
+    if (uc->state != LV_UPCONN_IDLE)
+        return; /* armed while it was idle; it is busy now (its next release re-arms) */
+    uint64_t now = lv__upstream_now(uc->server->up);
+    if (now < uc->idle_due) { /* it went busy and idle again since: not expired yet */
+        uv_timer_start(&uc->timer, on_idle_timeout, uc->idle_due - now, 0);
+        uc->idle_armed = uc->idle_due;
+        return;
+    }
+    lv__upconn_close(uc, false);
 }
 
 static void conn_reading(struct lv_upconn *uc, bool on)
@@ -523,7 +533,13 @@ void lv_upconn_release(struct lv_upconn *uc)
         if (left < to)
             to = left;
     }
-    uv_timer_start(&uc->timer, on_idle_timeout, to, 0);
+    /* Lazily: a connection taken and given back again and again keeps one timer armed and
+     * moves only its due (no timer call per request). */
+    uc->idle_due = now + to;
+    if (uc->idle_armed == 0 || uc->idle_armed > uc->idle_due) {
+        uv_timer_start(&uc->timer, on_idle_timeout, to, 0);
+        uc->idle_armed = uc->idle_due;
+    }
     lv__upstream_dispatch_waiters(up);
 }
 

@@ -215,6 +215,23 @@ static struct lv_upserver *pick_server(struct lv_upstream *up, const struct lv_u
     return pick_rr(up, up->rr, true, 0, *panic, now);
 }
 
+/* The most recently pooled idle connection of `s`, taken (busy), or NULL. Its idle timer is
+ * left armed: it fires harmlessly for a busy connection (see on_idle_timeout). */
+static struct lv_upconn *take_idle(struct lv_upserver *s)
+{
+    struct lv_upconn *uc = lv__upserver_idle_first(s);
+    if (!uc)
+        return NULL;
+    lv_dlist_remove(&uc->idle_link);
+    s->idle--;
+    s->active++;
+    uc->idle_due = 0;
+    uc->state = LV_UPCONN_BUSY;
+    uc->requests++;
+    uc->reused = true;
+    return uc;
+}
+
 /* Try to satisfy `acq` now. Returns true if it was handled (callback scheduled or queued
  * elsewhere), false if it must wait for a slot. */
 static bool try_acquire(struct lv_upstream *up, struct lv_acquire *acq, bool *call_now,
@@ -229,15 +246,8 @@ static bool try_acquire(struct lv_upstream *up, struct lv_acquire *acq, bool *ca
         return true; /* unresolvable: caller reports */
     }
     if (!acq->fresh) {
-        struct lv_upconn *uc = lv__upserver_idle_first(s);
+        struct lv_upconn *uc = take_idle(s);
         if (uc) {
-            lv_dlist_remove(&uc->idle_link);
-            s->idle--;
-            s->active++;
-            uv_timer_stop(&uc->timer);
-            uc->state = LV_UPCONN_BUSY;
-            uc->requests++;
-            uc->reused = true;
             *got = uc;
             *call_now = true;
             return true;
@@ -263,7 +273,16 @@ void lv_upstream_acquire(struct lv_upstream *up, struct lv_acquire *acq,
     acq->active = true;
     acq->queued_at = lv__upstream_now(up);
     acq->server = pick_server(up, last, tried, fresh, &acq->panic);
-    /* Always go through the wait queue + a zero timer so the callback runs from the loop. */
+    /* The common case, a pooled connection and nobody waiting before us: handed over now, the
+     * callback runs before this returns (the caller is ready for that). */
+    if (!fresh && up->nwaiting == 0 && !up->closing && acq->server->naddrs) {
+        struct lv_upconn *uc = take_idle(acq->server);
+        if (uc) {
+            lv__acquire_done(acq, LV_ACQUIRE_OK, uc, NULL);
+            return;
+        }
+    }
+    /* Otherwise through the wait queue and a zero timer, so the callback runs from the loop. */
     lv_dlist_append(&up->waitq, &acq->link);
     acq->queued = true;
     up->nwaiting++;

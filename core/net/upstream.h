@@ -78,6 +78,9 @@ struct lv_upconn {
     enum lv_upconn_state state;
     uint64_t created_ms;
     uint64_t idle_since_ms;
+    /* Idle timeout, armed lazily (upconn.c lv_upconn_release): idle_due is when this idle
+     * connection expires (0 while busy); idle_armed when the timer fires for it (0: not). */
+    uint64_t idle_due, idle_armed;
     uint32_t requests; /* requests served on this connection, this one included */
     bool reused;       /* the current request is not the connection's first */
     char peer[64];     /* "127.0.0.1:9000" */
@@ -170,11 +173,12 @@ void lv_upstream_destroy(struct lv_upstream *up);
 
 /**
  * Picks a server and gets a connection to it: an idle pooled one unless `fresh`, or a new one.
- * The callback runs later, from the loop. Only servers that are in (up or starting, README
- * "Upstream health") are picked, by the upstream's balancer with slow-start weights; with
- * `last` set (a retry) one not in `tried` (bit i: server i was tried) is preferred, starting
- * after `last`; `fresh` with `last` re-sends on `last` itself (a stale pooled connection).
- * When no server is in, all are candidates (panic mode: acq->panic is set).
+ * A pooled connection, when nobody waits before this acquire, is handed over at once: the
+ * callback runs before this returns. Otherwise it runs later, from the loop. Only servers that are
+ * in (up or starting, README "Upstream health") are picked, by the upstream's balancer with
+ * slow-start weights; with `last` set (a retry) one not in `tried` (bit i: server i was tried) is
+ * preferred, starting after `last`; `fresh` with `last` re-sends on `last` itself (a stale pooled
+ * connection). When no server is in, all are candidates (panic mode: acq->panic is set).
  */
 void lv_upstream_acquire(struct lv_upstream *up, struct lv_acquire *acq,
                          const struct lv_upserver *last, uint64_t tried, bool fresh,
