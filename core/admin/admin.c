@@ -8,6 +8,7 @@
 #include "base/gwerr.h"
 #include "base/log.h"
 #include "base/method.h"
+#include "http/respwrite.h"
 #include "http/headscan.h"
 #include "http/reqhead.h"
 #include "net/upstream.h"
@@ -78,13 +79,14 @@ static void respond_allow(struct admin_conn *ac, int status, const char *ctype, 
     ac->done = true;
     uv_read_stop((uv_stream_t *)&ac->tcp);
     struct lv_buf out = LV_BUF_INIT;
-    lv_buf_printf(&out,
-                  "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-                  "Cache-Control: no-store\r\nConnection: close\r\n",
-                  status, lv_http_reason(status), ctype, len);
+    lv_respwrite_begin(&out, status, NULL, 0);
+    lv_respwrite_fieldz(&out, "Content-Type", ctype);
+    lv_respwrite_fieldz(&out, "Cache-Control", "no-store");
     if (allow)
-        lv_buf_printf(&out, "Allow: %s\r\n", allow);
-    lv_buf_puts(&out, "\r\n");
+        lv_respwrite_fieldz(&out, "Allow", allow);
+    struct lv_resp_tail tail = {
+        .framing = LV_FRAMING_LENGTH, .length = len, .connection = LV_CONNHDR_CLOSE};
+    lv_respwrite_end(&out, &tail);
     lv_buf_append(&out, body, len);
     uv_write_t *w = lv_xmalloc(sizeof(*w) + out.len);
     char *data = (char *)(w + 1);

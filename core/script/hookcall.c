@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "base/gwerr.h"
+#include "http/respwrite.h"
 #include "http/fields.h"
 
 enum { KIND_ATTEMPT = 1, KIND_REQUEST = 2 };
@@ -334,10 +335,7 @@ static bool put_header(struct lv_hook_call *c, lua_State *L, int name_idx, int v
     if (id == LV_FID_CONTENT_LENGTH || lv_field_is_hop_by_hop(name, nn) ||
         (id == LV_FID_X_REQUEST_ID && c->req->request_id))
         return true;
-    lv_buf_append(&c->resp, name, nn);
-    lv_buf_append(&c->resp, ": ", 2);
-    lv_buf_append(&c->resp, v, vn);
-    lv_buf_append(&c->resp, "\r\n", 2);
+    lv_respwrite_field(&c->resp, name, nn, v, vn);
     return head_room(c);
 }
 
@@ -469,7 +467,7 @@ int lv_hookcall_fallback(lua_State *L)
         return 0;
     }
 
-    lv_buf_printf(&c->resp, "HTTP/1.1 %d %s\r\n", status, lv_http_reason(status));
+    lv_respwrite_begin(&c->resp, status, NULL, 0);
     int ht = lua_getfield(L, res, "headers");
     if (ht == LUA_TTABLE) {
         if (!put_headers(c, L, lua_gettop(L)))
@@ -478,16 +476,13 @@ int lv_hookcall_fallback(lua_State *L)
         bad_value(c, L, -1, "headers must be a table");
         return 0;
     }
-    if (!no_body) {
-        lv_buf_puts(&c->resp, "Content-Length: ");
-        lv_buf_putu(&c->resp, blen);
-        lv_buf_puts(&c->resp, "\r\n");
-    }
-    if (r->request_id)
-        lv_buf_printf(&c->resp, "X-Request-Id: %s\r\n", r->request_id);
-    if (r->close)
-        lv_buf_puts(&c->resp, "Connection: close\r\n");
-    lv_buf_puts(&c->resp, "\r\n");
+    struct lv_resp_tail tail = {
+        .request_id = r->request_id,
+        .framing = no_body ? LV_FRAMING_NONE : LV_FRAMING_LENGTH,
+        .length = blen,
+        .connection = r->close ? LV_CONNHDR_CLOSE : LV_CONNHDR_NONE,
+    };
+    lv_respwrite_end(&c->resp, &tail);
     if (!head_room(c))
         return 0;
     if (!head_request(r))

@@ -238,8 +238,8 @@ T_TEST(test_fallback_response)
              "Retry-After: 5\r\n"
              "Set-Cookie: a=1\r\n"
              "Set-Cookie: b=2\r\n"
-             "Content-Length: %zu\r\n"
              "X-Request-Id: req-1\r\n"
+             "Content-Length: %zu\r\n"
              "\r\n%s",
              strlen(body), body);
     T_CHECK(out_is(&out, want));

@@ -1183,6 +1183,10 @@ end
 
 -- Does every request route `b` matches also match route `a` (README "Routing": a plain
 -- string prefix, an exact path, an exact host, a method set)? Only certain cases say yes.
+local function under(x, prefix)
+    return x ~= nil and x:sub(1, #prefix) == prefix
+end
+
 local function covers(a, b)
     if a.match_host and a.match_host ~= b.match_host then
         return false
@@ -1201,9 +1205,6 @@ local function covers(a, b)
             end
         end
     end
-    local function under(x, prefix)
-        return x ~= nil and x:sub(1, #prefix) == prefix
-    end
     if a.match_path then
         return b.match_path == a.match_path
             and (a.match_prefix == nil or under(b.match_path, a.match_prefix))
@@ -1214,16 +1215,59 @@ local function covers(a, b)
     return true
 end
 
--- A route an earlier route always takes the requests of (routes are tried in order).
+-- A route an earlier route always takes the requests of (routes are tried in order). Only the
+-- earlier routes that could cover a route are compared with it (indexed by host, exact path
+-- and prefix), so a file of thousands of routes is checked in about linear time.
 local function warn_shadowed(cx, routes)
+    local any_host, by_host, exact, prefixed = {}, {}, {}, {}
+    local function add(t, k, i)
+        local l = t[k]
+        if not l then
+            l = {}
+            t[k] = l
+        end
+        l[#l + 1] = i
+    end
     for j, b in ipairs(routes) do
-        for i = 1, j - 1 do
-            local a = routes[i]
-            if a and b and a.name and covers(a, b) then
+        if b and b.name then
+            local first
+            local function consider(list)
+                for _, i in ipairs(list or {}) do
+                    if first and i >= first then
+                        break -- lists are in route order
+                    end
+                    if covers(routes[i], b) then
+                        first = i
+                        break
+                    end
+                end
+            end
+            consider(any_host)
+            if b.match_host then
+                consider(by_host[b.match_host])
+            end
+            if b.match_path then
+                consider(exact[b.match_path])
+            end
+            for _, p in ipairs({ b.match_path or false, b.match_prefix or false }) do
+                for k = 0, p and #p or -1 do
+                    consider(prefixed[p:sub(1, k)])
+                end
+            end
+            if first then
+                local a = routes[first]
                 cx:warn(join("routes", j), "never matches: route " .. show(a.name)
                     .. (cx.lines and (" (line " .. a.line .. ")") or "")
                     .. " before it matches every request it would")
-                break
+            end
+            if b.match_path then
+                add(exact, b.match_path, j)
+            elseif b.match_prefix then
+                add(prefixed, b.match_prefix, j)
+            elseif b.match_host then
+                add(by_host, b.match_host, j)
+            else
+                any_host[#any_host + 1] = j
             end
         end
     end
