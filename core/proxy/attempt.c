@@ -148,14 +148,15 @@ void lv_attempt_start_deadline(struct lv_request *r)
     lv_request_clock_set(r, LV_CLOCK_DEADLINE, r->route->timeout_ms);
 }
 
-static void record_try(struct lv_request *r, enum lv_outcome_kind kind, int status)
+/* An attempt's outcome for the log; `ms`: how long it took. */
+static void record_try(struct lv_request *r, enum lv_outcome_kind kind, int status, double ms)
 {
     if (r->ntries < LV_MAX_TRIES) {
         struct lv_try *t = &r->tries[r->ntries++];
         t->kind = kind;
         t->status = status;
         t->server = r->last_server ? r->last_server->name : NULL;
-        t->ms = ms_since(r->attempt_start_ns);
+        t->ms = ms;
     }
 }
 
@@ -168,7 +169,8 @@ void lv_attempt_deadline(struct lv_request *r)
     }
     r->flags |= LV_ACCESS_DEADLINE_EXCEEDED;
     if (r->uc || r->phase == LV_REQ_CONNECTING)
-        record_try(r, r->uc ? LV_OUT_TIMEOUT : LV_OUT_CONNECT_FAILURE, 0);
+        record_try(r, r->uc ? LV_OUT_TIMEOUT : LV_OUT_CONNECT_FAILURE, 0,
+                   ms_since(r->attempt_start_ns));
     lv_attempt_release(r, false);
     lv_request_fail(r, LV_GWERR_DEADLINE_EXCEEDED, NULL, -1, r->resp_close);
 }
@@ -239,13 +241,13 @@ static bool can_replay(const struct lv_request *r)
  * tells the breaker, and asks the one retry rule (policy/retry.c) whether to go again.
  * Returns true when a retry is planned (r->backoff_next_ms): the caller drops this result.
  */
-static bool next_attempt(struct lv_request *r, struct lv_outcome o, const struct lv_resphead *h)
+static bool next_attempt(struct lv_request *r, struct lv_outcome o, const struct lv_resphead *h,
+                         double attempt_ms)
 {
     struct lv_route_state *rs = r->rs;
     const struct lv_retry_cfg *rc = &r->route->retry;
     uv_update_time(r->s->loop); /* the cached loop time may lag: the deadline rule needs now */
     uint64_t now = uv_now(r->s->loop);
-    double attempt_ms = ms_since(r->attempt_start_ns);
     lv_server_count_attempt(r->s, rs, (int)o.kind, o.status);
     if (!r->up->attempt_duration) {
         const char *lu[] = {r->up->name, NULL};
@@ -362,7 +364,8 @@ static void attempt_failed(struct lv_request *r, enum lv_outcome_kind kind, cons
 {
     bool was_reused = r->uc && r->uc->reused;
     bool got_bytes = r->ex.head.len > 0;
-    record_try(r, kind, 0);
+    double attempt_ms = ms_since(r->attempt_start_ns); /* one clock read for all below */
+    record_try(r, kind, 0, attempt_ms);
     lv_attempt_release(r, false);
     r->head_written = false;
     /* A reused keep-alive connection the upstream had already closed: send once more on a
@@ -380,7 +383,7 @@ static void attempt_failed(struct lv_request *r, enum lv_outcome_kind kind, cons
                            kind == LV_OUT_RESET     ? LV_HEALTH_RESET
                            : kind == LV_OUT_TIMEOUT ? LV_HEALTH_TIMEOUT
                                                     : LV_HEALTH_PROTOCOL_ERROR);
-    if (next_attempt(r, (struct lv_outcome){kind, 0}, NULL)) {
+    if (next_attempt(r, (struct lv_outcome){kind, 0}, NULL, attempt_ms)) {
         start_backoff(r);
         return;
     }
@@ -403,6 +406,32 @@ static void mark_tried(struct lv_request *r, const struct lv_upserver *s)
         r->flags |= LV_ACCESS_PANIC;
 }
 
+/* "[Host: server\r\n]Levee-Attempt: N\r\n\r\n", without printf (once per attempt). */
+static int attempt_header(char *out, size_t cap, const char *host, int attempt)
+{
+    size_t n = 0;
+    if (host) {
+        size_t hl = strlen(host);
+        assert(hl + 8 < cap - 40);
+        memcpy(out, "Host: ", 6);
+        memcpy(out + 6, host, hl);
+        memcpy(out + 6 + hl, "\r\n", 2);
+        n = hl + 8;
+    }
+    static const char k[] = "Levee-Attempt: ";
+    memcpy(out + n, k, sizeof(k) - 1);
+    n += sizeof(k) - 1;
+    assert(attempt > 0);
+    char digits[12];
+    int nd = 0;
+    for (unsigned v = (unsigned)attempt; v; v /= 10)
+        digits[nd++] = (char)('0' + v % 10);
+    while (nd)
+        out[n++] = digits[--nd];
+    memcpy(out + n, "\r\n\r\n", 4);
+    return (int)(n + 4);
+}
+
 static void on_acquired(enum lv_acquire_error err, struct lv_upconn *uc, const char *detail,
                         void *arg)
 {
@@ -415,7 +444,7 @@ static void on_acquired(enum lv_acquire_error err, struct lv_upconn *uc, const c
     r->phase = LV_REQ_EXCHANGE;
     if (err != LV_ACQUIRE_OK) {
         if (err == LV_ACQUIRE_OVERFLOW || err == LV_ACQUIRE_QUEUE_TIMEOUT) {
-            record_try(r, LV_OUT_NONE, 0);
+            record_try(r, LV_OUT_NONE, 0, ms_since(r->attempt_start_ns));
             lv_request_fail(r, LV_GWERR_POOL_OVERFLOW, detail, 1, r->resp_close);
             return;
         }
@@ -435,11 +464,8 @@ static void on_acquired(enum lv_acquire_error err, struct lv_upconn *uc, const c
     lv_exchange_start(&r->ex, r->method == LV_METHOD_HEAD);
     /* Head, attempt number, then the buffered body. */
     char attempt_hdr[160]; /* the server name is at most 79 bytes */
-    int n =
-        r->add_server_host
-            ? snprintf(attempt_hdr, sizeof(attempt_hdr), "Host: %s\r\nLevee-Attempt: %d\r\n\r\n",
-                       uc->server->name, r->attempt)
-            : snprintf(attempt_hdr, sizeof(attempt_hdr), "Levee-Attempt: %d\r\n\r\n", r->attempt);
+    int n = attempt_header(attempt_hdr, sizeof(attempt_hdr),
+                           r->add_server_host ? uc->server->name : NULL, r->attempt);
     uv_buf_t b[3];
     unsigned nb = 0;
     b[nb++] = uv_buf_init(r->fwd.data, (unsigned)r->fwd.len);
@@ -520,9 +546,9 @@ static bool sink_head(void *arg, const struct lv_resphead *h)
     struct lv_request *r = arg;
     lv_request_clock_clear(r, LV_CLOCK_TRY);
     double upstream_ms = ms_since(r->attempt_start_ns);
-    record_try(r, LV_OUT_STATUS, h->status);
+    record_try(r, LV_OUT_STATUS, h->status, upstream_ms);
     lv_upstream_report(r->up, r->last_server, h->status >= 500 ? LV_HEALTH_5XX : LV_HEALTH_SUCCESS);
-    if (next_attempt(r, (struct lv_outcome){LV_OUT_STATUS, h->status}, h)) {
+    if (next_attempt(r, (struct lv_outcome){LV_OUT_STATUS, h->status}, h, upstream_ms)) {
         /* This response is dropped: its connection cannot be reused with a body unread. */
         lv_attempt_release(r, false);
         start_backoff(r);

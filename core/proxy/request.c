@@ -157,7 +157,9 @@ static void log_request(struct lv_request *r)
         return;
     struct lv_access_entry e;
     memset(&e, 0, sizeof(e));
-    e.time = r->start_unix;
+    uv_timeval64_t tv;
+    if (uv_gettimeofday(&tv) == 0) /* now, less the request's duration: when it started */
+        e.time = (double)tv.tv_sec + (double)tv.tv_usec / 1e6 - total_ms / 1000.0;
     e.request_id = lv_access_cstr(r->rid);
     e.client = r->ds->peer;
     e.method = lv_method_name(r->method);
@@ -370,11 +372,7 @@ static void reset(struct lv_request *r, const struct lv_reqhead *h)
     r->http10 = h->minor == 0;
     r->client_keep_alive = h->keep_alive;
     r->expect_continue = h->expect_continue && !r->http10;
-    r->start_ns = uv_hrtime();
-    r->start_unix = 0;
-    uv_timeval64_t tv;
-    if (uv_gettimeofday(&tv) == 0)
-        r->start_unix = (double)tv.tv_sec + (double)tv.tv_usec / 1e6;
+    r->start_ns = uv_hrtime(); /* the wall-clock start is derived from it when logged */
     r->start_ms = uv_now(r->s->loop);
     if (h->request_id.len) {
         memcpy(r->rid, h->request_id.p, h->request_id.len);

@@ -124,7 +124,6 @@ struct lv_request {
     struct lv_buf target; /* raw request target, NUL-terminated */
     struct lv_buf host;   /* Host (or absolute-form authority), NUL-terminated */
     uint64_t start_ns;
-    double start_unix;
     uint64_t start_ms; /* loop clock, when the head was complete */
 
     /* the head we forward, without Levee-Attempt and the final CRLF (fwdhead.c) */

@@ -10,9 +10,10 @@
 
 /* ---- series made on first use */
 
-/* The series under `key`, made with `labels` when missing; the array stays sorted by key. */
+/* The series under `key` (a status code, or -1 - an outcome kind), made with the labels
+ * {route, key as text} when missing (formatted only then); the array stays sorted by key. */
 static struct lv_metric *keyed_get(struct lv_keyed_series *ks, int key,
-                                   struct lv_metric_family *fam, const char *const *labels)
+                                   struct lv_metric_family *fam, const char *route)
 {
     uint32_t lo = 0, hi = ks->n;
     while (lo < hi) {
@@ -29,6 +30,12 @@ static struct lv_metric *keyed_get(struct lv_keyed_series *ks, int key,
         ks->v = lv_xrealloc(ks->v, ks->cap * sizeof(*ks->v));
     }
     memmove(&ks->v[lo + 1], &ks->v[lo], (ks->n - lo) * sizeof(*ks->v));
+    char name[16];
+    if (key >= 0)
+        snprintf(name, sizeof(name), "%d", key);
+    else
+        snprintf(name, sizeof(name), "%s", lv_outcome_name((enum lv_outcome_kind)(-1 - key)));
+    const char *labels[] = {route, name, NULL};
     ks->v[lo].key = key;
     ks->v[lo].m = lv_metric_series(fam, labels);
     ks->n++;
@@ -223,10 +230,7 @@ void lv_route_state_count_request(struct lv_route_states *reg, struct lv_route_s
 {
     rs->requests++;
     if (status >= 100 && status <= 599) {
-        char code[8];
-        snprintf(code, sizeof(code), "%d", status);
-        const char *lv[] = {rs->name, code, NULL};
-        lv_metric_add(keyed_get(&rs->by_code, status, reg->fam.requests, lv), 1);
+        lv_metric_add(keyed_get(&rs->by_code, status, reg->fam.requests, rs->name), 1);
     }
     lv_metric_observe(rs->duration, seconds);
 }
@@ -234,21 +238,17 @@ void lv_route_state_count_request(struct lv_route_states *reg, struct lv_route_s
 void lv_route_state_count_attempt(struct lv_route_states *reg, struct lv_route_state *rs, int kind,
                                   int status)
 {
-    char name[16];
     int key;
     if (kind == LV_OUT_STATUS) {
         if (status < 100 || status > 599)
             return;
         key = status;
-        snprintf(name, sizeof(name), "%d", status);
     } else {
         if (kind < 0 || kind >= 8)
             return;
         key = -1 - kind;
-        snprintf(name, sizeof(name), "%s", lv_outcome_name((enum lv_outcome_kind)kind));
     }
-    const char *lv[] = {rs->name, name, NULL};
-    lv_metric_add(keyed_get(&rs->attempts, key, reg->fam.attempts, lv), 1);
+    lv_metric_add(keyed_get(&rs->attempts, key, reg->fam.attempts, rs->name), 1);
 }
 
 void lv_route_state_by_class(const struct lv_route_state *rs, uint64_t out[6])
