@@ -24,6 +24,8 @@ struct lv_buf {
 char *lv_buf_reserve(struct lv_buf *b, size_t extra);
 void lv_buf_append(struct lv_buf *b, const void *p, size_t n);
 void lv_buf_puts(struct lv_buf *b, const char *s);
+/* A string literal, its length known at compile time (no strlen on the hot path). */
+#define lv_buf_putlit(b, lit) lv_buf_append((b), "" lit, sizeof(lit) - 1)
 void lv_buf_putc(struct lv_buf *b, char c);
 void lv_buf_printf(struct lv_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void lv_buf_vprintf(struct lv_buf *b, const char *fmt, va_list ap);

@@ -60,19 +60,19 @@ void lv_respwrite_end(struct lv_buf *out, const struct lv_resp_tail *t)
         lv_respwrite_fieldz(out, "X-Request-Id", t->request_id);
     switch (t->framing) {
     case LV_FRAMING_LENGTH:
-        lv_buf_puts(out, "Content-Length: ");
+        lv_buf_putlit(out, "Content-Length: ");
         lv_buf_putu(out, t->length);
-        lv_buf_puts(out, "\r\n");
+        lv_buf_putlit(out, "\r\n");
         break;
     case LV_FRAMING_CHUNKED:
-        lv_buf_puts(out, "Transfer-Encoding: chunked\r\n");
+        lv_buf_putlit(out, "Transfer-Encoding: chunked\r\n");
         break;
     case LV_FRAMING_NONE:
         break;
     }
     if (t->connection == LV_CONNHDR_CLOSE)
-        lv_buf_puts(out, "Connection: close\r\n");
+        lv_buf_putlit(out, "Connection: close\r\n");
     else if (t->connection == LV_CONNHDR_KEEP_ALIVE)
-        lv_buf_puts(out, "Connection: keep-alive\r\n");
-    lv_buf_puts(out, "\r\n");
+        lv_buf_putlit(out, "Connection: keep-alive\r\n");
+    lv_buf_putlit(out, "\r\n");
 }

@@ -15,7 +15,7 @@ bool lv_fwdhead_build(struct lv_buf *b, const struct lv_fwdhead_in *in)
     } else {
         lv_buf_append(b, h->target.p, h->target.len);
     }
-    lv_buf_puts(b, " HTTP/1.1\r\n");
+    lv_buf_putlit(b, " HTTP/1.1\r\n");
     bool have_host = false;
     struct lv_span xff = {NULL, 0}, via = {NULL, 0};
     for (uint32_t i = 0; i < h->nfields; i++) {
@@ -45,48 +45,48 @@ bool lv_fwdhead_build(struct lv_buf *b, const struct lv_fwdhead_in *in)
             break;
         }
         lv_buf_append(b, f->name.p, f->name.len);
-        lv_buf_puts(b, ": ");
+        lv_buf_putlit(b, ": ");
         lv_buf_append(b, f->value.p, f->value.len);
-        lv_buf_puts(b, "\r\n");
+        lv_buf_putlit(b, "\r\n");
     }
     /* HTTP/1.1 requires Host. An HTTP/1.0 request may come without one (and so matched no
      * route with match.host): it gets the authority of the server each attempt goes to. */
     bool add_server_host = false;
     if (!have_host && in->host_len) {
-        lv_buf_puts(b, "Host: ");
+        lv_buf_putlit(b, "Host: ");
         lv_buf_append(b, in->host, in->host_len);
-        lv_buf_puts(b, "\r\n");
+        lv_buf_putlit(b, "\r\n");
     } else if (!have_host) {
         add_server_host = true;
     }
-    lv_buf_puts(b, "X-Forwarded-For: ");
+    lv_buf_putlit(b, "X-Forwarded-For: ");
     if (xff.len) {
         lv_buf_append(b, xff.p, xff.len);
-        lv_buf_puts(b, ", ");
+        lv_buf_putlit(b, ", ");
     }
     lv_buf_puts(b, in->client);
     lv_buf_puts(b,
                 in->https ? "\r\nX-Forwarded-Proto: https\r\n" : "\r\nX-Forwarded-Proto: http\r\n");
     if (in->host_len) {
-        lv_buf_puts(b, "X-Forwarded-Host: ");
+        lv_buf_putlit(b, "X-Forwarded-Host: ");
         lv_buf_append(b, in->host, in->host_len);
-        lv_buf_puts(b, "\r\n");
+        lv_buf_putlit(b, "\r\n");
     }
-    lv_buf_puts(b, "Via: ");
+    lv_buf_putlit(b, "Via: ");
     if (via.len) {
         lv_buf_append(b, via.p, via.len);
-        lv_buf_puts(b, ", ");
+        lv_buf_putlit(b, ", ");
     }
     lv_buf_puts(b, in->http10 ? "1.0 levee\r\n" : "1.1 levee\r\n");
-    lv_buf_puts(b, "X-Request-Id: ");
+    lv_buf_putlit(b, "X-Request-Id: ");
     lv_buf_puts(b, in->request_id);
-    lv_buf_puts(b, "\r\n");
+    lv_buf_putlit(b, "\r\n");
     if (in->body == LV_REQ_BODY_LENGTH) {
-        lv_buf_puts(b, "Content-Length: ");
+        lv_buf_putlit(b, "Content-Length: ");
         lv_buf_putu(b, in->content_length);
-        lv_buf_puts(b, "\r\n");
+        lv_buf_putlit(b, "\r\n");
     } else if (in->body == LV_REQ_BODY_CHUNKED) {
-        lv_buf_puts(b, "Transfer-Encoding: chunked\r\n");
+        lv_buf_putlit(b, "Transfer-Encoding: chunked\r\n");
     }
     return add_server_host;
 }
