@@ -580,6 +580,8 @@ void lv_attempt_resume(struct lv_request *r)
     if (r->upstream_paused && r->uc) {
         r->upstream_paused = false;
         lv_upconn_read_start(r->uc, on_up_read, r);
+        /* the idle bound again: it did not run while we held the upstream back */
+        lv_request_clock_set(r, LV_CLOCK_TRY, r->route->timeout_ms);
     }
 }
 
