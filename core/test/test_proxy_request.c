@@ -42,6 +42,8 @@ static const char *config_text(void)
         "    { name = 'dead', match = { prefix = '/dead' }, upstream = 'dead' },\n"
         "    { name = 'idem', match = { prefix = '/idem' }, upstream = 'up',\n"
         "      idempotency = true },\n"
+        "    { name = 'paused', match = { prefix = '/paused' }, upstream = 'up',\n"
+        "      timeout = '200ms', retry = { attempts = 1 } },\n"
         "  },\n"
         "}\n",
         up_port, up_port, dead_port);
@@ -360,6 +362,188 @@ T_TEST(test_gone_while_settling)
     T_CHECK_INT(fx_access_lines("client-abort"), 1);
 }
 
+/* A client that leaves while the connect is under way starts nothing more; the connection
+ * that still comes up goes to the idle pool (README "Happy Eyeballs") and serves the next
+ * request. A prepare handle (after the timers that start the connect, before the poll that
+ * completes it) lets the client go in between. */
+static struct fake_ds *race_ds;
+static int race_left;
+static void on_prepare_leave_mid_connect(uv_prepare_t *h)
+{
+    (void)h;
+    struct lv_request *r = race_ds ? race_ds->r : NULL;
+    if (r && r->phase == LV_REQ_CONNECTING && !r->acq.queued) {
+        race_left++;
+        fds_gone(race_ds);
+    }
+}
+
+T_TEST(test_gone_mid_connect_leaves_the_connection_to_the_pool)
+{
+    start();
+    uv_prepare_t prep;
+    uv_prepare_init(&fx_loop, &prep);
+    uv_prepare_start(&prep, on_prepare_leave_mid_connect);
+    struct fake_ds f, g;
+    fds_init(&f, "192.0.2.7");
+    fds_init(&g, "192.0.2.8");
+    race_left = 0;
+    race_ds = &f;
+    struct lv_request *r = fds_send(&f, get_plain);
+    T_CHECK_INT(r->phase, LV_REQ_CONNECTING);
+    T_CHECK(r->acq.queued); /* the connect starts from the loop */
+    reload_while_pinned();
+    RUN_UNTIL(race_left == 1);
+    race_ds = NULL;
+    check_gone(&f, r, "plain", 499);
+    RUN_UNTIL(nupc == 1);
+    fx_run_for(20);
+    T_CHECK(upc[0] && upc[0]->got.len == 0); /* no request was sent on it */
+    T_CHECK(!up_peer_closed(0));
+    fds_send(&g, get_plain);
+    RUN_UNTIL(up_has_head(0));
+    up_send(upc[0], "HTTP/1.1 204 No Content\r\n\r\n");
+    RUN_UNTIL(g.done_calls == 1);
+    T_CHECK(starts_with(fds_text(&g), "HTTP/1.1 204 No Content\r\n"));
+    T_CHECK_INT(nupc, 1);
+    uv_close((uv_handle_t *)&prep, NULL);
+    fds_dispose(&f);
+    fds_dispose(&g);
+    fx_stop();
+}
+
+/* A half-close before the response began is a client gone (README "Timeouts"); once the
+ * response streams it only means the client sent everything. */
+T_TEST(test_client_eof_before_and_after_the_response_began)
+{
+    start();
+    struct fake_ds f;
+    fds_init(&f, "192.0.2.7");
+    struct lv_request *r = fds_send(&f, get_plain);
+    RUN_UNTIL(up_has_head(0));
+    lv_request_client_eof(r);
+    T_CHECK_INT(f.abort_calls, 1);
+    T_CHECK(f.r == NULL);
+    check_gone(&f, r, "plain", 499);
+    RUN_UNTIL(up_peer_closed(0));
+
+    struct fake_ds g;
+    fds_init(&g, "192.0.2.8");
+    r = fds_send(&g, get_plain);
+    RUN_UNTIL(up_has_head(1));
+    up_send(upc[1], "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab");
+    RUN_UNTIL(fds_body_len(&g) == 2);
+    lv_request_client_eof(r);
+    T_CHECK_INT(g.abort_calls, 0);
+    T_CHECK_INT(r->phase, LV_REQ_RESPONDING);
+    up_send(upc[1], "cd");
+    RUN_UNTIL(g.done_calls == 1);
+    T_CHECK_INT(fds_body_len(&g), 4);
+    fds_dispose(&f);
+    fds_dispose(&g);
+    fx_stop();
+}
+
+/* Expect: 100-continue is answered by levee; a buffered body is received whole before a
+ * connection is taken, then goes out with the head. */
+T_TEST(test_buffered_body_with_expect_continue)
+{
+    start();
+    struct fake_ds f;
+    fds_init(&f, "192.0.2.7");
+    struct lv_request *r = fds_send(&f, "POST /plain HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n"
+                                        "Expect: 100-continue\r\n\r\n");
+    T_CHECK_STR(fds_text(&f), "HTTP/1.1 100 Continue\r\n\r\n");
+    T_CHECK_INT(r->phase, LV_REQ_RECEIVING);
+    fds_more(&f, "01234");
+    fx_run_for(10);
+    T_CHECK_INT(r->phase, LV_REQ_RECEIVING);
+    T_CHECK_INT(nupc, 0);
+    fds_more(&f, "56789");
+    RUN_UNTIL(up_has_head(0) && strstr(upc[0]->got.data, "\r\n\r\n0123456789"));
+    const char *got = upc[0]->got.data;
+    T_CHECK(strstr(got, "\r\nContent-Length: 10\r\n") != NULL);
+    T_CHECK(strstr(got, "Expect") == NULL);
+    up_send(upc[0], "HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n");
+    RUN_UNTIL(f.done_calls == 1);
+    T_CHECK(!f.done_close);
+    T_CHECK(strstr(fds_text(&f), "\r\n\r\nHTTP/1.1 201 Created\r\n") != NULL);
+    T_CHECK_INT(f.ds.in.len, 0);
+    fds_dispose(&f);
+    fx_stop();
+}
+
+/* A slot given back by a request the client left mid-response serves the next request from
+ * a clean state. */
+T_TEST(test_slot_after_a_client_left_serves_cleanly)
+{
+    start();
+    struct fake_ds f, g;
+    fds_init(&f, "192.0.2.7");
+    fds_init(&g, "192.0.2.8");
+    struct lv_request *r = fds_send(&f, get_plain);
+    RUN_UNTIL(up_has_head(0));
+    up_send(upc[0], "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n");
+    RUN_UNTIL(fds_body_len(&f) > 0);
+    fds_gone(&f);
+    struct lv_request *r2 = fds_send(&g, get_plain);
+    T_CHECK(r2 == r);
+    T_CHECK(!r2->head_sent && r2->status == 0 && r2->ntries == 0 && !r2->resp_rechunk);
+    RUN_UNTIL(up_has_head(1));
+    up_send(upc[1], "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nxyz");
+    RUN_UNTIL(g.done_calls == 1);
+    const char *out = fds_text(&g);
+    T_CHECK(starts_with(out, "HTTP/1.1 200 OK\r\n"));
+    T_CHECK(strstr(out, "\r\nContent-Length: 3\r\n") != NULL);
+    T_CHECK(strstr(out, "Transfer-Encoding") == NULL);
+    T_CHECK(strstr(out, "abc") == NULL);
+    T_CHECK_INT(fds_body_len(&g), 3);
+    fds_dispose(&f);
+    fds_dispose(&g);
+    fx_stop();
+}
+
+/* Backpressure: a client with a full output queue stops the upstream reads; bytes the
+ * upstream sends meanwhile wait; a drained client resumes them. Once streaming, a stalled
+ * upstream (no byte for the route's timeout) ends the response (README "Timeouts"), also
+ * when the idle bound ran out while the client held the reads. */
+T_TEST(test_backpressure_and_stall_after_resume)
+{
+    start();
+    struct fake_ds f;
+    fds_init(&f, "192.0.2.7");
+    f.ds.write_queued = LV_DOWNSTREAM_WRITE_HIGH; /* a slow reader */
+    struct lv_request *r = fds_send(&f, "GET /paused HTTP/1.1\r\nHost: a\r\n\r\n");
+    RUN_UNTIL(up_has_head(0));
+    up_send(upc[0], "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789");
+    RUN_UNTIL(fds_body_len(&f) == 10 && r->upstream_paused);
+    up_send(upc[0], "abcdefghij");
+    fx_run_for(50);
+    T_CHECK_INT(fds_body_len(&f), 10); /* held while the client is full */
+    f.ds.write_queued = 0;
+    lv_request_client_drained(r);
+    RUN_UNTIL(fds_body_len(&f) == 20);
+
+    /* full again; the idle bound runs out while the reads are held */
+    f.ds.write_queued = LV_DOWNSTREAM_WRITE_HIGH;
+    up_send(upc[0], "klmnopqrst");
+    RUN_UNTIL(fds_body_len(&f) == 30 && r->upstream_paused);
+    RUN_UNTIL(!uv_is_active((uv_handle_t *)&r->try_timer));
+    T_CHECK_INT(r->phase, LV_REQ_RESPONDING);
+    T_CHECK_INT(f.done_calls, 0);
+    /* the client drains; the upstream sends nothing more: the response must end */
+    f.ds.write_queued = 0;
+    lv_request_client_drained(r);
+    RUN_UNTIL_MS(f.done_calls == 1, 2000);
+    T_CHECK(f.done_close);
+    T_CHECK_INT(fds_body_len(&f), 30);
+    if (f.r) /* stuck: let it go so the rest of the test can stop */
+        fds_gone(&f);
+    fds_dispose(&f);
+    fx_stop();
+    T_CHECK_INT(fx_access_lines("upstream-abort"), 1);
+}
+
 /* ---- 3. errors reach the client as the documented answer */
 
 /* The request ended with the gateway error `token` (README "Errors made by the gateway"). */
@@ -587,6 +771,11 @@ int main(void)
     T_RUN(test_gone_while_backing_off);
     T_RUN(test_gone_while_responding);
     T_RUN(test_gone_while_settling);
+    T_RUN(test_gone_mid_connect_leaves_the_connection_to_the_pool);
+    T_RUN(test_client_eof_before_and_after_the_response_began);
+    T_RUN(test_buffered_body_with_expect_continue);
+    T_RUN(test_slot_after_a_client_left_serves_cleanly);
+    T_RUN(test_backpressure_and_stall_after_resume);
     T_RUN(test_connect_refused_is_502_connect_failure);
     T_RUN(test_upstream_timeout_is_504);
     T_RUN(test_garbage_head_is_502_bad_upstream_response);
