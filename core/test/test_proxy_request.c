@@ -701,6 +701,81 @@ T_TEST(test_503_then_200_in_pieces)
     T_CHECK_INT(fx_access_lines("retried"), 1);
 }
 
+/* ---- the response's framing toward the client */
+
+T_TEST(test_interim_then_final_and_http10_read_until_close)
+{
+    start();
+    /* an interim 103 goes to an HTTP/1.1 client before the final head */
+    struct fake_ds f;
+    fds_init(&f, "192.0.2.7");
+    fds_send(&f, get_plain);
+    RUN_UNTIL(up_has_head(0));
+    up_send(upc[0], "HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n");
+    RUN_UNTIL(strstr(fds_text(&f), "\r\n\r\n") != NULL);
+    T_CHECK(starts_with(fds_text(&f), "HTTP/1.1 103 Early Hints\r\n"));
+    up_send(upc[0], "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx");
+    RUN_UNTIL(f.done_calls == 1);
+    T_CHECK(strstr(fds_text(&f), "\r\n\r\nHTTP/1.1 200 OK\r\n") != NULL);
+    T_CHECK(!f.done_close);
+    fds_dispose(&f);
+
+    /* a chunked answer to an HTTP/1.0 client: the body ends with the connection */
+    struct fake_ds g;
+    fds_init(&g, "192.0.2.8");
+    fds_send(&g, "GET /plain/10 HTTP/1.0\r\nHost: a\r\n\r\n");
+    RUN_UNTIL(up_has_head(0) && strstr(upc[0]->got.data, "/plain/10"));
+    up_send(upc[0], "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nbody\r\n0\r\n\r\n");
+    RUN_UNTIL(g.done_calls == 1);
+    T_CHECK(g.done_close);
+    const char *out = fds_text(&g);
+    T_CHECK(starts_with(out, "HTTP/1.1 200 OK\r\n"));
+    T_CHECK(strstr(out, "Transfer-Encoding") == NULL);
+    T_CHECK(strstr(out, "\r\nConnection: close\r\n") != NULL);
+    T_CHECK(g.out.len > 4 && memcmp(out + g.out.len - 4, "body", 4) == 0);
+    fds_dispose(&g);
+    fx_stop();
+}
+
+/* ---- request bodies: replay on a retry, an answer before the body is all in */
+
+T_TEST(test_retry_replays_the_body)
+{
+    start();
+    struct fake_ds f;
+    fds_init(&f, "192.0.2.7");
+    fds_send(&f, "PUT /again HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello");
+    RUN_UNTIL(up_has_head(0) && strstr(upc[0]->got.data, "\r\n\r\nhello"));
+    up_send(upc[0], "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n");
+    RUN_UNTIL(up_has_head(1) && strstr(upc[1]->got.data, "\r\n\r\nhello"));
+    T_CHECK(strstr(upc[1]->got.data, "\r\nContent-Length: 5\r\n") != NULL);
+    T_CHECK(strstr(upc[1]->got.data, "\r\nLevee-Attempt: 2\r\n") != NULL);
+    up_send(upc[1], "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    RUN_UNTIL(f.done_calls == 1);
+    T_CHECK(starts_with(fds_text(&f), "HTTP/1.1 200 OK\r\n"));
+    T_CHECK(!f.done_close);
+    fds_dispose(&f);
+    fx_stop();
+}
+
+T_TEST(test_answer_before_the_body_is_all_in_closes)
+{
+    start();
+    struct fake_ds f;
+    fds_init(&f, "192.0.2.7");
+    struct lv_request *r =
+        fds_send(&f, "POST /stream HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n01234");
+    RUN_UNTIL(up_has_head(0) && strstr(upc[0]->got.data, "\r\n\r\n01234"));
+    T_CHECK(!r->body_done);
+    up_send(upc[0], "HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n\r\n");
+    RUN_UNTIL(f.done_calls == 1);
+    T_CHECK(starts_with(fds_text(&f), "HTTP/1.1 413 "));
+    T_CHECK(f.done_close);        /* the rest of the body is unread: the framing is lost */
+    RUN_UNTIL(up_peer_closed(0)); /* a connection with a body half sent is not pooled */
+    fds_dispose(&f);
+    fx_stop();
+}
+
 /* ---- 4. slots: pipelined requests on one downstream reuse one slot, from a clean state */
 
 T_TEST(test_pipelined_requests_reuse_a_clean_slot)
@@ -783,6 +858,9 @@ int main(void)
     T_RUN(test_upstream_closing_mid_body_cuts_the_message);
     T_RUN(test_bad_chunk_from_the_client_is_400_and_close);
     T_RUN(test_503_then_200_in_pieces);
+    T_RUN(test_interim_then_final_and_http10_read_until_close);
+    T_RUN(test_retry_replays_the_body);
+    T_RUN(test_answer_before_the_body_is_all_in_closes);
     T_RUN(test_pipelined_requests_reuse_a_clean_slot);
     char path[128];
     snprintf(path, sizeof(path), "%s/levee.lua", fx_dir);
