@@ -7,6 +7,7 @@
  * "Reload"): the request ends once, with no answer, counted once, its upstream connection
  * closed and its generation unpinned.
  */
+#include "obs/accesslog.h"
 #include "test_proxy_fixture.h"
 
 static int dead_port;
@@ -776,6 +777,66 @@ T_TEST(test_answer_before_the_body_is_all_in_closes)
     fx_stop();
 }
 
+/* ---- idempotency keys: a stored answer is replayed; the same key in flight is a conflict */
+
+T_TEST(test_idempotency_replay_and_conflict)
+{
+    start();
+    const char *req = "POST /idem HTTP/1.1\r\nHost: a\r\nIdempotency-Key: k3\r\n"
+                      "Content-Length: 3\r\n\r\nabc";
+    struct fake_ds f, g, h;
+    fds_init(&f, "192.0.2.7");
+    fds_init(&g, "192.0.2.8");
+    fds_init(&h, "192.0.2.9");
+    fds_send(&f, req);
+    RUN_UNTIL(up_has_head(0) && strstr(upc[0]->got.data, "\r\n\r\nabc"));
+    fds_send(&g, req); /* the first is in flight */
+    RUN_UNTIL(g.done_calls == 1);
+    check_error_answer(&g, "HTTP/1.1 409 ", "idempotency-conflict", false);
+    up_send(upc[0], "HTTP/1.1 201 Created\r\nContent-Length: 2\r\nX-Id: 7\r\n\r\nok");
+    RUN_UNTIL(f.done_calls == 1);
+    T_CHECK(starts_with(fds_text(&f), "HTTP/1.1 201 Created\r\n"));
+    fds_send(&h, req); /* answered from the store: the upstream sees nothing more */
+    RUN_UNTIL(h.done_calls == 1);
+    const char *out = fds_text(&h);
+    T_CHECK(starts_with(out, "HTTP/1.1 201 "));
+    T_CHECK(strstr(out, "\r\nIdempotent-Replayed: true\r\n") != NULL);
+    T_CHECK(strstr(out, "\r\nX-Id: 7\r\n") != NULL);
+    T_CHECK_INT(fds_body_len(&h), 2);
+    T_CHECK(strstr(upc[0]->got.data + 1, "POST /idem") == NULL);
+    T_CHECK_INT(nupc, 1);
+    fds_dispose(&f);
+    fds_dispose(&g);
+    fds_dispose(&h);
+    fx_stop();
+}
+
+/* A reused pooled connection the upstream closed without answering: the request is sent
+ * once more on a fresh connection, not counted as a retry (attempts = 1 on the route). */
+T_TEST(test_stale_pooled_connection_is_resent_once)
+{
+    start();
+    struct fake_ds f;
+    fds_init(&f, "192.0.2.7");
+    fds_send(&f, get_plain);
+    RUN_UNTIL(up_has_head(0));
+    up_send(upc[0], "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    RUN_UNTIL(f.done_calls == 1);
+    struct lv_request *r = fds_send(&f, "GET /plain/again HTTP/1.1\r\nHost: a\r\n\r\n");
+    RUN_UNTIL(up_has_head(0) && strstr(upc[0]->got.data, "/plain/again"));
+    up_close(upc[0]); /* read the head, answered nothing */
+    RUN_UNTIL(up_has_head(1));
+    T_CHECK(strstr(upc[1]->got.data, "GET /plain/again ") != NULL);
+    T_CHECK(strstr(upc[1]->got.data, "\r\nLevee-Attempt: 1\r\n") != NULL);
+    up_send(upc[1], "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    RUN_UNTIL(f.done_calls == 2);
+    T_CHECK(!f.done_close);
+    T_CHECK_INT(r->status, 200);
+    T_CHECK(!(r->flags & LV_ACCESS_RETRIED));
+    fds_dispose(&f);
+    fx_stop();
+}
+
 /* ---- 4. slots: pipelined requests on one downstream reuse one slot, from a clean state */
 
 T_TEST(test_pipelined_requests_reuse_a_clean_slot)
@@ -861,6 +922,8 @@ int main(void)
     T_RUN(test_interim_then_final_and_http10_read_until_close);
     T_RUN(test_retry_replays_the_body);
     T_RUN(test_answer_before_the_body_is_all_in_closes);
+    T_RUN(test_idempotency_replay_and_conflict);
+    T_RUN(test_stale_pooled_connection_is_resent_once);
     T_RUN(test_pipelined_requests_reuse_a_clean_slot);
     char path[128];
     snprintf(path, sizeof(path), "%s/levee.lua", fx_dir);
