@@ -5,7 +5,9 @@
 #include <string.h>
 #include <uv.h>
 
+#include "base/addr.h"
 #include "base/gwerr.h"
+#include "base/list.h"
 #include "base/log.h"
 #include "base/method.h"
 #include "http/respwrite.h"
@@ -22,14 +24,14 @@
 struct lv_admin {
     uv_tcp_t tcp;
     struct lv_admin_ops ops;
-    struct admin_conn *conns;
+    struct lv_dlist conns; /* of struct admin_conn, by link */
 };
 
 struct admin_conn {
     uv_tcp_t tcp;
     uv_timer_t timer;
     struct lv_admin *admin;
-    struct admin_conn *next, *prev;
+    struct lv_dlist link;
     struct lv_buf in;
     struct lv_headscan hs;
     int open;
@@ -44,12 +46,7 @@ static void conn_closed(uv_handle_t *h)
     struct admin_conn *ac = h->data;
     if (--ac->open > 0)
         return;
-    if (ac->prev)
-        ac->prev->next = ac->next;
-    else
-        ac->admin->conns = ac->next;
-    if (ac->next)
-        ac->next->prev = ac->prev;
+    lv_dlist_remove(&ac->link);
     lv_buf_dispose(&ac->in);
     free(ac);
 }
@@ -403,10 +400,7 @@ static void on_connection(uv_stream_t *ls, int status)
     uv_timer_init(ls->loop, &ac->timer);
     ac->tcp.data = ac->timer.data = ac;
     ac->open = 2;
-    ac->next = a->conns;
-    if (a->conns)
-        a->conns->prev = ac;
-    a->conns = ac;
+    lv_dlist_push(&a->conns, &ac->link);
     if (uv_accept(ls, (uv_stream_t *)&ac->tcp) != 0) {
         conn_close(ac);
         return;
@@ -422,13 +416,13 @@ struct lv_admin *lv_admin_start(uv_loop_t *loop, const struct lv_hostport *addr,
     struct sockaddr_storage ss;
     memset(&ss, 0, sizeof(ss));
     const char *host = strcmp(addr->host, "localhost") == 0 ? "127.0.0.1" : addr->host;
-    if (uv_ip4_addr(host, addr->port, (struct sockaddr_in *)&ss) != 0 &&
-        uv_ip6_addr(host, addr->port, (struct sockaddr_in6 *)&ss) != 0) {
+    if (lv_addr_from_ip(host, addr->port, &ss) < 0) {
         lv_error("admin %s:%u: not an IP address", addr->host, addr->port);
         return NULL;
     }
     struct lv_admin *a = lv_xcalloc(1, sizeof(*a));
     a->ops = *ops;
+    lv_dlist_init(&a->conns);
     uv_tcp_init(loop, &a->tcp);
     a->tcp.data = a;
     int rc = uv_tcp_bind(&a->tcp, (const struct sockaddr *)&ss, 0);
@@ -450,7 +444,7 @@ static void admin_closed(uv_handle_t *h)
 
 void lv_admin_stop(struct lv_admin *a)
 {
-    for (struct admin_conn *ac = a->conns; ac; ac = ac->next)
-        conn_close(ac);
+    struct lv_dlist *l, *n;
+    lv_dlist_foreach_safe(l, n, &a->conns) conn_close(lv_dlist_entry(l, struct admin_conn, link));
     uv_close((uv_handle_t *)&a->tcp, admin_closed);
 }

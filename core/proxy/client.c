@@ -39,22 +39,13 @@ static int client_writev(struct lv_client *c, const uv_buf_t *bufs, unsigned nbu
 
 static void list_add(struct lv_server *s, struct lv_client *c)
 {
-    c->next = s->clients;
-    c->prev = NULL;
-    if (s->clients)
-        s->clients->prev = c;
-    s->clients = c;
+    lv_dlist_push(&s->clients, &c->link);
     s->nclients++;
 }
 
 static void list_remove(struct lv_server *s, struct lv_client *c)
 {
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        s->clients = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
+    lv_dlist_remove(&c->link);
     s->nclients--;
 }
 
@@ -778,21 +769,18 @@ void lv_client_drain_idle(struct lv_server *s)
 {
     lv_request_pool_free(s); /* from now on finished slots are freed, not pooled */
     input_pool_free();
-    struct lv_client *c = s->clients;
-    while (c) {
-        struct lv_client *next = c->next;
+    struct lv_dlist *l, *n;
+    lv_dlist_foreach_safe(l, n, &s->clients)
+    {
+        struct lv_client *c = lv_dlist_entry(l, struct lv_client, link);
         if (c->state == LV_CLIENT_IDLE && c->ds.in.len == 0)
             client_close(c, false);
-        c = next;
     }
 }
 
 void lv_client_close_all(struct lv_server *s)
 {
-    struct lv_client *c = s->clients;
-    while (c) {
-        struct lv_client *next = c->next;
-        client_close(c, true);
-        c = next;
-    }
+    struct lv_dlist *l, *n;
+    lv_dlist_foreach_safe(l, n, &s->clients)
+        client_close(lv_dlist_entry(l, struct lv_client, link), true);
 }

@@ -18,6 +18,7 @@
 #include <uv.h>
 
 #include "base/buf.h"
+#include "base/list.h"
 #include "base/gwerr.h"
 #include "http/headscan.h"
 #include "proxy/downstream.h"
@@ -40,7 +41,7 @@ struct lv_client {
     uv_timer_t timer;
     uv_shutdown_t shutdown_req;
     struct lv_server *server;
-    struct lv_client *next, *prev;
+    struct lv_dlist link; /* in the server's clients */
     uint64_t id;
     enum lv_client_state state;
     struct lv_request *req; /* the request being served (a slot from the pool), else NULL */

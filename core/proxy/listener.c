@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/addr.h"
 #include "base/log.h"
 #include "net/tls.h"
 #include "proxy/client.h"
@@ -28,25 +29,13 @@ static int listener_open(struct lv_server *s, const struct lv_listen_cfg *lc,
 {
     struct sockaddr_storage ss;
     memset(&ss, 0, sizeof(ss));
-    const char *host = lc->addr.host;
-    char tmp[64];
-    size_t hn = strlen(host);
-    if (hn > 2 && host[0] == '[' && host[hn - 1] == ']' && hn - 2 < sizeof(tmp)) {
-        memcpy(tmp, host + 1, hn - 2);
-        tmp[hn - 2] = '\0';
-        host = tmp;
+    const char *host = strcmp(lc->addr.host, "localhost") == 0 ? "127.0.0.1" : lc->addr.host;
+    if (lv_addr_from_ip(host, lc->addr.port, &ss) < 0) {
+        lv_buf_printf(errors, "%s: listen %s:%u: not an IP address\n",
+                      s->config_path ? s->config_path : "levee", lc->addr.host, lc->addr.port);
+        return UV_EINVAL;
     }
-    if (strcmp(host, "localhost") == 0)
-        host = "127.0.0.1";
-    int family = AF_INET;
-    if (uv_ip4_addr(host, lc->addr.port, (struct sockaddr_in *)&ss) != 0) {
-        if (uv_ip6_addr(host, lc->addr.port, (struct sockaddr_in6 *)&ss) != 0) {
-            lv_buf_printf(errors, "%s: listen %s:%u: not an IP address\n",
-                          s->config_path ? s->config_path : "levee", lc->addr.host, lc->addr.port);
-            return UV_EINVAL;
-        }
-        family = AF_INET6;
-    }
+    int family = ss.ss_family;
     struct lv_listener *l = lv_xcalloc(1, sizeof(*l));
     l->server = s;
     if (lc->tls_cert) {

@@ -563,6 +563,7 @@ struct lv_generation *lv_server_generation(struct lv_server *s)
 void lv_server_init(struct lv_server *s, uv_loop_t *loop, const char *config_path)
 {
     s->loop = loop;
+    lv_dlist_init(&s->clients);
     s->config_path = config_path ? lv_xstrdup(config_path) : NULL;
     s->access_fd = -1;
     s->rid_state = uv_hrtime() ^ ((uint64_t)getpid() << 32);

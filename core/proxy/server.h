@@ -17,6 +17,7 @@
 #include <uv.h>
 
 #include "base/buf.h"
+#include "base/list.h"
 #include "obs/metrics.h"
 #include "policy/breaker.h"
 #include "policy/budget.h"
@@ -57,7 +58,7 @@ struct lv_server {
     uint64_t refused_unlogged;   /* refused requests not logged in it */
 
     /* client connections (proxy/client.c keeps the list; proxy/listener.c drains it) */
-    struct lv_client *clients; /* intrusive list head */
+    struct lv_dlist clients; /* of struct lv_client, by link */
     uint32_t nclients;
     uint64_t next_conn_id;
     uint64_t rid_state; /* request id generator */

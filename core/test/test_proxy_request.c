@@ -529,7 +529,7 @@ T_TEST(test_backpressure_and_stall_after_resume)
     f.ds.write_queued = LV_DOWNSTREAM_WRITE_HIGH;
     up_send(upc[0], "klmnopqrst");
     RUN_UNTIL(fds_body_len(&f) == 30 && r->upstream_paused);
-    RUN_UNTIL(!uv_is_active((uv_handle_t *)&r->try_timer));
+    RUN_UNTIL(r->due[LV_CLOCK_TRY] == 0); /* the idle bound ran out while paused */
     T_CHECK_INT(r->phase, LV_REQ_RESPONDING);
     T_CHECK_INT(f.done_calls, 0);
     /* the client drains; the upstream sends nothing more: the response must end */
@@ -870,7 +870,7 @@ T_TEST(test_pipelined_requests_reuse_a_clean_slot)
     T_CHECK(!r2->head_sent);
     T_CHECK(!r2->resp_close);
     T_CHECK(r2->backoff_ms == 0);
-    T_CHECK_INT(r2->tried_servers, 0);
+    T_CHECK_INT(r2->tried_servers, 1); /* only the server its pooled connection came from */
     T_CHECK_INT(r2->bytes_out, 0);
     T_CHECK(r2->error_token == NULL);
     T_CHECK_STR(r2->target.data, "/plain/2");
