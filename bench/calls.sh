@@ -34,16 +34,9 @@ for t in wrk curl nginx perf nm ldd "${BIN_OF[@]}"; do
   command -v "$t" >/dev/null || { echo "calls: $t missing (perf: Debian package linux-perf; strace: strace)" >&2; exit 2; }
 done
 
-work=$(mktemp -d /tmp/levee-calls.XXXX)
-chmod 755 "$work"   # nginx workers run as "nobody" when started by root
-out=${OUT_DIR:-$work/out}
-mkdir -p "$out"
 group=levee_calls_$$
-pids=() wrk_pid=
 cleanup_calls() { perf probe -q -d "$group:*" >/dev/null 2>&1 || true; bench_stop_all; }
-trap cleanup_calls EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bench_workdir calls cleanup_calls
 bench_ports_free $(seq "$BASE_PORT" $((BASE_PORT + 2)))
 
 # The probes: one per function and binary, at the symbol's address (a probe by name would
@@ -73,19 +66,7 @@ for t in "${targets[@]}"; do
   for f in $LEVEE_FUNCS; do add_probe "$t" "$(readlink -f "$bin")" "$f"; done
 done
 
-od=$work/origin; mkdir -p "$od"; chmod 755 "$od"
-head -c 16384 /dev/zero | tr '\0' x > "$od/16k"; chmod 644 "$od/16k"
-{ nginx_head "$od" 1; cat <<EOF
-  server {
-    listen 127.0.0.1:$BASE_PORT backlog=4096;
-    location = /16k { default_type application/octet-stream; alias $od/16k; }
-    location / { default_type text/plain; return 200 "ok\n"; }
-  }
-}
-EOF
-} > "$od/nginx.conf"
-bench_spawn "$CPU_WRK" "$od/stdout.log" nginx -p "$od" -c "$od/nginx.conf" -e "$od/error.log"
-bench_wait_http origin "$spawned" "$BASE_PORT" "$od/error.log"
+bench_origin_start
 declare -A PID_OF PORT_OF
 i=1
 for t in "${targets[@]}"; do

@@ -33,24 +33,10 @@ lua5.4 -e 'require "socket"' 2>/dev/null || { echo "idle: lua-socket missing (sc
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 (($(ulimit -n) >= N + 1024)) || { echo "idle: open-file limit $(ulimit -n) is too low for N=$N" >&2; exit 2; }
 
-work=$(mktemp -d /tmp/levee-idle.XXXX)
-chmod 755 "$work"   # nginx workers run as "nobody" when started by root
-out=${OUT_DIR:-$work/out}
-mkdir -p "$out"
-pids=() wrk_pid=
-trap bench_stop_all EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bench_workdir idle
 bench_ports_free $(seq "$BASE_PORT" $((BASE_PORT + 2)))
 
-od=$work/origin; mkdir -p "$od"; chmod 755 "$od"
-{ nginx_head "$od" 1; cat <<EOF
-  server { listen 127.0.0.1:$BASE_PORT backlog=4096; location / { default_type text/plain; return 200 "ok\n"; } }
-}
-EOF
-} > "$od/nginx.conf"
-bench_spawn "$CPU_WRK" "$od/stdout.log" nginx -p "$od" -c "$od/nginx.conf" -e "$od/error.log"
-bench_wait_http origin "$spawned" "$BASE_PORT" "$od/error.log"
+bench_origin_start
 
 fds() { find "/proc/$1/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l; }
 steady_rss() {   # steady_rss PID: RSS once two reads 0.5 s apart differ by <= 16 KiB (10 s at most)

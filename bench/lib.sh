@@ -139,6 +139,39 @@ bench_wait_http() {
   cat "$4" >&2; echo "bench: $1 not answering on 127.0.0.1:$3" >&2; exit 1
 }
 
+# bench_workdir NAME [ON_EXIT]: $work (readable by nginx's workers, which run as "nobody"
+# when started by root), $out (OUT_DIR, or inside $work), no processes yet, and the traps
+# that stop what the script started (ON_EXIT, default bench_stop_all).
+bench_workdir() {
+  work=$(mktemp -d "/tmp/levee-$1.XXXX")
+  chmod 755 "$work"
+  out=${OUT_DIR:-$work/out}
+  mkdir -p "$out"
+  pids=() wrk_pid=
+  # shellcheck disable=SC2064 # the handler's name is meant to be expanded now
+  trap "${2:-bench_stop_all}" EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+}
+
+# bench_origin_start: the origin every script measures against, in $work/origin: nginx, one
+# worker, "ok\n" on / and 16 KiB on /16k, on 127.0.0.1:$BASE_PORT, pinned with the wrk CPU.
+bench_origin_start() {
+  od=$work/origin; mkdir -p "$od"; chmod 755 "$od"
+  head -c 16384 /dev/zero | tr '\0' x > "$od/16k"; chmod 644 "$od/16k"
+  { nginx_head "$od" 1; cat <<EOF
+  server {
+    listen 127.0.0.1:$BASE_PORT backlog=4096;
+    location = /16k { default_type application/octet-stream; alias $od/16k; }
+    location / { default_type text/plain; return 200 "ok\n"; }
+  }
+}
+EOF
+  } > "$od/nginx.conf"
+  bench_spawn "$CPU_WRK" "$od/stdout.log" nginx -p "$od" -c "$od/nginx.conf" -e "$od/error.log"
+  bench_wait_http origin "$spawned" "$BASE_PORT" "$od/error.log"
+}
+
 bench_ports_free() {
   local p
   for p in "$@"; do

@@ -38,29 +38,10 @@ case $CALLGRAPH in
   *) echo "profile: CALLGRAPH is dwarf, fp or none" >&2; exit 2 ;;
 esac
 
-work=$(mktemp -d /tmp/levee-profile.XXXX)
-chmod 755 "$work"   # nginx workers run as "nobody" when started by root
-out=${OUT_DIR:-$work/out}
-mkdir -p "$out"
-pids=() wrk_pid=
-trap bench_stop_all EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bench_workdir profile
 bench_ports_free "$BASE_PORT" $((BASE_PORT + 1))
 
-od=$work/origin; mkdir -p "$od"; chmod 755 "$od"
-head -c 16384 /dev/zero | tr '\0' x > "$od/16k"; chmod 644 "$od/16k"
-{ nginx_head "$od" 1; cat <<EOF
-  server {
-    listen 127.0.0.1:$BASE_PORT backlog=4096;
-    location = /16k { default_type application/octet-stream; alias $od/16k; }
-    location / { default_type text/plain; return 200 "ok\n"; }
-  }
-}
-EOF
-} > "$od/nginx.conf"
-bench_spawn "$CPU_WRK" "$od/stdout.log" nginx -p "$od" -c "$od/nginx.conf" -e "$od/error.log"
-bench_wait_http origin "$spawned" "$BASE_PORT" "$od/error.log"
+bench_origin_start
 export EXTRA_PORT=$((BASE_PORT + 1)) ORIGIN_PORT=$BASE_PORT   # read by levee-bench.lua
 bench_spawn "$CPU_PROXY" "$work/levee.log" "$levee_bin" -c "$config"
 levee_pid=$spawned

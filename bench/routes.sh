@@ -37,29 +37,14 @@ for t in wrk curl nginx "$levee_bin"; do
   command -v "$t" >/dev/null || { echo "routes: $t missing (scripts/setup.sh --bench)" >&2; exit 2; }
 done
 
-work=$(mktemp -d /tmp/levee-routes.XXXX)
-chmod 755 "$work"   # nginx workers run as "nobody" when started by root
-out=${OUT_DIR:-$work/out}
-mkdir -p "$out"
-pids=() wrk_pid=
-trap bench_stop_all EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bench_workdir routes
 bench_ports_free $(seq "$BASE_PORT" $((BASE_PORT + 6)))
 
 width=$((${#ROUTES} > 4 ? ${#ROUTES} : 4))
 last=$(printf "r%0${width}d" "$ROUTES")
 path=/$last/x
 
-# The origin: nginx, one worker, "ok\n" on every path; it shares the wrk CPU.
-od=$work/origin; mkdir -p "$od"; chmod 755 "$od"
-{ nginx_head "$od" 1; cat <<EOF
-  server { listen 127.0.0.1:$BASE_PORT backlog=4096; location / { return 200 "ok\n"; } }
-}
-EOF
-} > "$od/nginx.conf"
-bench_spawn "$CPU_WRK" "$od/stdout.log" nginx -p "$od" -c "$od/nginx.conf" -e "$od/error.log"
-bench_wait_http origin "$spawned" "$BASE_PORT" "$od/error.log"
+bench_origin_start # "ok\n" on every path but /16k
 
 levee_config() {   # levee_config N PORT ADMIN_PORT: 1 route (the last one) or N routes
   local first=$(($1 == 1 ? ROUTES : 1))

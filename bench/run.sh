@@ -35,33 +35,13 @@ for t in wrk curl nginx "$levee_bin" ${baseline_bin:+"$baseline_bin"}; do
 done
 [[ $WORKERS == 1 ]] || echo "bench: levee runs one event loop; WORKERS=$WORKERS applies to nginx and HAProxy only" >&2
 
-work=$(mktemp -d /tmp/levee-bench.XXXX)
-chmod 755 "$work"              # nginx workers run as "nobody" when started by root
-out=${OUT_DIR:-$work/out}
-mkdir -p "$out"
-pids=() wrk_pid=
-
-trap bench_stop_all EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bench_workdir bench
 
 bench_ports_free "$BASE_PORT" $((BASE_PORT + 1)) $((BASE_PORT + 2)) $((BASE_PORT + 9)) \
   ${baseline_bin:+$((BASE_PORT + 8))}
 
 # The origin: nginx, one worker, "ok\n" on / and 16 KiB on /16k; it shares the wrk CPU.
-od=$work/origin; mkdir -p "$od"; chmod 755 "$od"
-head -c 16384 /dev/zero | tr '\0' x > "$od/16k"; chmod 644 "$od/16k"
-{ nginx_head "$od" 1; cat <<EOF
-  server {
-    listen 127.0.0.1:$BASE_PORT backlog=4096;
-    location = /16k { default_type application/octet-stream; alias $od/16k; }
-    location / { default_type text/plain; return 200 "ok\n"; }
-  }
-}
-EOF
-} > "$od/nginx.conf"
-bench_spawn "$CPU_WRK" "$od/stdout.log" nginx -p "$od" -c "$od/nginx.conf" -e "$od/error.log"
-bench_wait_http origin "$spawned" "$BASE_PORT" "$od/error.log"
+bench_origin_start
 
 declare -A PID_OF PORT_OF VERSION_OF
 targets=(levee)

@@ -6,6 +6,7 @@
 
 #include "base/log.h"
 #include "base/method.h"
+#include "net/iobufs.h"
 #include "obs/accesslog.h"
 #include "policy/backoff.h"
 #include "policy/retry.h"
@@ -62,9 +63,7 @@ int lv_attempt_write(struct lv_request *r, const uv_buf_t *bufs, unsigned n)
         bufs = &sealed;
         n = 1;
     }
-    size_t total = 0;
-    for (unsigned i = 0; i < n; i++)
-        total += bufs[i].len;
+    size_t total = lv_iobufs_total(bufs, n);
     if (total == 0)
         return 0;
     size_t done = 0;
@@ -81,17 +80,7 @@ int lv_attempt_write(struct lv_request *r, const uv_buf_t *bufs, unsigned n)
     struct up_write *w = lv_xmalloc(sizeof(*w) + total - done);
     w->uc = r->uc;
     w->len = total - done;
-    size_t off = 0, skip = done;
-    for (unsigned i = 0; i < n; i++) {
-        size_t len = bufs[i].len;
-        if (skip >= len) {
-            skip -= len;
-            continue;
-        }
-        memcpy(w->data + off, bufs[i].base + skip, len - skip);
-        off += len - skip;
-        skip = 0;
-    }
+    size_t off = lv_iobufs_copy_after(w->data, bufs, n, done);
     uv_buf_t b = uv_buf_init(w->data, (unsigned)off);
     int rc = uv_write(&w->req, (uv_stream_t *)&r->uc->tcp, &b, 1, on_up_write);
     if (rc < 0) {

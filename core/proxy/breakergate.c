@@ -96,16 +96,8 @@ void lv_breakergate_reject(struct lv_request *r, uint64_t left_ms)
         r->resp_close = true; /* its body is not read */
     bool close = r->resp_close || !r->client_keep_alive;
     if (r->route->fallback_ref >= 0) {
-        struct lv_hook_request hr = {
-            .method = lv_method_name(r->method),
-            .path = r->target.data,
-            .path_len = r->target.len,
-            .headers = r->hook_req,
-            .nheaders = r->nhook_req,
-            .route = r->route->name,
-            .request_id = r->rid,
-            .close = close,
-        };
+        struct lv_hook_request hr = lv_request_hook_view(r);
+        hr.close = close;
         struct lv_buf err = LV_BUF_INIT;
         int status = 0;
         lv_buf_reset(&r->cout);

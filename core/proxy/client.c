@@ -6,6 +6,7 @@
 
 #include "base/log.h"
 #include "http/headscan.h"
+#include "net/iobufs.h"
 #include "net/tls.h"
 #include "obs/accesslog.h"
 #include "proxy/errresp.h"
@@ -184,9 +185,7 @@ static int raw_writev(struct lv_client *c, const uv_buf_t *bufs, unsigned nbufs)
 {
     if (c->ds.closed)
         return -1;
-    size_t total = 0;
-    for (unsigned i = 0; i < nbufs; i++)
-        total += bufs[i].len;
+    size_t total = lv_iobufs_total(bufs, nbufs);
     if (total == 0)
         return 0;
     ssize_t done = try_write_now(c, bufs, nbufs);
@@ -197,17 +196,7 @@ static int raw_writev(struct lv_client *c, const uv_buf_t *bufs, unsigned nbufs)
     /* Copy what is left into one queued write. */
     struct write_req *w = lv_xmalloc(sizeof(*w) + total - (size_t)done);
     w->owned = NULL;
-    size_t skip = (size_t)done, off = 0;
-    for (unsigned i = 0; i < nbufs; i++) {
-        size_t len = bufs[i].len;
-        if (skip >= len) {
-            skip -= len;
-            continue;
-        }
-        memcpy(w->data + off, bufs[i].base + skip, len - skip);
-        off += len - skip;
-        skip = 0;
-    }
+    size_t off = lv_iobufs_copy_after(w->data, bufs, nbufs, (size_t)done);
     queue_write(c, w, w->data, off);
     return c->ds.closed ? -1 : 0;
 }

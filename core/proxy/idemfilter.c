@@ -169,15 +169,7 @@ void lv_idem_filter_body_done(struct lv_request *r)
 /* The key from the route's key hook: 1 found, 0 no key, -1 the hook failed. */
 static int key_from_hook(struct lv_request *r, int key_ref)
 {
-    struct lv_hook_request hr = {
-        .method = lv_method_name(r->method),
-        .path = r->target.data,
-        .path_len = r->target.len,
-        .headers = r->hook_req,
-        .nheaders = r->nhook_req,
-        .route = r->route->name,
-        .request_id = r->rid,
-    };
+    struct lv_hook_request hr = lv_request_hook_view(r);
     struct lv_buf err = LV_BUF_INIT;
     int rc = lv_hook_idem_key(r->cfg, key_ref, &hr, &r->idem.key, &err);
     if (rc < 0) {

@@ -283,6 +283,19 @@ void lv_request_client_drained(struct lv_request *r)
         lv_attempt_resume(r);
 }
 
+struct lv_hook_request lv_request_hook_view(const struct lv_request *r)
+{
+    return (struct lv_hook_request){
+        .method = lv_method_name(r->method),
+        .path = r->target.data,
+        .path_len = r->target.len,
+        .headers = r->hook_req,
+        .nheaders = r->nhook_req,
+        .route = r->route->name,
+        .request_id = r->rid,
+    };
+}
+
 void lv_request_hook_failed(struct lv_request *r, enum lv_req_hook which, const struct lv_buf *err)
 {
     r->flags |= LV_ACCESS_HOOK_ERROR;

@@ -36,6 +36,7 @@
 #include "proxy/downstream.h"
 #include "proxy/exchange.h"
 #include "proxy/fwdhead.h"
+#include "script/hooktypes.h"
 
 struct lv_server;
 struct lv_generation;
@@ -244,6 +245,8 @@ static inline void lv_request_clock_clear(struct lv_request *r, enum lv_req_cloc
 {
     r->due[which] = 0;
 }
+/** What the fallback and key hooks see of the request (borrowed from it). */
+struct lv_hook_request lv_request_hook_view(const struct lv_request *r);
 /** Which hook failed, for levee_hook_errors_total{hook}. */
 enum lv_req_hook { LV_REQ_HOOK_CLASSIFY, LV_REQ_HOOK_FALLBACK, LV_REQ_HOOK_KEY };
 /** A hook failed: counted as no hook, counted in the metrics, logged at most once a second
