@@ -22,6 +22,7 @@
 #include "proxy/server.h"
 #include "script/config.h"
 #include "t.h"
+#include "tmpconf.h"
 
 static char fx_dir[64];
 static uv_loop_t fx_loop;
@@ -357,23 +358,7 @@ static char fx_access_path[128];
 
 static struct lv_config *fx_load(const char *text)
 {
-    char path[128];
-    snprintf(path, sizeof(path), "%s/levee.lua", fx_dir);
-    FILE *f = fopen(path, "w");
-    if (!f) {
-        perror(path);
-        exit(2);
-    }
-    fputs(text, f);
-    fclose(f);
-    struct lv_buf errs = LV_BUF_INIT;
-    struct lv_config *cfg = lv_config_load(path, NULL, &errs);
-    if (!cfg) {
-        fprintf(stderr, "%.*s\n", (int)errs.len, errs.data ? errs.data : "");
-        exit(2);
-    }
-    lv_buf_dispose(&errs);
-    return cfg;
+    return tmpconf_load(fx_dir, text);
 }
 
 /* Puts `text` in force (a reload once a generation is in force); the access log appends to

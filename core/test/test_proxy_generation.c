@@ -14,6 +14,7 @@
 #include "script/config.h"
 #include "proxy/server.h"
 #include "t.h"
+#include "tmpconf.h"
 
 static char tmpdir[64];
 static uv_loop_t loop;
@@ -84,23 +85,7 @@ static struct lv_route_state *registered(const char *name)
 
 static struct lv_config *load(const char *text)
 {
-    char path[128];
-    snprintf(path, sizeof(path), "%s/levee.lua", tmpdir);
-    FILE *f = fopen(path, "w");
-    if (!f) {
-        perror(path);
-        exit(2);
-    }
-    fputs(text, f);
-    fclose(f);
-    struct lv_buf errs = LV_BUF_INIT;
-    struct lv_config *cfg = lv_config_load(path, NULL, &errs);
-    if (!cfg) {
-        fprintf(stderr, "%.*s\n", (int)errs.len, errs.data ? errs.data : "");
-        exit(2);
-    }
-    lv_buf_dispose(&errs);
-    return cfg;
+    return tmpconf_load(tmpdir, text);
 }
 
 static struct lv_generation *install(const char *text)
@@ -300,11 +285,7 @@ T_TEST(test_upstream_outliving_a_newer_generation_reads_a_live_config)
 
 int main(void)
 {
-    snprintf(tmpdir, sizeof(tmpdir), "/tmp/lv-test-gen-XXXXXX");
-    if (!mkdtemp(tmpdir)) {
-        perror("mkdtemp");
-        return 2;
-    }
+    tmpconf_dir(tmpdir, sizeof(tmpdir), "gen");
     T_RUN(test_lookups_by_route_index);
     T_RUN(test_old_generation_keeps_what_it_names_while_pinned);
     T_RUN(test_unpinned_generation_goes_at_the_reload);

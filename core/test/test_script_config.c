@@ -12,6 +12,7 @@
 #include "script/config.h"
 #include "script/hooks.h"
 #include "t.h"
+#include "tmpconf.h"
 
 static char tmpdir[64];
 
@@ -493,11 +494,7 @@ T_TEST(test_examples)
 
 int main(void)
 {
-    snprintf(tmpdir, sizeof(tmpdir), "/tmp/lvcfgXXXXXX");
-    if (!mkdtemp(tmpdir)) {
-        perror("mkdtemp");
-        return 2;
-    }
+    tmpconf_dir(tmpdir, sizeof(tmpdir), "cfg");
     T_RUN(test_full_config);
     T_RUN(test_defaults_without_hooks);
     T_RUN(test_access_log_file_and_lua_dir);

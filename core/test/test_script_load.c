@@ -17,6 +17,7 @@
 #include "script/config.h"
 #include "script/hooks.h"
 #include "t.h"
+#include "tmpconf.h"
 
 static char tmpdir[64];
 
@@ -344,11 +345,7 @@ T_TEST(test_states_freed)
 
 int main(void)
 {
-    snprintf(tmpdir, sizeof(tmpdir), "/tmp/lvtest-load-XXXXXX");
-    if (!mkdtemp(tmpdir)) {
-        perror("mkdtemp");
-        return 2;
-    }
+    tmpconf_dir(tmpdir, sizeof(tmpdir), "load");
     T_RUN(test_hostile_files);
     T_RUN(test_metatables_refused);
     T_RUN(test_ordinary_code_loads);

@@ -15,6 +15,7 @@
 
 #include "script/runtime.h"
 #include "t.h"
+#include "tmpconf.h"
 
 static char tmpdir[64];
 
@@ -366,11 +367,7 @@ T_TEST(test_errors_formatted)
 
 int main(void)
 {
-    snprintf(tmpdir, sizeof(tmpdir), "/tmp/lvruntimeXXXXXX");
-    if (!mkdtemp(tmpdir)) {
-        perror("mkdtemp");
-        return 2;
-    }
+    tmpconf_dir(tmpdir, sizeof(tmpdir), "runtime");
     T_RUN(test_allocator_cap);
     T_RUN(test_budget_stops_endless_loops);
     T_RUN(test_sandbox);
