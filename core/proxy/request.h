@@ -188,7 +188,7 @@ struct lv_request {
 
     struct lv_idem_filter idem; /* idemfilter.c */
 
-    /* One timer for the request's clocks (request.c lv_request_clock): it fires at the
+    /* One timer for the request's clocks (request.c, lv_request_clock_set): it fires at the
      * earliest due; a due moved later or cleared costs no timer call. Loop ms; 0: not set. */
     uv_timer_t timer;
     uint64_t armed;
