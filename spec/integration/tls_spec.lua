@@ -34,7 +34,7 @@ local function curl(args, ...)
 end
 
 local function https_levee(up)
-    return H.levee{ config = [[
+    local cfg = [[
 return {
   listen = { "127.0.0.1:$PORT", { addr = "127.0.0.1:$PORT2", tls = { cert = "]] .. certs .. [[/cert.pem",
                                                                     key = "]] .. certs .. [[/key.pem" } } },
@@ -42,7 +42,13 @@ return {
   limits = { body_size = "8MiB" },
   upstreams = { u = { servers = { "]] .. up:addr(1) .. [[" } } },
   routes = { { name = "r", upstream = "u" } },
-}]] }
+}]]
+    -- H.levee waits for $PORT; the TLS listener opens after it (its certificate is loaded
+    -- first), so a client could otherwise come before it listens
+    local lv = H.levee{ config = cfg }
+    H.wait_until(function() return H.port_open(lv.ports.PORT2) end, 10 * H.scale,
+        "the TLS listener")
+    return lv
 end
 
 describe("TLS listeners", function()
