@@ -23,9 +23,24 @@ static void on_connection(uv_stream_t *ls, int status)
     lv_client_accept(s, ls, l->tls_ctx);
 }
 
-/* Opens (binds, listens) one listener; a failure is appended to `errors` as one line. */
+/* The TLS context of a new HTTPS listener (NULL and a line in `errors` when it fails). */
+static struct lv_tls_ctx *listener_tls(struct lv_server *s, const struct lv_listen_cfg *lc,
+                                       struct lv_buf *errors)
+{
+    struct lv_buf err = LV_BUF_INIT;
+    struct lv_tls_ctx *ctx = lv_tls_server_ctx(lc->tls_cert, lc->tls_key, &err);
+    if (!ctx)
+        lv_buf_printf(errors, "%s: listen %s:%u: TLS: %.*s\n",
+                      s->config_path ? s->config_path : "levee", lc->addr.host, lc->addr.port,
+                      (int)err.len, err.data ? err.data : "");
+    lv_buf_dispose(&err);
+    return ctx;
+}
+
+/* Opens (binds, listens) one listener with its TLS context `tls` (taken; NULL: plain); a
+ * failure is appended to `errors` as one line. */
 static int listener_open(struct lv_server *s, const struct lv_listen_cfg *lc,
-                         struct lv_listener **out, struct lv_buf *errors)
+                         struct lv_tls_ctx *tls, struct lv_listener **out, struct lv_buf *errors)
 {
     struct sockaddr_storage ss;
     memset(&ss, 0, sizeof(ss));
@@ -33,24 +48,14 @@ static int listener_open(struct lv_server *s, const struct lv_listen_cfg *lc,
     if (lv_addr_from_ip(host, lc->addr.port, &ss) < 0) {
         lv_buf_printf(errors, "%s: listen %s:%u: not an IP address\n",
                       s->config_path ? s->config_path : "levee", lc->addr.host, lc->addr.port);
+        if (tls)
+            lv_tls_ctx_free(tls);
         return UV_EINVAL;
     }
     int family = ss.ss_family;
     struct lv_listener *l = lv_xcalloc(1, sizeof(*l));
     l->server = s;
-    if (lc->tls_cert) {
-        struct lv_buf err = LV_BUF_INIT;
-        l->tls_ctx = lv_tls_server_ctx(lc->tls_cert, lc->tls_key, &err);
-        if (!l->tls_ctx) {
-            lv_buf_printf(errors, "%s: listen %s:%u: TLS: %.*s\n",
-                          s->config_path ? s->config_path : "levee", lc->addr.host, lc->addr.port,
-                          (int)err.len, err.data ? err.data : "");
-            lv_buf_dispose(&err);
-            free(l);
-            return UV_EINVAL;
-        }
-        lv_buf_dispose(&err);
-    }
+    l->tls_ctx = tls;
     l->addr.host = lv_xstrdup(lc->addr.host);
     l->addr.port = lc->addr.port;
     snprintf(l->name, sizeof(l->name), "%s:%u", lc->addr.host, lc->addr.port);
@@ -129,6 +134,9 @@ int lv_listeners_prepare(struct lv_listeners *ls, const struct lv_config *cfg,
     p->tls = lv_xcalloc(n + 1, sizeof(*p->tls));
     p->kept = lv_xcalloc(ls->n + 1, sizeof(*p->kept));
     int rc = 0;
+    /* Every certificate is loaded before any new socket listens, so the ports open together
+     * (a client that found one of them open finds the others open too). */
+    struct lv_tls_ctx **fresh_tls = lv_xcalloc(n + 1, sizeof(*fresh_tls));
     /* Unchanged addresses keep their sockets (no accept gap), with the certificate loaded
      * again; new ones are bound now, and closed again if the reload is refused. */
     for (size_t i = 0; i < n; i++) {
@@ -142,18 +150,21 @@ int lv_listeners_prepare(struct lv_listeners *ls, const struct lv_config *cfg,
                 break;
             }
         }
-        if (p->use[i] && lc->tls_cert) {
-            struct lv_buf err = LV_BUF_INIT;
-            p->tls[i] = lv_tls_server_ctx(lc->tls_cert, lc->tls_key, &err);
-            if (!p->tls[i]) {
-                lv_buf_printf(errors, "%s: listen %s:%u: TLS: %.*s\n",
-                              s->config_path ? s->config_path : "levee", lc->addr.host,
-                              lc->addr.port, (int)err.len, err.data ? err.data : "");
+        if (lc->tls_cert) {
+            struct lv_tls_ctx *ctx = listener_tls(s, lc, errors);
+            if (!ctx)
                 rc = UV_EINVAL;
-            }
-            lv_buf_dispose(&err);
-        } else if (!p->use[i]) {
-            int r = listener_open(s, lc, &p->use[i], errors);
+            else if (p->use[i])
+                p->tls[i] = ctx; /* swapped in at commit */
+            else
+                fresh_tls[i] = ctx;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        const struct lv_listen_cfg *lc = &cfg->listens[i];
+        if (!p->use[i] && !(lc->tls_cert && !fresh_tls[i])) { /* a failed certificate: said */
+            int r = listener_open(s, lc, fresh_tls[i], &p->use[i], errors);
+            fresh_tls[i] = NULL; /* taken */
             if (r != 0) {
                 p->use[i] = NULL;
                 if (!rc)
@@ -163,6 +174,7 @@ int lv_listeners_prepare(struct lv_listeners *ls, const struct lv_config *cfg,
             }
         }
     }
+    free(fresh_tls); /* every context was taken by its listener */
     if (rc != 0)
         lv_listeners_undo(p);
     return rc;
