@@ -50,7 +50,6 @@ enum lv_method {
 
 #define LV_METHOD_BIT(m) ((uint64_t)1 << (m))
 
-
 /** llhttp method number for an upper-case name, or -1 if unknown. */
 int lv_method_from_name(const char *name, size_t len);
 /** Name of a method number ("GET"), or "?" */

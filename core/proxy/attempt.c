@@ -102,10 +102,8 @@ bool lv_attempt_body_room(const struct lv_request *r)
 
 void lv_attempt_release(struct lv_request *r, bool reusable)
 {
-    if (r->phase == LV_REQ_CONNECTING) {
-        lv_upstream_cancel(&r->acq);
-        r->phase = LV_REQ_EXCHANGE; /* no longer waiting; the caller sets what comes next */
-    }
+    if (r->phase == LV_REQ_CONNECTING)
+        lv_upstream_cancel(&r->acq); /* a no-op for one already answered or cancelled */
     if (r->uc) {
         struct lv_upconn *uc = r->uc;
         r->uc = NULL;

@@ -31,28 +31,26 @@ struct slot_pool {
 };
 static _Thread_local struct slot_pool pool;
 
-static void slot_handle_closed(uv_handle_t *h)
+static void slot_closed(uv_handle_t *h)
 {
     struct lv_request *r = h->data;
-    if (--r->phase == 0) { /* counts the handles still closing (see slot_free) */
-        lv_buf_dispose(&r->target);
-        lv_buf_dispose(&r->host);
-        lv_buf_dispose(&r->fwd);
-        lv_buf_dispose(&r->replay);
-        lv_buf_dispose(&r->out);
-        lv_buf_dispose(&r->cout);
-        lv_buf_dispose(&r->hook_head);
-        free(r->hook_req);
-        lv_exchange_dispose(&r->ex);
-        lv_idem_filter_dispose(&r->idem);
-        free(r);
-    }
+    lv_buf_dispose(&r->target);
+    lv_buf_dispose(&r->host);
+    lv_buf_dispose(&r->fwd);
+    lv_buf_dispose(&r->replay);
+    lv_buf_dispose(&r->out);
+    lv_buf_dispose(&r->cout);
+    lv_buf_dispose(&r->hook_head);
+    free(r->hook_req);
+    lv_exchange_dispose(&r->ex);
+    lv_idem_filter_dispose(&r->idem);
+    free(r);
 }
 
+/* The slot's one handle, its timer, closes first; the memory goes in its close callback. */
 static void slot_free(struct lv_request *r)
 {
-    r->phase = 1; /* an idle slot's phase field counts its closing handles from here on */
-    uv_close((uv_handle_t *)&r->timer, slot_handle_closed);
+    uv_close((uv_handle_t *)&r->timer, slot_closed);
 }
 
 /* ---- clocks */
@@ -306,7 +304,7 @@ void lv_request_hook_failed(struct lv_request *r, enum lv_req_hook which, const 
     struct lv_metric **m = &r->rs->hook_errors[which][kind];
     if (!*m) {
         const char *lbl[] = {r->rs->name, hook_names[which], lv_hook_failure_name(kind), NULL};
-        *m = lv_metric_series(r->s->m_hook_errors, lbl);
+        *m = lv_metric_series(r->s->routes.fam.hook_errors, lbl);
     }
     lv_metric_add(*m, 1);
     /* At most one log line per route per second: a broken hook must not flood the log. */
@@ -425,10 +423,7 @@ static void reset(struct lv_request *r, const struct lv_reqhead *h)
     r->prev_delay_ms = 0;
     r->backoff_next_ms = 0;
     r->backoff_ms = 0;
-    r->ntries = 0;
-    r->ex.started = false;
-    r->ex.reusable = false;
-    r->ex.head.len = 0;
+    r->ntries = 0; /* r->ex is reset by each attempt (lv_exchange_start) */
     /* response */
     r->status = 0;
     r->head_sent = false;

@@ -272,70 +272,55 @@ static void render_gauges(struct lv_metrics *m, void *arg)
 static void metrics_setup(struct lv_server *s)
 {
     struct lv_metrics *m = s->metrics = lv_metrics_create();
-    s->m_requests =
+    /* The per-route families live with the route states that fill them. */
+    struct lv_route_families *f = &s->routes.fam;
+    f->requests =
         lv_metrics_family(m, "levee_requests_total", "Requests answered, by route and status.",
                           LV_METRIC_COUNTER, L_ROUTE_CODE, NULL, 0);
-    s->m_duration = lv_metrics_family(m, "levee_request_duration_seconds",
-                                      "Time from the request head to the last response byte.",
-                                      LV_METRIC_HISTOGRAM, L_ROUTE, NULL, 0);
-    s->m_retries = lv_metrics_family(m, "levee_retries_total", "Retries sent, by route.",
-                                     LV_METRIC_COUNTER, L_ROUTE, NULL, 0);
-    s->m_budget_exhausted =
+    f->duration = lv_metrics_family(m, "levee_request_duration_seconds",
+                                    "Time from the request head to the last response byte.",
+                                    LV_METRIC_HISTOGRAM, L_ROUTE, NULL, 0);
+    f->retries = lv_metrics_family(m, "levee_retries_total", "Retries sent, by route.",
+                                   LV_METRIC_COUNTER, L_ROUTE, NULL, 0);
+    f->budget_exhausted =
         lv_metrics_family(m, "levee_retry_budget_exhausted_total",
                           "Retries refused because the route's retry budget was spent.",
                           LV_METRIC_COUNTER, L_ROUTE, NULL, 0);
-    s->m_attempts = lv_metrics_family(m, "levee_upstream_attempts_total",
-                                      "Upstream attempts, by route and outcome.", LV_METRIC_COUNTER,
-                                      L_ROUTE_OUTCOME, NULL, 0);
-    s->m_breaker_state = lv_metrics_family(m, "levee_breaker_state",
-                                           "Circuit breaker state: 0 closed, 1 open, 2 half-open.",
-                                           LV_METRIC_GAUGE, L_ROUTE, NULL, 0);
-    s->m_fallbacks = lv_metrics_family(m, "levee_fallbacks_total",
-                                       "Responses served by the route's fallback hook.",
-                                       LV_METRIC_COUNTER, L_ROUTE, NULL, 0);
-    s->m_breaker_rejected = lv_metrics_family(
+    f->attempts = lv_metrics_family(m, "levee_upstream_attempts_total",
+                                    "Upstream attempts, by route and outcome.", LV_METRIC_COUNTER,
+                                    L_ROUTE_OUTCOME, NULL, 0);
+    f->breaker_state = lv_metrics_family(m, "levee_breaker_state",
+                                         "Circuit breaker state: 0 closed, 1 open, 2 half-open.",
+                                         LV_METRIC_GAUGE, L_ROUTE, NULL, 0);
+    f->fallbacks = lv_metrics_family(m, "levee_fallbacks_total",
+                                     "Responses served by the route's fallback hook.",
+                                     LV_METRIC_COUNTER, L_ROUTE, NULL, 0);
+    f->breaker_rejected = lv_metrics_family(
         m, "levee_breaker_rejected_total",
         "Requests answered at once because the breaker was open (fallback or 503).",
         LV_METRIC_COUNTER, L_ROUTE, NULL, 0);
-    s->m_hook_errors = lv_metrics_family(m, "levee_hook_errors_total",
-                                         "Hook calls that failed and counted as no hook.",
-                                         LV_METRIC_COUNTER, L_ROUTE_HOOK, NULL, 0);
-    s->m_idem_replays = lv_metrics_family(m, "levee_idempotency_replays_total",
-                                          "Stored responses replayed for a repeated key.",
+    f->hook_errors = lv_metrics_family(m, "levee_hook_errors_total",
+                                       "Hook calls that failed and counted as no hook.",
+                                       LV_METRIC_COUNTER, L_ROUTE_HOOK, NULL, 0);
+    f->idem_replays = lv_metrics_family(m, "levee_idempotency_replays_total",
+                                        "Stored responses replayed for a repeated key.",
+                                        LV_METRIC_COUNTER, L_ROUTE, NULL, 0);
+    f->idem_stored = lv_metrics_family(m, "levee_idempotency_stored_total",
+                                       "Responses stored under an idempotency key.",
+                                       LV_METRIC_COUNTER, L_ROUTE, NULL, 0);
+    f->idem_conflicts = lv_metrics_family(m, "levee_idempotency_conflicts_total",
+                                          "Requests whose key was in flight (409 or waited).",
                                           LV_METRIC_COUNTER, L_ROUTE, NULL, 0);
-    s->m_idem_stored = lv_metrics_family(m, "levee_idempotency_stored_total",
-                                         "Responses stored under an idempotency key.",
-                                         LV_METRIC_COUNTER, L_ROUTE, NULL, 0);
-    s->m_idem_conflicts = lv_metrics_family(m, "levee_idempotency_conflicts_total",
-                                            "Requests whose key was in flight (409 or waited).",
-                                            LV_METRIC_COUNTER, L_ROUTE, NULL, 0);
-    s->m_idem_mismatches = lv_metrics_family(m, "levee_idempotency_mismatches_total",
-                                             "Keys reused with a different request (422).",
-                                             LV_METRIC_COUNTER, L_ROUTE, NULL, 0);
-    s->m_idem_store_errors =
+    f->idem_mismatches = lv_metrics_family(m, "levee_idempotency_mismatches_total",
+                                           "Keys reused with a different request (422).",
+                                           LV_METRIC_COUNTER, L_ROUTE, NULL, 0);
+    f->idem_store_errors =
         lv_metrics_family(m, "levee_idempotency_store_errors_total",
                           "Store lookups that failed (store full or unavailable).",
                           LV_METRIC_COUNTER, L_ROUTE, NULL, 0);
-    s->m_idem_entries =
+    f->idem_entries =
         lv_metrics_family(m, "levee_idempotency_store_entries", "Keys held by the route's store.",
                           LV_METRIC_GAUGE, L_ROUTE, NULL, 0);
-    s->routes.fam = (struct lv_route_families){
-        .requests = s->m_requests,
-        .duration = s->m_duration,
-        .retries = s->m_retries,
-        .budget_exhausted = s->m_budget_exhausted,
-        .attempts = s->m_attempts,
-        .breaker_state = s->m_breaker_state,
-        .fallbacks = s->m_fallbacks,
-        .breaker_rejected = s->m_breaker_rejected,
-        .hook_errors = s->m_hook_errors,
-        .idem_replays = s->m_idem_replays,
-        .idem_stored = s->m_idem_stored,
-        .idem_conflicts = s->m_idem_conflicts,
-        .idem_mismatches = s->m_idem_mismatches,
-        .idem_store_errors = s->m_idem_store_errors,
-        .idem_entries = s->m_idem_entries,
-    };
     s->m_reloads =
         lv_metrics_family(m, "levee_config_reloads_total", "Configuration reloads, by result.",
                           LV_METRIC_COUNTER, L_RESULT, NULL, 0);

@@ -43,10 +43,8 @@ struct lv_server {
     struct lv_route_states routes; /* route state registry, by name (proxy/routestate.h) */
 
     struct lv_metrics *metrics;
-    struct lv_metric_family *m_requests, *m_duration, *m_retries, *m_budget_exhausted, *m_reloads,
-        *m_generation, *m_upconns, *m_clients, *m_bad_requests, *m_attempts, *m_breaker_state,
-        *m_fallbacks, *m_breaker_rejected, *m_hook_errors, *m_idem_replays, *m_idem_stored,
-        *m_idem_conflicts, *m_idem_mismatches, *m_idem_store_errors, *m_idem_entries;
+    /* per-route families: routes.fam (proxy/routestate.h) */
+    struct lv_metric_family *m_reloads, *m_generation, *m_upconns, *m_clients, *m_bad_requests;
     struct lv_metric_family *m_server_up, *m_ejections, *m_health_checks, *m_panics;
     struct lv_metric_family *m_up_sent, *m_up_received, *m_attempt_duration;
     struct lv_metric *m_reload_ok, *m_reload_err;

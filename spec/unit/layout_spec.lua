@@ -11,6 +11,10 @@ local function files(ext)
     return out
 end
 
+-- Files outside the repository that comments must not cite (split so this file does not
+-- match itself).
+local SPEC_REF, RESEARCH_REF, SHARED_REF = "SP" .. "EC §", "rese" .. "arch/", "%.%./sh" .. "ared"
+
 local function module_of(path) return (path:gsub("%.[ch]$", "")) end
 
 local function read(path)
@@ -103,8 +107,8 @@ describe("core/ layout", function()
                 local n = 0
                 for line in read(path):gmatch("[^\n]*") do
                     n = n + 1
-                    if line:find("SPEC §") or line:find("research/") or line:find("[Ii]ssue #?%d")
-                        or line:find("%.%./shared") then
+                    if line:find(SPEC_REF) or line:find(RESEARCH_REF) or line:find("[Ii]ssue #?%d")
+                        or line:find(SHARED_REF) then
                         bad[#bad + 1] = path .. ":" .. n .. ": " .. line
                     end
                 end
