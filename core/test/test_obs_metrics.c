@@ -2,7 +2,10 @@
 #include "t.h"
 
 #include <math.h>
+#include <pthread.h>
+#include <sched.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -327,6 +330,340 @@ T_TEST(series_pointers_stable)
     lv_metrics_destroy(m);
 }
 
+/* ---- shards: one registry, each thread writing its own shard, readers summing them */
+
+/* Each shard adds its part; every reader and the rendered text show the sums. */
+T_TEST(shards_sum)
+{
+    struct lv_metrics *m = lv_metrics_create_sharded(3);
+    struct lv_metric_family *fc =
+        lv_metrics_family(m, "s_total", "", LV_METRIC_COUNTER, route_only, NULL, 0);
+    struct lv_metric_family *fg =
+        lv_metrics_family(m, "s_gauge", "", LV_METRIC_GAUGE, NULL, NULL, 0);
+    struct lv_metric_family *fh =
+        lv_metrics_family(m, "s_seconds", "", LV_METRIC_HISTOGRAM, NULL, (const double[]){1, 2}, 2);
+    struct lv_metric *c = lv_metric_series(fc, (const char *[]){"r"});
+    struct lv_metric *g = lv_metric_series(fg, NULL);
+    struct lv_metric *h = lv_metric_series(fh, NULL);
+    for (unsigned k = 0; k < 3; k++) {
+        lv_metrics_bind_thread(k);
+        lv_metric_add(c, k + 1);
+        lv_metric_add(g, -0.5 * (k + 1));
+        lv_metric_observe(h, k); /* 0 and 1 in le="1", 2 in le="2" */
+        lv_metric_observe(h, 10);
+    }
+    lv_metrics_bind_thread(0);
+    T_CHECK(lv_metric_value(c) == 6);
+    T_CHECK(lv_metric_value(g) == -3);
+    T_CHECK(lv_metric_value(h) == 6);
+    T_CHECK(lv_metric_sum(h) == 33);
+    T_CHECK_INT(lv_metric_bucket(h, 0), 2);
+    T_CHECK_INT(lv_metric_bucket(h, 1), 1);
+    T_CHECK_INT(lv_metric_bucket(h, 2), 3);
+    CHECK_RENDER(m, "# TYPE s_total counter\n"
+                    "s_total{route=\"r\"} 6\n"
+                    "# TYPE s_gauge gauge\n"
+                    "s_gauge -3\n"
+                    "# TYPE s_seconds histogram\n"
+                    "s_seconds_bucket{le=\"1\"} 2\n"
+                    "s_seconds_bucket{le=\"2\"} 3\n"
+                    "s_seconds_bucket{le=\"+Inf\"} 6\n"
+                    "s_seconds_sum 33\n"
+                    "s_seconds_count 6\n");
+    lv_metrics_destroy(m);
+}
+
+/* A set value is kept once for the registry: a gauge only ever set reads the last value set,
+ * whichever shard set it; adds from other shards stay on top; a set replaces what the
+ * setting thread itself added. */
+T_TEST(set_gauge_semantics)
+{
+    struct lv_metrics *m = lv_metrics_create_sharded(2);
+    struct lv_metric *g =
+        lv_metric_series(lv_metrics_family(m, "g", "", LV_METRIC_GAUGE, NULL, NULL, 0), NULL);
+    struct lv_metric *c = lv_metric_series(
+        lv_metrics_family(m, "c_total", "", LV_METRIC_COUNTER, NULL, NULL, 0), NULL);
+    lv_metrics_bind_thread(1);
+    lv_metric_set(g, 7);
+    lv_metric_set(c, 10);
+    lv_metrics_bind_thread(0);
+    lv_metric_set(g, 4);
+    lv_metric_set(c, 12);
+    T_CHECK(lv_metric_value(g) == 4); /* not 11 */
+    T_CHECK(lv_metric_value(c) == 12);
+    CHECK_RENDER(m, "# TYPE g gauge\n"
+                    "g 4\n"
+                    "# TYPE c_total counter\n"
+                    "c_total 12\n");
+
+    lv_metrics_bind_thread(1);
+    lv_metric_add(g, 2);
+    T_CHECK(lv_metric_value(g) == 6);
+    lv_metrics_bind_thread(0);
+    lv_metric_set(g, 5); /* shard 1's 2 stays */
+    T_CHECK(lv_metric_value(g) == 7);
+    lv_metrics_bind_thread(1);
+    lv_metric_set(g, 1); /* replaces shard 1's own 2 */
+    T_CHECK(lv_metric_value(g) == 1);
+    lv_metric_add(g, -10);
+    lv_metric_set(g, 3);
+    T_CHECK(lv_metric_value(g) == 3);
+    lv_metric_set(g, -0.0);
+    T_CHECK(signbit(lv_metric_value(g)) && lv_metric_value(g) == 0);
+    lv_metric_set(g, NAN);
+    T_CHECK(isnan(lv_metric_value(g)));
+    lv_metrics_bind_thread(0);
+    lv_metrics_destroy(m);
+}
+
+struct render_job {
+    struct lv_metrics *m;
+    unsigned shard;
+    char *out;
+};
+
+static void *render_on_thread(void *arg)
+{
+    struct render_job *j = arg;
+    lv_metrics_bind_thread(j->shard);
+    j->out = render(j->m);
+    return NULL;
+}
+
+/* The on-render callbacks run on whichever thread renders; what they set is not counted once
+ * per thread that ever rendered. */
+T_TEST(set_from_renders_on_any_thread)
+{
+    struct lv_metrics *m = lv_metrics_create_sharded(3);
+    struct lv_metric_family *f =
+        lv_metrics_family(m, "levee_breaker_state", "", LV_METRIC_GAUGE, route_only, NULL, 0);
+    struct cb_state st = {0, lv_metric_series(f, (const char *[]){"pay"}), 0};
+    lv_metrics_on_render(m, on_render, &st);
+    for (int i = 0; i < 6; i++) {
+        st.next = i + 1;
+        struct render_job j = {m, (unsigned)i % 3, NULL};
+        pthread_t t;
+        T_CHECK(pthread_create(&t, NULL, render_on_thread, &j) == 0);
+        pthread_join(t, NULL);
+        char want[128];
+        snprintf(want, sizeof(want),
+                 "# TYPE levee_breaker_state gauge\nlevee_breaker_state{route=\"pay\"} %d\n",
+                 i + 1);
+        T_CHECK_STR(j.out, want);
+        free(j.out);
+    }
+    T_CHECK_INT(st.calls, 6);
+    T_CHECK(lv_metric_value(st.gauge) == 6);
+    lv_metrics_destroy(m);
+}
+
+/* The workers stop halfway until MT_OVERLAP renders are done, so renders (and new chunks:
+ * each of them makes MT_NEW_PER_RENDER series of each family) overlap their updates. */
+enum {
+    MT_WORKERS = 4,
+    MT_ADDS = 100000,
+    MT_OVERLAP = 4,
+    MT_NEW_PER_RENDER = 64,
+    MT_NEW_MAX = 1024
+};
+
+struct mt {
+    struct lv_metrics *m;
+    struct lv_metric_family *fc, *fh;
+    struct lv_metric *c, *h;
+    pthread_barrier_t start;
+    atomic_int done;
+    atomic_int renders;
+    /* the renderer's findings */
+    int went_down, count_mismatch, created;
+};
+
+struct mt_worker {
+    struct mt *mt;
+    unsigned shard;
+    int lookups_wrong;
+};
+
+static void *mt_work(void *arg)
+{
+    struct mt_worker *w = arg;
+    struct mt *mt = w->mt;
+    lv_metrics_bind_thread(w->shard);
+    pthread_barrier_wait(&mt->start);
+    for (int i = 0; i < MT_ADDS; i++) {
+        lv_metric_add(mt->c, 1);
+        lv_metric_observe(mt->h, i % 4 == 0 ? 0.5 : 3); /* le="1", else only +Inf */
+        if (i % 4096 == 0) /* lookups while the renderer creates series */
+            w->lookups_wrong += lv_metric_series(mt->fc, (const char *[]){"w"}) != mt->c;
+        if (i == MT_ADDS / 2)
+            while (atomic_load(&mt->renders) < MT_OVERLAP)
+                sched_yield();
+    }
+    atomic_fetch_add(&mt->done, 1);
+    return NULL;
+}
+
+/* The number after `prefix` in `text`, or -1. */
+static double sample(const char *text, const char *prefix)
+{
+    const char *p = strstr(text, prefix);
+    return p ? strtod(p + strlen(prefix), NULL) : -1;
+}
+
+static void *mt_render(void *arg)
+{
+    struct mt *mt = arg;
+    lv_metrics_bind_thread(MT_WORKERS); /* its own shard for the series it makes */
+    pthread_barrier_wait(&mt->start);
+    double last = 0;
+    int finished;
+    do {
+        finished = atomic_load(&mt->done) == MT_WORKERS;
+        char *out = render(mt->m);
+        double v = sample(out, "mt_total{route=\"w\"} ");
+        mt->went_down += v < last;
+        last = v;
+        mt->count_mismatch += sample(out, "mt_seconds_bucket{route=\"w\",le=\"+Inf\"} ") !=
+                              sample(out, "mt_seconds_count{route=\"w\"} ");
+        free(out);
+        /* New series (new chunks) while the workers write theirs. */
+        for (int i = 0; i < MT_NEW_PER_RENDER && mt->created < MT_NEW_MAX; i++) {
+            char name[32];
+            snprintf(name, sizeof(name), "n%d", mt->created++);
+            lv_metric_add(lv_metric_series(mt->fc, (const char *[]){name}), 1);
+            lv_metric_observe(lv_metric_series(mt->fh, (const char *[]){name}), 1);
+        }
+        atomic_fetch_add(&mt->renders, 1);
+    } while (!finished);
+    return NULL;
+}
+
+/* Workers each on their own shard update the same counter and histogram while another thread
+ * renders and creates series: the totals come out exact, and no render goes backwards. */
+T_TEST(threads_update_while_rendering)
+{
+    static struct mt mt;
+    mt.m = lv_metrics_create_sharded(MT_WORKERS + 1);
+    mt.fc = lv_metrics_family(mt.m, "mt_total", "", LV_METRIC_COUNTER, route_only, NULL, 0);
+    mt.fh = lv_metrics_family(mt.m, "mt_seconds", "", LV_METRIC_HISTOGRAM, route_only,
+                              (const double[]){1, 2}, 2);
+    mt.c = lv_metric_series(mt.fc, (const char *[]){"w"});
+    mt.h = lv_metric_series(mt.fh, (const char *[]){"w"});
+    atomic_init(&mt.done, 0);
+    atomic_init(&mt.renders, 0);
+    pthread_barrier_init(&mt.start, NULL, MT_WORKERS + 1);
+    struct mt_worker w[MT_WORKERS];
+    pthread_t t[MT_WORKERS + 1];
+    for (unsigned i = 0; i < MT_WORKERS; i++) {
+        w[i] = (struct mt_worker){&mt, i, 0};
+        T_CHECK(pthread_create(&t[i], NULL, mt_work, &w[i]) == 0);
+    }
+    T_CHECK(pthread_create(&t[MT_WORKERS], NULL, mt_render, &mt) == 0);
+    for (int i = 0; i <= MT_WORKERS; i++)
+        pthread_join(t[i], NULL);
+    pthread_barrier_destroy(&mt.start);
+
+    for (int i = 0; i < MT_WORKERS; i++)
+        T_CHECK_INT(w[i].lookups_wrong, 0);
+    T_CHECK(lv_metric_value(mt.c) == MT_WORKERS * MT_ADDS);
+    T_CHECK(lv_metric_value(mt.h) == MT_WORKERS * MT_ADDS);
+    T_CHECK_INT(lv_metric_bucket(mt.h, 0), MT_WORKERS * MT_ADDS / 4);
+    T_CHECK_INT(lv_metric_bucket(mt.h, 1), 0);
+    T_CHECK_INT(lv_metric_bucket(mt.h, 2), MT_WORKERS * MT_ADDS / 4 * 3);
+    T_CHECK(lv_metric_sum(mt.h) == MT_WORKERS * (MT_ADDS / 4 * 0.5 + MT_ADDS / 4 * 3 * 3));
+    T_CHECK(atomic_load(&mt.renders) > MT_OVERLAP);
+    T_CHECK(mt.created >= MT_OVERLAP * MT_NEW_PER_RENDER);
+    T_CHECK_INT(mt.went_down, 0);
+    T_CHECK_INT(mt.count_mismatch, 0);
+
+    /* Every series the renderer made is there once, with its value. */
+    char *out = render(mt.m);
+    int lines = 0, ones = 0;
+    for (const char *p = out; (p = strstr(p, "mt_total{route=\"n")); p++) {
+        lines++;
+        ones += strncmp(strchr(p, '}'), "} 1\n", 4) == 0;
+    }
+    T_CHECK_INT(lines, mt.created);
+    T_CHECK_INT(ones, mt.created);
+    char want[64];
+    snprintf(want, sizeof(want), "mt_total{route=\"w\"} %d\n", MT_WORKERS * MT_ADDS);
+    T_CHECK(strstr(out, want) != NULL);
+    snprintf(want, sizeof(want), "mt_seconds_count{route=\"w\"} %d\n", MT_WORKERS * MT_ADDS);
+    T_CHECK(strstr(out, want) != NULL);
+    free(out);
+    lv_metrics_destroy(mt.m);
+}
+
+enum { CC_THREADS = 4, CC_KEYS = 300 };
+
+struct cc {
+    struct lv_metrics *m;
+    pthread_barrier_t start;
+    struct lv_metric_family *fam[CC_THREADS];
+    struct lv_metric *ptr[CC_THREADS][CC_KEYS];
+};
+
+struct cc_thread {
+    struct cc *cc;
+    unsigned id;
+};
+
+static void *cc_work(void *arg)
+{
+    struct cc_thread *ct = arg;
+    struct cc *cc = ct->cc;
+    lv_metrics_bind_thread(ct->id);
+    pthread_barrier_wait(&cc->start);
+    struct lv_metric_family *f =
+        lv_metrics_family(cc->m, "cc_total", "h", LV_METRIC_COUNTER, route_only, NULL, 0);
+    cc->fam[ct->id] = f;
+    for (int j = 0; j < CC_KEYS; j++) {
+        int key = (j * 7 + (int)ct->id * 75) % CC_KEYS; /* each thread in another order */
+        char name[16];
+        snprintf(name, sizeof(name), "k%d", key);
+        struct lv_metric *s = lv_metric_series(f, (const char *[]){name});
+        lv_metric_add(s, 1);
+        cc->ptr[ct->id][key] = s;
+    }
+    return NULL;
+}
+
+/* Threads asking for the same families and label sets at once get one of each. */
+T_TEST(concurrent_series_creation)
+{
+    static struct cc cc;
+    cc.m = lv_metrics_create_sharded(CC_THREADS);
+    pthread_barrier_init(&cc.start, NULL, CC_THREADS);
+    struct cc_thread ct[CC_THREADS];
+    pthread_t t[CC_THREADS];
+    for (unsigned i = 0; i < CC_THREADS; i++) {
+        ct[i] = (struct cc_thread){&cc, i};
+        T_CHECK(pthread_create(&t[i], NULL, cc_work, &ct[i]) == 0);
+    }
+    for (int i = 0; i < CC_THREADS; i++)
+        pthread_join(t[i], NULL);
+    pthread_barrier_destroy(&cc.start);
+
+    int same_fam = 0, same_series = 0, right = 0;
+    for (int i = 0; i < CC_THREADS; i++)
+        same_fam += cc.fam[i] == cc.fam[0];
+    for (int k = 0; k < CC_KEYS; k++) {
+        for (int i = 0; i < CC_THREADS; i++)
+            same_series += cc.ptr[i][k] == cc.ptr[0][k];
+        right += lv_metric_value(cc.ptr[0][k]) == CC_THREADS;
+    }
+    T_CHECK_INT(same_fam, CC_THREADS);
+    T_CHECK_INT(same_series, CC_THREADS * CC_KEYS);
+    T_CHECK_INT(right, CC_KEYS);
+    char *out = render(cc.m);
+    int lines = 0;
+    for (const char *p = out; (p = strstr(p, "cc_total{")); p++)
+        lines++;
+    T_CHECK_INT(lines, CC_KEYS);
+    free(out);
+    lv_metrics_destroy(cc.m);
+}
+
 /* Runs fn in a child and reports whether it died of SIGABRT. */
 static int aborts(void (*fn)(void))
 {
@@ -394,6 +731,38 @@ static void remove_unknown_label(void)
         lv_metrics_family(mk(), "x", "", LV_METRIC_COUNTER, route_only, NULL, 0);
     lv_metric_family_remove(f, "code", "200");
 }
+static void no_shards(void)
+{
+    lv_metrics_create_sharded(0);
+}
+static void add_on_shard_out_of_range(void)
+{
+    struct lv_metric_family *f =
+        lv_metrics_family(lv_metrics_create_sharded(2), "x", "", LV_METRIC_COUNTER, NULL, NULL, 0);
+    lv_metrics_bind_thread(2);
+    lv_metric_add(lv_metric_series(f, NULL), 1);
+}
+static void set_on_shard_out_of_range(void)
+{
+    struct lv_metric_family *f = lv_metrics_family(mk(), "x", "", LV_METRIC_GAUGE, NULL, NULL, 0);
+    lv_metrics_bind_thread(1);
+    lv_metric_set(lv_metric_series(f, NULL), 1);
+}
+static void observe_on_shard_out_of_range(void)
+{
+    struct lv_metric_family *f =
+        lv_metrics_family(mk(), "x", "", LV_METRIC_HISTOGRAM, NULL, NULL, 0);
+    lv_metrics_bind_thread(7);
+    lv_metric_observe(lv_metric_series(f, NULL), 1);
+}
+static void last_shard_in_range(void)
+{
+    struct lv_metrics *m = lv_metrics_create_sharded(2);
+    struct lv_metric_family *f = lv_metrics_family(m, "x", "", LV_METRIC_COUNTER, NULL, NULL, 0);
+    lv_metrics_bind_thread(1);
+    lv_metric_add(lv_metric_series(f, NULL), 1);
+    lv_metrics_destroy(m);
+}
 static void valid_family(void)
 {
     struct lv_metrics *m = mk();
@@ -458,6 +827,11 @@ T_TEST(programming_errors_abort)
     T_CHECK(aborts(observe_counter));
     T_CHECK(aborts(remove_unknown_label));
     T_CHECK(!aborts(valid_family));
+    T_CHECK(aborts(no_shards));
+    T_CHECK(aborts(add_on_shard_out_of_range));
+    T_CHECK(aborts(set_on_shard_out_of_range));
+    T_CHECK(aborts(observe_on_shard_out_of_range));
+    T_CHECK(!aborts(last_shard_in_range));
 }
 
 int main(void)
@@ -474,6 +848,11 @@ int main(void)
     T_RUN(series_pointers_stable);
     T_RUN(unmade_series_read_zero);
     T_RUN(series_keep_their_labels);
+    T_RUN(shards_sum);
+    T_RUN(set_gauge_semantics);
+    T_RUN(set_from_renders_on_any_thread);
+    T_RUN(threads_update_while_rendering);
+    T_RUN(concurrent_series_creation);
     T_RUN(programming_errors_abort);
     T_DONE();
 }
