@@ -17,12 +17,14 @@
 #include <uv.h>
 
 #include "admin/admin.h"
+#include "base/inbox.h"
 #include "base/log.h"
 #include "net/tls.h"
 #include "proxy/generation.h"
 #include "proxy/listener.h"
 #include "proxy/reload.h"
 #include "proxy/server.h"
+#include "proxy/workers.h"
 #include "script/config.h"
 
 static void usage(FILE *f)
@@ -76,48 +78,175 @@ static int cmd_check(const char *file)
     return 0;
 }
 
-/* ---- the gateway: one loop, one server */
+/* ---- the gateway: worker loops (proxy/workers.h), the first on the main thread */
+
+struct collect;
 
 struct app {
     uv_loop_t loop;
-    struct lv_server server;
-    struct lv_listeners listeners;
+    struct lv_workers ws;
+    struct lv_server *server; /* worker 0's: reloads, signals and the admin API live beside it */
     struct lv_reloader reloader;
     struct lv_admin *admin;
     uv_signal_t sig_term, sig_int, sig_hup, sig_quit, sig_usr1, sig_usr2;
     uv_timer_t tick;
     int exit_code;
+    bool worker0_drained;
+    bool stopping;
+    /* /status reads a route's breaker and budget from these copies (made under its lock) */
+    struct lv_breaker route_breaker;
+    struct lv_budget route_budget;
+    struct collect *collects; /* scrapes waiting for the workers' numbers */
 };
+
+/* What one configuration brings to every worker: its copy of the configuration, the listener
+ * sockets and whether an access log is on. */
+struct install {
+    struct app *app;
+    struct lv_config **cfgs; /* per worker, one reference each */
+    struct lv_listen_plan plan;
+    struct lv_log_files logs;
+    uint64_t number;
+    bool reload; /* answer the reloader when done */
+};
+
+static void install_on_worker(struct lv_worker *w, void *arg)
+{
+    struct install *in = arg;
+    struct lv_config *cfg = in->cfgs[w->index];
+    in->cfgs[w->index] = NULL;
+    lv_listeners_commit(&w->listeners, cfg, &in->plan, w->index);
+    lv_server_install_worker(&w->server, cfg, in->number, in->logs.access_fd >= 0);
+}
+
+static void install_done(void *arg)
+{
+    struct install *in = arg;
+    struct app *app = in->app;
+    /* No worker writes to the old log files any more: they close now. */
+    lv_server_commit_logs(app->server, &in->logs);
+    lv_listen_plan_free(&in->plan);
+    free(in->cfgs);
+    bool reload = in->reload;
+    free(in);
+    if (reload)
+        lv_reload_applied(&app->reloader);
+}
 
 /* Puts `cfg` in force (start and reloads), all or nothing (README "Operations"): whatever can
  * fail (new listeners bound, certificates loaded, log files opened) is done before anything
- * is swapped; a failure undoes it and refuses the configuration. */
-static int apply_config(void *arg, struct lv_config *cfg, struct lv_buf *errors)
+ * is swapped; a failure undoes it and refuses the configuration. Then the route states take
+ * its settings and every worker installs it (its own copy when routes have hooks). */
+static int apply(struct app *app, struct lv_config *cfg, struct lv_buf *errors, bool reload)
 {
-    struct app *app = arg;
-    struct lv_listen_plan plan;
-    struct lv_log_files logs;
-    int rc = lv_listeners_prepare(&app->listeners, cfg, &plan, errors);
-    int rc_logs = lv_server_open_logs(&app->server, cfg, &logs, errors);
+    struct lv_workers *ws = &app->ws;
+    struct install *in = lv_xcalloc(1, sizeof(*in));
+    in->app = app;
+    in->reload = reload;
+    int rc = lv_listeners_prepare(&ws->w[0].listeners, cfg, ws->n, cfg->accept, &in->plan, errors);
+    int rc_logs = lv_server_open_logs(app->server, cfg, &in->logs, errors);
     if (rc != 0 || rc_logs != 0) {
         if (rc == 0)
-            lv_listeners_undo(&plan);
+            lv_listen_plan_free(&in->plan);
         if (rc_logs == 0)
-            lv_server_close_logs(&logs);
+            lv_server_close_logs(&in->logs);
+        free(in);
         return rc != 0 ? rc : rc_logs;
     }
-    lv_listeners_commit(&app->listeners, &plan);
-    lv_server_install(&app->server, cfg, &logs);
-    return 0;
+    if (reload && cfg->workers != 0 && cfg->workers != ws->n)
+        lv_warn("workers = %u: the number of workers changes at the next start (%u run now)",
+                cfg->workers, ws->n);
+    in->number = app->server->generation + 1;
+    in->cfgs = lv_xcalloc(ws->n, sizeof(*in->cfgs));
+    for (unsigned i = 0; i < ws->n; i++) {
+        struct lv_config *c = cfg;
+        if (i > 0 && cfg->nworker_copies >= i)
+            c = cfg->worker_copies[i - 1];
+        else if (i > 0)
+            lv_config_pin(c);
+        c->generation = in->number;
+        in->cfgs[i] = c;
+    }
+    if (cfg->worker_copies && cfg->nworker_copies >= ws->n - 1) {
+        free(cfg->worker_copies); /* each copy's reference went to its worker */
+        cfg->worker_copies = NULL;
+        cfg->nworker_copies = 0;
+    }
+    lv_server_shared_configure(ws->sh, cfg, app->server->loop);
+    if (!reload) {
+        /* At start nothing runs yet: every worker installs from here. */
+        for (unsigned i = 0; i < ws->n; i++)
+            install_on_worker(&ws->w[i], in);
+        install_done(in);
+        return 0;
+    }
+    lv_workers_each(ws, install_on_worker, in, install_done, in);
+    return LV_RELOAD_PENDING;
+}
+
+static int apply_reload(void *arg, struct lv_config *cfg, struct lv_buf *errors)
+{
+    return apply(arg, cfg, errors, true);
 }
 
 /* ---- the admin API's view (admin/admin.h) */
 
+struct collect {
+    struct collect *next;
+    struct app *app;
+    void (*done)(void *req);
+    void *req; /* NULL: cancelled */
+};
+
+static void collect_on_worker(struct lv_worker *w, void *arg)
+{
+    (void)arg;
+    lv_server_publish(&w->server);
+    lv_worker_snapshot(w);
+}
+
+static void collect_done(void *arg)
+{
+    struct collect *c = arg;
+    struct app *app = c->app;
+    for (struct collect **p = &app->collects; *p; p = &(*p)->next)
+        if (*p == c) {
+            *p = c->next;
+            break;
+        }
+    if (c->req)
+        c->done(c->req);
+    free(c);
+}
+
+static void admin_collect(void *arg, void (*done)(void *req), void *req)
+{
+    struct app *app = arg;
+    struct collect *c = lv_xcalloc(1, sizeof(*c));
+    c->app = app;
+    c->done = done;
+    c->req = req;
+    c->next = app->collects;
+    app->collects = c;
+    lv_workers_each(&app->ws, collect_on_worker, NULL, collect_done, c);
+}
+
+static void admin_collect_cancel(void *arg, void *req)
+{
+    struct app *app = arg;
+    for (struct collect *c = app->collects; c; c = c->next)
+        if (c->req == req)
+            c->req = NULL;
+}
+
 static void admin_status(void *arg, struct lv_admin_status *out)
 {
     struct app *app = arg;
-    struct lv_server *s = &app->server;
+    struct lv_server *s = app->server;
     struct lv_generation *g = lv_server_generation(s);
+    uint32_t conns = 0;
+    for (unsigned i = 0; i < app->ws.n; i++)
+        conns += app->ws.w[i].snap.connections;
     *out = (struct lv_admin_status){
         .generation = s->generation,
         .loaded_at = s->reload_at,
@@ -125,34 +254,70 @@ static void admin_status(void *arg, struct lv_admin_status *out)
         .last_reload = app->reloader.last_result,
         .draining = s->draining,
         .reloading = lv_reload_busy(&app->reloader),
-        .client_connections = s->nclients,
+        .client_connections = conns,
         .upstreams = g ? g->upstreams : NULL,
         .nupstreams = g ? g->cfg->nupstreams : 0,
+        .workers = app->ws.n,
     };
+}
+
+static void admin_worker(void *arg, unsigned i, struct lv_admin_worker *out)
+{
+    struct app *app = arg;
+    const struct lv_worker_snap *sn = &app->ws.w[i].snap;
+    *out = (struct lv_admin_worker){.connections = sn->connections, .requests = sn->requests};
+}
+
+/* A server's pool numbers summed over the workers (each has its own pools). */
+static void admin_server(void *arg, size_t up, size_t k, struct lv_admin_server *out)
+{
+    struct app *app = arg;
+    memset(out, 0, sizeof(*out));
+    uint64_t gen = app->server->generation;
+    for (unsigned i = 0; i < app->ws.n; i++) {
+        const struct lv_worker_snap *sn = &app->ws.w[i].snap;
+        if (sn->generation != gen || up >= sn->nupstreams || k >= sn->upstreams[up].nservers)
+            continue; /* a worker still on another generation (a reload under way) */
+        const struct lv_upserver_counts *c = &sn->upstreams[up].servers[k];
+        out->active += c->active;
+        out->idle += c->idle;
+        out->inflight += c->inflight;
+        out->connects += c->connects;
+        out->connect_failures += c->connect_failures;
+        out->tls_resumed += c->tls_resumed;
+        if (k == 0) {
+            out->waiting += sn->upstreams[up].waiting;
+            out->panic_picks += sn->upstreams[up].panic_picks;
+        }
+    }
 }
 
 static void admin_route(void *arg, size_t i, struct lv_admin_route *out)
 {
     struct app *app = arg;
-    struct lv_route_state *rs = lv_generation_route_state(lv_server_generation(&app->server), i);
+    struct lv_route_state *rs = lv_generation_route_state(lv_server_generation(app->server), i);
+    lv_route_state_lock(rs);
+    app->route_breaker = rs->breaker;
+    app->route_budget = rs->budget;
     *out = (struct lv_admin_route){
         .requests = rs->requests,
         .breaker_enabled = rs->breaker_enabled,
-        .breaker = &rs->breaker,
-        .budget = &rs->budget,
+        .breaker = &app->route_breaker,
+        .budget = &app->route_budget,
         .idem = rs->idem,
         .retries = rs->retries,
         .budget_exhausted = rs->budget_exhausted,
         .breaker_rejected = rs->breaker_rejected,
         .duration = rs->duration,
     };
+    lv_route_state_unlock(rs);
     lv_route_state_by_class(rs, out->by_class);
 }
 
 static void admin_metrics(void *arg, struct lv_buf *out)
 {
     struct app *app = arg;
-    lv_metrics_render(app->server.metrics, out);
+    lv_metrics_render(app->ws.sh->metrics, out);
 }
 
 static void admin_reload(void *arg, lv_admin_reload_cb cb, void *req)
@@ -169,10 +334,12 @@ static void admin_reload_cancel(void *arg, void *req)
 
 /* ---- shutdown and signals */
 
-/* The last connection closed: everything else stops, so the loop ends. */
-static void on_drained(void *arg)
+/* Every worker drained and the other threads' loops ended: the rest stops, so the loop ends. */
+static void stop_main(struct app *app)
 {
-    struct app *app = arg;
+    if (app->stopping || !app->worker0_drained || app->ws.threads_running > 0)
+        return;
+    app->stopping = true;
     uv_signal_t *sigs[] = {&app->sig_term, &app->sig_int,  &app->sig_hup,
                            &app->sig_quit, &app->sig_usr1, &app->sig_usr2};
     for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++) {
@@ -186,15 +353,53 @@ static void on_drained(void *arg)
         lv_admin_stop(app->admin);
         app->admin = NULL;
     }
-    lv_server_stop(&app->server);
+    lv_worker_stop(&app->ws.w[0]);
 }
 
-/* Stops accepting, lets requests in flight finish (up to drain_timeout), then stops. */
+static void threads_done(void *arg)
+{
+    stop_main(arg);
+}
+
+/* A worker's last connection closed. The others stop their loop; the first waits for them
+ * (their requests may still use what its loop owns, such as memory idempotency stores). */
+static void worker_drained(void *arg)
+{
+    lv_worker_stop(arg);
+}
+
+struct drain_req {
+    struct app *app;
+    uint64_t timeout_ms;
+};
+
+static void drain_on_worker(struct lv_worker *w, void *arg)
+{
+    struct drain_req *d = arg;
+    if (w->index > 0)
+        lv_listeners_drain(&w->listeners, d->timeout_ms, worker_drained, w);
+}
+
+static void worker0_drained(void *arg)
+{
+    struct app *app = arg;
+    app->worker0_drained = true;
+    stop_main(app);
+}
+
+/* Stops accepting, lets requests in flight finish (up to drain_timeout) on every worker, then
+ * stops. */
 static void shutdown_gateway(struct app *app, uint64_t drain_timeout_ms)
 {
-    lv_listeners_drain(&app->listeners, drain_timeout_ms, on_drained, app);
+    if (app->server->draining)
+        return;
+    struct drain_req *d = lv_xcalloc(1, sizeof(*d));
+    d->app = app;
+    d->timeout_ms = drain_timeout_ms;
+    /* The first worker drains here (its completion is the app's); the others by message. */
+    lv_listeners_drain(&app->ws.w[0].listeners, drain_timeout_ms, worker0_drained, app);
+    lv_workers_each(&app->ws, drain_on_worker, d, free, d);
 }
-
 static void on_signal(uv_signal_t *h, int signum)
 {
     struct app *app = h->data;
@@ -205,22 +410,22 @@ static void on_signal(uv_signal_t *h, int signum)
         lv_reload_request(&app->reloader, NULL, NULL);
         return;
     case SIGUSR1:
-        lv_server_reopen_logs(&app->server);
+        lv_server_reopen_logs(app->server);
         return;
     case SIGUSR2:
         lv_warn("SIGUSR2 received: ignored (levee has no binary upgrade; SIGHUP reloads)");
         return;
     default:
         lv_info("signal %d received: draining", signum);
-        shutdown_gateway(app, app->server.cfg->drain_timeout_ms);
+        shutdown_gateway(app, app->server->cfg->drain_timeout_ms);
     }
 }
 
 static void on_tick(uv_timer_t *t)
 {
     struct app *app = t->data;
-    lv_server_tick(&app->server);
-    lv_listeners_tick(&app->listeners);
+    lv_server_tick(app->server);
+    lv_listeners_tick(&app->ws.w[0].listeners);
 }
 
 /* Puts `cfg` in force (takes the caller's reference either way) and starts the admin API and
@@ -228,7 +433,7 @@ static void on_tick(uv_timer_t *t)
 static int start(struct app *app, struct lv_config *cfg)
 {
     struct lv_buf errors = LV_BUF_INIT;
-    int rc = apply_config(app, cfg, &errors);
+    int rc = apply(app, cfg, &errors, false);
     if (rc != 0) {
         lv_error("%.*s", (int)(errors.len ? errors.len - 1 : 0), errors.data ? errors.data : "");
         lv_buf_dispose(&errors);
@@ -240,7 +445,11 @@ static int start(struct app *app, struct lv_config *cfg)
     if (cfg->admin_enabled) {
         struct lv_admin_ops ops = {
             .arg = app,
+            .collect = admin_collect,
+            .collect_cancel = admin_collect_cancel,
             .status = admin_status,
+            .worker = admin_worker,
+            .server = admin_server,
             .route = admin_route,
             .metrics = admin_metrics,
             .reload = admin_reload,
@@ -263,12 +472,24 @@ static int start(struct app *app, struct lv_config *cfg)
 static int run(struct lv_config *cfg, const char *path)
 {
     signal(SIGPIPE, SIG_IGN);
+    unsigned nworkers = cfg->workers ? cfg->workers : lv_workers_auto();
+    if (path && nworkers > 1) {
+        struct lv_buf errors = LV_BUF_INIT;
+        if (lv_config_load_copies(cfg, path, NULL, nworkers - 1, &errors) != 0) {
+            fwrite(errors.data, 1, errors.len, stderr);
+            lv_buf_dispose(&errors);
+            lv_config_unpin(cfg);
+            return 1;
+        }
+        lv_buf_dispose(&errors);
+    }
     struct app *app = lv_xcalloc(1, sizeof(*app));
     uv_loop_init(&app->loop);
-    struct lv_server *s = &app->server;
-    lv_server_init(s, &app->loop, path);
-    lv_listeners_init(&app->listeners, s);
-    lv_reload_init(&app->reloader, s, apply_config, app);
+    lv_workers_init(&app->ws, nworkers, &app->loop, path);
+    app->ws.on_threads_done = threads_done;
+    app->ws.on_threads_done_arg = app;
+    struct lv_server *s = app->server = &app->ws.w[0].server;
+    lv_reload_init(&app->reloader, s, apply_reload, app);
     uv_signal_t *sigs[] = {&app->sig_term, &app->sig_int,  &app->sig_hup,
                            &app->sig_quit, &app->sig_usr1, &app->sig_usr2};
     for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++) {
@@ -279,20 +500,22 @@ static int run(struct lv_config *cfg, const char *path)
     app->tick.data = app;
     uint64_t drain_timeout_ms = cfg->drain_timeout_ms;
     int rc = start(app, cfg);
+    lv_workers_start(&app->ws);
     if (rc != 0) {
         lv_error("cannot start: %s", uv_strerror(rc));
         app->exit_code = 1;
         shutdown_gateway(app, drain_timeout_ms); /* close what was opened, so the exit is clean */
     } else {
-        lv_info("levee %s started (generation %llu, %zu routes)", LEVEE_VERSION,
-                (unsigned long long)s->generation, s->cfg->nroutes);
+        lv_info("levee %s started (generation %llu, %zu routes, %u worker%s)", LEVEE_VERSION,
+                (unsigned long long)s->generation, s->cfg->nroutes, nworkers,
+                nworkers == 1 ? "" : "s");
     }
     uv_run(&app->loop, UV_RUN_DEFAULT);
     lv_log_flush_repeats(true);
     if (rc == 0)
         lv_info("stopped");
     rc = app->exit_code;
-    lv_server_free(s);
+    lv_workers_free(&app->ws);
     if (uv_loop_close(&app->loop) != 0) {
         /* Something still open: walk and close it so sanitizers see a clean exit. */
         uv_run(&app->loop, UV_RUN_DEFAULT);

@@ -36,7 +36,9 @@ struct admin_conn {
     struct lv_headscan hs;
     int open;
     bool done;
-    bool reloading; /* POST /reload: waiting for the load to answer */
+    bool reloading;  /* POST /reload: waiting for the load to answer */
+    bool collecting; /* GET /status or /metrics: waiting for the workers' numbers */
+    bool want_metrics;
 };
 
 extern const char lv_dashboard_html[];
@@ -53,6 +55,10 @@ static void conn_closed(uv_handle_t *h)
 
 static void conn_close(struct admin_conn *ac)
 {
+    if (ac->collecting) {
+        ac->collecting = false;
+        ac->admin->ops.collect_cancel(ac->admin->ops.arg, ac);
+    }
     if (ac->reloading) {
         ac->reloading = false;
         ac->admin->ops.reload_cancel(ac->admin->ops.arg, ac);
@@ -151,6 +157,14 @@ static void status_json(struct lv_admin *a, struct lv_buf *b)
     json_str(b, s.last_reload);
     lv_buf_printf(b, ",\"draining\":%s,\"client_connections\":%u", s.draining ? "true" : "false",
                   s.client_connections);
+    lv_buf_puts(b, ",\"workers\":[");
+    for (unsigned i = 0; i < s.workers; i++) {
+        struct lv_admin_worker w;
+        a->ops.worker(a->ops.arg, i, &w);
+        lv_buf_printf(b, "%s{\"worker\":%u,\"connections\":%u,\"requests\":%llu}", i ? "," : "", i,
+                      w.connections, (unsigned long long)w.requests);
+    }
+    lv_buf_putc(b, ']');
     size_t lua_bytes;
     unsigned lua_states;
     lv_config_lua_stats(&lua_bytes, &lua_states);
@@ -233,11 +247,15 @@ static void status_json(struct lv_admin *a, struct lv_buf *b)
         json_str(b, up->name);
         lv_buf_puts(b, ",\"balance\":");
         json_str(b, up->cfg->balance == LV_BALANCE_LEAST_REQUEST ? "least_request" : "round_robin");
+        struct lv_admin_server sum0;
+        a->ops.server(a->ops.arg, i, 0, &sum0);
         lv_buf_printf(b, ",\"waiting\":%u,\"panic\":%s,\"panic_picks\":%llu,\"servers\":[",
-                      up->nwaiting, up->health.panic ? "true" : "false",
-                      (unsigned long long)up->panic_picks);
+                      sum0.waiting, up->health.panic ? "true" : "false",
+                      (unsigned long long)sum0.panic_picks);
         for (size_t k = 0; k < up->nservers; k++) {
             struct lv_upserver *sv = &up->servers[k];
+            struct lv_admin_server sum;
+            a->ops.server(a->ops.arg, i, k, &sum);
             if (k)
                 lv_buf_putc(b, ',');
             lv_buf_puts(b, "{\"name\":");
@@ -246,8 +264,8 @@ static void status_json(struct lv_admin *a, struct lv_buf *b)
                 b,
                 ",\"addresses\":%d,\"active\":%u,\"idle\":%u,\"inflight\":%u,"
                 "\"connects\":%llu,\"connect_failures\":%llu,\"tls_resumed\":%llu",
-                sv->naddrs, sv->active, sv->idle, sv->inflight, (unsigned long long)sv->connects,
-                (unsigned long long)sv->connect_failures, (unsigned long long)sv->tls_resumed);
+                sv->naddrs, sum.active, sum.idle, sum.inflight, (unsigned long long)sum.connects,
+                (unsigned long long)sum.connect_failures, (unsigned long long)sum.tls_resumed);
             /* health (README, "Upstream health") */
             const struct lv_server_health *hs = &up->health.servers[k];
             lv_buf_puts(b, ",\"state\":");
@@ -309,6 +327,23 @@ static void reload_done(void *arg, int rc, uint64_t generation, const char *erro
     lv_buf_dispose(&b);
 }
 
+/* The workers' numbers are in: the answer to GET /status or /metrics. */
+static void collected(void *req)
+{
+    struct admin_conn *ac = req;
+    struct lv_admin *a = ac->admin;
+    ac->collecting = false;
+    struct lv_buf b = LV_BUF_INIT;
+    if (ac->want_metrics) {
+        a->ops.metrics(a->ops.arg, &b);
+        respond(ac, 200, "text/plain; version=0.0.4", b.data ? b.data : "", b.len);
+    } else {
+        status_json(a, &b);
+        respond(ac, 200, "application/json", b.data, b.len);
+    }
+    lv_buf_dispose(&b);
+}
+
 static void handle(struct admin_conn *ac)
 {
     struct lv_admin *a = ac->admin;
@@ -330,12 +365,13 @@ static void handle(struct admin_conn *ac)
             respond(ac, 503, "text/plain", "draining\n", 9);
         else
             respond(ac, 200, "text/plain", "ok\n", 3);
-    } else if (PATH_IS("/metrics") && get) {
-        a->ops.metrics(a->ops.arg, &b);
-        respond(ac, 200, "text/plain; version=0.0.4", b.data ? b.data : "", b.len);
-    } else if (PATH_IS("/status") && get) {
-        status_json(a, &b);
-        respond(ac, 200, "application/json", b.data, b.len);
+    } else if ((PATH_IS("/metrics") || PATH_IS("/status")) && get) {
+        /* Every worker copies its numbers on its own thread first (README "Workers"). */
+        ac->done = true;
+        uv_read_stop((uv_stream_t *)&ac->tcp);
+        ac->collecting = true;
+        ac->want_metrics = PATH_IS("/metrics");
+        a->ops.collect(a->ops.arg, collected, ac);
     } else if (PATH_IS("/reload") && post) {
         /* Answered when the load ends (off the loop, bounded: README "Reload"); nothing more
          * is read from this connection meanwhile, and its idle timer does not apply. */

@@ -34,8 +34,21 @@ struct lv_admin_status {
     bool draining;                        /* shutting down */
     bool reloading;                       /* a load is in progress */
     uint32_t client_connections;          /* open client connections */
-    struct lv_upstream *const *upstreams; /* the runtime upstreams in force */
+    struct lv_upstream *const *upstreams; /* the first worker's runtime upstreams in force */
     size_t nupstreams;
+    unsigned workers; /* worker loops (README "Workers") */
+};
+
+/* /status, one worker. */
+struct lv_admin_worker {
+    uint32_t connections;
+    uint64_t requests;
+};
+
+/* /status, one server of an upstream: pool numbers summed over the workers. */
+struct lv_admin_server {
+    uint32_t active, idle, inflight, waiting; /* waiting: the upstream's queue (server 0 only) */
+    uint64_t connects, connect_failures, tls_resumed, panic_picks;
 };
 
 /* /status, one route of cfg->routes: its state, kept by route name across reloads. */
@@ -59,7 +72,14 @@ typedef void (*lv_admin_reload_cb)(void *req, int rc, uint64_t generation, const
 
 struct lv_admin_ops {
     void *arg; /* the first argument of every callback */
+    /** Gathers every worker's numbers, then `done(req)` (later, from the loop): /status and
+     *  /metrics read them after. */
+    void (*collect)(void *arg, void (*done)(void *req), void *req);
+    /** `req` went away: its done will not be called. */
+    void (*collect_cancel)(void *arg, void *req);
     void (*status)(void *arg, struct lv_admin_status *out);
+    void (*worker)(void *arg, unsigned i, struct lv_admin_worker *out);
+    void (*server)(void *arg, size_t upstream, size_t server, struct lv_admin_server *out);
     void (*route)(void *arg, size_t route_index, struct lv_admin_route *out);
     /** Appends the Prometheus text of every metric. */
     void (*metrics)(void *arg, struct lv_buf *out);

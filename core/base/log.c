@@ -1,7 +1,9 @@
 #include "base/log.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -9,19 +11,20 @@
 #include <time.h>
 #include <unistd.h>
 
-static enum lv_log_level min_level = LV_LOG_INFO;
-static int log_fd = 2; /* error_log (README "Operations"): stderr or a file */
+/* Worker threads log too (README "Workers"): the level and fd are atomics, and one lock keeps
+ * the repeat table and each line whole. */
+static _Atomic int min_level = LV_LOG_INFO;
+static atomic_int log_fd = 2; /* error_log (README "Operations"): stderr or a file */
+static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
 
 int lv_log_set_fd(int fd)
 {
-    int old = log_fd;
-    log_fd = fd < 0 ? 2 : fd;
-    return old;
+    return atomic_exchange(&log_fd, fd < 0 ? 2 : fd);
 }
 
 void lv_log_set_level(enum lv_log_level level)
 {
-    min_level = level;
+    atomic_store(&min_level, (int)level);
 }
 
 /*
@@ -79,7 +82,7 @@ static void emit(enum lv_log_level level, const char *text, size_t tlen, const c
     line[len++] = '\n';
     size_t off = 0;
     while (off < len) {
-        ssize_t w = write(log_fd, line + off, len - off);
+        ssize_t w = write(atomic_load(&log_fd), line + off, len - off);
         if (w < 0 && errno == EINTR)
             continue;
         if (w <= 0)
@@ -135,6 +138,7 @@ static bool collapse(enum lv_log_level level, const char *text, size_t len)
 void lv_log_flush_repeats(bool all)
 {
     uint64_t now = mono_ms();
+    pthread_mutex_lock(&log_lock);
     for (size_t i = 0; i < REPEAT_SLOTS; i++) {
         struct repeat *r = &repeats[i];
         if (r->window_start && (all || now - r->window_start >= REPEAT_WINDOW)) {
@@ -143,20 +147,22 @@ void lv_log_flush_repeats(bool all)
             r->window_start = 0;
         }
     }
+    pthread_mutex_unlock(&log_lock);
 }
 
 static void vlog(enum lv_log_level level, bool may_collapse, const char *fmt, va_list ap)
 {
-    if (level < min_level)
+    if ((int)level < atomic_load_explicit(&min_level, memory_order_relaxed))
         return;
     char text[2048];
     int m = vsnprintf(text, sizeof(text), fmt, ap);
     size_t len = m < 0 ? 0 : (size_t)m;
     if (len >= sizeof(text))
         len = sizeof(text) - 1;
-    if (may_collapse && level >= LV_LOG_WARN && collapse(level, text, len))
-        return;
-    emit(level, text, len, NULL);
+    pthread_mutex_lock(&log_lock);
+    if (!(may_collapse && level >= LV_LOG_WARN && collapse(level, text, len)))
+        emit(level, text, len, NULL);
+    pthread_mutex_unlock(&log_lock);
 }
 
 void lv_log(enum lv_log_level level, const char *fmt, ...)

@@ -38,6 +38,9 @@ static void route_free(struct lv_route_cfg *r)
  * is fine: counts only cover filled entries, the rest is NULL. */
 static void config_free(struct lv_config *c)
 {
+    for (size_t i = 0; c->worker_copies && i < c->nworker_copies; i++)
+        lv_config_unpin(c->worker_copies[i]);
+    free(c->worker_copies);
     free(c->file);
     if (c->files) {
         for (char **f = c->files; *f; f++)
@@ -77,16 +80,16 @@ struct lv_config *lv_config_new(void)
 
 void lv_config_pin(struct lv_config *c)
 {
-    assert(c->refs > 0);
-    c->refs++;
+    assert(atomic_load(&c->refs) > 0);
+    atomic_fetch_add(&c->refs, 1);
 }
 
 void lv_config_unpin(struct lv_config *c)
 {
     if (!c)
         return;
-    assert(c->refs > 0);
-    if (--c->refs == 0)
+    assert(atomic_load(&c->refs) > 0);
+    if (atomic_fetch_sub(&c->refs, 1) == 1)
         config_free(c);
 }
 

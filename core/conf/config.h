@@ -13,6 +13,7 @@
 #ifndef LV_CONF_CONFIG_H
 #define LV_CONF_CONFIG_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -169,6 +170,9 @@ struct lv_route_cfg {
     int fallback_ref; /* a hook handle (script/hooks.h), or -1 */
 };
 
+/* How workers share a listening port (README "Workers"). */
+enum lv_accept_mode { LV_ACCEPT_SHARED, LV_ACCEPT_REUSEPORT };
+
 enum lv_access_log {
     LV_ACCESS_LOG_OFF,
     LV_ACCESS_LOG_STDOUT,
@@ -189,6 +193,8 @@ struct lv_config {
     char *error_log_path; /* error_log = "path"; NULL: stderr */
     bool watch;
     uint64_t drain_timeout_ms; /* default 10 s */
+    uint32_t workers;          /* worker loops; 0: "auto", one per CPU (README "Workers") */
+    enum lv_accept_mode accept;
     struct lv_upstream_cfg *upstreams;
     size_t nupstreams;
     struct lv_route_cfg *routes;
@@ -197,10 +203,15 @@ struct lv_config {
     /* The route hooks' runtime (a Lua state the script layer made and keeps): opaque here,
      * freed by `hooks_free` with the generation. NULL when no route has a hook. */
     struct lv_config_hooks *hooks;
+    /* With hooks and several workers: a copy of this configuration per other worker, loaded
+     * from the same file, each with its own Lua state (README "Workers"). Taken by the caller
+     * (set to NULL); freed with the configuration otherwise. */
+    struct lv_config **worker_copies;
+    size_t nworker_copies;
     void (*hooks_free)(struct lv_config_hooks *hooks);
     uint64_t generation; /* set by the server when it installs this config */
     double loaded_at;    /* unix time */
-    int refs;
+    atomic_int refs;     /* workers without hooks share one configuration (README "Workers") */
 
     /* The route index (conf/router.h), built at load; freed with the generation through
      * `router_free`, so this module needs nothing of the router's. */

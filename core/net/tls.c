@@ -1,6 +1,7 @@
 #include "net/tls.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,7 +29,7 @@ struct lv__tls_sess {
 
 struct lv_tls_ctx {
     SSL_CTX *ctx;
-    unsigned refs;
+    atomic_uint refs; /* connections of every worker share a listener's context */
     bool server;
     bool verify;
     unsigned sess_next;
@@ -284,9 +285,15 @@ struct lv_tls_ctx *lv_tls_client_ctx(bool verify, const char *ca_file, struct lv
     return wrap_ctx(c, false, verify);
 }
 
+struct lv_tls_ctx *lv_tls_ctx_ref(struct lv_tls_ctx *x)
+{
+    atomic_fetch_add(&x->refs, 1);
+    return x;
+}
+
 void lv_tls_ctx_free(struct lv_tls_ctx *x)
 {
-    if (!x || --x->refs > 0)
+    if (!x || atomic_fetch_sub(&x->refs, 1) > 1)
         return;
     for (int i = 0; i < LV__SESS_SLOTS; i++) {
         free(x->sess[i].name);
@@ -420,7 +427,7 @@ static int fail(struct lv_tls *t, int ssl_err)
 struct lv_tls *lv_tls_new(struct lv_tls_ctx *x, bool server, const char *sni)
 {
     struct lv_tls *t = lv_xcalloc(1, sizeof(*t));
-    x->refs++;
+    atomic_fetch_add(&x->refs, 1);
     t->ctx = x;
     t->server = server;
     ERR_clear_error();

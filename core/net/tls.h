@@ -45,6 +45,8 @@ struct lv_tls_ctx *lv_tls_client_ctx(bool verify, const char *ca_file, struct lv
 
 /** Drops one reference; the SSL_CTX goes when the last connection using it is freed. */
 void lv_tls_ctx_free(struct lv_tls_ctx *ctx);
+/** One more reference to `ctx` (any thread: workers share a listener's context). */
+struct lv_tls_ctx *lv_tls_ctx_ref(struct lv_tls_ctx *ctx);
 
 /**
  * A new connection on `ctx` (takes a reference to it). Server side: `server` true, `sni` NULL.

@@ -622,6 +622,13 @@ void lv_metric_set(struct lv_metric *s, double v)
     store(&s->meta->base, to_bits(v));
 }
 
+void lv_metric_set_own(struct lv_metric *s, double v)
+{
+    if (s->type == LV_METRIC_HISTOGRAM)
+        misuse("%s: set on a histogram", s->fam->name);
+    store(own_cells(s), to_bits(v));
+}
+
 void lv_metric_observe(struct lv_metric *s, double v)
 {
     const struct lv_metric_family *f = s->fam;

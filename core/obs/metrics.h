@@ -118,6 +118,10 @@ void lv_metric_add(struct lv_metric *s, double v);
  * set and add.
  */
 void lv_metric_set(struct lv_metric *s, double v);
+/** Sets only the calling thread's shard of a gauge: each worker publishes its own part of a
+ *  total (its client connections, its pools) and a read sums the parts. A series takes either
+ *  this or lv_metric_set, not both. */
+void lv_metric_set_own(struct lv_metric *s, double v);
 
 /** Records one observation in a histogram (NaN is ignored), in the calling thread's shard.
  * Aborts on another type. */

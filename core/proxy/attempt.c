@@ -293,19 +293,23 @@ static bool next_attempt(struct lv_request *r, struct lv_outcome o, const struct
         .has_idempotency_key = r->has_idem_key,
         .non_idempotent_allowed = rc->non_idempotent,
         .replayable = can_replay(r),
-        .budget_allows = lv_budget_can_retry(&rs->budget, now),
     };
+    /* One hold of the route's lock from the budget check to the count, so workers deciding
+     * at once cannot both take the last retry the budget allows (README "Workers"). */
+    lv_route_state_lock(rs);
+    ask.budget_allows = lv_budget_can_retry(&rs->budget, now);
     enum lv_retry_no no = lv_retry_decide(&ask, &delay);
+    bool go = no == LV_RETRY_GO && lv_breakergate_admit_retry(r, now);
+    /* Counted now, so retries waiting in backoff count against the budget. */
+    if (go)
+        lv_budget_on_retry(&rs->budget, now);
+    lv_route_state_unlock(rs);
     if (no == LV_RETRY_NO_BUDGET) {
         r->flags |= LV_ACCESS_BUDGET_EXHAUSTED;
         lv_metric_add(rs->budget_exhausted, 1);
     }
-    if (no != LV_RETRY_GO)
-        return false;
-    if (!lv_breakergate_admit_retry(r, now))
-        return false; /* the client gets this attempt's result */
-    /* Counted now, so retries waiting in backoff count against the budget. */
-    lv_budget_on_retry(&rs->budget, now);
+    if (!go)
+        return false; /* no retry; or the breaker refused it: the client gets this result */
     r->prev_delay_ms = planned;
     r->backoff_ms += (double)delay;
     r->flags |= LV_ACCESS_RETRIED;

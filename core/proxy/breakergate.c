@@ -55,8 +55,11 @@ static enum lv_breaker_admit admit(struct lv_request *r, uint64_t now, uint64_t 
 
 void lv_breakergate_record(struct lv_request *r, uint64_t now, bool failure, double attempt_ms)
 {
-    if (!r->rs->breaker_enabled)
+    lv_route_state_lock(r->rs);
+    if (!r->rs->breaker_enabled) {
+        lv_route_state_unlock(r->rs);
         return;
+    }
     struct lv_breaker *b = &r->rs->breaker;
     uint64_t o = b->to_open, h = b->to_half_open, c = b->to_closed;
     enum lv_breaker_state before = b->state;
@@ -64,15 +67,21 @@ void lv_breakergate_record(struct lv_request *r, uint64_t now, bool failure, dou
     r->probe = false;
     if (b->to_open != o || b->to_half_open != h || b->to_closed != c)
         note(r, b, o, h, c, before, now);
+    lv_route_state_unlock(r->rs);
 }
 
 void lv_breakergate_drop_probe(struct lv_request *r)
 {
-    if (r->probe && r->rs && r->rs->breaker_enabled)
-        lv_breaker_release_probe(&r->rs->breaker);
+    if (r->probe && r->rs) {
+        lv_route_state_lock(r->rs);
+        if (r->rs->breaker_enabled)
+            lv_breaker_release_probe(&r->rs->breaker);
+        lv_route_state_unlock(r->rs);
+    }
     r->probe = false;
 }
 
+/* The caller holds the route state's lock (the retry decision and the budget go with it). */
 bool lv_breakergate_admit_retry(struct lv_request *r, uint64_t now)
 {
     if (!r->rs->breaker_enabled)
@@ -123,9 +132,13 @@ void lv_breakergate_reject(struct lv_request *r, uint64_t left_ms)
 
 bool lv_breakergate_admit(struct lv_request *r, uint64_t *left_ms)
 {
-    if (!r->rs->breaker_enabled)
+    lv_route_state_lock(r->rs);
+    if (!r->rs->breaker_enabled) {
+        lv_route_state_unlock(r->rs);
         return true;
+    }
     enum lv_breaker_admit ad = admit(r, r->start_ms, left_ms);
+    lv_route_state_unlock(r->rs);
     if (ad == LV_BREAKER_REJECT)
         return false;
     r->probe = ad == LV_BREAKER_PROBE;

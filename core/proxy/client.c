@@ -284,7 +284,7 @@ static void log_refused(struct lv_client *c, int status, enum lv_gwerr err, cons
                         size_t bytes_out)
 {
     struct lv_server *s = c->server;
-    if (s->access_fd < 0)
+    if (!s->access_on)
         return;
     lv_client_refused_log_tick(s);
     if (s->refused_logged >= LV_REFUSED_LOG_PER_S) {

@@ -15,6 +15,7 @@ struct lv_generation *lv_generation_new(struct lv_config *cfg, lv_generation_rel
     g->route_upstreams = lv_xcalloc(cfg->nroutes + 1, sizeof(*g->route_upstreams));
     g->route_states = lv_xcalloc(cfg->nroutes + 1, sizeof(*g->route_states));
     g->route_stores = lv_xcalloc(cfg->nroutes + 1, sizeof(*g->route_stores));
+    g->route_store_versions = lv_xcalloc(cfg->nroutes + 1, sizeof(*g->route_store_versions));
     g->release = release;
     g->owner = owner;
     return g;
@@ -38,5 +39,6 @@ void lv_generation_unpin(struct lv_generation *g)
     free(g->route_upstreams);
     free(g->route_states);
     free(g->route_stores);
+    free(g->route_store_versions);
     free(g);
 }

@@ -38,6 +38,7 @@ struct lv_generation {
     struct lv_upstream **route_upstreams; /* per cfg->routes[i]: upstreams[its upstream] */
     struct lv_route_state **route_states; /* per cfg->routes[i] */
     struct lv_idem **route_stores;        /* per cfg->routes[i]: NULL without idempotency */
+    uint64_t *route_store_versions;       /* per route: the route state's idem_version */
     lv_generation_release_fn release;
     void *owner;
 };

@@ -1,8 +1,12 @@
 #include "proxy/listener.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "base/addr.h"
 #include "base/log.h"
@@ -37,48 +41,89 @@ static struct lv_tls_ctx *listener_tls(struct lv_server *s, const struct lv_list
     return ctx;
 }
 
-/* Opens (binds, listens) one listener with its TLS context `tls` (taken; NULL: plain); a
- * failure is appended to `errors` as one line. */
-static int listener_open(struct lv_server *s, const struct lv_listen_cfg *lc,
-                         struct lv_tls_ctx *tls, struct lv_listener **out, struct lv_buf *errors)
+/* Binds and listens on one socket for `ss` (SO_REUSEPORT when `reuseport`): the fd, or a
+ * negative libuv error. Plain syscalls: the main thread binds for every worker's loop. */
+static int bind_socket(const struct sockaddr_storage *ss, bool reuseport)
+{
+    int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return uv_translate_sys_error(errno);
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (reuseport)
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+    socklen_t len =
+        ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    if (bind(fd, (const struct sockaddr *)ss, len) != 0 || listen(fd, 1024) != 0) {
+        int err = uv_translate_sys_error(errno);
+        close(fd);
+        return err;
+    }
+    return fd;
+}
+
+/* The sockets of one new listener, one per worker (README "Workers"): `shared`, one socket
+ * and a duplicate of it per other worker; `reuseport`, a socket per worker bound with
+ * SO_REUSEPORT. One worker never sets SO_REUSEPORT: a second levee on the same port must fail
+ * loudly rather than silently share it. */
+static int open_sockets(const char *where, const struct lv_listen_cfg *lc, unsigned nworkers,
+                        enum lv_accept_mode mode, int *fds, struct lv_buf *errors)
 {
     struct sockaddr_storage ss;
     memset(&ss, 0, sizeof(ss));
     const char *host = strcmp(lc->addr.host, "localhost") == 0 ? "127.0.0.1" : lc->addr.host;
     if (lv_addr_from_ip(host, lc->addr.port, &ss) < 0) {
-        lv_buf_printf(errors, "%s: listen %s:%u: not an IP address\n",
-                      s->config_path ? s->config_path : "levee", lc->addr.host, lc->addr.port);
-        if (tls)
-            lv_tls_ctx_free(tls);
+        lv_buf_printf(errors, "%s: listen %s:%u: not an IP address\n", where, lc->addr.host,
+                      lc->addr.port);
         return UV_EINVAL;
     }
-    int family = ss.ss_family;
+    bool reuseport = nworkers > 1 && mode == LV_ACCEPT_REUSEPORT;
+    int rc = 0;
+    for (unsigned w = 0; w < nworkers && rc == 0; w++) {
+        if (w > 0 && !reuseport) {
+            fds[w] = fcntl(fds[0], F_DUPFD_CLOEXEC, 0);
+            if (fds[w] < 0)
+                rc = uv_translate_sys_error(errno);
+        } else {
+            fds[w] = bind_socket(&ss, reuseport);
+            if (fds[w] < 0)
+                rc = fds[w];
+        }
+    }
+    if (rc != 0) {
+        lv_buf_printf(errors, "%s: listen %s:%u: %s\n", where, lc->addr.host, lc->addr.port,
+                      uv_strerror(rc));
+        for (unsigned w = 0; w < nworkers; w++) {
+            if (fds[w] >= 0)
+                close(fds[w]);
+            fds[w] = -1;
+        }
+    }
+    return rc;
+}
+
+/* A listener of this worker on `fd` (taken). */
+static struct lv_listener *listener_open(struct lv_server *s, const struct lv_listen_cfg *lc,
+                                         struct lv_tls_ctx *tls, int fd)
+{
     struct lv_listener *l = lv_xcalloc(1, sizeof(*l));
     l->server = s;
     l->tls_ctx = tls;
     l->addr.host = lv_xstrdup(lc->addr.host);
     l->addr.port = lc->addr.port;
     snprintf(l->name, sizeof(l->name), "%s:%u", lc->addr.host, lc->addr.port);
-    /* No SO_REUSEPORT yet: with one worker, a second levee on the same port must fail loudly
-     * rather than silently share the port. Workers will set it on their own sockets. */
-    uv_tcp_init_ex(s->loop, &l->tcp, (unsigned)family);
+    uv_tcp_init(s->loop, &l->tcp);
     l->tcp.data = l;
-    int rc = uv_tcp_bind(&l->tcp, (const struct sockaddr *)&ss, 0);
+    int rc = uv_tcp_open(&l->tcp, fd);
     if (rc == 0)
         rc = uv_listen((uv_stream_t *)&l->tcp, 1024, on_connection);
-    if (rc != 0) {
-        lv_buf_printf(errors, "%s: listen %s: %s\n", s->config_path ? s->config_path : "levee",
-                      l->name, uv_strerror(rc));
-        l->closing = true;
-        if (l->tls_ctx)
-            lv_tls_ctx_free(l->tls_ctx);
-        uv_close((uv_handle_t *)&l->tcp, (uv_close_cb)free);
-        free(l->addr.host);
-        return rc;
-    }
-    lv_info("listening on %s", l->name);
-    *out = l;
-    return 0;
+    else
+        close(fd);
+    if (rc != 0)
+        lv_error("listen %s: %s", l->name, uv_strerror(rc)); /* bound already: not expected */
+    else if (s->worker == 0)
+        lv_info("listening on %s", l->name);
+    return l;
 }
 
 static void listener_closed(uv_handle_t *h)
@@ -108,98 +153,93 @@ void lv_listeners_init(struct lv_listeners *ls, struct lv_server *s)
     ls->drain_timer.data = ls;
 }
 
-void lv_listeners_undo(struct lv_listen_plan *p)
+void lv_listen_plan_free(struct lv_listen_plan *p)
 {
-    for (size_t i = 0; i < p->n; i++) {
-        if (p->opened[i] && p->use[i])
-            listener_close(p->use[i]);
+    for (size_t i = 0; i < p->n * p->nworkers; i++)
+        if (p->fds[i] >= 0)
+            close(p->fds[i]);
+    for (size_t i = 0; i < p->n; i++)
         if (p->tls[i])
             lv_tls_ctx_free(p->tls[i]);
-    }
-    free(p->use);
-    free(p->opened);
+    free(p->keep);
+    free(p->fds);
     free(p->tls);
-    free(p->kept);
     memset(p, 0, sizeof(*p));
 }
 
-int lv_listeners_prepare(struct lv_listeners *ls, const struct lv_config *cfg,
-                         struct lv_listen_plan *p, struct lv_buf *errors)
+int lv_listeners_prepare(struct lv_listeners *ls, const struct lv_config *cfg, unsigned nworkers,
+                         enum lv_accept_mode mode, struct lv_listen_plan *p, struct lv_buf *errors)
 {
     struct lv_server *s = ls->server;
+    const char *where = s->config_path ? s->config_path : "levee";
     size_t n = cfg->nlistens;
     p->n = n;
-    p->use = lv_xcalloc(n + 1, sizeof(*p->use));
-    p->opened = lv_xcalloc(n + 1, sizeof(*p->opened));
+    p->nworkers = nworkers;
+    p->keep = lv_xcalloc(n + 1, sizeof(*p->keep));
+    p->fds = lv_xcalloc(n * nworkers + 1, sizeof(*p->fds));
     p->tls = lv_xcalloc(n + 1, sizeof(*p->tls));
-    p->kept = lv_xcalloc(ls->n + 1, sizeof(*p->kept));
+    for (size_t i = 0; i < n * nworkers; i++)
+        p->fds[i] = -1;
+    bool *taken = lv_xcalloc(ls->n + 1, sizeof(*taken));
     int rc = 0;
-    /* Every certificate is loaded before any new socket listens, so the ports open together
-     * (a client that found one of them open finds the others open too). */
-    struct lv_tls_ctx **fresh_tls = lv_xcalloc(n + 1, sizeof(*fresh_tls));
     /* Unchanged addresses keep their sockets (no accept gap), with the certificate loaded
-     * again; new ones are bound now, and closed again if the reload is refused. */
+     * again; new ones are bound now, and closed again if the reload is refused. Every
+     * certificate is loaded before any new socket listens, so the ports open together. */
     for (size_t i = 0; i < n; i++) {
         const struct lv_listen_cfg *lc = &cfg->listens[i];
+        p->keep[i] = -1;
         for (size_t j = 0; j < ls->n; j++) {
-            if (!p->kept[j] && strcmp(ls->items[j]->addr.host, lc->addr.host) == 0 &&
+            if (!taken[j] && strcmp(ls->items[j]->addr.host, lc->addr.host) == 0 &&
                 ls->items[j]->addr.port == lc->addr.port &&
                 (ls->items[j]->tls_ctx != NULL) == (lc->tls_cert != NULL)) {
-                p->kept[j] = true;
-                p->use[i] = ls->items[j];
+                taken[j] = true;
+                p->keep[i] = (int)j;
                 break;
             }
         }
         if (lc->tls_cert) {
-            struct lv_tls_ctx *ctx = listener_tls(s, lc, errors);
-            if (!ctx)
+            p->tls[i] = listener_tls(s, lc, errors);
+            if (!p->tls[i])
                 rc = UV_EINVAL;
-            else if (p->use[i])
-                p->tls[i] = ctx; /* swapped in at commit */
-            else
-                fresh_tls[i] = ctx;
         }
     }
-    for (size_t i = 0; i < n; i++) {
-        const struct lv_listen_cfg *lc = &cfg->listens[i];
-        if (!p->use[i] && !(lc->tls_cert && !fresh_tls[i])) { /* a failed certificate: said */
-            int r = listener_open(s, lc, fresh_tls[i], &p->use[i], errors);
-            fresh_tls[i] = NULL; /* taken */
-            if (r != 0) {
-                p->use[i] = NULL;
-                if (!rc)
-                    rc = r;
-            } else {
-                p->opened[i] = true;
-            }
-        }
-    }
-    free(fresh_tls); /* every context was taken by its listener */
+    free(taken);
+    for (size_t i = 0; i < n && rc == 0; i++)
+        if (p->keep[i] < 0)
+            rc = open_sockets(where, &cfg->listens[i], nworkers, mode, &p->fds[i * nworkers],
+                              errors);
     if (rc != 0)
-        lv_listeners_undo(p);
+        lv_listen_plan_free(p);
     return rc;
 }
 
-void lv_listeners_commit(struct lv_listeners *ls, struct lv_listen_plan *p)
+void lv_listeners_commit(struct lv_listeners *ls, const struct lv_config *cfg,
+                         struct lv_listen_plan *p, unsigned worker)
 {
+    struct lv_listener **use = lv_xcalloc(p->n + 1, sizeof(*use));
+    bool *kept = lv_xcalloc(ls->n + 1, sizeof(*kept));
     for (size_t i = 0; i < p->n; i++) {
-        if (p->tls[i]) {
-            lv_tls_ctx_free(p->use[i]->tls_ctx); /* connections hold their own references */
-            p->use[i]->tls_ctx = p->tls[i];
-            p->tls[i] = NULL;
+        struct lv_tls_ctx *tls = p->tls[i] ? lv_tls_ctx_ref(p->tls[i]) : NULL;
+        if (p->keep[i] >= 0) {
+            kept[p->keep[i]] = true;
+            use[i] = ls->items[p->keep[i]];
+            if (tls) {
+                lv_tls_ctx_free(use[i]->tls_ctx); /* connections hold their own references */
+                use[i]->tls_ctx = tls;
+            }
+        } else {
+            int *fd = &p->fds[i * p->nworkers + worker];
+            use[i] = listener_open(ls->server, &cfg->listens[i], tls, *fd);
+            *fd = -1; /* taken */
         }
     }
     for (size_t j = 0; j < ls->n; j++)
-        if (!p->kept[j])
+        if (!kept[j])
             listener_close(ls->items[j]);
+    free(kept);
     free(ls->items);
-    ls->items = p->use;
+    ls->items = use;
     ls->n = p->n;
-    p->use = NULL;
-    free(p->opened);
-    free(p->tls);
-    free(p->kept);
-    memset(p, 0, sizeof(*p));
 }
 
 void lv_listeners_tick(struct lv_listeners *ls)

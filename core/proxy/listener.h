@@ -41,29 +41,31 @@ struct lv_listeners {
     bool drained;
 };
 
-/* A configuration's listeners, ready to go in force (see above). */
+/* A configuration's listeners, ready to go in force in every worker (see above). */
 struct lv_listen_plan {
-    struct lv_listener **use; /* per cfg->listens[i]: the listener (kept or new) */
-    bool *opened;             /* per i: use[i] was opened for this configuration */
-    struct lv_tls_ctx **tls;  /* per i: the new TLS context of a kept HTTPS listener */
-    bool *kept;               /* per listener in force: kept */
-    size_t n;
+    size_t n;          /* cfg->nlistens */
+    unsigned nworkers; /* columns of fds */
+    int *keep;         /* per cfg->listens[i]: index of the listener in force it keeps, or -1 */
+    int *fds;          /* per i, per worker: the new socket (-1: kept, or taken at commit) */
+    struct lv_tls_ctx **tls; /* per i: its (reloaded) TLS context, one reference; NULL: plain */
 };
 
 /** Sets up an empty set for `s`. Its drain timer is a loop handle: lv_listeners_drain, which
  *  every run ends with, closes it. */
 void lv_listeners_init(struct lv_listeners *ls, struct lv_server *s);
-/** Binds the listeners `cfg` adds (unchanged addresses keep their sockets, with their
- *  certificates loaded again). Returns 0, or a negative libuv error with each reason appended
- *  to `errors` as one line (and nothing left open). */
-int lv_listeners_prepare(struct lv_listeners *ls, const struct lv_config *cfg,
-                         struct lv_listen_plan *p, struct lv_buf *errors);
-/** The planned listeners go in force; removed ones stop accepting (their connections finish
- *  normally). Cannot fail. */
-void lv_listeners_commit(struct lv_listeners *ls, struct lv_listen_plan *p);
-/** Gives a plan up: what it opened is closed. */
-void lv_listeners_undo(struct lv_listen_plan *p);
-
+/** On the main thread, with `ls` the first worker's set (every worker's is alike): binds the
+ *  listeners `cfg` adds, a socket per worker or one shared (README "Workers"); unchanged
+ *  addresses keep their sockets, with their certificates loaded again. Returns 0, or a
+ *  negative libuv error with each reason appended to `errors` as one line (and nothing left
+ *  open). */
+int lv_listeners_prepare(struct lv_listeners *ls, const struct lv_config *cfg, unsigned nworkers,
+                         enum lv_accept_mode mode, struct lv_listen_plan *p, struct lv_buf *errors);
+/** On worker `worker`'s thread: the planned listeners go in force (it takes its sockets);
+ *  removed ones stop accepting (their connections finish normally). Cannot fail. */
+void lv_listeners_commit(struct lv_listeners *ls, const struct lv_config *cfg,
+                         struct lv_listen_plan *p, unsigned worker);
+/** After every worker committed, or to give the plan up: closes what no worker took. */
+void lv_listen_plan_free(struct lv_listen_plan *p);
 /** Once a second: the refused requests the access log left out (proxy/client.c). */
 void lv_listeners_tick(struct lv_listeners *ls);
 

@@ -112,6 +112,7 @@ struct lv_reload_waiter {
 struct lv_reload_load {
     struct lv_config_job *job;
     struct lv_reload_waiter *waiters; /* answered when this load ends */
+    struct lv_config *applying;       /* handed to apply, which answers later (several workers) */
 };
 
 /* At most this many abandoned loaders may still run: each holds a thread (maybe spinning) and
@@ -142,23 +143,50 @@ static void waiters_free(struct lv_reload_waiter *w)
 
 /* The end of a load: the new configuration in force, or the errors logged; then the answers,
  * then the load asked for meanwhile. */
+static void reload_finish(struct lv_reloader *rl, struct lv_config *cfg, bool shutting,
+                          struct lv_buf *errors);
+
 static void reload_end(struct lv_reloader *rl, struct lv_config *cfg, struct lv_buf *errors)
 {
     struct lv_server *s = rl->server;
-    struct lv_reload_load *r = rl->load;
-    rl->load = NULL;
     uv_timer_stop(&rl->timer);
-    int rc = -1;
+    rl->load->job = NULL; /* finished, abandoned or never started */
     bool shutting = false;
     if (cfg && s->draining) {
         shutting = true;
         lv_config_unpin(cfg);
         cfg = NULL;
         lv_buf_puts(errors, "shutting down\n");
-    } else if (cfg && rl->apply(rl->apply_arg, cfg, errors) != 0) {
-        lv_config_unpin(cfg);
-        cfg = NULL;
+    } else if (cfg) {
+        int rc = rl->apply(rl->apply_arg, cfg, errors);
+        if (rc == LV_RELOAD_PENDING) {
+            rl->load->applying = cfg; /* lv_reload_applied finishes; still busy until then */
+            return;
+        }
+        if (rc != 0) {
+            lv_config_unpin(cfg);
+            cfg = NULL;
+        }
     }
+    reload_finish(rl, cfg, shutting, errors);
+}
+
+void lv_reload_applied(struct lv_reloader *rl)
+{
+    if (!rl->load || !rl->load->applying)
+        return; /* stopped meanwhile */
+    struct lv_buf errors = LV_BUF_INIT;
+    reload_finish(rl, rl->load->applying, false, &errors);
+    lv_buf_dispose(&errors);
+}
+
+static void reload_finish(struct lv_reloader *rl, struct lv_config *cfg, bool shutting,
+                          struct lv_buf *errors)
+{
+    struct lv_server *s = rl->server;
+    struct lv_reload_load *r = rl->load;
+    rl->load = NULL;
+    int rc = -1;
     if (cfg) {
         watches_start(rl, cfg);
         lv_metric_add(s->m_reload_ok, 1);
@@ -242,6 +270,7 @@ static void reload_start(struct lv_reloader *rl, struct lv_reload_waiter *waiter
         return;
     }
     r->job = lv_config_job_new(s->config_path, NULL, reload_notify, rl);
+    lv_config_job_set_copies(r->job, s->sh->nworkers - 1); /* hooks: a Lua state per worker */
     uv_thread_t tid;
     int rc = uv_thread_create(&tid, lv_config_job_run, r->job);
     if (rc != 0) {

@@ -28,8 +28,10 @@ struct lv_reload_waiter;
  * errors ("FILE:LINE: ...\n" lines; not NUL-terminated). */
 typedef void (*lv_reload_cb)(void *arg, int rc, uint64_t generation, const char *errors,
                              size_t len);
-/* Puts `cfg` in force: 0 (it took the reference), or non-zero with the reasons appended to
+/* Puts `cfg` in force: 0 (it took the reference), LV_RELOAD_PENDING (it took the reference and
+ * calls lv_reload_applied once every worker has it), or non-zero with the reasons appended to
  * `errors` as lines (the configuration in force keeps serving). */
+#define LV_RELOAD_PENDING 1
 typedef int (*lv_reload_apply_fn)(void *arg, struct lv_config *cfg, struct lv_buf *errors);
 
 struct lv_reloader {
@@ -55,6 +57,8 @@ void lv_reload_started(struct lv_reloader *rl);
  *  NULL) gets the outcome when the load ends; at once when no reload is possible (shutting
  *  down, or levee dev). */
 void lv_reload_request(struct lv_reloader *rl, lv_reload_cb cb, void *arg);
+/** The configuration apply answered LV_RELOAD_PENDING for is in force in every worker. */
+void lv_reload_applied(struct lv_reloader *rl);
 /** Forgets the pending answers to `arg` (its requester went away). */
 void lv_reload_cancel(struct lv_reloader *rl, void *arg);
 /** A load is in progress. */

@@ -151,7 +151,7 @@ static void log_request(struct lv_request *r)
     struct lv_server *s = r->s;
     double total_ms = (double)(uv_hrtime() - r->start_ns) / 1e6;
     lv_server_count_request(s, r->rs, r->status, total_ms / 1000.0);
-    if (s->access_fd < 0)
+    if (!s->access_on)
         return;
     struct lv_access_entry e;
     memset(&e, 0, sizeof(e));
@@ -297,20 +297,11 @@ struct lv_hook_request lv_request_hook_view(const struct lv_request *r)
 void lv_request_hook_failed(struct lv_request *r, enum lv_req_hook which, const struct lv_buf *err)
 {
     r->flags |= LV_ACCESS_HOOK_ERROR;
-    /* Series per kind appear on the first failure of that kind: a route whose hooks never
-     * fail adds no lines to /metrics. */
     static const char *const hook_names[] = {"classify", "fallback", "key"};
     enum lv_hook_failure kind = lv_hook_last_failure(r->cfg);
-    struct lv_metric **m = &r->rs->hook_errors[which][kind];
-    if (!*m) {
-        const char *lbl[] = {r->rs->name, hook_names[which], lv_hook_failure_name(kind), NULL};
-        *m = lv_metric_series(r->s->routes.fam.hook_errors, lbl);
-    }
-    lv_metric_add(*m, 1);
     /* At most one log line per route per second: a broken hook must not flood the log. */
-    uint64_t now = uv_now(r->s->loop);
-    if (now - r->rs->hook_log_at >= 1000 || r->rs->hook_log_at == 0) {
-        r->rs->hook_log_at = now;
+    if (lv_route_state_hook_failed(r->s->routes, r->rs, (int)which, hook_names[which], (int)kind,
+                                   lv_hook_failure_name(kind), uv_now(r->s->loop))) {
         static const char *const what[] = {"classify", "fallback", "idempotency key"};
         lv_warn("route %s: %s hook failed (counted as no hook): %.*s", r->route->name, what[which],
                 (int)err->len, err->data ? err->data : "");
@@ -514,7 +505,9 @@ void lv_request_begin(struct lv_request *r, size_t head_len)
     if (r->route->classify_ref >= 0 || r->route->fallback_ref >= 0 ||
         r->route->idempotency.key_ref >= 0)
         keep_hook_headers(r, &h, ds->in.data);
+    lv_route_state_lock(r->rs);
     lv_budget_on_request(&r->rs->budget, r->start_ms);
+    lv_route_state_unlock(r->rs);
     /* The head leaves the input before any answer: the downstream serves what follows it. */
     uint64_t left_ms = 0;
     if (!lv_breakergate_admit(r, &left_ms)) {

@@ -336,7 +336,7 @@ bool lv_breakergate_admit(struct lv_request *r, uint64_t *left_ms);
 void lv_breakergate_reject(struct lv_request *r, uint64_t left_ms);
 /** Before a retry. Returns false when the breaker rejects it (the client gets the last
  *  attempt's result). */
-bool lv_breakergate_admit_retry(struct lv_request *r, uint64_t now);
+bool lv_breakergate_admit_retry(struct lv_request *r, uint64_t now); /* route state locked */
 /** An attempt's verdict: a failure or not, slow or not. */
 void lv_breakergate_record(struct lv_request *r, uint64_t now, bool failure, double attempt_ms);
 /** A probe that ended with no outcome frees its slot (else the route stays shut). */

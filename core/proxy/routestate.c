@@ -70,15 +70,26 @@ static void table_rebuild(struct lv_route_states *reg, size_t cap)
         table_insert(reg, reg->all[i]);
 }
 
+void lv_route_states_init(struct lv_route_states *reg)
+{
+    memset(reg, 0, sizeof(*reg));
+    pthread_mutex_init(&reg->lock, NULL);
+}
+
 struct lv_route_state *lv_route_states_get(struct lv_route_states *reg, const char *name)
 {
+    pthread_mutex_lock(&reg->lock);
     if (reg->cap) {
         size_t mask = reg->cap - 1;
         for (size_t i = (size_t)name_hash(name) & mask; reg->table[i]; i = (i + 1) & mask)
-            if (strcmp(reg->table[i]->name, name) == 0)
-                return reg->table[i];
+            if (strcmp(reg->table[i]->name, name) == 0) {
+                struct lv_route_state *found = reg->table[i];
+                pthread_mutex_unlock(&reg->lock);
+                return found;
+            }
     }
     struct lv_route_state *rs = lv_xcalloc(1, sizeof(*rs));
+    pthread_mutex_init(&rs->lock, NULL);
     rs->name = lv_xstrdup(name);
     const char *lv[] = {name, NULL};
     rs->duration = lv_metric_series(reg->fam.duration, lv);
@@ -90,6 +101,7 @@ struct lv_route_state *lv_route_states_get(struct lv_route_states *reg, const ch
         table_rebuild(reg, reg->cap ? reg->cap * 2 : 16);
     else
         table_insert(reg, rs);
+    pthread_mutex_unlock(&reg->lock);
     return rs;
 }
 
@@ -112,38 +124,47 @@ static void state_free(struct lv_route_states *reg, size_t i)
     free(rs->attempts.v);
     free(rs->idem_sig);
     free(rs->name);
+    pthread_mutex_destroy(&rs->lock);
     free(rs);
 }
 
 void lv_route_states_begin_install(struct lv_route_states *reg)
 {
+    pthread_mutex_lock(&reg->lock);
     for (size_t i = 0; i < reg->n; i++)
         reg->all[i]->in_config = false;
+    pthread_mutex_unlock(&reg->lock);
 }
 
 void lv_route_states_prune(struct lv_route_states *reg)
 {
+    pthread_mutex_lock(&reg->lock);
     for (size_t i = reg->n; i-- > 0;)
         if (!reg->all[i]->in_config && reg->all[i]->users == 0)
             state_free(reg, i);
+    pthread_mutex_unlock(&reg->lock);
 }
 
-void lv_route_state_use(struct lv_route_state *rs)
+void lv_route_state_use(struct lv_route_states *reg, struct lv_route_state *rs)
 {
+    pthread_mutex_lock(&reg->lock);
     rs->users++;
+    pthread_mutex_unlock(&reg->lock);
 }
 
 void lv_route_state_unuse(struct lv_route_states *reg, struct lv_route_state *rs)
 {
+    pthread_mutex_lock(&reg->lock);
     assert(rs->users > 0);
-    if (--rs->users > 0 || rs->in_config)
-        return;
-    for (size_t i = 0; i < reg->n; i++) {
-        if (reg->all[i] == rs) {
-            state_free(reg, i);
-            return;
+    if (--rs->users == 0 && !rs->in_config) {
+        for (size_t i = 0; i < reg->n; i++) {
+            if (reg->all[i] == rs) {
+                state_free(reg, i);
+                break;
+            }
         }
     }
+    pthread_mutex_unlock(&reg->lock);
 }
 
 /* ---- configuration */
@@ -151,7 +172,10 @@ void lv_route_state_unuse(struct lv_route_states *reg, struct lv_route_state *rs
 struct lv_idem *lv_route_state_configure(struct lv_route_states *reg, struct lv_route_state *rs,
                                          const struct lv_route_cfg *r, uv_loop_t *loop)
 {
+    pthread_mutex_lock(&reg->lock);
     rs->in_config = true;
+    pthread_mutex_unlock(&reg->lock);
+    lv_route_state_lock(rs);
     uint64_t now = uv_now(loop);
     const struct lv_retry_cfg *rc = &r->retry;
     if (!rs->policy_ready)
@@ -210,6 +234,7 @@ struct lv_idem *lv_route_state_configure(struct lv_route_states *reg, struct lv_
         } else {
             rs->idem = lv_idem_memory_create(loop, ic->max_memory);
         }
+        rs->idem_version++;
     }
     if (ic->enabled && !rs->idem_stored) {
         rs->idem_replays = lv_metric_series(reg->fam.idem_replays, lv);
@@ -220,6 +245,7 @@ struct lv_idem *lv_route_state_configure(struct lv_route_states *reg, struct lv_
     }
     free(rs->idem_sig);
     rs->idem_sig = lv_xstrdup(sig);
+    lv_route_state_unlock(rs);
     return replaced;
 }
 
@@ -228,10 +254,14 @@ struct lv_idem *lv_route_state_configure(struct lv_route_states *reg, struct lv_
 void lv_route_state_count_request(struct lv_route_states *reg, struct lv_route_state *rs,
                                   int status, double seconds)
 {
+    lv_route_state_lock(rs);
     rs->requests++;
-    if (status >= 100 && status <= 599) {
-        lv_metric_add(keyed_get(&rs->by_code, status, reg->fam.requests, rs->name), 1);
-    }
+    struct lv_metric *m = NULL;
+    if (status >= 100 && status <= 599)
+        m = keyed_get(&rs->by_code, status, reg->fam.requests, rs->name);
+    lv_route_state_unlock(rs);
+    if (m)
+        lv_metric_add(m, 1);
     lv_metric_observe(rs->duration, seconds);
 }
 
@@ -248,14 +278,39 @@ void lv_route_state_count_attempt(struct lv_route_states *reg, struct lv_route_s
             return;
         key = -1 - kind;
     }
-    lv_metric_add(keyed_get(&rs->attempts, key, reg->fam.attempts, rs->name), 1);
+    lv_route_state_lock(rs);
+    struct lv_metric *m = keyed_get(&rs->attempts, key, reg->fam.attempts, rs->name);
+    lv_route_state_unlock(rs);
+    lv_metric_add(m, 1);
 }
 
-void lv_route_state_by_class(const struct lv_route_state *rs, uint64_t out[6])
+void lv_route_state_by_class(struct lv_route_state *rs, uint64_t out[6])
 {
     memset(out, 0, 6 * sizeof(out[0]));
+    lv_route_state_lock(rs);
     for (uint32_t i = 0; i < rs->by_code.n; i++)
         out[rs->by_code.v[i].key / 100] += (uint64_t)lv_metric_value(rs->by_code.v[i].m);
+    lv_route_state_unlock(rs);
+}
+
+bool lv_route_state_hook_failed(struct lv_route_states *reg, struct lv_route_state *rs, int which,
+                                const char *hook, int kind, const char *kind_name, uint64_t now)
+{
+    lv_route_state_lock(rs);
+    /* Series per kind appear on the first failure of that kind: a route whose hooks never
+     * fail adds no lines to /metrics. */
+    struct lv_metric **m = &rs->hook_errors[which][kind];
+    if (!*m) {
+        const char *lbl[] = {rs->name, hook, kind_name, NULL};
+        *m = lv_metric_series(reg->fam.hook_errors, lbl);
+    }
+    struct lv_metric *series = *m;
+    bool log = now - rs->hook_log_at >= 1000 || rs->hook_log_at == 0;
+    if (log)
+        rs->hook_log_at = now;
+    lv_route_state_unlock(rs);
+    lv_metric_add(series, 1);
+    return log;
 }
 
 /* ---- render time */
@@ -266,6 +321,7 @@ void lv_route_state_publish(struct lv_route_states *reg, struct lv_route_state *
     const char *lv[] = {rs->name, NULL};
     /* Breaker and idempotency series only for routes that have them (README "Metrics"):
      * lv_metric_series() shows them again, with their counts, when a reload turns one on. */
+    lv_route_state_lock(rs);
     struct lv_metric_family *bf[] = {f->breaker_state, f->breaker_rejected, f->fallbacks};
     for (size_t k = 0; k < sizeof(bf) / sizeof(bf[0]); k++)
         if (rs->breaker_enabled)
@@ -289,6 +345,7 @@ void lv_route_state_publish(struct lv_route_states *reg, struct lv_route_state *
         lv_idem_stats(rs->idem, &is);
         lv_metric_set(lv_metric_series(f->idem_entries, lv), (double)is.entries);
     }
+    lv_route_state_unlock(rs);
 }
 
 /* ---- teardown */
@@ -311,9 +368,11 @@ void lv_route_states_dispose(struct lv_route_states *reg)
         free(rs->attempts.v);
         free(rs->idem_sig);
         free(rs->name);
+        pthread_mutex_destroy(&rs->lock);
         free(rs);
     }
     free(reg->all);
     free(reg->table);
+    pthread_mutex_destroy(&reg->lock);
     *reg = (struct lv_route_states){0};
 }

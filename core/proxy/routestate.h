@@ -9,10 +9,17 @@
  * by status code or attempt outcome are made on first use and kept in small sorted arrays;
  * breaker and idempotency series are made when a configuration turns those features on for
  * the route (they are shown only then).
+ *
+ * Shared by every worker (README "Workers"): one state per route name for the whole process,
+ * so a breaker opens once and a budget counts every worker's requests. `lock` guards what
+ * changes after creation (budget, breaker, the series made on first use, the counts and the
+ * store); metric values themselves are per-worker shards (obs/metrics.h). The registry's own
+ * lock guards the table and the users counts (reload time only).
  */
 #ifndef LV_ROUTESTATE_H
 #define LV_ROUTESTATE_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <uv.h>
@@ -41,6 +48,7 @@ struct lv_keyed_series {
 };
 
 struct lv_route_state {
+    pthread_mutex_t lock; /* see the top of this file */
     char *name;
     struct lv_metric *duration;         /* levee_request_duration_seconds{route} */
     struct lv_keyed_series by_code;     /* levee_requests_total{route,code}, key: the status */
@@ -64,7 +72,8 @@ struct lv_route_state {
     uint64_t hook_log_at; /* rate limit for hook error log lines */
     /* idempotency: the route's store (kept across reloads while its settings are unchanged) */
     struct lv_idem *idem;
-    char *idem_sig; /* the settings the store was made with */
+    char *idem_sig;        /* the settings the store was made with */
+    uint64_t idem_version; /* changes with the store: workers make their own access anew */
     /* Made when the route first gets an idempotency store (used only then; NULL before). */
     struct lv_metric *idem_replays, *idem_stored, *idem_conflicts, *idem_mismatches,
         *idem_store_errors;
@@ -72,12 +81,26 @@ struct lv_route_state {
 
 /* The registry: every route state, by name. */
 struct lv_route_states {
+    pthread_mutex_t lock;
     struct lv_route_families fam;
     struct lv_route_state **all; /* no particular order */
     size_t n;
     struct lv_route_state **table; /* open addressing by name hash */
     size_t cap;                    /* a power of two, or 0 */
 };
+
+/** An empty registry (its families are set by the caller). */
+void lv_route_states_init(struct lv_route_states *reg);
+
+static inline void lv_route_state_lock(struct lv_route_state *rs)
+{
+    pthread_mutex_lock(&rs->lock);
+}
+
+static inline void lv_route_state_unlock(struct lv_route_state *rs)
+{
+    pthread_mutex_unlock(&rs->lock);
+}
 
 /** The state of route `name`, created when missing (with its always-shown series). */
 struct lv_route_state *lv_route_states_get(struct lv_route_states *reg, const char *name);
@@ -99,7 +122,7 @@ void lv_route_states_prune(struct lv_route_states *reg);
 
 /** A request starts / stops using `rs`; a state out of the configuration goes with its last
  * user. */
-void lv_route_state_use(struct lv_route_state *rs);
+void lv_route_state_use(struct lv_route_states *reg, struct lv_route_state *rs);
 void lv_route_state_unuse(struct lv_route_states *reg, struct lv_route_state *rs);
 
 /** Counts a finished request: its status (100..599; others only in `requests`) and duration. */
@@ -114,7 +137,13 @@ void lv_route_state_count_attempt(struct lv_route_states *reg, struct lv_route_s
 void lv_route_state_publish(struct lv_route_states *reg, struct lv_route_state *rs, uint64_t now);
 
 /** Requests answered, by status class: out[1] 1xx .. out[5] 5xx (out[0] is 0). */
-void lv_route_state_by_class(const struct lv_route_state *rs, uint64_t out[6]);
+void lv_route_state_by_class(struct lv_route_state *rs, uint64_t out[6]);
+
+/** A hook failed: counts it in levee_hook_errors_total{route,hook,kind} (`hook`: "classify",
+ *  "fallback" or "key", index `which`; `kind` a hook failure kind and its name). Returns true
+ *  when a log line is due (at most one a second per route, whichever worker). */
+bool lv_route_state_hook_failed(struct lv_route_states *reg, struct lv_route_state *rs, int which,
+                                const char *hook, int kind, const char *kind_name, uint64_t now);
 
 /** Shutdown: destroys every idempotency store (their handles close with the loop). */
 void lv_route_states_close_stores(struct lv_route_states *reg);

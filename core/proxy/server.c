@@ -11,6 +11,7 @@
 #include <lua.h>
 #include <openssl/crypto.h>
 
+#include "base/inbox.h"
 #include "base/log.h"
 #include "net/upstream.h"
 #include "obs/process.h"
@@ -125,38 +126,63 @@ static void generation_take_upstreams(struct lv_server *s, struct lv_generation 
 
 void lv_server_route_use(struct lv_server *s, struct lv_route_state *rs)
 {
-    (void)s;
-    lv_route_state_use(rs);
+    lv_route_state_use(s->routes, rs);
 }
 
 void lv_server_route_unuse(struct lv_server *s, struct lv_route_state *rs)
 {
-    lv_route_state_unuse(&s->routes, rs);
+    lv_route_state_unuse(s->routes, rs);
 }
 
 struct lv_route_state *lv_server_route_state(struct lv_server *s, const char *name)
 {
-    return lv_route_states_get(&s->routes, name);
+    return lv_route_states_get(s->routes, name);
 }
 
 void lv_server_count_attempt(struct lv_server *s, struct lv_route_state *rs, int kind, int status)
 {
-    lv_route_state_count_attempt(&s->routes, rs, kind, status);
+    lv_route_state_count_attempt(s->routes, rs, kind, status);
 }
 
 void lv_server_count_request(struct lv_server *s, struct lv_route_state *rs, int status,
                              double seconds)
 {
+    s->requests++;
     if (rs)
-        lv_route_state_count_request(&s->routes, rs, status, seconds);
+        lv_route_state_count_request(s->routes, rs, status, seconds);
 }
 
-/* The idempotency store a generation names for a route: one reference, taken when the
+/* The idempotency store this worker uses for route `i` of `g`: one reference, taken when the
  * generation is built and given back when it goes (a request keeps the store it began with by
- * pinning its generation). The route state holds one more while the store is its current one. */
-static struct lv_idem *generation_take_store(struct lv_route_state *rs)
+ * pinning its generation). The first worker uses the route state's store itself; the others
+ * their own access to it (README "Workers"): a remote store forwarding to the memory store on
+ * the first worker's loop, or a Redis connection of their own. It is kept from the previous
+ * generation while the route state's store is the same one. */
+static struct lv_idem *generation_take_store(struct lv_server *s, struct lv_generation *g, size_t i,
+                                             struct lv_route_state *rs)
 {
-    return rs->idem ? lv_idem_ref(rs->idem) : NULL;
+    lv_route_state_lock(rs);
+    struct lv_idem *owner = rs->idem;
+    uint64_t version = rs->idem_version;
+    lv_route_state_unlock(rs);
+    g->route_store_versions[i] = version;
+    if (!owner)
+        return NULL;
+    if (s->worker == 0)
+        return lv_idem_ref(owner);
+    struct lv_generation *prev = s->gen;
+    for (size_t j = 0; prev && j < prev->cfg->nroutes; j++)
+        if (prev->route_states[j] == rs && prev->route_stores[j] &&
+            prev->route_store_versions[j] == version)
+            return lv_idem_ref(prev->route_stores[j]);
+    const struct lv_idem_cfg *ic = &g->cfg->routes[i].idempotency;
+    if (ic->store == LV_IDEM_STORE_REDIS) {
+        char prefix[300];
+        snprintf(prefix, sizeof(prefix),
+                 "%s%s:", ic->redis_prefix ? ic->redis_prefix : "levee:", rs->name);
+        return lv_idem_redis_create(s->loop, ic->redis.host, ic->redis.port, prefix, NULL);
+    }
+    return lv_idem_remote_create(s->loop, s->sh->inboxes[s->worker], owner, s->sh->inboxes[0]);
 }
 
 static void generation_release_store(struct lv_idem *store)
@@ -205,20 +231,17 @@ static void generation_release(void *owner, struct lv_generation *g)
 }
 
 /* A generation for `cfg` (takes its reference): references to the upstreams and the route
- * states (by route name: they carry over from older generations) it names. */
+ * states (by route name: they carry over from older generations, and lv_server_shared_configure
+ * gave them this configuration's settings) it names. */
 static struct lv_generation *generation_build(struct lv_server *s, struct lv_config *cfg)
 {
     struct lv_generation *g = lv_generation_new(cfg, generation_release, s);
     generation_take_upstreams(s, g);
-    lv_route_states_begin_install(&s->routes);
     for (size_t i = 0; i < cfg->nroutes; i++) {
         struct lv_route_state *rs = lv_server_route_state(s, cfg->routes[i].name);
-        struct lv_idem *replaced =
-            lv_route_state_configure(&s->routes, rs, &cfg->routes[i], s->loop);
-        lv_idem_unref(replaced); /* the route state's reference; generations keep theirs */
         lv_server_route_use(s, rs);
         g->route_states[i] = rs;
-        g->route_stores[i] = generation_take_store(rs);
+        g->route_stores[i] = generation_take_store(s, g, i, rs);
     }
     s->live = lv_xrealloc(s->live, (s->nlive + 1) * sizeof(*s->live));
     s->live[s->nlive++] = g;
@@ -227,33 +250,43 @@ static struct lv_generation *generation_build(struct lv_server *s, struct lv_con
 
 /* ---- metrics computed at render time */
 
-static void render_gauges(struct lv_metrics *m, void *arg)
+/* Each worker sets its own shard of a gauge (obs/metrics.h), so a scrape reads their sum:
+ * per-worker values (connections, pools, bytes) from every worker, the shared ones (generation,
+ * breakers, health) from the first worker only. */
+void lv_server_publish(struct lv_server *s)
 {
-    struct lv_server *s = arg;
-    lv_metric_set(lv_metric_series(s->m_generation, NULL), (double)s->generation);
-    lv_metric_set(lv_metric_series(s->m_clients, NULL), (double)s->nclients);
+    bool first = s->worker == 0;
+    if (first)
+        lv_metric_set(lv_metric_series(s->m_generation, NULL), (double)s->generation);
+    lv_metric_set_own(lv_metric_series(s->m_clients, NULL), (double)s->nclients);
     if (!s->gen)
         return;
     uint64_t now = uv_now(s->loop);
-    for (size_t i = 0; i < s->cfg->nroutes; i++)
-        lv_route_state_publish(&s->routes, lv_generation_route_state(s->gen, i), now);
+    for (size_t i = 0; first && i < s->cfg->nroutes; i++)
+        lv_route_state_publish(s->routes, lv_generation_route_state(s->gen, i), now);
     for (size_t i = 0; i < s->cfg->nupstreams; i++) {
         struct lv_upstream *up = s->gen->upstreams[i];
         uint32_t active, idle;
         lv_upstream_counts(up, &active, &idle);
         const char *la[] = {up->name, "active", NULL};
         const char *li[] = {up->name, "idle", NULL};
-        lv_metric_set(lv_metric_series(s->m_upconns, la), active);
-        lv_metric_set(lv_metric_series(s->m_upconns, li), idle);
+        lv_metric_set_own(lv_metric_series(s->m_upconns, la), active);
+        lv_metric_set_own(lv_metric_series(s->m_upconns, li), idle);
         const char *lu[] = {up->name, NULL};
-        lv_metric_set(lv_metric_series(s->m_panics, lu), (double)up->panic_picks);
+        lv_metric_set_own(lv_metric_series(s->m_panics, lu), (double)up->panic_picks);
+        for (size_t k = 0; k < up->nservers; k++) {
+            const char *ls[] = {up->name, up->servers[k].name, NULL};
+            lv_metric_set_own(lv_metric_series(s->m_up_sent, ls),
+                              (double)up->servers[k].sent_bytes);
+            lv_metric_set_own(lv_metric_series(s->m_up_received, ls),
+                              (double)up->servers[k].received_bytes);
+        }
+        if (!first)
+            continue;
         for (size_t k = 0; k < up->nservers; k++) {
             const struct lv_server_health *hs = &up->health.servers[k];
             const char *ls[] = {up->name, up->servers[k].name, NULL};
             lv_metric_set(lv_metric_series(s->m_server_up, ls), lv_health_in(&up->health, k));
-            lv_metric_set(lv_metric_series(s->m_up_sent, ls), (double)up->servers[k].sent_bytes);
-            lv_metric_set(lv_metric_series(s->m_up_received, ls),
-                          (double)up->servers[k].received_bytes);
             const char *le[] = {up->name, up->servers[k].name, "true", NULL};
             const char *ld[] = {up->name, up->servers[k].name, "false", NULL};
             lv_metric_set(lv_metric_series(s->m_ejections, le), (double)hs->ejections_enforced);
@@ -269,11 +302,13 @@ static void render_gauges(struct lv_metrics *m, void *arg)
     }
 }
 
+/* Registers the families on the shared registry (registering again returns the same family,
+ * so every worker gets the same pointers); the first call also sets the route families. */
 static void metrics_setup(struct lv_server *s)
 {
-    struct lv_metrics *m = s->metrics = lv_metrics_create();
+    struct lv_metrics *m = s->metrics = s->sh->metrics;
     /* The per-route families live with the route states that fill them. */
-    struct lv_route_families *f = &s->routes.fam;
+    struct lv_route_families *f = &s->sh->routes.fam;
     f->requests =
         lv_metrics_family(m, "levee_requests_total", "Requests answered, by route and status.",
                           LV_METRIC_COUNTER, L_ROUTE_CODE, NULL, 0);
@@ -363,14 +398,6 @@ static void metrics_setup(struct lv_server *s)
         lv_metrics_family(m, "levee_upstream_attempt_duration_seconds",
                           "Time from an attempt's start to its response head or its failure.",
                           LV_METRIC_HISTOGRAM, L_UPSTREAM, NULL, 0);
-    struct lv_build_info bi = {
-        .version = LEVEE_VERSION,
-        .libuv = uv_version_string(),
-        .openssl = OpenSSL_version(OPENSSL_VERSION_STRING),
-        .lua = LUA_VERSION_MAJOR "." LUA_VERSION_MINOR "." LUA_VERSION_RELEASE,
-    };
-    lv_process_metrics_register(m, &bi);
-    lv_metrics_on_render(m, render_gauges, s);
 }
 
 /* ---- access log */
@@ -379,18 +406,21 @@ static void flush_access_log(struct lv_server *s);
 
 void lv_server_access_log(struct lv_server *s, const char *line, size_t len)
 {
-    if (s->access_fd < 0)
+    if (!s->access_on)
         return;
     lv_buf_append(&s->access_buf, line, len);
     if (s->access_buf.len >= 64 * 1024)
         flush_access_log(s);
 }
 
+/* The buffer holds whole lines; one worker writes it at a time (README "Workers"). */
 static void flush_access_log(struct lv_server *s)
 {
+    struct lv_server_shared *sh = s->sh;
     size_t off = 0;
-    while (off < s->access_buf.len) {
-        ssize_t n = write(s->access_fd, s->access_buf.data + off, s->access_buf.len - off);
+    pthread_mutex_lock(&sh->access_lock);
+    while (sh->access_fd >= 0 && off < s->access_buf.len) {
+        ssize_t n = write(sh->access_fd, s->access_buf.data + off, s->access_buf.len - off);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -398,7 +428,23 @@ static void flush_access_log(struct lv_server *s)
         }
         off += (size_t)n;
     }
+    pthread_mutex_unlock(&sh->access_lock);
     s->access_buf.len = 0;
+}
+
+void lv_server_flush_access_log(struct lv_server *s)
+{
+    if (s->access_buf.len)
+        flush_access_log(s);
+}
+
+int lv_server_shared_access_fd(struct lv_server_shared *sh, int fd)
+{
+    pthread_mutex_lock(&sh->access_lock);
+    int old = sh->access_fd;
+    sh->access_fd = fd;
+    pthread_mutex_unlock(&sh->access_lock);
+    return old;
 }
 
 static void on_flush_check(uv_check_t *h)
@@ -440,14 +486,15 @@ void lv_server_reopen_logs(struct lv_server *s)
 {
     if (s->access_buf.len)
         flush_access_log(s);
-    if (s->access_fd_owned && s->cfg->access_log == LV_ACCESS_LOG_FILE) {
+    if (s->cfg->access_log == LV_ACCESS_LOG_FILE) {
         int fd = log_file_open(s->cfg->access_log_path);
         if (fd < 0) {
             lv_error("SIGUSR1: access_log %s: %s (still writing to the old file)",
                      s->cfg->access_log_path, strerror(errno));
         } else {
-            close(s->access_fd);
-            s->access_fd = fd;
+            int old = lv_server_shared_access_fd(s->sh, fd);
+            if (old > STDERR_FILENO)
+                close(old);
         }
     }
     if (s->error_fd_owned && s->cfg->error_log_path) {
@@ -512,32 +559,55 @@ void lv_server_close_logs(struct lv_log_files *lf)
     lf->access_fd = lf->error_fd = -1;
 }
 
-/* The log files opened for the new configuration go in force; the old ones are closed. */
-static void commit_logs(struct lv_server *s, struct lv_log_files *lf)
+/* The log files opened for the new configuration go in force; the old ones are closed (no
+ * worker writes to them any more: the swaps happen under the writers' locks). */
+void lv_server_commit_logs(struct lv_server *s, struct lv_log_files *lf)
 {
     if (s->access_buf.len)
         flush_access_log(s);
-    if (s->access_fd_owned && s->access_fd >= 0)
-        close(s->access_fd);
-    s->access_fd = lf->access_fd;
-    s->access_fd_owned = lf->access_fd > STDERR_FILENO;
+    int old_access = lv_server_shared_access_fd(s->sh, lf->access_fd);
+    if (old_access > STDERR_FILENO)
+        close(old_access);
     int old = lv_log_set_fd(lf->error_fd);
     if (s->error_fd_owned)
         close(old);
     s->error_fd_owned = lf->error_fd >= 0;
 }
 
-void lv_server_install(struct lv_server *s, struct lv_config *cfg, struct lv_log_files *lf)
+void lv_server_shared_configure(struct lv_server_shared *sh, const struct lv_config *cfg,
+                                uv_loop_t *loop)
 {
-    cfg->generation = ++s->generation;
+    lv_route_states_begin_install(&sh->routes);
+    for (size_t i = 0; i < cfg->nroutes; i++) {
+        struct lv_route_state *rs = lv_route_states_get(&sh->routes, cfg->routes[i].name);
+        struct lv_idem *replaced = lv_route_state_configure(&sh->routes, rs, &cfg->routes[i], loop);
+        lv_idem_unref(replaced); /* the route state's reference; generations keep theirs */
+    }
+}
+
+void lv_server_install_worker(struct lv_server *s, struct lv_config *cfg, uint64_t number,
+                              bool access_on)
+{
+    s->generation = number;
     struct lv_generation *old = s->gen;
     s->gen = generation_build(s, cfg);
     s->cfg = cfg;
-    commit_logs(s, lf);
+    if (s->access_on && !access_on && s->access_buf.len)
+        flush_access_log(s);
+    s->access_on = access_on;
     s->reload_at = (double)time(NULL);
     /* Requests that pinned it finish on it; what only it names goes with its last pin. */
     if (old)
         lv_generation_unpin(old);
+    lv_route_states_prune(s->routes);
+}
+
+void lv_server_install(struct lv_server *s, struct lv_config *cfg, struct lv_log_files *lf)
+{
+    cfg->generation = s->generation + 1;
+    lv_server_shared_configure(s->sh, cfg, s->loop);
+    lv_server_install_worker(s, cfg, cfg->generation, lf->access_fd >= 0);
+    lv_server_commit_logs(s, lf);
 }
 
 struct lv_generation *lv_server_generation(struct lv_server *s)
@@ -545,17 +615,67 @@ struct lv_generation *lv_server_generation(struct lv_server *s)
     return s->gen;
 }
 
-void lv_server_init(struct lv_server *s, uv_loop_t *loop, const char *config_path)
+struct lv_server_shared *lv_server_shared_new(unsigned nworkers)
+{
+    struct lv_server_shared *sh = lv_xcalloc(1, sizeof(*sh));
+    sh->nworkers = nworkers;
+    sh->inboxes = lv_xcalloc(nworkers, sizeof(*sh->inboxes));
+    lv_route_states_init(&sh->routes);
+    sh->metrics = lv_metrics_create_sharded(nworkers);
+    pthread_mutex_init(&sh->access_lock, NULL);
+    sh->access_fd = -1;
+    struct lv_build_info bi = {
+        .version = LEVEE_VERSION,
+        .libuv = uv_version_string(),
+        .openssl = OpenSSL_version(OPENSSL_VERSION_STRING),
+        .lua = LUA_VERSION_MAJOR "." LUA_VERSION_MINOR "." LUA_VERSION_RELEASE,
+    };
+    lv_process_metrics_register(sh->metrics, &bi);
+    return sh;
+}
+
+void lv_server_shared_free(struct lv_server_shared *sh)
+{
+    if (!sh)
+        return;
+    lv_route_states_dispose(&sh->routes);
+    if (sh->access_fd > STDERR_FILENO)
+        close(sh->access_fd);
+    pthread_mutex_destroy(&sh->access_lock);
+    lv_metrics_destroy(sh->metrics);
+    free(sh->inboxes);
+    free(sh);
+}
+
+void lv_server_init_worker(struct lv_server *s, uv_loop_t *loop, const char *config_path,
+                           struct lv_server_shared *sh, unsigned index)
 {
     s->loop = loop;
+    s->sh = sh;
+    s->worker = index;
+    s->routes = &sh->routes;
     lv_dlist_init(&s->clients);
     s->config_path = config_path ? lv_xstrdup(config_path) : NULL;
-    s->access_fd = -1;
-    s->rid_state = uv_hrtime() ^ ((uint64_t)getpid() << 32);
+    s->rid_state = uv_hrtime() ^ ((uint64_t)getpid() << 32) ^ ((uint64_t)index << 56);
     metrics_setup(s);
     uv_check_init(loop, &s->flush_check);
     s->flush_check.data = s;
     uv_check_start(&s->flush_check, on_flush_check);
+}
+
+static void publish_at_render(struct lv_metrics *m, void *arg)
+{
+    (void)m;
+    lv_server_publish(arg);
+}
+
+void lv_server_init(struct lv_server *s, uv_loop_t *loop, const char *config_path)
+{
+    struct lv_server_shared *sh = lv_server_shared_new(1);
+    lv_server_init_worker(s, loop, config_path, sh, 0);
+    s->owns_shared = true;
+    /* One thread: a render may read the server directly. */
+    lv_metrics_on_render(sh->metrics, publish_at_render, s);
 }
 
 void lv_server_tick(struct lv_server *s)
@@ -587,22 +707,22 @@ void lv_server_stop(struct lv_server *s)
         lv_generation_unpin(g);
     }
     assert(s->nlive == 0);
-    lv_route_states_close_stores(&s->routes);
+    if (s->worker == 0)
+        lv_route_states_close_stores(s->routes); /* the first worker's loop holds them */
 }
 
 void lv_server_free(struct lv_server *s)
 {
     assert(!s->gen); /* lv_server_stop ran */
-    lv_route_states_dispose(&s->routes);
     free(s->live);
     lv_buf_dispose(&s->access_buf);
-    if (s->access_fd_owned && s->access_fd >= 0)
-        close(s->access_fd);
-    int efd = lv_log_set_fd(-1); /* later lines go to stderr */
-    if (s->error_fd_owned)
+    if (s->error_fd_owned) {
+        int efd = lv_log_set_fd(-1); /* later lines go to stderr */
         close(efd);
+    }
     if (s->cfg)
         lv_config_unpin(s->cfg);
     free(s->config_path);
-    lv_metrics_destroy(s->metrics);
+    if (s->owns_shared)
+        lv_server_shared_free(s->sh);
 }

@@ -1,17 +1,19 @@
 /*
  * server: one worker loop's state: the generation in force (proxy/generation.h) and the
- * runtime objects generations name (upstreams, route states by name), the metrics registry,
- * the access log and the log files, and what client connections share (their list, request
- * ids). It knows nothing of listeners, connections' handling or the admin API: proxy/listener
- * accepts and drains connections, proxy/reload loads configurations, main.c composes them.
+ * runtime objects generations name (upstreams, idempotency stores), the access-log buffer,
+ * and what client connections share (their list, request ids). It knows nothing of
+ * listeners, connections' handling or the admin API: proxy/listener accepts and drains
+ * connections, proxy/reload loads configurations, main.c composes them.
  *
- * Nothing on the request path is global: a client connection reaches all of it through its
- * server pointer, so several workers (SO_REUSEPORT listeners, one loop per thread) can run
- * side by side later without a rewrite.
+ * Every worker has its own server, touched only by its own thread. What the workers share
+ * (README "Workers") is in struct lv_server_shared: the route states (breakers, budgets), the
+ * metrics registry (values sharded per worker), the upstream health and the log files. A
+ * client connection reaches all of it through its server pointer; nothing is global.
  */
 #ifndef LV_SERVER_H
 #define LV_SERVER_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <uv.h>
@@ -29,20 +31,51 @@
 struct lv_client;
 struct lv_upstream;
 struct lv_generation;
+struct lv_inbox;
+struct lv_health_registry;
+
+/* What every worker shares (README "Workers"). Made before the workers start; its parts lock
+ * themselves (route states, metrics, health) or are set only while the workers wait. */
+struct lv_server_shared {
+    unsigned nworkers;
+    struct lv_inbox **inboxes;     /* per worker: how to reach its loop */
+    struct lv_route_states routes; /* route state registry, by name (proxy/routestate.h) */
+    struct lv_metrics *metrics;    /* one registry, a value shard per worker */
+    struct lv_health_registry *health;
+    /* The access log: every worker writes whole buffers of whole lines under the lock, so a
+     * line is never cut by another worker's; the fd swaps under it too (reload, SIGUSR1). */
+    pthread_mutex_t access_lock;
+    int access_fd; /* -1: off */
+};
+
+/** Shared state for `nworkers` workers (inboxes set later by the caller). */
+struct lv_server_shared *lv_server_shared_new(unsigned nworkers);
+void lv_server_shared_free(struct lv_server_shared *sh);
+/** A reload, before any worker installs it: the route states take `cfg`'s settings (new
+ *  thresholds at once, counts and breaker state kept), idempotency stores made or replaced
+ *  on `loop` (the first worker's, which owns memory stores). */
+void lv_server_shared_configure(struct lv_server_shared *sh, const struct lv_config *cfg,
+                                uv_loop_t *loop);
+/** Points the access log at `fd` (-1: off); returns the old fd, no longer written to. */
+int lv_server_shared_access_fd(struct lv_server_shared *sh, int fd);
 
 struct lv_server {
     uv_loop_t *loop;
-    struct lv_generation *gen; /* the generation in force: the server holds one pin */
-    struct lv_config *cfg;     /* gen->cfg: the configuration in force */
-    uint64_t generation;       /* number of the newest generation installed */
-    char *config_path;         /* NULL: levee dev (nothing to reload) */
-    double reload_at;          /* unix time the generation in force was installed */
+    unsigned worker;             /* index, 0 .. nworkers - 1 */
+    struct lv_server_shared *sh; /* what the workers share */
+    bool owns_shared;            /* lv_server_init made `sh` (one worker, tests) */
+    uint64_t requests;           /* requests this worker finished (README "Workers") */
+    struct lv_generation *gen;   /* the generation in force: the server holds one pin */
+    struct lv_config *cfg;       /* gen->cfg: the configuration in force */
+    uint64_t generation;         /* number of the newest generation installed */
+    char *config_path;           /* NULL: levee dev (nothing to reload) */
+    double reload_at;            /* unix time the generation in force was installed */
 
     struct lv_generation **live; /* every generation not yet released, oldest first */
     size_t nlive;
-    struct lv_route_states routes; /* route state registry, by name (proxy/routestate.h) */
+    struct lv_route_states *routes; /* sh->routes */
 
-    struct lv_metrics *metrics;
+    struct lv_metrics *metrics; /* sh->metrics */
     /* per-route families: routes.fam (proxy/routestate.h) */
     struct lv_metric_family *m_reloads, *m_generation, *m_upconns, *m_clients, *m_bad_requests;
     struct lv_metric_family *m_server_up, *m_ejections, *m_health_checks, *m_panics;
@@ -65,9 +98,8 @@ struct lv_server {
     void (*on_client_closed)(void *arg);
     void *on_client_closed_arg;
 
-    /* access log */
-    int access_fd; /* -1: off */
-    bool access_fd_owned;
+    /* access log: lines wait here for the end of the loop turn (written under sh's lock) */
+    bool access_on;
     struct lv_buf access_buf;
     uv_check_t flush_check;
     bool error_fd_owned; /* error_log = "path": the log module writes to a file levee opened */
@@ -81,27 +113,46 @@ struct lv_log_files {
 };
 
 /** Sets up the server's state on `loop` (metrics, the access-log flush); nothing in force yet.
- *  `config_path` (copied; NULL for levee dev) names the file in messages and reloads. */
+ *  `config_path` (copied; NULL for levee dev) names the file in messages and reloads. One
+ *  worker: the server makes and owns its shared state. */
 void lv_server_init(struct lv_server *s, uv_loop_t *loop, const char *config_path);
+/** The same for worker `index` of several sharing `sh` (call before its loop runs). */
+void lv_server_init_worker(struct lv_server *s, uv_loop_t *loop, const char *config_path,
+                           struct lv_server_shared *sh, unsigned index);
 /** Opens the log files `cfg` names. Returns 0, or a negative libuv error with each reason
  *  appended to `errors` as one line (and nothing left open). */
 int lv_server_open_logs(struct lv_server *s, const struct lv_config *cfg, struct lv_log_files *lf,
                         struct lv_buf *errors);
 /** Closes log files opened by lv_server_open_logs that will not go in force. */
 void lv_server_close_logs(struct lv_log_files *lf);
-/** Puts `cfg` (takes the caller's reference) in force as a new generation, with the log files
- *  opened for it; the previous generation loses the server's pin. Cannot fail. */
+/** One worker (tests, lv_server_init): lv_server_shared_configure, lv_server_install_worker
+ *  and the log files opened for `cfg` go in force (the old ones closed). Cannot fail. */
 void lv_server_install(struct lv_server *s, struct lv_config *cfg, struct lv_log_files *lf);
+/** On the worker's thread, after lv_server_shared_configure: puts `cfg` (takes the caller's
+ *  reference; the worker's own copy when routes have hooks) in force as generation `number`;
+ *  the previous generation loses the server's pin. `access_on`: an access log is configured. */
+void lv_server_install_worker(struct lv_server *s, struct lv_config *cfg, uint64_t number,
+                              bool access_on);
+/** Puts the log files opened for a configuration in force and closes the old ones (all
+ *  workers have installed it, or there is one). */
+void lv_server_commit_logs(struct lv_server *s, struct lv_log_files *lf);
+/** On the worker's thread: copies the worker's own values into its metric shards (client
+ *  connections, pools, bytes); the first worker also the shared ones (generation, breakers,
+ *  health). Called before a scrape. */
+void lv_server_publish(struct lv_server *s);
 /** The generation in force (NULL before the first install and after lv_server_stop). */
 struct lv_generation *lv_server_generation(struct lv_server *s);
 /** Once a second: upstream health timers and pool lifetimes, repeated log lines. */
 void lv_server_tick(struct lv_server *s);
 /** SIGUSR1 (README "Operations"): the access log and error log files are opened again by name
- *  (logrotate renamed them), the old fds closed. A file that cannot be opened keeps its old fd. */
+ *  (logrotate renamed them), the old fds closed. A file that cannot be opened keeps its old fd.
+ *  Any worker's buffered lines go to the old file or the new one, whole. */
 void lv_server_reopen_logs(struct lv_server *s);
 /** After the last connection closed: flushes the access log and lets go of the generation in
  *  force (its upstreams close) and of the idempotency stores, so the loop can end. */
 void lv_server_stop(struct lv_server *s);
+/** Writes the access-log lines this worker still holds. */
+void lv_server_flush_access_log(struct lv_server *s);
 /** Frees what the server owns, after its loop ran to completion. */
 void lv_server_free(struct lv_server *s);
 

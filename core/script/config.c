@@ -319,6 +319,7 @@ struct lv_config_job {
     char *file, *lua_dir;
     struct lv_config *cfg; /* the result, until the owner takes it */
     struct lv_buf errors;
+    unsigned copies; /* per-worker copies of a configuration with hooks */
 };
 
 struct lv_config_job *lv_config_job_new(const char *file, const char *lua_dir,
@@ -356,11 +357,62 @@ static void job_unref(struct lv_config_job *j)
     free(j);
 }
 
+void lv_config_job_set_copies(struct lv_config_job *job, unsigned copies)
+{
+    job->copies = copies;
+}
+
+/* Two loads of one file must describe the same routes and upstreams, in the same order: the
+ * workers' generations are read by route index. */
+static bool same_shape(const struct lv_config *a, const struct lv_config *b)
+{
+    if (a->nroutes != b->nroutes || a->nupstreams != b->nupstreams)
+        return false;
+    for (size_t i = 0; i < a->nroutes; i++)
+        if (strcmp(a->routes[i].name, b->routes[i].name) != 0)
+            return false;
+    for (size_t i = 0; i < a->nupstreams; i++)
+        if (strcmp(a->upstreams[i].name, b->upstreams[i].name) != 0)
+            return false;
+    return true;
+}
+
+int lv_config_load_copies(struct lv_config *cfg, const char *file, const char *lua_dir,
+                          unsigned copies, struct lv_buf *errors)
+{
+    if (!cfg->hooks || copies == 0)
+        return 0; /* without hooks a configuration is read-only data every worker shares */
+    cfg->worker_copies = lv_xcalloc(copies, sizeof(*cfg->worker_copies));
+    for (unsigned k = 0; k < copies; k++) {
+        struct lv_buf err = LV_BUF_INIT;
+        struct lv_config *c = load_here(file, lua_dir_or_default(lua_dir), &err);
+        if (!c || !same_shape(cfg, c)) {
+            lv_buf_printf(errors, "%s:1: loading the configuration again for worker %u %s: %.*s\n",
+                          file, k + 1,
+                          c ? "gave other routes or upstreams (it must not depend on when it "
+                              "runs)"
+                            : "failed",
+                          (int)(err.len ? err.len - 1 : 0), err.data ? err.data : "");
+            lv_buf_dispose(&err);
+            lv_config_unpin(c);
+            return -1;
+        }
+        lv_buf_dispose(&err);
+        cfg->worker_copies[k] = c;
+        cfg->nworker_copies = k + 1;
+    }
+    return 0;
+}
+
 void lv_config_job_run(void *job)
 {
     struct lv_config_job *j = job;
     struct lv_buf errors = LV_BUF_INIT;
     struct lv_config *cfg = load_here(j->file, j->lua_dir, &errors);
+    if (cfg && lv_config_load_copies(cfg, j->file, j->lua_dir, j->copies, &errors) != 0) {
+        lv_config_unpin(cfg);
+        cfg = NULL;
+    }
     pthread_mutex_lock(&j->mu);
     j->done = true;
     bool abandoned = j->abandoned;

@@ -49,6 +49,13 @@ struct lv_config *lv_config_load(const char *file, const char *lua_dir, struct l
 struct lv_config_job;
 struct lv_config_job *lv_config_job_new(const char *file, const char *lua_dir,
                                         void (*notify)(void *arg), void *arg);
+/** Several workers: a configuration with route hooks is loaded `copies` more times, one per
+ *  other worker (cfg->worker_copies), so each runs hooks in a Lua state of its own. */
+void lv_config_job_set_copies(struct lv_config_job *job, unsigned copies);
+/** The same, synchronously, for a configuration already loaded from `file`: 0, or -1 with the
+ *  errors appended (copies that failed to load or differ in their routes). */
+int lv_config_load_copies(struct lv_config *cfg, const char *file, const char *lua_dir,
+                          unsigned copies, struct lv_buf *errors);
 /** The thread's body (fits uv_thread_create): loads, then hands the result over. */
 void lv_config_job_run(void *job);
 bool lv_config_job_done(struct lv_config_job *job);

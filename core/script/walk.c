@@ -148,6 +148,7 @@ static uint64_t w_methods(lua_State *L, struct lv_walk *w, int t, const char *ke
 static const char *const balance_names[] = {"round_robin", "least_request"};
 static const char *const jitter_names[] = {"full", "equal", "decorrelated", "none"};
 static const char *const access_log_names[] = {"off", "stdout", "stderr", "file"};
+static const char *const accept_names[] = {"shared", "reuseport"};
 static const char *const store_names[] = {"memory", "redis"};
 static const char *const conflict_names[] = {"reject", "wait"};
 static const char *const store_error_names[] = {"fail_closed", "fail_open"};
@@ -401,6 +402,8 @@ int lv_walk_config(lua_State *L)
     c->error_log_path = w_str(L, w, t, "error_log_path", true);
     c->watch = w_bool(L, w, t, "watch");
     c->drain_timeout_ms = w_uint(L, w, t, "drain_timeout_ms");
+    c->workers = w_u32(L, w, t, "workers");
+    c->accept = (enum lv_accept_mode)w_enum(L, w, t, "accept", accept_names, NELEM(accept_names));
 
     int ut = w_table(L, w, t, "upstreams", false);
     n = lua_rawlen(L, ut);

@@ -434,9 +434,9 @@ static bool fx_metrics_has(const char *line)
 /* A route's state in the server's registry (NULL: none by that name). */
 static struct lv_route_state *fx_route(const char *name)
 {
-    for (size_t i = 0; i < fx_server.routes.n; i++)
-        if (strcmp(fx_server.routes.all[i]->name, name) == 0)
-            return fx_server.routes.all[i];
+    for (size_t i = 0; i < fx_server.routes->n; i++)
+        if (strcmp(fx_server.routes->all[i]->name, name) == 0)
+            return fx_server.routes->all[i];
     return NULL;
 }
 

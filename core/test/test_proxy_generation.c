@@ -75,9 +75,9 @@ static void settle(void)
 
 static struct lv_route_state *registered(const char *name)
 {
-    for (size_t i = 0; i < server.routes.n; i++)
-        if (strcmp(server.routes.all[i]->name, name) == 0)
-            return server.routes.all[i];
+    for (size_t i = 0; i < server.routes->n; i++)
+        if (strcmp(server.routes->all[i]->name, name) == 0)
+            return server.routes->all[i];
     return NULL;
 }
 

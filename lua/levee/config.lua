@@ -812,6 +812,21 @@ CUSTOM["listen"] = function(cx, v, path, c, st)
     c.listen = out
 end
 
+CUSTOM["workers"] = function(cx, v, path, c)
+    if v == nil then
+        c.workers = 1
+    elseif v == "auto" then
+        c.workers = 0 -- the core counts the CPUs it may run on
+    elseif math.type(v) == "integer" then
+        if v < 1 or v > 256 then
+            cx:err(path, "expected 1 to 256 or \"auto\", got " .. show(v))
+        end
+        c.workers = v
+    else
+        cx:err(path, 'expected "auto" or an integer, got ' .. show(v))
+    end
+end
+
 CUSTOM["admin"] = function(cx, v, path, c)
     if v ~= nil and v ~= false then
         c.admin = cx:hostport(v, path)

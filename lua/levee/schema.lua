@@ -95,6 +95,16 @@ M.sections = {
                 doc = "Reload when the file, or a module it required, changes." },
             { key = "drain_timeout", type = "duration", min = 0, default = "10s",
                 doc = "On SIGTERM/SIGINT, how long requests in flight may take to finish." },
+            { key = "workers", type = "workers", type_doc = '`"auto"` or an integer', range_doc = "1 – 256",
+                default = 1, default_doc = "1",
+                doc = 'Worker threads, each with its own event loop and upstream pools; `"auto"`: one '
+                    .. "per CPU levee may run on. Breakers, budgets, idempotency keys and health stay "
+                    .. "global (README \"Workers\"). Read at start: a reload keeps the number running." },
+            { key = "accept", type = "enum", choices = { "shared", "reuseport" }, default = "shared",
+                doc = "How workers share a listening port: `shared`, one socket every worker accepts "
+                    .. "from (the least busy worker takes the connection); `reuseport`, a socket per "
+                    .. "worker with SO_REUSEPORT (the kernel spreads connections by address hash; a "
+                    .. "few connections may leave a worker idle). README \"Workers\" has the numbers." },
             { key = "upstreams", type = "map", type_doc = "table of name → upstream",
                 doc = "The backends, keyed by name; see [upstreams](#upstreams)." },
             { key = "routes", type = "routes", type_doc = "list of routes, at least one",
