@@ -423,12 +423,26 @@ T_TEST(remote_notify_forms)
     teardown();
 }
 
+static struct lv_idem *rb;
+static void make_rb(void *arg)
+{
+    (void)arg;
+    rb = lv_idem_remote_create(&B.loop, B.ib, tgt, O.ib);
+}
+
+static void unref_rb(void *arg)
+{
+    (void)arg;
+    lv_idem_unref(rb);
+}
+
 /* ---- cancels racing their answers */
 
 struct cop {
     struct lv_idem_op *op;
     bool cancelled;
     int calls;
+    void *owner;
 };
 
 static int after_cancel, acquired_seen, cop_calls;
@@ -481,13 +495,96 @@ static void owner_release(void *arg)
     owner_lock = NULL;
 }
 
+/* On B, at the same time: bursts of begins on the same keys through B's remote store, the ones
+ * not answered yet cancelled one, two or five loop turns later, or once half were answered. */
+enum { B_BURST = 16 };
+
+struct bdrv {
+    uv_idle_t idle;
+    int round, rounds, *finished;
+    bool active; /* a burst is out */
+    int age, burst_calls;
+    struct cop ops[B_BURST];
+    int after_cancel, calls, cancels;
+};
+
+static void on_bcop(enum lv_idem_result r, const struct lv_idem_response *st,
+                    struct lv_idem_lock *lock, void *arg)
+{
+    (void)st;
+    struct cop *c = arg;
+    struct bdrv *d = c->owner;
+    d->after_cancel += c->cancelled;
+    d->calls++;
+    d->burst_calls++;
+    c->calls++;
+    if (r == LV_IDEM_ACQUIRED)
+        lv_idem_release(lock);
+}
+
+static void bdrv_closed(uv_handle_t *h)
+{
+    struct bdrv *d = h->data;
+    lv_inbox_call(mib, bump, d->finished);
+}
+
+static void bdrv_tick(uv_idle_t *h)
+{
+    struct bdrv *d = h->data;
+    if (d->active) {
+        d->age++;
+        int mode = d->round % 4;
+        bool due = mode == 3 ? d->burst_calls >= B_BURST / 2 : d->age >= (int[]){1, 2, 5}[mode];
+        if (!due)
+            return;
+        for (int i = 0; i < B_BURST; i++) {
+            if (d->ops[i].calls == 0) {
+                d->ops[i].cancelled = true;
+                lv_idem_cancel(d->ops[i].op);
+                d->cancels++;
+            }
+        }
+        d->active = false;
+        d->round++;
+        return;
+    }
+    if (d->round == d->rounds) {
+        uv_close((uv_handle_t *)h, bdrv_closed);
+        return;
+    }
+    uint8_t fa[32];
+    fp_of("a", fa);
+    char key[16];
+    snprintf(key, sizeof(key), "c%d", d->round % 7);
+    d->active = true;
+    d->age = d->burst_calls = 0;
+    for (int i = 0; i < B_BURST; i++) {
+        d->ops[i] = (struct cop){.owner = d};
+        d->ops[i].op = lv_idem_begin(rb, key, strlen(key), fa, 60000, on_bcop, &d->ops[i]);
+    }
+}
+
+static void bdrv_start(void *arg)
+{
+    struct bdrv *d = arg;
+    uv_idle_init(&B.loop, &d->idle);
+    d->idle.data = d;
+    uv_idle_start(&d->idle, bdrv_tick);
+}
+
 T_TEST(remote_cancel_races)
 {
     setup();
+    worker_start(&B);
     struct lv_idem *s = remote_here();
+    T_CHECK(on_worker(&O, ref_target, NULL));
+    T_CHECK(on_worker(&B, make_rb, NULL));
     uint8_t fa[32];
     fp_of("a", fa);
     enum { ROUNDS = 400, M = 16 };
+    static struct bdrv d;
+    int b_finished = 0;
+    d = (struct bdrv){.rounds = ROUNDS, .finished = &b_finished};
     static struct cop ops[M], waits[M];
     after_cancel = acquired_seen = 0;
     char key[16];
@@ -496,6 +593,7 @@ T_TEST(remote_cancel_races)
     settle();
     T_CHECK(owner_lock != NULL);
     int cancels = 0;
+    lv_inbox_call(B.ib, bdrv_start, &d);
     for (int round = 0; round < ROUNDS; round++) {
         snprintf(key, sizeof(key), "c%d", round % 7);
         for (int i = 0; i < M; i++) {
@@ -535,10 +633,15 @@ T_TEST(remote_cancel_races)
             }
         }
     }
+    T_CHECK(run_until(&ml, &b_finished, 1, 20000));
     settle();
     settle();
     T_CHECK_INT(after_cancel, 0);
+    T_CHECK_INT(d.after_cancel, 0);
     T_CHECK(cancels > ROUNDS * M / 2); /* the races really happened */
+    T_CHECK(d.cancels > 0 && d.calls > 0);
+    fprintf(stderr, "  main: %d cancels, %d acquired; worker: %d cancels, %d answers\n", cancels,
+            acquired_seen, d.cancels, d.calls);
     T_CHECK(acquired_seen > 0);
     struct lv_idem_stats st;
     lv_idem_stats(s, &st);
@@ -556,6 +659,8 @@ T_TEST(remote_cancel_races)
     }
     rec_reset(&r);
     lv_idem_unref(s);
+    T_CHECK(on_worker(&B, unref_rb, NULL));
+    worker_stop(&B);
     teardown();
 }
 
@@ -598,6 +703,13 @@ static void party_begin(void *arg)
     lv_idem_begin(p->s, p->key, strlen(p->key), p->fp, 60000, party_got, p);
 }
 
+static void party_begin_issued(void *arg)
+{
+    struct party *p = arg;
+    party_begin(p);
+    party_signal(p, p->issued);
+}
+
 static void party_woke(bool changed, void *arg)
 {
     struct party *p = arg;
@@ -628,19 +740,6 @@ static void party_do(struct party *p, void (*fn)(void *arg))
         fn(p);
 }
 
-static struct lv_idem *rb;
-static void make_rb(void *arg)
-{
-    (void)arg;
-    rb = lv_idem_remote_create(&B.loop, B.ib, tgt, O.ib);
-}
-
-static void unref_rb(void *arg)
-{
-    (void)arg;
-    lv_idem_unref(rb);
-}
-
 T_TEST(remote_three_loops_one_key)
 {
     setup();
@@ -663,9 +762,18 @@ T_TEST(remote_three_loops_one_key)
             ps[i].issued = &issued;
             ps[i].lock = NULL;
         }
-        done = 0;
-        for (int i = 0; i < 3; i++)
-            party_do(&ps[(i + round) % 3], party_begin);
+        done = issued = 0;
+        if (round % 2) {
+            /* Staggered: one party's begin is on its way before the others start. */
+            party_do(&ps[round % 3], party_begin_issued);
+            T_CHECK(run_until(&ml, &issued, 1, 5000));
+            for (int i = 0; i < 3; i++)
+                if (i != round % 3)
+                    party_do(&ps[i], party_begin);
+        } else {
+            for (int i = 0; i < 3; i++)
+                party_do(&ps[(i + round / 2) % 3], party_begin);
+        }
         T_CHECK(run_until(&ml, &done, 3, 5000));
         int acquired = 0, holder = -1;
         for (int i = 0; i < 3; i++) {
@@ -707,6 +815,7 @@ T_TEST(remote_three_loops_one_key)
     fprintf(stderr, "  holders: owner %d, worker %d, main %d\n", holders[0], holders[1],
             holders[2]);
     T_CHECK_INT(target_entries(), ROUNDS);
+    T_CHECK(holders[0] > 0 && holders[1] > 0 && holders[2] > 0);
 
     lv_idem_unref(s);
     T_CHECK(on_worker(&B, unref_rb, NULL));
