@@ -954,6 +954,64 @@ T_TEST(remote_destroy_in_flight)
     teardown();
 }
 
+static int b_unavailable, b_waits_false;
+static void on_b_unavail(enum lv_idem_result r, const struct lv_idem_response *st,
+                         struct lv_idem_lock *lock, void *arg)
+{
+    (void)st;
+    (void)arg;
+    b_unavailable += r == LV_IDEM_UNAVAILABLE && lock == NULL;
+    lv_idem_release(lock);
+}
+
+static void on_b_wait(bool changed, void *arg)
+{
+    (void)arg;
+    b_waits_false += !changed;
+}
+
+/* On B: begins and waits, then the last unref and the end of B's loop, all in one go. */
+static void b_burst_then_unref(void *arg)
+{
+    (void)arg;
+    uint8_t fa[32];
+    fp_of("a", fa);
+    char key[16];
+    for (int i = 0; i < 60; i++) {
+        snprintf(key, sizeof(key), "u%d", i % 13);
+        lv_idem_begin(rb, key, strlen(key), fa, 60000, on_b_unavail, NULL);
+        lv_idem_wait(rb, "u0", 2, 60000, on_b_wait, NULL);
+    }
+    lv_idem_unref(rb);
+    rb = NULL;
+    uv_close((uv_handle_t *)&B.hold, NULL);
+}
+
+/* A worker whose loop ends with operations still forwarded: they are answered (UNAVAILABLE,
+ * not changed), the loop stays up until the owner's answers are in, nothing is left locked
+ * and nothing leaks. */
+T_TEST(remote_worker_ends_with_ops_in_flight)
+{
+    setup();
+    worker_start(&B);
+    T_CHECK(on_worker(&O, ref_target, NULL));
+    T_CHECK(on_worker(&B, make_rb, NULL));
+    b_unavailable = b_waits_false = 0;
+    lv_inbox_call(B.ib, b_burst_then_unref, NULL);
+    uint64_t deadline = uv_hrtime() + 10 * 1000000000ULL;
+    while (!atomic_load(&B.ended) && uv_hrtime() < deadline) {
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    T_CHECK(atomic_load(&B.ended));
+    pthread_join(B.th, NULL);
+    T_CHECK_INT(B.close_rc, 0);
+    T_CHECK_INT(b_unavailable, 60);
+    T_CHECK_INT(b_waits_false, 60);
+    T_CHECK_INT(target_entries(), 0);
+    teardown();
+}
+
 /* The owner thread asks its loop to end (its own reference given back) while a remote store is
  * still in use: the loop stays up and keeps answering until the remote store is gone, then ends
  * by itself. */
@@ -1043,6 +1101,7 @@ int main(void)
     T_RUN(remote_three_loops_one_key);
     T_RUN(remote_last_unref_answers_pending);
     T_RUN(remote_destroy_in_flight);
+    T_RUN(remote_worker_ends_with_ops_in_flight);
     T_RUN(remote_owner_outlives_remote_stores);
     T_RUN(remote_destroy_in_callback);
     T_DONE();
