@@ -143,6 +143,24 @@ struct lv_idem_redis_opts {
 struct lv_idem *lv_idem_redis_create(uv_loop_t *loop, const char *host, uint16_t port,
                                      const char *prefix, const struct lv_idem_redis_opts *opts);
 
+struct lv_inbox;
+
+/**
+ * Creates a store on `loop` (the calling thread's) that forwards every operation to `target`, a
+ * store living on another loop, through that loop's inbox `target_inbox`; answers come back
+ * through `own_inbox` (this loop's) and are delivered here as from any store. Its stats say the
+ * target's kind, entries = locks held through this store, connected = true.
+ *
+ * The caller hands over one reference to `target`, taken with lv_idem_ref on target's loop
+ * (before sending this thread the store): the remote store gives it back on target's loop once
+ * it has closed and its last lock has ended. While a remote store exists, target's loop stays
+ * alive; while one of its operations awaits an answer, `loop` stays alive. So each thread
+ * runs its loop until it ends before closing its inbox, and nobody destroys `target` while a
+ * remote store still uses it (unref it instead).
+ */
+struct lv_idem *lv_idem_remote_create(uv_loop_t *loop, struct lv_inbox *own_inbox,
+                                      struct lv_idem *target, struct lv_inbox *target_inbox);
+
 /** Adds a reference to `s` (which must still have one) and returns `s`. */
 struct lv_idem *lv_idem_ref(struct lv_idem *s);
 
