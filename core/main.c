@@ -103,7 +103,8 @@ struct app {
  * sockets and whether an access log is on. */
 struct install {
     struct app *app;
-    struct lv_config **cfgs; /* per worker, one reference each */
+    struct lv_config **cfgs;      /* per worker, one reference each */
+    struct lv_idem ***owner_refs; /* per worker >= 1: lv_server_owner_refs */
     struct lv_listen_plan plan;
     struct lv_log_files logs;
     uint64_t number;
@@ -116,7 +117,9 @@ static void install_on_worker(struct lv_worker *w, void *arg)
     struct lv_config *cfg = in->cfgs[w->index];
     in->cfgs[w->index] = NULL;
     lv_listeners_commit(&w->listeners, cfg, &in->plan, w->index);
-    lv_server_install_worker(&w->server, cfg, in->number, in->logs.access_fd >= 0);
+    struct lv_idem **refs = in->owner_refs[w->index];
+    in->owner_refs[w->index] = NULL;
+    lv_server_install_worker(&w->server, cfg, in->number, in->logs.access_fd >= 0, refs);
 }
 
 static void install_done(void *arg)
@@ -127,6 +130,7 @@ static void install_done(void *arg)
     lv_server_commit_logs(app->server, &in->logs);
     lv_listen_plan_free(&in->plan);
     free(in->cfgs);
+    free(in->owner_refs);
     bool reload = in->reload;
     free(in);
     if (reload)
@@ -173,6 +177,9 @@ static int apply(struct app *app, struct lv_config *cfg, struct lv_buf *errors, 
         cfg->nworker_copies = 0;
     }
     lv_server_shared_configure(ws->sh, cfg, app->server->loop);
+    in->owner_refs = lv_xcalloc(ws->n, sizeof(*in->owner_refs));
+    for (unsigned i = 1; i < ws->n; i++)
+        in->owner_refs[i] = lv_server_owner_refs(ws->sh, in->cfgs[i]);
     if (!reload) {
         /* At start nothing runs yet: every worker installs from here. */
         for (unsigned i = 0; i < ws->n; i++)

@@ -158,31 +158,63 @@ void lv_server_count_request(struct lv_server *s, struct lv_route_state *rs, int
  * their own access to it (README "Workers"): a remote store forwarding to the memory store on
  * the first worker's loop, or a Redis connection of their own. It is kept from the previous
  * generation while the route state's store is the same one. */
+static void owner_unref(void *store)
+{
+    lv_idem_unref(store);
+}
+
+/* `owner_ref` (maybe NULL): a reference to the route's memory store, taken on the first
+ * worker's loop for this worker; used for a new remote store, else given back there. */
 static struct lv_idem *generation_take_store(struct lv_server *s, struct lv_generation *g, size_t i,
-                                             struct lv_route_state *rs)
+                                             struct lv_route_state *rs, struct lv_idem *owner_ref)
 {
     lv_route_state_lock(rs);
     struct lv_idem *owner = rs->idem;
     uint64_t version = rs->idem_version;
     lv_route_state_unlock(rs);
     g->route_store_versions[i] = version;
-    if (!owner)
-        return NULL;
-    if (s->worker == 0)
-        return lv_idem_ref(owner);
-    struct lv_generation *prev = s->gen;
-    for (size_t j = 0; prev && j < prev->cfg->nroutes; j++)
-        if (prev->route_states[j] == rs && prev->route_stores[j] &&
-            prev->route_store_versions[j] == version)
-            return lv_idem_ref(prev->route_stores[j]);
+    struct lv_idem *store = NULL;
     const struct lv_idem_cfg *ic = &g->cfg->routes[i].idempotency;
-    if (ic->store == LV_IDEM_STORE_REDIS) {
-        char prefix[300];
-        snprintf(prefix, sizeof(prefix),
-                 "%s%s:", ic->redis_prefix ? ic->redis_prefix : "levee:", rs->name);
-        return lv_idem_redis_create(s->loop, ic->redis.host, ic->redis.port, prefix, NULL);
+    struct lv_generation *prev = s->gen;
+    if (!owner) {
+        store = NULL;
+    } else if (s->worker == 0) {
+        store = lv_idem_ref(owner);
+    } else {
+        for (size_t j = 0; prev && j < prev->cfg->nroutes && !store; j++)
+            if (prev->route_states[j] == rs && prev->route_stores[j] &&
+                prev->route_store_versions[j] == version)
+                store = lv_idem_ref(prev->route_stores[j]);
+        if (!store && ic->store == LV_IDEM_STORE_REDIS) {
+            char prefix[300];
+            snprintf(prefix, sizeof(prefix),
+                     "%s%s:", ic->redis_prefix ? ic->redis_prefix : "levee:", rs->name);
+            store = lv_idem_redis_create(s->loop, ic->redis.host, ic->redis.port, prefix, NULL);
+        } else if (!store && owner_ref) {
+            store = lv_idem_remote_create(s->loop, s->sh->inboxes[s->worker], owner_ref,
+                                          s->sh->inboxes[0]);
+            owner_ref = NULL; /* taken over */
+        }
     }
-    return lv_idem_remote_create(s->loop, s->sh->inboxes[s->worker], owner, s->sh->inboxes[0]);
+    if (owner_ref)
+        lv_inbox_call(s->sh->inboxes[0], owner_unref, owner_ref);
+    return store;
+}
+
+struct lv_idem **lv_server_owner_refs(struct lv_server_shared *sh, const struct lv_config *cfg)
+{
+    struct lv_idem **refs = lv_xcalloc(cfg->nroutes + 1, sizeof(*refs));
+    for (size_t i = 0; i < cfg->nroutes; i++) {
+        const struct lv_idem_cfg *ic = &cfg->routes[i].idempotency;
+        if (!ic->enabled || ic->store == LV_IDEM_STORE_REDIS)
+            continue;
+        struct lv_route_state *rs = lv_route_states_get(&sh->routes, cfg->routes[i].name);
+        lv_route_state_lock(rs);
+        if (rs->idem)
+            refs[i] = lv_idem_ref(rs->idem);
+        lv_route_state_unlock(rs);
+    }
+    return refs;
 }
 
 static void generation_release_store(struct lv_idem *store)
@@ -233,7 +265,8 @@ static void generation_release(void *owner, struct lv_generation *g)
 /* A generation for `cfg` (takes its reference): references to the upstreams and the route
  * states (by route name: they carry over from older generations, and lv_server_shared_configure
  * gave them this configuration's settings) it names. */
-static struct lv_generation *generation_build(struct lv_server *s, struct lv_config *cfg)
+static struct lv_generation *generation_build(struct lv_server *s, struct lv_config *cfg,
+                                              struct lv_idem **owner_refs)
 {
     struct lv_generation *g = lv_generation_new(cfg, generation_release, s);
     generation_take_upstreams(s, g);
@@ -241,7 +274,7 @@ static struct lv_generation *generation_build(struct lv_server *s, struct lv_con
         struct lv_route_state *rs = lv_server_route_state(s, cfg->routes[i].name);
         lv_server_route_use(s, rs);
         g->route_states[i] = rs;
-        g->route_stores[i] = generation_take_store(s, g, i, rs);
+        g->route_stores[i] = generation_take_store(s, g, i, rs, owner_refs ? owner_refs[i] : NULL);
     }
     s->live = lv_xrealloc(s->live, (s->nlive + 1) * sizeof(*s->live));
     s->live[s->nlive++] = g;
@@ -586,11 +619,12 @@ void lv_server_shared_configure(struct lv_server_shared *sh, const struct lv_con
 }
 
 void lv_server_install_worker(struct lv_server *s, struct lv_config *cfg, uint64_t number,
-                              bool access_on)
+                              bool access_on, struct lv_idem **owner_refs)
 {
     s->generation = number;
     struct lv_generation *old = s->gen;
-    s->gen = generation_build(s, cfg);
+    s->gen = generation_build(s, cfg, owner_refs);
+    free(owner_refs);
     s->cfg = cfg;
     if (s->access_on && !access_on && s->access_buf.len)
         flush_access_log(s);
@@ -606,7 +640,7 @@ void lv_server_install(struct lv_server *s, struct lv_config *cfg, struct lv_log
 {
     cfg->generation = s->generation + 1;
     lv_server_shared_configure(s->sh, cfg, s->loop);
-    lv_server_install_worker(s, cfg, cfg->generation, lf->access_fd >= 0);
+    lv_server_install_worker(s, cfg, cfg->generation, lf->access_fd >= 0, NULL);
     lv_server_commit_logs(s, lf);
 }
 

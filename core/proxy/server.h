@@ -130,9 +130,14 @@ void lv_server_close_logs(struct lv_log_files *lf);
 void lv_server_install(struct lv_server *s, struct lv_config *cfg, struct lv_log_files *lf);
 /** On the worker's thread, after lv_server_shared_configure: puts `cfg` (takes the caller's
  *  reference; the worker's own copy when routes have hooks) in force as generation `number`;
- *  the previous generation loses the server's pin. `access_on`: an access log is configured. */
+ *  the previous generation loses the server's pin. `access_on`: an access log is configured.
+ *  `owner_refs`: from lv_server_owner_refs (NULL for the first worker). */
 void lv_server_install_worker(struct lv_server *s, struct lv_config *cfg, uint64_t number,
-                              bool access_on);
+                              bool access_on, struct lv_idem **owner_refs);
+/** On the first worker's thread, for a worker >= 1 about to install `cfg`: per route, a
+ *  reference to its memory idempotency store (NULL for others), which that worker's remote
+ *  store takes over or gives back (install_worker frees the array). */
+struct lv_idem **lv_server_owner_refs(struct lv_server_shared *sh, const struct lv_config *cfg);
 /** Puts the log files opened for a configuration in force and closes the old ones (all
  *  workers have installed it, or there is one). */
 void lv_server_commit_logs(struct lv_server *s, struct lv_log_files *lf);
