@@ -249,8 +249,9 @@ static void status_json(struct lv_admin *a, struct lv_buf *b)
         json_str(b, up->cfg->balance == LV_BALANCE_LEAST_REQUEST ? "least_request" : "round_robin");
         struct lv_admin_server sum0;
         a->ops.server(a->ops.arg, i, 0, &sum0);
+        lv_upstream_health_lock(up); /* every worker's outcomes feed it (README "Workers") */
         lv_buf_printf(b, ",\"waiting\":%u,\"panic\":%s,\"panic_picks\":%llu,\"servers\":[",
-                      sum0.waiting, up->health.panic ? "true" : "false",
+                      sum0.waiting, up->health->g.panic ? "true" : "false",
                       (unsigned long long)sum0.panic_picks);
         for (size_t k = 0; k < up->nservers; k++) {
             struct lv_upserver *sv = &up->servers[k];
@@ -267,7 +268,7 @@ static void status_json(struct lv_admin *a, struct lv_buf *b)
                 sv->naddrs, sum.active, sum.idle, sum.inflight, (unsigned long long)sum.connects,
                 (unsigned long long)sum.connect_failures, (unsigned long long)sum.tls_resumed);
             /* health (README, "Upstream health") */
-            const struct lv_server_health *hs = &up->health.servers[k];
+            const struct lv_server_health *hs = &up->health->g.servers[k];
             lv_buf_puts(b, ",\"state\":");
             json_str(b, lv_server_state_name(hs->state));
             lv_buf_puts(b, ",\"reason\":");
@@ -275,10 +276,10 @@ static void status_json(struct lv_admin *a, struct lv_buf *b)
             lv_buf_printf(b,
                           ",\"eject_left_ms\":%llu,\"consecutive_failures\":%u,\"ejections\":%llu,"
                           "\"ejections_dry\":%llu,\"weight\":%.3f",
-                          (unsigned long long)lv_health_eject_left(&up->health, k, now),
+                          (unsigned long long)lv_health_eject_left(&up->health->g, k, now),
                           hs->consecutive_failures, (unsigned long long)hs->ejections_enforced,
                           (unsigned long long)hs->ejections_dry,
-                          lv_health_weight(&up->health, k, now));
+                          lv_health_weight(&up->health->g, k, now));
             if (sv->last_check[0]) {
                 lv_buf_puts(b, ",\"last_check\":{\"result\":");
                 json_str(b, sv->last_check);
@@ -290,6 +291,7 @@ static void status_json(struct lv_admin *a, struct lv_buf *b)
             }
             lv_buf_putc(b, '}');
         }
+        lv_upstream_health_unlock(up);
         lv_buf_puts(b, "]}");
     }
     lv_buf_puts(b, "]}\n");

@@ -119,7 +119,7 @@ size_t lv_upserver_index(const struct lv_upserver *s)
 static bool candidate(const struct lv_upstream *up, size_t i, uint64_t tried, bool panic,
                       bool tried_ok)
 {
-    if (!panic && !lv_health_in(&up->health, i))
+    if (!panic && !lv_health_in(&up->health->g, i))
         return false;
     return tried_ok || i >= 64 || !(tried & ((uint64_t)1 << i));
 }
@@ -127,7 +127,7 @@ static bool candidate(const struct lv_upstream *up, size_t i, uint64_t tried, bo
 /* A starting server takes its slow-start share: it is passed over with probability 1 - w. */
 static bool takes_share(struct lv_upstream *up, size_t i, uint64_t now)
 {
-    double w = lv_health_weight(&up->health, i, now);
+    double w = lv_health_weight(&up->health->g, i, now);
     if (w >= 1.0)
         return true;
     return (double)(rng_next(&up->rng) >> 11) * 0x1.0p-53 < w;
@@ -181,22 +181,23 @@ static struct lv_upserver *pick_p2c(struct lv_upstream *up, uint64_t tried, bool
     if (b >= a)
         b++;
     struct lv_upserver *sa = &up->servers[idx[a]], *sb = &up->servers[idx[b]];
-    double wa = panic ? 1.0 : lv_health_weight(&up->health, idx[a], now);
-    double wb = panic ? 1.0 : lv_health_weight(&up->health, idx[b], now);
+    double wa = panic ? 1.0 : lv_health_weight(&up->health->g, idx[a], now);
+    double wb = panic ? 1.0 : lv_health_weight(&up->health->g, idx[b], now);
     return (double)(sb->inflight + 1) / wb < (double)(sa->inflight + 1) / wa ? sb : sa;
 }
 
-static struct lv_upserver *pick_server(struct lv_upstream *up, const struct lv_upserver *last,
-                                       uint64_t tried, bool fresh, bool *panic)
+static struct lv_upserver *pick_server_locked(struct lv_upstream *up,
+                                              const struct lv_upserver *last, uint64_t tried,
+                                              bool fresh, bool *panic)
 {
     size_t n = up->nservers;
     uint64_t now = lv__upstream_now(up);
-    size_t in = lv_health_count_in(&up->health);
+    size_t in = lv_health_count_in(&up->health->g);
     if (in < n && !up->closing) {
         /* Someone is out: an ejection may have run out since the last tick. */
         struct lv_health_event ev[16];
-        health_events(up, ev, lv_health_tick(&up->health, now, ev, 16));
-        in = lv_health_count_in(&up->health);
+        health_events(up, ev, lv_health_tick(&up->health->g, now, ev, 16));
+        in = lv_health_count_in(&up->health->g);
     }
     *panic = in == 0;
     if (*panic)
@@ -213,6 +214,16 @@ static struct lv_upserver *pick_server(struct lv_upstream *up, const struct lv_u
         return pick_rr(up, lv_upserver_index(last) + 1, false, tried, *panic, now);
     }
     return pick_rr(up, up->rr, true, 0, *panic, now);
+}
+
+/* Picks under the health lock: the states every worker shares (README "Workers"). */
+static struct lv_upserver *pick_server(struct lv_upstream *up, const struct lv_upserver *last,
+                                       uint64_t tried, bool fresh, bool *panic)
+{
+    lv_upstream_health_lock(up);
+    struct lv_upserver *s = pick_server_locked(up, last, tried, fresh, panic);
+    lv_upstream_health_unlock(up);
+    return s;
 }
 
 /* The most recently pooled idle connection of `s`, taken (busy), or NULL. Its idle timer is
@@ -411,8 +422,10 @@ void lv_upstream_report(struct lv_upstream *up, const struct lv_upserver *s,
     if (!s || up->closing)
         return;
     struct lv_health_event ev[LV_HEALTH_MAX_EVENTS];
-    int n = lv_health_record(&up->health, lv_upserver_index(s), lv__upstream_now(up), o, ev);
+    lv_upstream_health_lock(up);
+    int n = lv_health_record(&up->health->g, lv_upserver_index(s), lv__upstream_now(up), o, ev);
     health_events(up, ev, n);
+    lv_upstream_health_unlock(up);
 }
 
 void lv_upstream_check_result(struct lv_upstream *up, size_t i, bool ok, const char *why,
@@ -429,8 +442,10 @@ void lv_upstream_check_result(struct lv_upstream *up, size_t i, bool ok, const c
     uv_timeval64_t tv;
     s->last_check_unix = uv_gettimeofday(&tv) == 0 ? (double)tv.tv_sec + tv.tv_usec / 1e6 : 0;
     struct lv_health_event ev[LV_HEALTH_MAX_EVENTS];
-    int n = lv_health_check_result(&up->health, i, lv__upstream_now(up), ok, why, ev);
+    lv_upstream_health_lock(up);
+    int n = lv_health_check_result(&up->health->g, i, lv__upstream_now(up), ok, why, ev);
     health_events(up, ev, n);
+    lv_upstream_health_unlock(up);
 }
 
 /* ---- the servers as net/healthcheck sees them */
@@ -478,7 +493,7 @@ static void on_check(size_t server, bool ok, const char *why, uint64_t duration_
 static void checks_sync(struct lv_upstream *up)
 {
     const struct lv_health_cfg *h = &up->cfg->health;
-    if (!h->enabled || up->retired || up->closing) {
+    if (!h->enabled || up->retired || up->closing || !up->runs_checks) {
         lv_healthcheck_stop(up->checker);
         up->checker = NULL;
         return;
@@ -500,7 +515,34 @@ static void checks_sync(struct lv_upstream *up)
                 lv_healthcheck_params_error(&p));
 }
 
-struct lv_upstream *lv_upstream_create(uv_loop_t *loop, const struct lv_upstream_cfg *cfg)
+struct lv_upstream_health *lv_upstream_health_new(const struct lv_upstream_cfg *cfg)
+{
+    struct lv_upstream_health *h = lv_xcalloc(1, sizeof(*h));
+    pthread_mutex_init(&h->lock, NULL);
+    struct lv_health_params hp;
+    health_params(cfg, &hp);
+    lv_health_init(&h->g, &hp, cfg->nservers, false);
+    atomic_init(&h->refs, 1);
+    return h;
+}
+
+struct lv_upstream_health *lv_upstream_health_ref(struct lv_upstream_health *h)
+{
+    atomic_fetch_add(&h->refs, 1);
+    return h;
+}
+
+void lv_upstream_health_unref(struct lv_upstream_health *h)
+{
+    if (!h || atomic_fetch_sub(&h->refs, 1) > 1)
+        return;
+    lv_health_free(&h->g);
+    pthread_mutex_destroy(&h->lock);
+    free(h);
+}
+
+struct lv_upstream *lv_upstream_create(uv_loop_t *loop, const struct lv_upstream_cfg *cfg,
+                                       struct lv_upstream_health *health, bool runs_checks)
 {
     struct lv_upstream *up = lv_xcalloc(1, sizeof(*up));
     up->name = lv_xstrdup(cfg->name);
@@ -524,9 +566,8 @@ struct lv_upstream *lv_upstream_create(uv_loop_t *loop, const struct lv_upstream
     up->open_handles = 1;
     up->nservers = cfg->nservers;
     up->servers = lv_xcalloc(cfg->nservers, sizeof(*up->servers));
-    struct lv_health_params hp;
-    health_params(cfg, &hp);
-    lv_health_init(&up->health, &hp, cfg->nservers, false);
+    up->health = health ? lv_upstream_health_ref(health) : lv_upstream_health_new(cfg);
+    up->runs_checks = runs_checks;
     for (size_t i = 0; i < cfg->nservers; i++) {
         struct lv_upserver *s = &up->servers[i];
         s->up = up;
@@ -558,13 +599,15 @@ void lv_upstream_update(struct lv_upstream *up, const struct lv_upstream_cfg *cf
     up->cfg = cfg;
     struct lv_health_params hp;
     health_params(cfg, &hp);
-    lv_health_configure(&up->health, &hp);
-    checks_sync(up);
-    if (checks_were_on && !cfg->health.enabled) {
+    lv_upstream_health_lock(up);
+    lv_health_configure(&up->health->g, &hp);
+    if (checks_were_on && !cfg->health.enabled && up->runs_checks) {
         /* Nothing will check a down server again: bring it back (README, "Upstream health"). */
         struct lv_health_event ev[16];
-        health_events(up, ev, lv_health_checks_off(&up->health, lv__upstream_now(up), ev, 16));
+        health_events(up, ev, lv_health_checks_off(&up->health->g, lv__upstream_now(up), ev, 16));
     }
+    lv_upstream_health_unlock(up);
+    checks_sync(up);
 }
 
 void lv_upstream_tick(struct lv_upstream *up)
@@ -572,8 +615,10 @@ void lv_upstream_tick(struct lv_upstream *up)
     uint64_t now = lv__upstream_now(up);
     if (!up->closing) {
         struct lv_health_event ev[16];
-        int n = lv_health_tick(&up->health, now, ev, 16);
+        lv_upstream_health_lock(up);
+        int n = lv_health_tick(&up->health->g, now, ev, 16);
         health_events(up, ev, n);
+        lv_upstream_health_unlock(up);
     }
     uint64_t period = up->cfg->pool.max_lifetime_ms ? up->cfg->pool.max_lifetime_ms : 600000;
     for (size_t i = 0; i < up->nservers; i++) {
@@ -636,7 +681,7 @@ void lv_upstream_free(struct lv_upstream *up)
     }
     free(up->servers);
     free(up->name);
-    lv_health_free(&up->health);
+    lv_upstream_health_unref(up->health);
     if (up->tls_ctx)
         lv_tls_ctx_free(up->tls_ctx);
     free(up);

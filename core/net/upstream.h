@@ -13,6 +13,8 @@
 #ifndef LV_UPSTREAM_H
 #define LV_UPSTREAM_H
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <uv.h>
@@ -124,6 +126,20 @@ struct lv_upserver {
     uint64_t sent_bytes, received_bytes;
 };
 
+/* The health of an upstream's servers, one for every worker's runtime upstream of that
+ * upstream (README "Workers"): outcomes any worker saw count together, active checks run in
+ * the first worker only, and every worker picks by the same states. `lock` guards `g`. */
+struct lv_upstream_health {
+    pthread_mutex_t lock;
+    struct lv_health_group g;
+    atomic_uint refs;
+};
+
+/** A group for `cfg`'s servers, all up, one reference. */
+struct lv_upstream_health *lv_upstream_health_new(const struct lv_upstream_cfg *cfg);
+struct lv_upstream_health *lv_upstream_health_ref(struct lv_upstream_health *h);
+void lv_upstream_health_unref(struct lv_upstream_health *h);
+
 struct lv_upstream {
     char *name;
     uv_loop_t *loop;
@@ -141,11 +157,12 @@ struct lv_upstream {
     uint32_t users; /* requests using this upstream now (a retired one goes when it reaches 0) */
     int open_handles;
     void (*on_closed)(struct lv_upstream *up);
-    uint64_t fingerprint;           /* of the servers list, to decide reuse across reloads */
-    struct lv_tls_ctx *tls_ctx;     /* tls = { ... }: client context; NULL: plain TCP */
-    struct lv_health_group health;  /* state of each server (index = server index) */
-    struct lv_healthcheck *checker; /* active checks (health = { ... }), or NULL */
-    uint64_t panic_picks;           /* attempts sent while no server was in */
+    uint64_t fingerprint;              /* of the servers list, to decide reuse across reloads */
+    struct lv_tls_ctx *tls_ctx;        /* tls = { ... }: client context; NULL: plain TCP */
+    struct lv_upstream_health *health; /* state of each server (index = server index), shared */
+    bool runs_checks;                  /* the worker whose upstream runs the active checks */
+    struct lv_healthcheck *checker;    /* active checks (health = { ... }), or NULL */
+    uint64_t panic_picks;              /* attempts sent while no server was in */
     /* levee_upstream_attempt_duration_seconds{upstream} (README "Metrics"), set lazily */
     struct lv_metric *attempt_duration;
     /* Called for every change of a server's state (the server logs and counts it). */
@@ -158,8 +175,19 @@ struct lv_upstream {
 struct lv_healthcheck_servers;
 extern const struct lv_healthcheck_servers lv_upstream_check_servers;
 
-/** Creates the runtime upstream for `cfg` (resolves literal addresses now; names async). */
-struct lv_upstream *lv_upstream_create(uv_loop_t *loop, const struct lv_upstream_cfg *cfg);
+/** Creates the runtime upstream for `cfg` (resolves literal addresses now; names async), with
+ *  the server health `health` (a reference is taken; NULL: a group of its own). Only the
+ *  upstream with `runs_checks` runs active checks (one per process). */
+struct lv_upstream *lv_upstream_create(uv_loop_t *loop, const struct lv_upstream_cfg *cfg,
+                                       struct lv_upstream_health *health, bool runs_checks);
+static inline void lv_upstream_health_lock(const struct lv_upstream *up)
+{
+    pthread_mutex_lock(&up->health->lock);
+}
+static inline void lv_upstream_health_unlock(const struct lv_upstream *up)
+{
+    pthread_mutex_unlock(&up->health->lock);
+}
 /** True if `cfg` has the same servers and TLS as the running one (so pools can be kept). */
 bool lv_upstream_same_servers(const struct lv_upstream *up, const struct lv_upstream_cfg *cfg);
 /** Points the upstream at a new config block with the same servers (a reload). */

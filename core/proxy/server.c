@@ -49,14 +49,77 @@ static void on_health_event(struct lv_upstream *up, const struct lv_health_event
                       up->servers[ev->server].name, ev->reason);
 }
 
-/* A reload replaced `up` (its server list changed): servers it keeps, by name, keep their
- * health and ejection state; new ones start up. */
+/* The health group every worker's new runtime upstream for `uc` shares (README "Workers"):
+ * the first worker to build generation `gen` makes it, with the state of the servers it keeps
+ * carried over from `old` (its previous upstream of that name, or NULL); the others find it. */
+struct lv_health_registry {
+    pthread_mutex_t lock;
+    struct health_entry {
+        char *name;
+        uint64_t gen;
+        struct lv_upstream_health *h; /* one reference */
+    } * v;
+    size_t n;
+};
+
+static struct lv_upstream_health *shared_health(struct lv_server *s,
+                                                const struct lv_upstream_cfg *uc, uint64_t gen,
+                                                const struct lv_upstream *old)
+{
+    struct lv_health_registry *reg = s->sh->health;
+    pthread_mutex_lock(&reg->lock);
+    struct lv_upstream_health *h = NULL;
+    for (size_t k = 0; k < reg->n && !h; k++)
+        if (reg->v[k].gen == gen && strcmp(reg->v[k].name, uc->name) == 0)
+            h = reg->v[k].h;
+    if (!h) {
+        h = lv_upstream_health_new(uc);
+        if (old) {
+            /* Servers it keeps, by name, keep their health and ejection state; new ones start up.
+             */
+            pthread_mutex_lock(&old->health->lock);
+            for (size_t i = 0; i < uc->nservers; i++) {
+                char name[80];
+                snprintf(name, sizeof(name), "%s:%u", uc->servers[i].host, uc->servers[i].port);
+                for (size_t j = 0; j < old->nservers; j++)
+                    if (strcmp(name, old->servers[j].name) == 0) {
+                        lv_health_carry(&h->g, i, &old->health->g, j);
+                        break;
+                    }
+            }
+            pthread_mutex_unlock(&old->health->lock);
+        }
+        reg->v = lv_xrealloc(reg->v, (reg->n + 1) * sizeof(*reg->v));
+        reg->v[reg->n++] = (struct health_entry){lv_xstrdup(uc->name), gen, h};
+    }
+    pthread_mutex_unlock(&reg->lock);
+    return h;
+}
+
+/* Forgets the groups made for generations before `gen` (every worker has built those). */
+static void health_registry_forget(struct lv_health_registry *reg, uint64_t gen)
+{
+    pthread_mutex_lock(&reg->lock);
+    size_t keep = 0;
+    for (size_t k = 0; k < reg->n; k++) {
+        if (reg->v[k].gen >= gen) {
+            reg->v[keep++] = reg->v[k];
+        } else {
+            lv_upstream_health_unref(reg->v[k].h);
+            free(reg->v[k].name);
+        }
+    }
+    reg->n = keep;
+    pthread_mutex_unlock(&reg->lock);
+}
+
+/* A reload replaced `up` (its server list changed): what the last check of a server it keeps
+ * said is kept too. */
 static void carry_health(struct lv_upstream *up, const struct lv_upstream *old)
 {
     for (size_t i = 0; i < up->nservers; i++)
         for (size_t j = 0; j < old->nservers; j++)
             if (strcmp(up->servers[i].name, old->servers[j].name) == 0) {
-                lv_health_carry(&up->health, i, &old->health, j);
                 memcpy(up->servers[i].last_check, old->servers[j].last_check,
                        sizeof(up->servers[i].last_check));
                 up->servers[i].last_check_ok = old->servers[j].last_check_ok;
@@ -102,10 +165,15 @@ static void generation_take_upstreams(struct lv_server *s, struct lv_generation 
             }
         }
         if (!up) {
-            up = lv_upstream_create(s->loop, uc);
-            for (size_t j = 0; j < ncur; j++)
+            const struct lv_upstream *old = NULL;
+            for (size_t j = 0; j < ncur && !old; j++)
                 if (!kept[j] && strcmp(cur[j]->name, uc->name) == 0)
-                    carry_health(up, cur[j]);
+                    old = cur[j];
+            struct lv_upstream_health *h = shared_health(s, uc, g->number, old);
+            /* Active checks run once per server: in the first worker (README "Workers"). */
+            up = lv_upstream_create(s->loop, uc, h, s->worker == 0);
+            if (old)
+                carry_health(up, old);
             up->on_closed = upstream_closed;
             up->on_health_event = on_health_event;
             up->owner = s;
@@ -316,10 +384,11 @@ void lv_server_publish(struct lv_server *s)
         }
         if (!first)
             continue;
+        lv_upstream_health_lock(up);
         for (size_t k = 0; k < up->nservers; k++) {
-            const struct lv_server_health *hs = &up->health.servers[k];
+            const struct lv_server_health *hs = &up->health->g.servers[k];
             const char *ls[] = {up->name, up->servers[k].name, NULL};
-            lv_metric_set(lv_metric_series(s->m_server_up, ls), lv_health_in(&up->health, k));
+            lv_metric_set(lv_metric_series(s->m_server_up, ls), lv_health_in(&up->health->g, k));
             const char *le[] = {up->name, up->servers[k].name, "true", NULL};
             const char *ld[] = {up->name, up->servers[k].name, "false", NULL};
             lv_metric_set(lv_metric_series(s->m_ejections, le), (double)hs->ejections_enforced);
@@ -332,6 +401,7 @@ void lv_server_publish(struct lv_server *s)
                 lv_metric_set(lv_metric_series(s->m_health_checks, lf), (double)hs->checks_failed);
             }
         }
+        lv_upstream_health_unlock(up);
     }
 }
 
@@ -610,6 +680,7 @@ void lv_server_commit_logs(struct lv_server *s, struct lv_log_files *lf)
 void lv_server_shared_configure(struct lv_server_shared *sh, const struct lv_config *cfg,
                                 uv_loop_t *loop)
 {
+    health_registry_forget(sh->health, cfg->generation);
     lv_route_states_begin_install(&sh->routes);
     for (size_t i = 0; i < cfg->nroutes; i++) {
         struct lv_route_state *rs = lv_route_states_get(&sh->routes, cfg->routes[i].name);
@@ -655,6 +726,8 @@ struct lv_server_shared *lv_server_shared_new(unsigned nworkers)
     sh->nworkers = nworkers;
     sh->inboxes = lv_xcalloc(nworkers, sizeof(*sh->inboxes));
     lv_route_states_init(&sh->routes);
+    sh->health = lv_xcalloc(1, sizeof(*sh->health));
+    pthread_mutex_init(&sh->health->lock, NULL);
     sh->metrics = lv_metrics_create_sharded(nworkers);
     pthread_mutex_init(&sh->access_lock, NULL);
     sh->access_fd = -1;
@@ -673,6 +746,10 @@ void lv_server_shared_free(struct lv_server_shared *sh)
     if (!sh)
         return;
     lv_route_states_dispose(&sh->routes);
+    health_registry_forget(sh->health, UINT64_MAX);
+    free(sh->health->v);
+    pthread_mutex_destroy(&sh->health->lock);
+    free(sh->health);
     if (sh->access_fd > STDERR_FILENO)
         close(sh->access_fd);
     pthread_mutex_destroy(&sh->access_lock);

@@ -396,7 +396,7 @@ static void fixture_add(struct fixture *f, int port)
 
 static void fixture_up(struct fixture *f)
 {
-    f->up = lv_upstream_create(&f->loop, &f->cfg);
+    f->up = lv_upstream_create(&f->loop, &f->cfg, NULL, true);
     f->up->on_closed = on_up_closed;
 }
 
