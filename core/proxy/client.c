@@ -1,8 +1,10 @@
 #include "proxy/client.h"
 
 #include <assert.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "base/log.h"
 #include "http/headscan.h"
@@ -38,16 +40,21 @@ static int client_writev(struct lv_client *c, const uv_buf_t *bufs, unsigned nbu
 
 /* ---- list */
 
+/* Each worker's count is also published for the others: accepting on a shared socket gives
+ * a connection to the worker with the fewest (proxy/listener.c), and max_connections counts
+ * the whole process. */
 static void list_add(struct lv_server *s, struct lv_client *c)
 {
     lv_dlist_push(&s->clients, &c->link);
     s->nclients++;
+    atomic_store_explicit(&s->sh->conns[s->worker], s->nclients, memory_order_relaxed);
 }
 
 static void list_remove(struct lv_server *s, struct lv_client *c)
 {
     lv_dlist_remove(&c->link);
     s->nclients--;
+    atomic_store_explicit(&s->sh->conns[s->worker], s->nclients, memory_order_relaxed);
 }
 
 /* ---- closing */
@@ -714,7 +721,7 @@ static const struct lv_downstream_ops ds_ops = {
     ds_writev, ds_write_buf, ds_done, ds_consumed, ds_abort, ds_refuse,
 };
 
-void lv_client_accept(struct lv_server *s, uv_stream_t *ls, struct lv_tls_ctx *tls)
+static struct lv_client *client_new(struct lv_server *s)
 {
     struct lv_client *c = lv_xcalloc(1, sizeof(*c));
     c->server = s;
@@ -725,11 +732,44 @@ void lv_client_accept(struct lv_server *s, uv_stream_t *ls, struct lv_tls_ctx *t
     c->ds.ops = &ds_ops;
     c->open_handles = 2; /* tcp, timer */
     list_add(s, c);
+    return c;
+}
+
+static void client_start(struct lv_client *c, struct lv_tls_ctx *tls);
+
+void lv_client_accept(struct lv_server *s, uv_stream_t *ls, struct lv_tls_ctx *tls)
+{
+    struct lv_client *c = client_new(s);
     if (uv_accept(ls, (uv_stream_t *)&c->tcp) != 0) {
         client_close(c, false);
         return;
     }
-    if (s->nclients > s->cfg->limits.max_connections || s->draining) {
+    client_start(c, tls);
+}
+
+void lv_client_adopt(struct lv_server *s, int fd, struct lv_tls_ctx *tls)
+{
+    struct lv_client *c = client_new(s);
+    if (uv_tcp_open(&c->tcp, fd) != 0) {
+        close(fd);
+        client_close(c, false);
+        return;
+    }
+    client_start(c, tls);
+}
+
+uint32_t lv_client_count_all(const struct lv_server *s)
+{
+    uint32_t n = 0;
+    for (unsigned i = 0; i < s->sh->nworkers; i++)
+        n += atomic_load_explicit(&s->sh->conns[i], memory_order_relaxed);
+    return n;
+}
+
+static void client_start(struct lv_client *c, struct lv_tls_ctx *tls)
+{
+    struct lv_server *s = c->server;
+    if (lv_client_count_all(s) > s->cfg->limits.max_connections || s->draining) {
         client_close(c, true);
         return;
     }

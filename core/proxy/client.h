@@ -64,6 +64,10 @@ struct lv_client {
 /** Accepts a connection from listener `ls` (closes it at once when over max_connections);
  *  `tls` (may be NULL) makes it an HTTPS connection. */
 void lv_client_accept(struct lv_server *s, uv_stream_t *ls, struct lv_tls_ctx *tls);
+/** The same for a connection another worker accepted and handed over (`fd` taken). */
+void lv_client_adopt(struct lv_server *s, int fd, struct lv_tls_ctx *tls);
+/** Client connections of every worker (each publishes its own count). */
+uint32_t lv_client_count_all(const struct lv_server *s);
 
 /** Once a second: reports how many refused requests the access log left out (see client.c). */
 void lv_client_refused_log_tick(struct lv_server *s);

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,12 +10,58 @@
 #include <unistd.h>
 
 #include "base/addr.h"
+#include "base/inbox.h"
 #include "base/log.h"
 #include "net/tls.h"
 #include "proxy/client.h"
 #include "proxy/server.h"
 
 /* ---- one listener */
+
+/* accept = "shared" (README "Workers"): every worker polls the one socket and whichever wakes
+ * first accepts, which says nothing of how busy it is; so the connection goes to the worker
+ * with the fewest connections, handed over through its inbox when that is another one. */
+struct handoff {
+    struct lv_inbox_msg base;
+    struct lv_server *to;
+    int fd;
+    struct lv_tls_ctx *tls; /* one reference, or NULL */
+};
+
+static void run_handoff(struct lv_inbox_msg *m)
+{
+    struct handoff *h = (struct handoff *)m;
+    atomic_fetch_sub(&h->to->sh->incoming[h->to->worker], 1);
+    if (h->to->draining)
+        close(h->fd);
+    else
+        lv_client_adopt(h->to, h->fd, h->tls);
+    if (h->tls)
+        lv_tls_ctx_free(h->tls);
+    free(h);
+}
+
+static unsigned least_busy(const struct lv_server *s)
+{
+    const struct lv_server_shared *sh = s->sh;
+    unsigned best = s->worker;
+    unsigned min = atomic_load_explicit(&sh->conns[best], memory_order_relaxed) +
+                   atomic_load_explicit(&sh->incoming[best], memory_order_relaxed);
+    for (unsigned i = 0; i < sh->nworkers; i++) {
+        unsigned n = atomic_load_explicit(&sh->conns[i], memory_order_relaxed) +
+                     atomic_load_explicit(&sh->incoming[i], memory_order_relaxed);
+        if (n < min) {
+            min = n;
+            best = i;
+        }
+    }
+    return best;
+}
+
+static void handle_closed(uv_handle_t *h)
+{
+    free(h);
+}
 
 static void on_connection(uv_stream_t *ls, int status)
 {
@@ -24,7 +71,28 @@ static void on_connection(uv_stream_t *ls, int status)
         lv_warn("accept on %s: %s", l->name, uv_strerror(status));
         return;
     }
-    lv_client_accept(s, ls, l->tls_ctx);
+    unsigned to = l->balance && !s->draining ? least_busy(s) : s->worker;
+    if (to == s->worker) {
+        lv_client_accept(s, ls, l->tls_ctx);
+        return;
+    }
+    /* Take the socket out of this loop: accept into a handle, keep a duplicate of its fd. */
+    uv_tcp_t *t = lv_xmalloc(sizeof(*t));
+    uv_tcp_init(s->loop, t);
+    uv_os_fd_t fd = -1;
+    int dup_fd = -1;
+    if (uv_accept(ls, (uv_stream_t *)t) == 0 && uv_fileno((uv_handle_t *)t, &fd) == 0)
+        dup_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    uv_close((uv_handle_t *)t, handle_closed);
+    if (dup_fd < 0)
+        return;
+    struct handoff *h = lv_xmalloc(sizeof(*h));
+    h->base.run = run_handoff;
+    h->to = s->sh->servers[to];
+    h->fd = dup_fd;
+    h->tls = l->tls_ctx ? lv_tls_ctx_ref(l->tls_ctx) : NULL;
+    atomic_fetch_add(&s->sh->incoming[to], 1);
+    lv_inbox_post(s->sh->inboxes[to], &h->base);
 }
 
 /* The TLS context of a new HTTPS listener (NULL and a line in `errors` when it fails). */
@@ -104,10 +172,11 @@ static int open_sockets(const char *where, const struct lv_listen_cfg *lc, unsig
 
 /* A listener of this worker on `fd` (taken). */
 static struct lv_listener *listener_open(struct lv_server *s, const struct lv_listen_cfg *lc,
-                                         struct lv_tls_ctx *tls, int fd)
+                                         struct lv_tls_ctx *tls, int fd, bool balance)
 {
     struct lv_listener *l = lv_xcalloc(1, sizeof(*l));
     l->server = s;
+    l->balance = balance;
     l->tls_ctx = tls;
     l->addr.host = lv_xstrdup(lc->addr.host);
     l->addr.port = lc->addr.port;
@@ -175,6 +244,7 @@ int lv_listeners_prepare(struct lv_listeners *ls, const struct lv_config *cfg, u
     size_t n = cfg->nlistens;
     p->n = n;
     p->nworkers = nworkers;
+    p->mode = mode;
     p->keep = lv_xcalloc(n + 1, sizeof(*p->keep));
     p->fds = lv_xcalloc(n * nworkers + 1, sizeof(*p->fds));
     p->tls = lv_xcalloc(n + 1, sizeof(*p->tls));
@@ -229,7 +299,8 @@ void lv_listeners_commit(struct lv_listeners *ls, const struct lv_config *cfg,
             }
         } else {
             int *fd = &p->fds[i * p->nworkers + worker];
-            use[i] = listener_open(ls->server, &cfg->listens[i], tls, *fd);
+            use[i] = listener_open(ls->server, &cfg->listens[i], tls, *fd,
+                                   p->nworkers > 1 && p->mode == LV_ACCEPT_SHARED);
             *fd = -1; /* taken */
         }
     }

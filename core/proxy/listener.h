@@ -28,6 +28,7 @@ struct lv_listener {
     struct lv_hostport addr;
     char name[80];
     struct lv_tls_ctx *tls_ctx; /* listen { tls = { cert, key } }: HTTPS; NULL: plain */
+    bool balance;               /* a socket shared by workers: the least busy one serves */
     bool closing;
 };
 
@@ -45,8 +46,9 @@ struct lv_listeners {
 struct lv_listen_plan {
     size_t n;          /* cfg->nlistens */
     unsigned nworkers; /* columns of fds */
-    int *keep;         /* per cfg->listens[i]: index of the listener in force it keeps, or -1 */
-    int *fds;          /* per i, per worker: the new socket (-1: kept, or taken at commit) */
+    enum lv_accept_mode mode;
+    int *keep; /* per cfg->listens[i]: index of the listener in force it keeps, or -1 */
+    int *fds;  /* per i, per worker: the new socket (-1: kept, or taken at commit) */
     struct lv_tls_ctx **tls; /* per i: its (reloaded) TLS context, one reference; NULL: plain */
 };
 

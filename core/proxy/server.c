@@ -725,6 +725,9 @@ struct lv_server_shared *lv_server_shared_new(unsigned nworkers)
     struct lv_server_shared *sh = lv_xcalloc(1, sizeof(*sh));
     sh->nworkers = nworkers;
     sh->inboxes = lv_xcalloc(nworkers, sizeof(*sh->inboxes));
+    sh->servers = lv_xcalloc(nworkers, sizeof(*sh->servers));
+    sh->conns = lv_xcalloc(nworkers, sizeof(*sh->conns));
+    sh->incoming = lv_xcalloc(nworkers, sizeof(*sh->incoming));
     lv_route_states_init(&sh->routes);
     sh->health = lv_xcalloc(1, sizeof(*sh->health));
     pthread_mutex_init(&sh->health->lock, NULL);
@@ -755,6 +758,9 @@ void lv_server_shared_free(struct lv_server_shared *sh)
     pthread_mutex_destroy(&sh->access_lock);
     lv_metrics_destroy(sh->metrics);
     free(sh->inboxes);
+    free(sh->servers);
+    free(sh->conns);
+    free(sh->incoming);
     free(sh);
 }
 
@@ -765,6 +771,7 @@ void lv_server_init_worker(struct lv_server *s, uv_loop_t *loop, const char *con
     s->sh = sh;
     s->worker = index;
     s->routes = &sh->routes;
+    sh->servers[index] = s;
     lv_dlist_init(&s->clients);
     s->config_path = config_path ? lv_xstrdup(config_path) : NULL;
     s->rid_state = uv_hrtime() ^ ((uint64_t)getpid() << 32) ^ ((uint64_t)index << 56);

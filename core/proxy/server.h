@@ -14,6 +14,7 @@
 #define LV_SERVER_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <uv.h>
@@ -39,6 +40,9 @@ struct lv_health_registry;
 struct lv_server_shared {
     unsigned nworkers;
     struct lv_inbox **inboxes;     /* per worker: how to reach its loop */
+    struct lv_server **servers;    /* per worker: its server, touched only on its loop */
+    atomic_uint *conns;            /* per worker: its client connections, written by it */
+    atomic_uint *incoming;         /* per worker: connections handed to it, not yet adopted */
     struct lv_route_states routes; /* route state registry, by name (proxy/routestate.h) */
     struct lv_metrics *metrics;    /* one registry, a value shard per worker */
     struct lv_health_registry *health;
