@@ -19,6 +19,10 @@ local RUN = tostring(H.proc.getpid())
 
 local quick = { base = "1ms", max = "1ms", jitter = "none" }
 
+-- Upstream delays that must outlast levee's own work (all duplicates in, all requests in
+-- flight) grow with sanitizer builds (ctest sets LEVEE_SANITIZED or LEVEE_TSAN).
+local SLOW = (H.sanitized or os.getenv("LEVEE_TSAN") == "1") and 3 or 1
+
 local held = {} -- connections kept open so the next one goes to the other worker
 
 local function start(cfg, opts)
@@ -308,7 +312,7 @@ describe("workers = 2", function()
             end
             local ok, rejected, nreq = 0, 0, #conns
             for _, c in ipairs(conns) do
-                local r = assert(c:read_response({ timeout = 10 }))
+                local r = assert(c:read_response({ timeout = 10 * SLOW }))
                 if r.status == 200 then ok = ok + 1
                 elseif r.headers["levee-error"] == "breaker-open" then rejected = rejected + 1 end
             end
@@ -375,7 +379,7 @@ describe("workers = 2", function()
         assert.is_true(st.workers[1].connections > 0 and st.workers[2].connections > 0,
             "connections per worker: " .. st.workers[1].connections .. ", " .. st.workers[2].connections)
         local bytes = H.build_request(lv.port, { method = "POST", path = path, body = "pay 10 EUR",
-            headers = { { "Idempotency-Key", key }, { "X-Test-Delay-Ms", "1000" },
+            headers = { { "Idempotency-Key", key }, { "X-Test-Delay-Ms", tostring(1000 * SLOW) },
                 { "X-Test-Status", "201" } } })
         for _, c in ipairs(conns) do assert(c:send(bytes)) end
         local out = {}
@@ -563,7 +567,7 @@ describe("workers = 2", function()
                 .. mode .. ")", function()
                 local up = H.upstream()
                 local lv = start({ accept = mode, upstreams = { api = { servers = { up:addr() } } },
-                    routes = { { name = "api", upstream = "api", timeout = "10s" } } })
+                    routes = { { name = "api", upstream = "api", timeout = (10 * SLOW) .. "s" } }, drain_timeout = (10 * SLOW) .. "s" })
                 local conns = open_spread(lv, 8)
                 local n = #conns
                 local st = status(lv)
@@ -571,7 +575,7 @@ describe("workers = 2", function()
                     "connections per worker: " .. st.workers[1].connections .. ", " .. st.workers[2].connections)
                 for i, c in ipairs(conns) do
                     assert(c:send(H.build_request(lv.port, { path = "/drain/" .. i,
-                        headers = hdrs({ ["X-Test-Delay-Ms"] = "2000" }) })))
+                        headers = hdrs({ ["X-Test-Delay-Ms"] = tostring(2000 * SLOW) }) })))
                 end
                 -- all of them in flight upstream
                 H.wait_until(function()
@@ -581,10 +585,10 @@ describe("workers = 2", function()
                 local t0 = H.now()
                 lv:kill("TERM")
                 H.wait_until(function() return not H.port_open(lv.port) end, 1.5 * H.scale, "the listener to close")
-                assert.is_true(H.now() - t0 < 1.9, "listener closed only after the requests ended")
+                assert.is_true(H.now() - t0 < 1.9 * SLOW, "listener closed only after the requests ended")
                 assert.is_nil((H.conn(lv.port, { timeout = 1 })), "a new connection was accepted after SIGTERM")
                 for i, c in ipairs(conns) do
-                    local r, err = c:read_response({ timeout = 10 })
+                    local r, err = c:read_response({ timeout = 10 * SLOW })
                     assert.is_table(r, "request " .. i .. ": " .. tostring(err))
                     assert.equal(200, r.status)
                     assert.equal("/drain/" .. i, H.json(r.body).target)
