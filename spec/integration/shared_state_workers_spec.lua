@@ -7,11 +7,13 @@
 -- switches every worker; SIGTERM drains every worker; /status and /metrics sum the workers;
 -- the access log keeps whole lines.
 --
--- Traffic that must reach both workers goes over many client connections held open: with
--- accept = "shared" the least busy worker takes a new connection, so connections held open
--- alternate between the workers; /status "workers" proves where requests went. Exact numbers
--- are asserted wherever the guarantee is exact; a per-worker implementation would give
--- different ones (noted next to each).
+-- Where new connections land is checked once, for both accept modes ("connections"). The
+-- other tests need traffic on both workers, not a particular split: they use
+-- accept = "reuseport" (the kernel hashes each new connection's address, so a sequence of
+-- new connections goes to both workers at random) or keep opening connections until both
+-- workers hold some (open_spread); /status "workers" proves that both served requests.
+-- Exact numbers are asserted wherever the guarantee is exact; a per-worker implementation
+-- would give different ones (noted next to each).
 
 local H = require("helpers")
 
@@ -103,8 +105,7 @@ local function hdrs(t)
     return out
 end
 
--- One request on a NEW connection, which is then held open (the next new connection goes to
--- the other worker with accept = "shared").
+-- One request on a NEW connection, which is then held open (closed by cleanup).
 local function fresh(lv, opts)
     local c = assert(H.conn(lv.port, { timeout = opts.timeout or 5 }))
     held[#held + 1] = c
