@@ -1037,6 +1037,29 @@ function H.assert_gw_error(r, status, token, route)
     return e
 end
 
+---------------------------------------------------------------------------------------------
+-- Added for spec/integration/shared_state_workers_spec.lua: waiting for a response without
+-- blocking on it (a request left pending while the spec drives other traffic).
+
+--- Whether one whole response (head, and a body framed by Content-Length; no body when it has
+--- none) is buffered, reading for at most `wait` seconds (default 0). Leaves it buffered for
+--- c:read_response(). Chunked and read-until-close bodies count as complete with the head.
+function Conn:response_ready(wait)
+    local deadline = now() + (wait or 0)
+    repeat
+        local head_end = self.buf:find("\r\n\r\n", 1, true)
+        if head_end then
+            local head = self.buf:sub(1, head_end):lower()
+            local cl = tonumber(head:match("\ncontent%-length:%s*(%d+)"))
+            if not cl or #self.buf >= head_end + 3 + cl then return true end
+        end
+        if self.eof then return false end
+        local ok, why = self:_fill(deadline)
+        if not ok and why ~= "timeout" then return false end
+    until now() >= deadline
+    return false
+end
+
 H._sentinel = setmetatable({}, { __gc = function() pcall(H.cleanup) end })
 
 return H
