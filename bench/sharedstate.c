@@ -24,7 +24,7 @@
  * 2 threads over 2 routes and 16 over 16 (no sharing). Threads are not pinned; on a machine with
  * fewer CPUs than threads, waiting includes being descheduled, as it would in levee.
  *
- *   bench_sharedstate [-n ITERATIONS_PER_THREAD] [-r REPEATS]     (median of REPEATS runs)
+ *   bench_sharedstate [-n ITERATIONS_PER_THREAD] [-r ROUNDS]     (medians over ROUNDS)
  */
 #include <errno.h>
 #include <pthread.h>
@@ -278,7 +278,7 @@ static int cmp_double(const void *a, const void *b)
 int main(int argc, char **argv)
 {
     uint64_t iters = 1000000;
-    unsigned repeats = 3;
+    unsigned repeats = 5;
     int c;
     while ((c = getopt(argc, argv, "n:r:")) != -1) {
         if (c == 'n')
@@ -286,7 +286,7 @@ int main(int argc, char **argv)
         else if (c == 'r')
             repeats = (unsigned)strtoul(optarg, NULL, 10);
         else {
-            fprintf(stderr, "usage: %s [-n ITERATIONS_PER_THREAD] [-r REPEATS]\n", argv[0]);
+            fprintf(stderr, "usage: %s [-n ITERATIONS_PER_THREAD] [-r ROUNDS]\n", argv[0]);
             return 2;
         }
     }
@@ -305,39 +305,41 @@ int main(int argc, char **argv)
         {SHARDED, 4, 1}, {SHARDED, 16, 1}, {ATOMIC, 1, 1}, {ATOMIC, 2, 1},  {ATOMIC, 4, 1},
         {ATOMIC, 16, 1}, {ATOMIC, 16, 16},
     };
-    printf("# bench_sharedstate: %llu requests per thread, median of %u runs, %ld CPUs online\n",
+    printf("# bench_sharedstate: %llu requests per thread, %u rounds, %ld CPUs online\n",
            (unsigned long long)iters, repeats, sysconf(_SC_NPROCESSORS_ONLN));
     printf("# per request: lock; budget_on_request; breaker_admit; unlock; lock; breaker_record;"
            " (1/%d: budget_try_retry); unlock\n",
            RETRY_EVERY);
     printf("# sharded/atomic: the request counter only (summed or read on 1/%d requests)\n",
            RETRY_EVERY);
-    printf("# wall ns/req = wall time / all requests; cpu ns/req = process CPU time / all "
-           "requests; x nolock = cpu ns/req over nolock's\n");
-    printf("%-8s %7s %6s %10s %11s %12s %11s %9s\n", "lock", "threads", "routes", "wall ms",
-           "Mreq/s", "wall ns/req", "cpu ns/req", "x nolock");
+    printf("# medians over rounds (each round runs every case once); wall ns/req = wall time / "
+           "all requests;\n# cpu ns/req = process CPU time / all requests (cpu min: the least "
+           "of the rounds); x nolock = cpu ns/req over nolock's\n");
+    printf("%-8s %7s %6s %10s %11s %12s %11s %9s %9s\n", "lock", "threads", "routes", "wall ms",
+           "Mreq/s", "wall ns/req", "cpu ns/req", "cpu min", "x nolock");
     run_once(NOLOCK, 1, 1, iters); /* warm-up: page faults, clock ramp-up; not reported */
-    double base_cpu = 0;
-    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        double wall[99], cpu[99];
-        struct result res[99];
-        for (unsigned r = 0; r < repeats; r++) {
-            res[r] = run_once(cases[i].kind, cases[i].threads, cases[i].routes, iters);
-            wall[r] = res[r].wall_ns;
+    /* Rounds: every case once per round, so that the machine's drift hits all cases alike. */
+    enum { NCASES = sizeof(cases) / sizeof(cases[0]) };
+    static double wall[NCASES][99], cpu[NCASES][99];
+    for (unsigned r = 0; r < repeats; r++) {
+        for (size_t i = 0; i < NCASES; i++) {
+            struct result res = run_once(cases[i].kind, cases[i].threads, cases[i].routes, iters);
+            wall[i][r] = res.wall_ns;
+            cpu[i][r] = res.cpu_ns;
         }
-        qsort(wall, repeats, sizeof(double), cmp_double);
-        double wmed = wall[repeats / 2], cmed = 0;
-        for (unsigned r = 0; r < repeats; r++)
-            cpu[r] = res[r].cpu_ns;
-        qsort(cpu, repeats, sizeof(double), cmp_double);
-        cmed = cpu[repeats / 2];
+    }
+    double base_cpu = 0;
+    for (size_t i = 0; i < NCASES; i++) {
+        qsort(wall[i], repeats, sizeof(double), cmp_double);
+        qsort(cpu[i], repeats, sizeof(double), cmp_double);
         double total = (double)iters * cases[i].threads;
+        double wmed = wall[i][repeats / 2], cmed = cpu[i][repeats / 2] / total;
+        double cmin = cpu[i][0] / total;
         if (cases[i].kind == NOLOCK)
-            base_cpu = cmed / total;
-        printf("%-8s %7u %6u %10.1f %11.2f %12.1f %11.1f %9.2f\n", kind_name[cases[i].kind],
+            base_cpu = cmed;
+        printf("%-8s %7u %6u %10.1f %11.2f %12.1f %11.1f %9.1f %9.2f\n", kind_name[cases[i].kind],
                cases[i].threads, cases[i].routes, wmed / 1e6, total / wmed * 1e3, wmed / total,
-               cmed / total, base_cpu > 0 ? cmed / total / base_cpu : 0);
-        fflush(stdout);
+               cmed, cmin, base_cpu > 0 ? cmed / base_cpu : 0);
     }
     return 0;
 }
