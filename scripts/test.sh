@@ -24,7 +24,8 @@ done
 if [[ ${LEVEE_TSAN_STAGE:-1} != 0 ]]; then
   echo "=== tsan build" >&2
   scripts/build.sh tsan
-  export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1:suppressions=$PWD/.ci/tsan.supp}
+  supp=$PWD/.ci/tsan.supp
+  export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1:suppressions=$supp}
   # test_script_load: a configuration load is cut off after LV_CONFIG_LOAD_SECONDS of wall
   # time; under TSan its "allocation bomb" and "ordinary code" loads take longer than that
   # (about 10x release), so they fail on time, not on a report.
