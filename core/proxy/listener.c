@@ -356,8 +356,9 @@ void lv_listeners_drain(struct lv_listeners *ls, uint64_t drain_timeout_ms, void
     s->draining = true;
     ls->on_drained = done;
     ls->on_drained_arg = arg;
-    lv_info("shutting down: finishing %u connections (drain_timeout %llums)", s->nclients,
-            (unsigned long long)drain_timeout_ms);
+    if (s->worker == 0) /* one line for the process: every worker drains alike */
+        lv_info("shutting down: finishing %u connections (drain_timeout %llums)",
+                lv_client_count_all(s), (unsigned long long)drain_timeout_ms);
     for (size_t i = 0; i < ls->n; i++)
         listener_close(ls->items[i]);
     ls->n = 0;
