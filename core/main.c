@@ -307,8 +307,8 @@ static void admin_route(void *arg, size_t i, struct lv_admin_route *out)
     app->route_breaker = rs->breaker;
     app->route_budget = rs->budget;
     *out = (struct lv_admin_route){
-        .requests = rs->requests,
-        .breaker_enabled = rs->breaker_enabled,
+        .requests = lv_route_state_requests(rs),
+        .breaker_enabled = lv_route_state_has_breaker(rs),
         .breaker = &app->route_breaker,
         .budget = &app->route_budget,
         .idem = rs->idem,

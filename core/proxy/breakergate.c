@@ -55,8 +55,10 @@ static enum lv_breaker_admit admit(struct lv_request *r, uint64_t now, uint64_t 
 
 void lv_breakergate_record(struct lv_request *r, uint64_t now, bool failure, double attempt_ms)
 {
+    if (!lv_route_state_has_breaker(r->rs))
+        return; /* no lock for a route without a breaker */
     lv_route_state_lock(r->rs);
-    if (!r->rs->breaker_enabled) {
+    if (!lv_route_state_has_breaker(r->rs)) {
         lv_route_state_unlock(r->rs);
         return;
     }
@@ -74,7 +76,7 @@ void lv_breakergate_drop_probe(struct lv_request *r)
 {
     if (r->probe && r->rs) {
         lv_route_state_lock(r->rs);
-        if (r->rs->breaker_enabled)
+        if (lv_route_state_has_breaker(r->rs))
             lv_breaker_release_probe(&r->rs->breaker);
         lv_route_state_unlock(r->rs);
     }
@@ -84,7 +86,7 @@ void lv_breakergate_drop_probe(struct lv_request *r)
 /* The caller holds the route state's lock (the retry decision and the budget go with it). */
 bool lv_breakergate_admit_retry(struct lv_request *r, uint64_t now)
 {
-    if (!r->rs->breaker_enabled)
+    if (!lv_route_state_has_breaker(r->rs))
         return true;
     uint64_t left = 0;
     enum lv_breaker_admit ad = admit(r, now, &left);
@@ -130,15 +132,12 @@ void lv_breakergate_reject(struct lv_request *r, uint64_t left_ms)
     lv_request_fail(r, LV_GWERR_BREAKER_OPEN, NULL, (int)((left_ms + 999) / 1000), r->resp_close);
 }
 
+/* The caller holds the route state's lock (it counts the request in the budget with it). */
 bool lv_breakergate_admit(struct lv_request *r, uint64_t *left_ms)
 {
-    lv_route_state_lock(r->rs);
-    if (!r->rs->breaker_enabled) {
-        lv_route_state_unlock(r->rs);
+    if (!lv_route_state_has_breaker(r->rs))
         return true;
-    }
     enum lv_breaker_admit ad = admit(r, r->start_ms, left_ms);
-    lv_route_state_unlock(r->rs);
     if (ad == LV_BREAKER_REJECT)
         return false;
     r->probe = ad == LV_BREAKER_PROBE;

@@ -505,12 +505,15 @@ void lv_request_begin(struct lv_request *r, size_t head_len)
     if (r->route->classify_ref >= 0 || r->route->fallback_ref >= 0 ||
         r->route->idempotency.key_ref >= 0)
         keep_hook_headers(r, &h, ds->in.data);
+    /* One hold of the route's lock per request start: the budget counts it, the breaker
+     * admits it (README "Workers"). */
+    uint64_t left_ms = 0;
     lv_route_state_lock(r->rs);
     lv_budget_on_request(&r->rs->budget, r->start_ms);
+    bool admitted = lv_breakergate_admit(r, &left_ms);
     lv_route_state_unlock(r->rs);
     /* The head leaves the input before any answer: the downstream serves what follows it. */
-    uint64_t left_ms = 0;
-    if (!lv_breakergate_admit(r, &left_ms)) {
+    if (!admitted) {
         lv_buf_consume(&ds->in, head_len);
         lv_breakergate_reject(r, left_ms);
         return;

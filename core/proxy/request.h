@@ -331,7 +331,7 @@ void lv_respout_error(struct lv_request *r, enum lv_gwerr err, const char *detai
 
 /** At the head. Returns false when the breaker rejects the request (`left_ms`: until it may
  *  let requests through again); lv_breakergate_reject then answers it. */
-bool lv_breakergate_admit(struct lv_request *r, uint64_t *left_ms);
+bool lv_breakergate_admit(struct lv_request *r, uint64_t *left_ms); /* route state locked */
 /** Answers a rejected request: the route's fallback hook, or 503 breaker-open. */
 void lv_breakergate_reject(struct lv_request *r, uint64_t left_ms);
 /** Before a retry. Returns false when the breaker rejects it (the client gets the last

@@ -10,36 +10,49 @@
 
 /* ---- series made on first use */
 
-/* The series under `key` (a status code, or -1 - an outcome kind), made with the labels
- * {route, key as text} when missing (formatted only then); the array stays sorted by key. */
-static struct lv_metric *keyed_get(struct lv_keyed_series *ks, int key,
-                                   struct lv_metric_family *fam, const char *route)
+static struct lv_keyed_metric *keyed_at(const struct lv_keyed_series *ks, uint32_t i)
 {
-    uint32_t lo = 0, hi = ks->n;
-    while (lo < hi) {
-        uint32_t mid = (lo + hi) / 2;
-        if (ks->v[mid].key == key)
-            return ks->v[mid].m;
-        if (ks->v[mid].key < key)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    if (ks->n == ks->cap) {
-        ks->cap = ks->cap ? ks->cap * 2 : 2;
-        ks->v = lv_xrealloc(ks->v, ks->cap * sizeof(*ks->v));
-    }
-    memmove(&ks->v[lo + 1], &ks->v[lo], (ks->n - lo) * sizeof(*ks->v));
+    return &ks->chunk[i / LV_KEYED_CHUNK][i % LV_KEYED_CHUNK];
+}
+
+/* The series under `key` (a status code, or -1 - an outcome kind), made with the labels
+ * {route, key as text} when missing (formatted only then, under the route state's lock). */
+static struct lv_metric *keyed_get(struct lv_route_state *rs, struct lv_keyed_series *ks, int key,
+                                   struct lv_metric_family *fam)
+{
+    uint32_t n = atomic_load_explicit(&ks->n, memory_order_acquire);
+    for (uint32_t i = 0; i < n; i++)
+        if (keyed_at(ks, i)->key == key)
+            return keyed_at(ks, i)->m;
+    lv_route_state_lock(rs);
+    uint32_t now_n = atomic_load_explicit(&ks->n, memory_order_relaxed);
+    for (uint32_t i = n; i < now_n; i++)
+        if (keyed_at(ks, i)->key == key) {
+            lv_route_state_unlock(rs);
+            return keyed_at(ks, i)->m;
+        }
+    assert(now_n < LV_KEYED_CHUNK * LV_KEYED_CHUNKS); /* 500 codes + 8 kinds fit */
+    if (!ks->chunk[now_n / LV_KEYED_CHUNK])
+        ks->chunk[now_n / LV_KEYED_CHUNK] =
+            lv_xcalloc(LV_KEYED_CHUNK, sizeof(struct lv_keyed_metric));
     char name[16];
     if (key >= 0)
         snprintf(name, sizeof(name), "%d", key);
     else
         snprintf(name, sizeof(name), "%s", lv_outcome_name((enum lv_outcome_kind)(-1 - key)));
-    const char *labels[] = {route, name, NULL};
-    ks->v[lo].key = key;
-    ks->v[lo].m = lv_metric_series(fam, labels);
-    ks->n++;
-    return ks->v[lo].m;
+    const char *labels[] = {rs->name, name, NULL};
+    struct lv_keyed_metric *e = keyed_at(ks, now_n);
+    e->key = key;
+    e->m = lv_metric_series(fam, labels);
+    atomic_store_explicit(&ks->n, now_n + 1, memory_order_release);
+    lv_route_state_unlock(rs);
+    return e->m;
+}
+
+static void keyed_free(struct lv_keyed_series *ks)
+{
+    for (size_t c = 0; c < LV_KEYED_CHUNKS; c++)
+        free(ks->chunk[c]);
 }
 
 /* ---- the registry, by name */
@@ -120,8 +133,8 @@ static void state_free(struct lv_route_states *reg, size_t i)
     for (size_t k = 0; k < sizeof(fams) / sizeof(fams[0]); k++)
         lv_metric_family_remove(fams[k], "route", rs->name);
     lv_idem_unref(rs->idem); /* its own reference; generations that named it hold theirs */
-    free(rs->by_code.v);
-    free(rs->attempts.v);
+    keyed_free(&rs->by_code);
+    keyed_free(&rs->attempts);
     free(rs->idem_sig);
     free(rs->name);
     pthread_mutex_destroy(&rs->lock);
@@ -196,11 +209,11 @@ struct lv_idem *lv_route_state_configure(struct lv_route_states *reg, struct lv_
         .slow_call_ms = bc->slow_call_ms,
         .slow_call_ratio = bc->slow_call_ratio,
     };
-    if (bc->enabled && (!rs->policy_ready || !rs->breaker_enabled))
+    if (bc->enabled && (!rs->policy_ready || !lv_route_state_has_breaker(rs)))
         lv_breaker_init(&rs->breaker, &p, now);
     else if (bc->enabled)
         lv_breaker_configure(&rs->breaker, &p, now);
-    rs->breaker_enabled = bc->enabled;
+    atomic_store_explicit(&rs->breaker_enabled, bc->enabled, memory_order_release);
     rs->policy_ready = true;
     const char *lv[] = {rs->name, NULL};
     if (bc->enabled && !rs->breaker_rejected) {
@@ -254,14 +267,8 @@ struct lv_idem *lv_route_state_configure(struct lv_route_states *reg, struct lv_
 void lv_route_state_count_request(struct lv_route_states *reg, struct lv_route_state *rs,
                                   int status, double seconds)
 {
-    lv_route_state_lock(rs);
-    rs->requests++;
-    struct lv_metric *m = NULL;
     if (status >= 100 && status <= 599)
-        m = keyed_get(&rs->by_code, status, reg->fam.requests, rs->name);
-    lv_route_state_unlock(rs);
-    if (m)
-        lv_metric_add(m, 1);
+        lv_metric_add(keyed_get(rs, &rs->by_code, status, reg->fam.requests), 1);
     lv_metric_observe(rs->duration, seconds);
 }
 
@@ -278,19 +285,21 @@ void lv_route_state_count_attempt(struct lv_route_states *reg, struct lv_route_s
             return;
         key = -1 - kind;
     }
-    lv_route_state_lock(rs);
-    struct lv_metric *m = keyed_get(&rs->attempts, key, reg->fam.attempts, rs->name);
-    lv_route_state_unlock(rs);
-    lv_metric_add(m, 1);
+    lv_metric_add(keyed_get(rs, &rs->attempts, key, reg->fam.attempts), 1);
+}
+
+uint64_t lv_route_state_requests(const struct lv_route_state *rs)
+{
+    return (uint64_t)lv_metric_value(rs->duration);
 }
 
 void lv_route_state_by_class(struct lv_route_state *rs, uint64_t out[6])
 {
     memset(out, 0, 6 * sizeof(out[0]));
-    lv_route_state_lock(rs);
-    for (uint32_t i = 0; i < rs->by_code.n; i++)
-        out[rs->by_code.v[i].key / 100] += (uint64_t)lv_metric_value(rs->by_code.v[i].m);
-    lv_route_state_unlock(rs);
+    uint32_t n = atomic_load_explicit(&rs->by_code.n, memory_order_acquire);
+    for (uint32_t i = 0; i < n; i++)
+        out[keyed_at(&rs->by_code, i)->key / 100] +=
+            (uint64_t)lv_metric_value(keyed_at(&rs->by_code, i)->m);
 }
 
 bool lv_route_state_hook_failed(struct lv_route_states *reg, struct lv_route_state *rs, int which,
@@ -324,11 +333,11 @@ void lv_route_state_publish(struct lv_route_states *reg, struct lv_route_state *
     lv_route_state_lock(rs);
     struct lv_metric_family *bf[] = {f->breaker_state, f->breaker_rejected, f->fallbacks};
     for (size_t k = 0; k < sizeof(bf) / sizeof(bf[0]); k++)
-        if (rs->breaker_enabled)
+        if (lv_route_state_has_breaker(rs))
             lv_metric_series(bf[k], lv);
         else
             lv_metric_family_remove(bf[k], "route", rs->name);
-    if (rs->breaker_enabled) {
+    if (lv_route_state_has_breaker(rs)) {
         struct lv_breaker_stats st = {0};
         lv_breaker_stats(&rs->breaker, now, &st);
         lv_metric_set(lv_metric_series(f->breaker_state, lv), (double)st.state);
@@ -364,8 +373,8 @@ void lv_route_states_dispose(struct lv_route_states *reg)
 {
     for (size_t i = 0; i < reg->n; i++) {
         struct lv_route_state *rs = reg->all[i];
-        free(rs->by_code.v);
-        free(rs->attempts.v);
+        keyed_free(&rs->by_code);
+        keyed_free(&rs->attempts);
         free(rs->idem_sig);
         free(rs->name);
         pthread_mutex_destroy(&rs->lock);

@@ -20,6 +20,7 @@
 #define LV_ROUTESTATE_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <uv.h>
@@ -38,13 +39,18 @@ struct lv_route_families {
         *idem_conflicts, *idem_mismatches, *idem_store_errors, *idem_entries;
 };
 
-/* Series made on first use, by key, sorted by key. */
+/* Series made on first use, by key, in the order made. Entries are only ever appended, into
+ * chunks that never move, so a worker finds a key without a lock (n is published after the
+ * entry is written); a new key is added under the route state's lock. Room for every status
+ * code and outcome kind. */
+#define LV_KEYED_CHUNK  64
+#define LV_KEYED_CHUNKS 8
 struct lv_keyed_series {
     struct lv_keyed_metric {
         int key;
         struct lv_metric *m;
-    } * v;
-    uint32_t n, cap;
+    } * chunk[LV_KEYED_CHUNKS];
+    _Atomic uint32_t n;
 };
 
 struct lv_route_state {
@@ -61,13 +67,12 @@ struct lv_route_state {
     struct lv_metric *breaker_rejected; /* levee_breaker_rejected_total{route} */
     /* levee_hook_errors_total{route,hook,kind}: hook classify/fallback/key × kind, lazily */
     struct lv_metric *hook_errors[3][LV_HOOK_FAILURE_KINDS];
-    uint64_t requests;
     uint32_t users; /* generations naming this state */
     bool in_config; /* the configuration in force has a route with this name */
     /* Resilience state, kept by route name across reloads; thresholds follow the newest config. */
     struct lv_budget budget;
     struct lv_breaker breaker;
-    bool breaker_enabled;
+    atomic_bool breaker_enabled; /* written under `lock`; read without it to skip the lock */
     bool policy_ready;
     uint64_t hook_log_at; /* rate limit for hook error log lines */
     /* idempotency: the route's store (kept across reloads while its settings are unchanged) */
@@ -136,6 +141,12 @@ void lv_route_state_count_attempt(struct lv_route_states *reg, struct lv_route_s
  * otherwise) and copies in the breaker state and store size. */
 void lv_route_state_publish(struct lv_route_states *reg, struct lv_route_state *rs, uint64_t now);
 
+/** Requests finished on the route, every worker's (the duration histogram's count). */
+uint64_t lv_route_state_requests(const struct lv_route_state *rs);
+static inline bool lv_route_state_has_breaker(const struct lv_route_state *rs)
+{
+    return atomic_load_explicit(&rs->breaker_enabled, memory_order_acquire);
+}
 /** Requests answered, by status class: out[1] 1xx .. out[5] 5xx (out[0] is 0). */
 void lv_route_state_by_class(struct lv_route_state *rs, uint64_t out[6]);
 

@@ -242,13 +242,13 @@ T_TEST(test_route_state_kept_by_name)
                 "             { name = 'ra', match = { prefix = '/a' }, upstream = 'a' } },\n"
                 "}\n");
     T_CHECK(lv_generation_route_state(g3, 0) == rs_b);
-    T_CHECK_INT(rs_b->requests, 2);
+    T_CHECK_INT(lv_route_state_requests(rs_b), 2);
     T_CHECK(rs_b->in_config);
     /* g1's last pin: rb is named by g3, so it stays */
     lv_generation_unpin(g1);
     T_CHECK_INT(server.nlive, 1);
     T_CHECK(registered("rb") == rs_b);
-    T_CHECK_INT(rs_b->requests, 2);
+    T_CHECK_INT(lv_route_state_requests(rs_b), 2);
     settle();
     T_CHECK_INT(nclosed, 0); /* a and b kept their servers all along */
     stop(2);

@@ -77,7 +77,7 @@ static void check_gone(struct fake_ds *f, struct lv_request *r, const char *rout
     struct lv_route_state *rs = fx_route(route);
     T_CHECK(rs != NULL);
     if (rs)
-        T_CHECK_INT(rs->requests, 1);
+        T_CHECK_INT(lv_route_state_requests(rs), 1);
     char line[160];
     snprintf(line, sizeof(line), "levee_requests_total{route=\"%s\",code=\"%d\"} 1", route, code);
     T_CHECK(fx_metrics_has(line));
@@ -239,7 +239,7 @@ T_TEST(test_gone_while_connecting)
     T_CHECK(!up_peer_closed(0));
     T_CHECK(strstr(upc[0]->got.data, "/narrow/b") == NULL);
     T_CHECK_INT(fx_server.nlive, 1);
-    T_CHECK_INT(fx_route("narrow")->requests, 2);
+    T_CHECK_INT(lv_route_state_requests(fx_route("narrow")), 2);
     T_CHECK(fx_metrics_has("levee_requests_total{route=\"narrow\",code=\"499\"} 1"));
     T_CHECK(fx_metrics_has("levee_requests_total{route=\"narrow\",code=\"200\"} 1"));
     T_CHECK_INT(b.out.len, 0);
