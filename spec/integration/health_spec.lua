@@ -352,16 +352,21 @@ describe("upstream health", function()
             for i = 1, n do
                 if req("/dry/" .. i, plan).status == 503 then got503 = got503 + 1 end
             end
-            -- round robin, nothing taken out: exactly every other request met the bad server
-            assert.equal(n / 2, got503)
-            assert.equal(n / 2, count(up:stats().by_port, bad))
+            -- round robin, nothing taken out: every other request met the bad server. Each
+            -- worker keeps its own turn (README "Workers"), so with several workers each one's
+            -- share may be odd: half a request off per worker, none with one worker.
+            assert.is_true(math.abs(got503 - n / 2) <= H.workers() // 2,
+                ("%d of %d requests met the bad server"):format(got503, n))
+            assert.equal(got503, count(up:stats().by_port, bad))
+            -- the server's failures count together whichever worker saw them: a verdict every 5
+            local verdicts = got503 // 5
             local sv = server("api", addr)
             assert.equal("up", sv.state)
             assert.equal(0, sv.ejections)
-            assert.equal(4, sv.ejections_dry) -- 20 failures, a verdict every 5
+            assert.equal(verdicts, sv.ejections_dry)
             assert.equal(0, sv.eject_left_ms)
             local s = samples()
-            assert.equal(4, metric("levee_upstream_ejections_total",
+            assert.equal(verdicts, metric("levee_upstream_ejections_total",
                 { upstream = "api", server = addr, enforced = "false" }, s))
             assert.equal(0, metric("levee_upstream_ejections_total",
                 { upstream = "api", server = addr, enforced = "true" }, s))

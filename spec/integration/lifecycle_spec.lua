@@ -412,8 +412,18 @@ describe("admin API", function()
         assert.equal("number", type(sv.idle))
         assert.equal(0, sv.active + sv.idle)
 
+        -- one worker entry per worker (H.levee's LEVEE_TEST_WORKERS), nothing counted yet
+        assert.equal(H.workers(), #st.workers)
+        for i, w in ipairs(st.workers) do
+            assert.equal(i - 1, w.worker)
+            assert.equal(0, w.requests)
+        end
+
+        -- on one client connection: upstream pools are per worker (README "Workers")
+        local c = assert(H.conn(lv.port))
         for i = 1, 3 do
-            assert.equal(200, get(lv, "/s" .. i).status)
+            assert(c:send(H.build_request(lv.port, { path = "/s" .. i })))
+            assert.equal(200, assert(c:read_response()).status)
         end
         assert.equal(3, up:stats().requests)
         st = H.wait_until(function()
@@ -426,6 +436,10 @@ describe("admin API", function()
         assert.is_true(st.upstreams[1].servers[1].idle >= 1)
         -- the upstream connection really is kept alive: fewer connections than requests
         assert.is_true(up:stats().connections < 3)
+        -- the workers' requests add up to the route's
+        local sum = 0
+        for _, w in ipairs(st.workers) do sum = sum + w.requests end
+        assert.equal(3, sum)
     end)
 
     it("GET /metrics is valid Prometheus text with request counters, histogram and pool gauges", function()

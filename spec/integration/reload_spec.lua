@@ -31,14 +31,15 @@ end
 -- Configuration text. o.servers: list of "host:port" of upstream "api"; o.routes: route
 -- entries (text) or o.routes_expr: a Lua expression for the whole list; o.listen: placeholder
 -- ports (default { "$PORT" }); o.watch; o.access_log (true = stdout); o.head: text before
--- `return`; o.api: more keys of upstream "api" (text starting with ", ").
+-- `return`; o.api: more keys of upstream "api" (text starting with ", "); o.workers: the
+-- workers key (default: none, so H.levee's LEVEE_TEST_WORKERS applies).
 local function conf(o)
     local listens, servers = {}, {}
     for _, p in ipairs(o.listen or { "$PORT" }) do listens[#listens + 1] = '"127.0.0.1:' .. p .. '"' end
     for _, a in ipairs(o.servers) do servers[#servers + 1] = '"' .. a .. '"' end
     return table.concat({
         o.head or "-- levee reload spec",
-        "return {",
+        "return {" .. (o.workers and (" workers = " .. o.workers .. ",") or ""),
         "  listen = { " .. table.concat(listens, ", ") .. " },",
         '  admin = "127.0.0.1:$ADMIN",',
         "  access_log = " .. (o.access_log and '"stdout"' or "false") .. ",",
@@ -495,7 +496,11 @@ describe("state across reloads", function()
     it("a request queued for an upstream connection is answered when the reload changes the servers", function()
         local up = H.upstream({ n = 2, name = "q" })
         local pool = ', pool = { max_connections = 1, queue_timeout = "5s" }'
-        local lv = H.levee({ config = conf({ servers = { up:addr(1) }, api = pool, routes = route("r", "/") }) })
+        -- One worker: pools (and their max_connections) are per worker (README "Workers"), and
+        -- which worker accepts the second client connection is not ours to choose, so with
+        -- more than one the second request could get a connection of its own instead of queueing.
+        local lv = H.levee({ config = conf({ servers = { up:addr(1) }, api = pool, routes = route("r", "/"),
+            workers = 1 }) })
         -- the only connection is busy for 800 ms; the second request waits in the queue
         local busy = assert(H.conn(lv.port, { timeout = 10 * H.scale }))
         assert(busy:send(H.build_request(lv.port, { path = "/busy", headers = { { "X-Test-Delay-Ms", "800" } } })))
@@ -504,7 +509,7 @@ describe("state across reloads", function()
         assert(queued:send(H.build_request(lv.port, { path = "/queued" })))
         H.wait_until(function() return status(lv).upstreams[1].waiting == 1 end, 5 * H.scale, "a queued request")
 
-        lv:write_config(conf({ servers = { up:addr(2) }, api = pool, routes = route("r", "/") }))
+        lv:write_config(conf({ servers = { up:addr(2) }, api = pool, routes = route("r", "/"), workers = 1 }))
         reload_ok(lv, 2)
         local r1, e1 = busy:read_response()
         assert.is_not_nil(r1, e1)
@@ -522,10 +527,17 @@ describe("state across reloads", function()
     it("the pool of an unchanged upstream keeps its idle connection", function()
         local up = H.upstream()
         local lv = H.levee({ config = conf({ servers = { up:addr() }, routes = route("p", "/") }) })
-        local first = assert_echo(get(lv.port, "/p1"), "/p1")
+        -- every request on one client connection: upstream pools are per worker (README
+        -- "Workers") and a client connection stays with the worker that accepted it
+        local c = assert(H.conn(lv.port))
+        local function on_c(path)
+            assert(c:send(H.build_request(lv.port, { path = path })))
+            return assert(c:read_response())
+        end
+        local first = assert_echo(on_c("/p1"), "/p1")
         H.wait_until(function() return status(lv).upstreams[1].servers[1].idle == 1 end, 5 * H.scale,
             "an idle upstream connection")
-        local second = assert_echo(get(lv.port, "/p2"), "/p2")
+        local second = assert_echo(on_c("/p2"), "/p2")
         assert.equal(first.conn, second.conn) -- the pool works before the reload
         assert.equal(1, up:stats().connections)
         H.wait_until(function() return status(lv).upstreams[1].servers[1].idle == 1 end, 5 * H.scale,
@@ -535,7 +547,7 @@ describe("state across reloads", function()
         lv:write_config(conf({ servers = { up:addr() }, routes = route("q", "/q") .. route("p", "/") }))
         reload_ok(lv, 2)
         assert.equal(1, status(lv).upstreams[1].servers[1].idle)
-        local third = assert_echo(get(lv.port, "/q/3"), "/q/3")
+        local third = assert_echo(on_c("/q/3"), "/q/3")
         assert.equal(first.conn, third.conn)
         local s = up:stats()
         assert.equal(1, s.connections)
@@ -705,6 +717,7 @@ describe("reloads under load", function()
         end
         reloads(50) -- warm-up: allocator arenas, metric series, pools
         local fd0 = settled_fds(pid)
+        local open0 = up:stats().open
         local rss0 = proc.rss_kb(pid)
         local lua0 = status(lv).lua
         local n = H.sanitized and 200 or 1000
@@ -712,6 +725,7 @@ describe("reloads under load", function()
         reloads(n)
         local took = H.now() - t0
         local fd1 = settled_fds(pid)
+        local open1 = up:stats().open
         local rss1 = proc.rss_kb(pid)
         local lua1 = status(lv).lua
         io.stderr:write(("\n[reload leak] %d reloads after a warm-up of 50 in %.1fs: RSS %d -> %d KiB (%+d), "
@@ -719,11 +733,16 @@ describe("reloads under load", function()
             rss1 - rss0, fd0, fd1, lua0.states, lua1.states, lua0.bytes, lua1.bytes,
             H.sanitized and " (ASan: RSS not checked)" or ""))
         assert.equal(50 + n + 1, status(lv).generation)
-        assert.equal(fd0, fd1)
-        -- every old generation's Lua state is gone: only the one in force is left, holding
-        -- about what the same configuration held before (both ends load cfg(1))
-        assert.equal(1, lua0.states)
-        assert.equal(1, lua1.states)
+        -- the same descriptors but the pooled upstream connections, which are per worker
+        -- (README "Workers"): a worker whose first request came after the warm-up opens its
+        -- one then. At most one each: the requests come one at a time.
+        assert.equal(fd0 - open0, fd1 - open1)
+        assert.is_true(open1 - 1 <= H.workers(), ("%d connections open at the upstream"):format(open1 - 1))
+        -- every old generation's Lua state is gone: only the one in force is left (one per
+        -- worker: each worker runs the hooks in a Lua state of its own), holding about what the
+        -- same configuration held before (both ends load cfg(1))
+        assert.equal(H.workers(), lua0.states)
+        assert.equal(H.workers(), lua1.states)
         assert.is_true(math.abs(lua1.bytes - lua0.bytes) <= 64 * 1024,
             ("Lua memory %d -> %d bytes"):format(lua0.bytes, lua1.bytes))
         if not H.sanitized then

@@ -353,9 +353,15 @@ describe("resilience (retries, budgets, deadlines, hooks, breakers)", function()
 
         it("a POST whose connection is reset is not replayed: 502 upstream-reset, upstream saw it once", function()
             -- a GET first leaves a pooled keep-alive connection, so the POST goes out on a
-            -- reused one: a reset there must not pass for a stale connection and be re-sent
-            assert_upstream_answer(req("/post/warm"), 200, "/post/warm")
-            local r = req("/post/b", { ["X-Test-Action"] = "reset" }, { method = "POST", body = "amount=10" })
+            -- reused one: a reset there must not pass for a stale connection and be re-sent.
+            -- Both go on one client connection: upstream pools are per worker (README
+            -- "Workers"), and a client connection stays on the worker that accepted it.
+            local c = assert(H.conn(lv.port))
+            assert(c:send(H.build_request(lv.port, { path = "/post/warm" })))
+            assert_upstream_answer(assert(c:read_response()), 200, "/post/warm")
+            assert(c:send(H.build_request(lv.port, { method = "POST", path = "/post/b",
+                headers = { ["X-Test-Action"] = "reset" }, body = "amount=10" })))
+            local r = assert(c:read_response())
             assert_gw_error(r, 502, "upstream-reset", "post")
             assert.equal(1, hits("/post/b"))
             assert.equal(1, up:stats().connections)

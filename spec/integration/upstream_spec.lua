@@ -41,14 +41,12 @@ describe("upstream → gateway", function()
     -- levee with one route per upstream shape. Upstream listener 1 serves "main" (and the
     -- catch-all route), listener 2 the pools and balancers; `hole` is a bound port nothing
     -- listens on, so connecting to it is refused.
-    local function start()
-        up = H.upstream({ n = 2, name = "u" })
-        hole = socket.tcp()
-        assert(hole:bind("127.0.0.1", 0))
-        hole_port = select(2, hole:getsockname())
+    -- `workers`: the workers key (nil: H.levee's LEVEE_TEST_WORKERS applies).
+    local function launch(workers)
         local refused = "127.0.0.1:" .. hole_port
         lv = H.levee({
             config = {
+                workers = workers,
                 upstreams = {
                     main = { servers = { up:addr(1) } },
                     refused = { servers = { refused } },
@@ -81,10 +79,38 @@ describe("upstream → gateway", function()
         })
     end
 
+    local function start()
+        up = H.upstream({ n = 2, name = "u" })
+        hole = socket.tcp()
+        assert(hole:bind("127.0.0.1", 0))
+        hole_port = select(2, hole:getsockname())
+        launch()
+    end
+
+    -- For a test about one pool's limits or one balancer's choices: upstream pools, and the
+    -- balancers that pick from them, are per worker (README "Workers"), and which worker
+    -- accepts a client connection is not ours to choose. Starts levee again with one worker.
+    local function one_worker()
+        lv:stop()
+        launch(1)
+    end
+
     local function get(path, headers, extra)
         local o = { path = path, headers = headers or {} }
         for k, v in pairs(extra or {}) do o[k] = v end
         local r, err, got = lv:request(o)
+        assert(r, ("request %s: %s (got %q)"):format(path, tostring(err), tostring(got)))
+        return r
+    end
+
+    -- get() on the client connection c. Requests that must meet the same pooled upstream
+    -- connection go on one client connection: it stays with the worker that accepted it, and
+    -- pools are per worker (README "Workers").
+    local function get_on(c, path, headers, extra)
+        local o = { path = path, headers = headers or {} }
+        for k, v in pairs(extra or {}) do o[k] = v end
+        assert(c:send(H.build_request(lv.port, o)))
+        local r, err, got = c:read_response()
         assert(r, ("request %s: %s (got %q)"):format(path, tostring(err), tostring(got)))
         return r
     end
@@ -197,14 +223,15 @@ describe("upstream → gateway", function()
         for _, v in ipairs(vectors) do
             local what, bytes = v[1], v[2]
             it(what .. " → 502, connection closed and not reused", function()
-                local warm = H.json(get("/warm").body)
-                local r = get("/bad/v", raw(bytes, true))
+                local c = assert(H.conn(lv.port))
+                local warm = H.json(get_on(c, "/warm").body)
+                local r = get_on(c, "/bad/v", raw(bytes, true))
                 assert_gw_error(r, 502, "bad-upstream-response", "bad")
                 assert.equal(1, count(up:stats().by_path, "/bad/v"), "a protocol error is not retried")
                 -- levee closed the connection that carried it (the upstream kept it open)
                 H.wait_until(function() return up:stats().active_connections == 0 end, 5,
                     "levee to close the upstream connection")
-                local after = H.json(get("/after").body)
+                local after = H.json(get_on(c, "/after").body)
                 assert.equal(1, after.seq)
                 assert.are_not.equal(warm.conn, after.conn)
                 local a = lv:wait_access(3)[2]
@@ -242,10 +269,12 @@ describe("upstream → gateway", function()
                 local p = get("/reset/post", s[2], { method = "POST", body = "once" })
                 assert_gw_error(p, 502, "upstream-reset", "main")
                 assert.equal(1, count(up:stats().by_path, "/reset/post"), "a POST must not be replayed")
-                local entries = lv:wait_access(2)
-                assert.equal(2, entries[1].attempts)
-                assert.equal("reset", entries[1].tries[1].outcome)
-                assert.equal(1, entries[2].attempts)
+                -- by path, not position: lines of different workers may come in any order
+                local entries = {}
+                for _, e in ipairs(lv:wait_access(2)) do entries[e.path] = e end
+                assert.equal(2, entries["/reset/get"].attempts)
+                assert.equal("reset", entries["/reset/get"].tries[1].outcome)
+                assert.equal(1, entries["/reset/post"].attempts)
                 assert_serves()
             end)
         end
@@ -399,14 +428,19 @@ describe("upstream → gateway", function()
             for _, bytes in ipairs({ "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
                 "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok" }) do
                 up:reset()
-                local r = get("/closing", raw(bytes, true))
+                local k = assert(H.conn(lv.port))
+                local r = get_on(k, "/closing", raw(bytes, true))
                 assert.equal(200, r.status)
                 assert.equal("ok", r.body)
                 assert.is_nil(r.headers["connection"] and r.headers["connection"]:lower():find("close"),
                     "the client connection need not close for an upstream close")
                 H.wait_until(function() return up:stats().active_connections == 0 end, 5,
                     "levee to close the upstream connection")
-                assert.equal(1, H.json(get("/next").body).seq)
+                -- a fresh connection; the upstream closes it after answering, so no pooled
+                -- connection is left for the next round to find open (pools are per worker:
+                -- the next round may run on another worker, which would not reuse it)
+                assert.equal(1, H.json(get_on(k, "/next", { { "X-Test-Action", "close-after" } }).body).seq)
+                k:close()
             end
         end)
 
@@ -434,18 +468,20 @@ describe("upstream → gateway", function()
         end)
 
         it("HTTP/1.2 status line and trailing HTAB in framing values are HTTP/1.1 and OWS", function()
-            local warm = H.json(get("/warm12").body)
-            local r = get("/v12", raw("HTTP/1.2 200 OK\r\nContent-Length: 6\t\r\nX-Ok: 1\r\n\r\nabcdef", true))
+            local k = assert(H.conn(lv.port))
+            local warm = H.json(get_on(k, "/warm12").body)
+            local r = get_on(k, "/v12",
+                raw("HTTP/1.2 200 OK\r\nContent-Length: 6\t\r\nX-Ok: 1\r\n\r\nabcdef", true))
             assert.equal(200, r.status)
             assert.equal("abcdef", r.body)
             assert.equal("6", r.headers["content-length"])
             assert.equal("1", r.headers["x-ok"])
-            local c = get("/v12c", raw("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\t\r\n\r\n"
+            local c = get_on(k, "/v12c", raw("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\t\r\n\r\n"
                 .. "3\r\nabc\r\n0\r\n\r\n", true))
             assert.equal(200, c.status)
             assert.equal("abc", c.body)
             -- both were framed exactly, so the connection went back to the pool
-            assert.equal(warm.conn, H.json(get("/after12").body).conn)
+            assert.equal(warm.conn, H.json(get_on(k, "/after12").body).conn)
             assert_serves()
         end)
 
@@ -586,6 +622,7 @@ describe("upstream → gateway", function()
         end
 
         it("max_connections 1, queue_size 0: a second request gets 503 pool-overflow with Retry-After", function()
+            one_worker()
             local c = hang("/single/hang")
             local t0 = H.now()
             local r = get("/single/second")
@@ -603,6 +640,7 @@ describe("upstream → gateway", function()
         end)
 
         it("queue_size 1, queue_timeout 200ms: the second waits, then gets 503 pool-overflow", function()
+            one_worker()
             local c = hang("/queued/hang")
             local t0 = H.now()
             local r = get("/queued/second")
@@ -631,6 +669,7 @@ describe("upstream → gateway", function()
         end)
 
         it("a queued request gets the connection when it frees up", function()
+            one_worker()
             local c = assert(H.conn(lv.port))
             c:send(H.build_request(lv.port, { path = "/handoff/first", headers = { { "X-Test-Delay-Ms", "300" } } }))
             H.wait_until(function() return count(up:stats().by_path, "/handoff/first") == 1 end, 5, "first request")
@@ -651,11 +690,14 @@ describe("upstream → gateway", function()
             for i = 1, rounds do
                 -- the upstream closes right after answering, or a few ms later
                 local delay = tostring((i % 5) * 3)
-                local a = get("/stale/a" .. i, { { "X-Test-Action", "close-after" }, { "X-Test-Close-Delay-Ms", delay } })
+                local k = assert(H.conn(lv.port))
+                local a = get_on(k, "/stale/a" .. i,
+                    { { "X-Test-Action", "close-after" }, { "X-Test-Close-Delay-Ms", delay } })
                 assert.equal(200, a.status)
-                local b = get("/stale/b" .. i)
+                local b = get_on(k, "/stale/b" .. i)
                 assert.equal(200, b.status, "request after a close-after failed: " .. tostring(b.body))
                 assert.equal("/stale/b" .. i, H.json(b.body).target)
+                k:close()
             end
             local s = up:stats()
             assert.equal(2 * rounds, s.requests)
@@ -666,8 +708,9 @@ describe("upstream → gateway", function()
         end)
 
         it("the first close-after case: the next GET succeeds on a fresh connection", function()
-            local a = H.json(get("/stale/one", { { "X-Test-Action", "close-after" } }).body)
-            local b = H.json(get("/stale/two").body)
+            local k = assert(H.conn(lv.port))
+            local a = H.json(get_on(k, "/stale/one", { { "X-Test-Action", "close-after" } }).body)
+            local b = H.json(get_on(k, "/stale/two").body)
             assert.are_not.equal(a.conn, b.conn)
             assert.equal(1, b.seq)
             assert.equal(2, up:stats().requests)
@@ -707,13 +750,16 @@ describe("upstream → gateway", function()
     -------------------------------------------------------------------------------------
     describe("balancing and resolution", function()
         it("round_robin alternates over two servers", function()
-            for i = 1, 20 do assert.equal(200, get("/rr/" .. i).status) end
+            -- one client connection: each worker keeps its own turn (README "Workers")
+            local k = assert(H.conn(lv.port))
+            for i = 1, 20 do assert.equal(200, get_on(k, "/rr/" .. i).status) end
             local s = up:stats()
             assert.equal(10, count(s.by_port, up.ports[1]))
             assert.equal(10, count(s.by_port, up.ports[2]))
         end)
 
         it("least_request sends new requests to the server with fewer in flight", function()
+            one_worker()
             -- park one request on server 1 (it hangs there; server 2 answers at once)
             local p1 = up.ports[1]
             local parked = {}

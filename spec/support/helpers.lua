@@ -422,16 +422,43 @@ local function substitute(text, ports, dir)
     end))
 end
 
+-- LEVEE_TEST_WORKERS=N runs every levee the harness starts with `workers = N` (README
+-- "Workers") unless its config sets workers itself; ctest uses it for the .workers2 runs.
+local test_workers
+do
+    local v = os.getenv("LEVEE_TEST_WORKERS")
+    if v and v ~= "" then
+        test_workers = math.tointeger(tonumber(v))
+        if not test_workers or test_workers < 1 then
+            error("LEVEE_TEST_WORKERS must be a positive integer, got " .. v)
+        end
+    end
+end
+
+--- The number of workers a levee started by H.levee runs with when its config does not set
+--- `workers`: LEVEE_TEST_WORKERS, or 1 when unset.
+function H.workers() return test_workers or 1 end
+
+-- A text config gets `workers = N` right after its first `return {`, unless the text names
+-- a workers key anywhere.
+local function inject_workers(text)
+    if not test_workers or text:find("%f[%w_]workers%s*=") then return text end
+    local s, e = text:find("return%s*{")
+    if not s then return text end
+    return text:sub(1, e) .. " workers = " .. test_workers .. "," .. text:sub(e + 1)
+end
+
 local function config_text(config)
     if type(config) == "table" then
         local c = {}
         for k, v in pairs(config) do c[k] = v end
         if c.listen == nil then c.listen = { HOST .. ":$PORT" } end
         if c.admin == true then c.admin = HOST .. ":$ADMIN" end
+        if c.workers == nil then c.workers = test_workers end
         return H.lua_source(c)
     end
     assert(type(config) == "string", "H.levee: config must be Lua source text or a table")
-    return config
+    return inject_workers(config)
 end
 
 -- The first quoted "host:port" after `listen =`, for configs written with fixed ports.
