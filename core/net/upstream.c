@@ -216,12 +216,27 @@ static struct lv_upserver *pick_server_locked(struct lv_upstream *up,
     return pick_rr(up, up->rr, true, 0, *panic, now);
 }
 
-/* Picks under the health lock: the states every worker shares (README "Workers"). */
+/* Picks under the health lock: the states every worker shares (README "Workers"). While every
+ * server is up at full weight health has nothing to say: the pick then takes no lock, and
+ * treats every server as a candidate as panic mode does (without counting it as panic). */
 static struct lv_upserver *pick_server(struct lv_upstream *up, const struct lv_upserver *last,
                                        uint64_t tried, bool fresh, bool *panic)
 {
+    if (atomic_load_explicit(&up->health->all_up, memory_order_acquire) && !up->closing) {
+        *panic = false;
+        if (fresh && last)
+            return (struct lv_upserver *)last;
+        if (up->nservers == 1)
+            return &up->servers[0];
+        if (up->cfg->balance == LV_BALANCE_LEAST_REQUEST)
+            return pick_p2c(up, last ? tried : 0, true, 0);
+        if (last)
+            return pick_rr(up, lv_upserver_index(last) + 1, false, tried, true, 0);
+        return pick_rr(up, up->rr, true, 0, true, 0);
+    }
     lv_upstream_health_lock(up);
     struct lv_upserver *s = pick_server_locked(up, last, tried, fresh, panic);
+    lv_upstream_health_sync(up->health);
     lv_upstream_health_unlock(up);
     return s;
 }
@@ -421,10 +436,15 @@ void lv_upstream_report(struct lv_upstream *up, const struct lv_upserver *s,
     assert(!s || s->up == up); /* a server of another upstream: a bug */
     if (!s || up->closing)
         return;
+    size_t i = lv_upserver_index(s);
+    if (o == LV_HEALTH_SUCCESS &&
+        !atomic_load_explicit(&up->health->failing[i], memory_order_relaxed))
+        return; /* nothing to reset: no lock, no shared write */
     struct lv_health_event ev[LV_HEALTH_MAX_EVENTS];
     lv_upstream_health_lock(up);
-    int n = lv_health_record(&up->health->g, lv_upserver_index(s), lv__upstream_now(up), o, ev);
+    int n = lv_health_record(&up->health->g, i, lv__upstream_now(up), o, ev);
     health_events(up, ev, n);
+    lv_upstream_health_sync(up->health);
     lv_upstream_health_unlock(up);
 }
 
@@ -445,6 +465,7 @@ void lv_upstream_check_result(struct lv_upstream *up, size_t i, bool ok, const c
     lv_upstream_health_lock(up);
     int n = lv_health_check_result(&up->health->g, i, lv__upstream_now(up), ok, why, ev);
     health_events(up, ev, n);
+    lv_upstream_health_sync(up->health);
     lv_upstream_health_unlock(up);
 }
 
@@ -515,6 +536,17 @@ static void checks_sync(struct lv_upstream *up)
                 lv_healthcheck_params_error(&p));
 }
 
+void lv_upstream_health_sync(struct lv_upstream_health *h)
+{
+    bool all = h->g.n > 0;
+    for (size_t i = 0; i < h->g.n; i++) {
+        const struct lv_server_health *s = &h->g.servers[i];
+        all = all && s->state == LV_SERVER_UP;
+        atomic_store_explicit(&h->failing[i], s->consecutive_failures != 0, memory_order_relaxed);
+    }
+    atomic_store_explicit(&h->all_up, all, memory_order_release);
+}
+
 struct lv_upstream_health *lv_upstream_health_new(const struct lv_upstream_cfg *cfg)
 {
     struct lv_upstream_health *h = lv_xcalloc(1, sizeof(*h));
@@ -522,7 +554,9 @@ struct lv_upstream_health *lv_upstream_health_new(const struct lv_upstream_cfg *
     struct lv_health_params hp;
     health_params(cfg, &hp);
     lv_health_init(&h->g, &hp, cfg->nservers, false);
+    h->failing = lv_xcalloc(cfg->nservers + 1, sizeof(*h->failing));
     atomic_init(&h->refs, 1);
+    lv_upstream_health_sync(h);
     return h;
 }
 
@@ -537,6 +571,7 @@ void lv_upstream_health_unref(struct lv_upstream_health *h)
     if (!h || atomic_fetch_sub(&h->refs, 1) > 1)
         return;
     lv_health_free(&h->g);
+    free(h->failing);
     pthread_mutex_destroy(&h->lock);
     free(h);
 }
@@ -606,6 +641,7 @@ void lv_upstream_update(struct lv_upstream *up, const struct lv_upstream_cfg *cf
         struct lv_health_event ev[16];
         health_events(up, ev, lv_health_checks_off(&up->health->g, lv__upstream_now(up), ev, 16));
     }
+    lv_upstream_health_sync(up->health);
     lv_upstream_health_unlock(up);
     checks_sync(up);
 }
@@ -618,6 +654,7 @@ void lv_upstream_tick(struct lv_upstream *up)
         lv_upstream_health_lock(up);
         int n = lv_health_tick(&up->health->g, now, ev, 16);
         health_events(up, ev, n);
+        lv_upstream_health_sync(up->health);
         lv_upstream_health_unlock(up);
     }
     uint64_t period = up->cfg->pool.max_lifetime_ms ? up->cfg->pool.max_lifetime_ms : 600000;

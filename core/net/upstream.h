@@ -133,11 +133,18 @@ struct lv_upstream_health {
     pthread_mutex_t lock;
     struct lv_health_group g;
     atomic_uint refs;
+    /* Hints kept under the lock (lv_upstream_health_sync) so the common case takes none:
+     * every server up at full weight (a pick needs no health), and per server whether a run
+     * of failures is being counted (a success that resets nothing needs no write). */
+    atomic_bool all_up;
+    atomic_bool *failing;
 };
 
 /** A group for `cfg`'s servers, all up, one reference. */
 struct lv_upstream_health *lv_upstream_health_new(const struct lv_upstream_cfg *cfg);
 struct lv_upstream_health *lv_upstream_health_ref(struct lv_upstream_health *h);
+/** Refreshes the hints after a change of `h->g` (the caller holds the lock). */
+void lv_upstream_health_sync(struct lv_upstream_health *h);
 void lv_upstream_health_unref(struct lv_upstream_health *h);
 
 struct lv_upstream {

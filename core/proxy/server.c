@@ -88,6 +88,7 @@ static struct lv_upstream_health *shared_health(struct lv_server *s,
                     }
             }
             pthread_mutex_unlock(&old->health->lock);
+            lv_upstream_health_sync(h); /* no other thread has it yet */
         }
         reg->v = lv_xrealloc(reg->v, (reg->n + 1) * sizeof(*reg->v));
         reg->v[reg->n++] = (struct health_entry){lv_xstrdup(uc->name), gen, h};
