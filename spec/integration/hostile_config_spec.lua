@@ -76,11 +76,7 @@ local function text_of(up, case)
     return conf(up, case[2], case[4])
 end
 
-local function status(lv)
-    local r = assert(lv:admin("/status"))
-    assert.equal(200, r.status)
-    return H.json(r.body)
-end
+local function status(lv) return lv:status() end
 
 local function metric(lv, series) return lv:metric(series) or 0 end
 local RELOAD_OK = 'levee_config_reloads_total{result="ok"}'

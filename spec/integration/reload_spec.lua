@@ -74,11 +74,7 @@ local function reload_ok(lv, generation)
     assert.same({ result = "ok", generation = generation }, j)
 end
 
-local function status(lv)
-    local r = assert(lv:admin("/status"))
-    assert.equal(200, r.status)
-    return H.json(r.body)
-end
+local function status(lv) return lv:status() end
 
 local function route_status(st, name)
     for _, r in ipairs(st.routes) do

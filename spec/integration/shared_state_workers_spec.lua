@@ -35,11 +35,7 @@ local function start(cfg, opts)
     return H.levee(opts)
 end
 
-local function status(lv)
-    local r = assert(lv:admin("/status"))
-    assert.equal(200, r.status)
-    return H.json(r.body)
-end
+local function status(lv) return lv:status() end
 
 local function route_status(lv, name)
     for _, rt in ipairs(status(lv).routes) do

@@ -632,6 +632,13 @@ function Levee:admin(opts)
     return H.request(assert(self.admin_port, "no admin port"), opts)
 end
 
+--- GET /status, checked (200) and decoded.
+function Levee:status()
+    local r = assert(self:admin("/status"))
+    assert(r.status == 200, "GET /status: " .. tostring(r.status))
+    return H.json(r.body)
+end
+
 --- The value of one sample of /metrics written as it appears there, e.g.
 -- lv:metric('levee_config_reloads_total{result="ok"}'); nil when there is no such sample.
 function Levee:metric(series)
