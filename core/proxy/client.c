@@ -273,32 +273,48 @@ static int client_write(struct lv_client *c, const char *data, size_t len)
  * the number not logged goes to the error log once the second is over. */
 #define LV_REFUSED_LOG_PER_S 100
 
-void lv_client_refused_log_tick(struct lv_server *s)
+/* The budget is the process's, shared by the workers under one lock (the path of garbage,
+ * not of traffic). Returns whether a line may be written now (`take`), or only rotates the
+ * second and reports what the last one left out. */
+static bool refused_budget(struct lv_server *s, bool take)
 {
+    struct lv_refused_log *rl = &s->sh->refused;
     uint64_t sec = uv_now(s->loop) / 1000;
-    if (sec == s->refused_log_second)
-        return;
-    if (s->refused_unlogged)
+    uint64_t left_out = 0;
+    bool ok = false;
+    pthread_mutex_lock(&rl->lock);
+    if (sec > rl->second) {
+        left_out = rl->unlogged;
+        rl->second = sec;
+        rl->logged = 0;
+        rl->unlogged = 0;
+    }
+    if (take) {
+        ok = rl->logged < LV_REFUSED_LOG_PER_S;
+        if (ok)
+            rl->logged++;
+        else
+            rl->unlogged++;
+    }
+    pthread_mutex_unlock(&rl->lock);
+    if (left_out)
         lv_warn("access log: %llu requests refused before routing were not logged (more than %d "
                 "a second); levee_bad_requests_total counts them all",
-                (unsigned long long)s->refused_unlogged, LV_REFUSED_LOG_PER_S);
-    s->refused_log_second = sec;
-    s->refused_logged = 0;
-    s->refused_unlogged = 0;
+                (unsigned long long)left_out, LV_REFUSED_LOG_PER_S);
+    return ok;
+}
+
+void lv_client_refused_log_tick(struct lv_server *s)
+{
+    refused_budget(s, false);
 }
 
 static void log_refused(struct lv_client *c, int status, enum lv_gwerr err, const char *rid,
                         size_t bytes_out)
 {
     struct lv_server *s = c->server;
-    if (!s->access_on)
+    if (!s->access_on || !refused_budget(s, true))
         return;
-    lv_client_refused_log_tick(s);
-    if (s->refused_logged >= LV_REFUSED_LOG_PER_S) {
-        s->refused_unlogged++;
-        return;
-    }
-    s->refused_logged++;
     struct lv_access_entry e;
     memset(&e, 0, sizeof(e));
     uv_timeval64_t tv;

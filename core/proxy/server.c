@@ -734,6 +734,7 @@ struct lv_server_shared *lv_server_shared_new(unsigned nworkers)
     pthread_mutex_init(&sh->health->lock, NULL);
     sh->metrics = lv_metrics_create_sharded(nworkers);
     pthread_mutex_init(&sh->access_lock, NULL);
+    pthread_mutex_init(&sh->refused.lock, NULL);
     sh->access_fd = -1;
     struct lv_build_info bi = {
         .version = LEVEE_VERSION,
@@ -757,6 +758,7 @@ void lv_server_shared_free(struct lv_server_shared *sh)
     if (sh->access_fd > STDERR_FILENO)
         close(sh->access_fd);
     pthread_mutex_destroy(&sh->access_lock);
+    pthread_mutex_destroy(&sh->refused.lock);
     lv_metrics_destroy(sh->metrics);
     free(sh->inboxes);
     free(sh->servers);

@@ -50,6 +50,14 @@ struct lv_server_shared {
      * line is never cut by another worker's; the fd swaps under it too (reload, SIGUSR1). */
     pthread_mutex_t access_lock;
     int access_fd; /* -1: off */
+    /* access-log lines for requests refused before routing, at most a hundred a second for
+     * the process (a flood of garbage must not make logging the bottleneck; proxy/client.c) */
+    struct lv_refused_log {
+        pthread_mutex_t lock;
+        uint64_t second;   /* loop ms / 1000 of the current second */
+        uint32_t logged;   /* lines written in it */
+        uint64_t unlogged; /* refused requests not logged in it */
+    } refused;
 };
 
 /** Shared state for `nworkers` workers (inboxes set later by the caller). */
@@ -85,12 +93,6 @@ struct lv_server {
     struct lv_metric_family *m_server_up, *m_ejections, *m_health_checks, *m_panics;
     struct lv_metric_family *m_up_sent, *m_up_received, *m_attempt_duration;
     struct lv_metric *m_reload_ok, *m_reload_err;
-
-    /* access-log lines for requests refused before routing, at most LV_REFUSED_LOG_PER_S a
-     * second (a flood of garbage must not make logging the bottleneck) */
-    uint64_t refused_log_second; /* loop ms / 1000 of the current second */
-    uint32_t refused_logged;     /* lines written in it */
-    uint64_t refused_unlogged;   /* refused requests not logged in it */
 
     /* client connections (proxy/client.c keeps the list; proxy/listener.c drains it) */
     struct lv_dlist clients; /* of struct lv_client, by link */
