@@ -260,6 +260,8 @@ void lv_accesslog_format(const struct lv_access_entry *e, struct lv_buf *out)
         put_ms(&w, e->upstream_ms);
     LIT(&w, ",\"error\":");
     put_cstr(&w, e->error);
+    LIT(&w, ",\"retry_stop\":");
+    put_cstr(&w, e->retry_stop);
 
     LIT(&w, ",\"flags\":[");
     unsigned flags = e->flags;

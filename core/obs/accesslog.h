@@ -69,13 +69,14 @@ struct lv_access_entry {
     int attempts;              /* upstream attempts, first included */
     unsigned ntries;           /* entries used in tries[] (more are ignored) */
     struct lv_access_try tries[LV_ACCESS_MAX_TRIES];
-    double backoff_ms;  /* total time spent waiting between attempts */
-    uint64_t bytes_in;  /* request body bytes received */
-    uint64_t bytes_out; /* response bytes sent to the client, head included */
-    double duration_ms; /* whole request */
-    double upstream_ms; /* to the first byte of the upstream response; < 0: null */
-    const char *error;  /* Levee-Error token, or NULL */
-    unsigned flags;     /* enum lv_access_flag bits */
+    double backoff_ms;      /* total time spent waiting between attempts */
+    uint64_t bytes_in;      /* request body bytes received */
+    uint64_t bytes_out;     /* response bytes sent to the client, head included */
+    double duration_ms;     /* whole request */
+    double upstream_ms;     /* to the first byte of the upstream response; < 0: null */
+    const char *error;      /* Levee-Error token, or NULL */
+    const char *retry_stop; /* why the attempts ended ("success", "budget", ...), or NULL */
+    unsigned flags;         /* enum lv_access_flag bits */
 };
 
 /** A slice of a NUL-terminated string (NULL gives a null slice). */
@@ -90,7 +91,8 @@ static inline struct lv_access_str lv_access_cstr(const char *s)
 /**
  * Appends the JSON line of `e` to `out`: keys "time", "request_id", "client", "method", "path",
  * "host", "route", "upstream", "status", "attempts", "tries", "backoff_ms", "bytes_in",
- * "bytes_out", "duration_ms", "upstream_ms", "error", "flags" in this order, then "\n".
+ * "bytes_out", "duration_ms", "upstream_ms", "error", "retry_stop", "flags" in this order, then
+ * "\n".
  * Durations are in milliseconds with at most 3 decimals; a non-finite one renders as null.
  * `flags` is an array of flag names in table order. Bytes outside printable ASCII, quotes and
  * backslashes are escaped, so the line is valid JSON whatever the client sent.

@@ -42,6 +42,38 @@ enum lv_retry_no lv_retry_decide(const struct lv_retry_ask *a, uint64_t *delay_m
     return LV_RETRY_GO;
 }
 
+enum lv_retry_stop lv_retry_stop_of(enum lv_retry_no no)
+{
+    switch (no) {
+    case LV_RETRY_GO:
+        return LV_STOP_NONE;
+    case LV_RETRY_NO_VERDICT:
+        return LV_STOP_VERDICT;
+    case LV_RETRY_NO_ATTEMPTS:
+        return LV_STOP_ATTEMPTS;
+    case LV_RETRY_NO_STARTED:
+        return LV_STOP_RESPONSE_STARTED;
+    case LV_RETRY_NO_UNSAFE:
+        return LV_STOP_NOT_REPLAYABLE;
+    case LV_RETRY_NO_REPLAY:
+        return LV_STOP_BODY_TOO_LARGE;
+    case LV_RETRY_NO_DEADLINE:
+        return LV_STOP_DEADLINE;
+    case LV_RETRY_NO_BUDGET:
+        return LV_STOP_BUDGET;
+    }
+    return LV_STOP_VERDICT;
+}
+
+const char *lv_retry_stop_name(enum lv_retry_stop s)
+{
+    static const char *const names[LV_STOP_KINDS] = {
+        "retry",    "success",        "verdict",        "attempts",         "budget",
+        "deadline", "not-replayable", "body-too-large", "response-started", "breaker-open",
+    };
+    return (unsigned)s < LV_STOP_KINDS ? names[s] : "verdict";
+}
+
 const char *lv_retry_no_name(enum lv_retry_no no)
 {
     switch (no) {

@@ -76,6 +76,31 @@ enum lv_retry_no {
  */
 enum lv_retry_no lv_retry_decide(const struct lv_retry_ask *a, uint64_t *delay_ms_out);
 
+/*
+ * Why a request's attempts ended where they did (README "When levee retries"): the access
+ * log's `retry_stop` and levee_retry_decisions_total{route,decision} (which also counts
+ * LV_STOP_NONE decisions to retry, as "retry").
+ */
+enum lv_retry_stop {
+    LV_STOP_NONE = 0,         /* no decision yet (or a retry was decided) */
+    LV_STOP_SUCCESS,          /* the attempt succeeded (verdict ok, status below 400) */
+    LV_STOP_VERDICT,          /* classified ok or fail, not retry */
+    LV_STOP_ATTEMPTS,         /* retry.attempts used up */
+    LV_STOP_BUDGET,           /* the route's retry budget is spent */
+    LV_STOP_DEADLINE,         /* no room left before the deadline */
+    LV_STOP_NOT_REPLAYABLE,   /* maybe processed and not safe to send again */
+    LV_STOP_BODY_TOO_LARGE,   /* the body was not kept for a replay (over request_buffer) */
+    LV_STOP_RESPONSE_STARTED, /* part of the response already went to the client */
+    LV_STOP_BREAKER_OPEN,     /* the breaker refused the request or its retry */
+};
+#define LV_STOP_KINDS 10
+
+/** The stop a "no" of lv_retry_decide means (GO: LV_STOP_NONE). */
+enum lv_retry_stop lv_retry_stop_of(enum lv_retry_no no);
+/** "success", "verdict", "attempts", "budget", "deadline", "not-replayable",
+ *  "body-too-large", "response-started", "breaker-open"; "retry" for LV_STOP_NONE. */
+const char *lv_retry_stop_name(enum lv_retry_stop s);
+
 /**
  * Short name of an answer, for logs and metric labels: "go", "verdict", "attempts",
  * "response-started", "unsafe", "replay", "deadline", "budget-exhausted". Never NULL.

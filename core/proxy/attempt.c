@@ -247,8 +247,11 @@ static bool next_attempt(struct lv_request *r, struct lv_outcome o, const struct
     enum lv_verdict v = classify(r, o, h, attempt_ms, &hook_delay, &has_hook_delay);
     if (v != LV_VERDICT_NONE)
         lv_breakergate_record(r, now, lv_verdict_is_failure(v), attempt_ms);
-    if (v != LV_VERDICT_RETRY)
+    if (v != LV_VERDICT_RETRY) {
+        bool success = v != LV_VERDICT_FAIL && o.kind == LV_OUT_STATUS && o.status < 400;
+        lv_request_retry_decided(r, success ? LV_STOP_SUCCESS : LV_STOP_VERDICT);
         return false;
+    }
 
     const char *ra = NULL;
     size_t ra_len = 0;
@@ -308,6 +311,9 @@ static bool next_attempt(struct lv_request *r, struct lv_outcome o, const struct
         r->flags |= LV_ACCESS_BUDGET_EXHAUSTED;
         lv_metric_add(rs->budget_exhausted, 1);
     }
+    lv_request_retry_decided(r, no != LV_RETRY_GO ? lv_retry_stop_of(no)
+                                : go              ? LV_STOP_NONE
+                                                  : LV_STOP_BREAKER_OPEN);
     if (!go)
         return false; /* no retry; or the breaker refused it: the client gets this result */
     r->prev_delay_ms = planned;

@@ -103,6 +103,7 @@ void lv_breakergate_reject(struct lv_request *r, uint64_t left_ms)
     struct lv_route_state *rs = r->rs;
     r->flags |= LV_ACCESS_BREAKER_OPEN;
     lv_metric_add(rs->breaker_rejected, 1);
+    lv_request_retry_decided(r, LV_STOP_BREAKER_OPEN);
     if (r->body_kind != LV_REQ_BODY_NONE)
         r->resp_close = true; /* its body is not read */
     bool close = r->resp_close || !r->client_keep_alive;

@@ -173,6 +173,7 @@ static void log_request(struct lv_request *r)
     e.duration_ms = total_ms;
     e.upstream_ms = r->upstream_ms;
     e.error = r->error_token;
+    e.retry_stop = r->retry_stop != LV_STOP_NONE ? lv_retry_stop_name(r->retry_stop) : NULL;
     e.flags = r->flags;
     e.backoff_ms = r->backoff_ms;
     e.ntries = (unsigned)(r->ntries < LV_ACCESS_MAX_TRIES ? r->ntries : LV_ACCESS_MAX_TRIES);
@@ -292,6 +293,12 @@ struct lv_hook_request lv_request_hook_view(const struct lv_request *r)
         .route = r->route->name,
         .request_id = r->rid,
     };
+}
+
+void lv_request_retry_decided(struct lv_request *r, enum lv_retry_stop stop)
+{
+    r->retry_stop = stop;
+    lv_route_state_count_decision(r->s->routes, r->rs, stop);
 }
 
 void lv_request_hook_failed(struct lv_request *r, enum lv_req_hook which, const struct lv_buf *err)

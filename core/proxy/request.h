@@ -32,6 +32,7 @@
 #include "http/reqhead.h"
 #include "http/resphead.h"
 #include "net/upstream.h"
+#include "policy/retry.h"
 #include "policy/outcome.h"
 #include "proxy/downstream.h"
 #include "proxy/exchange.h"
@@ -196,6 +197,7 @@ struct lv_request {
 
     /* log */
     unsigned flags;
+    enum lv_retry_stop retry_stop; /* why the attempts ended (README "When levee retries") */
     const char *error_token;
     uint64_t bytes_in;
 };
@@ -251,6 +253,9 @@ struct lv_hook_request lv_request_hook_view(const struct lv_request *r);
 enum lv_req_hook { LV_REQ_HOOK_CLASSIFY, LV_REQ_HOOK_FALLBACK, LV_REQ_HOOK_KEY };
 /** A hook failed: counted as no hook, counted in the metrics, logged at most once a second
  *  per route. */
+/** A retry decision: `stop` why not (LV_STOP_NONE: a retry goes). Kept for the access log,
+ *  counted in levee_retry_decisions_total{route,decision}. */
+void lv_request_retry_decided(struct lv_request *r, enum lv_retry_stop stop);
 void lv_request_hook_failed(struct lv_request *r, enum lv_req_hook which, const struct lv_buf *err);
 /** Answers with a gateway error and ends the request. */
 void lv_request_fail(struct lv_request *r, enum lv_gwerr err, const char *detail, int retry_after,

@@ -17,8 +17,24 @@ static struct lv_keyed_metric *keyed_at(const struct lv_keyed_series *ks, uint32
 
 /* The series under `key` (a status code, or -1 - an outcome kind), made with the labels
  * {route, key as text} when missing (formatted only then, under the route state's lock). */
+/* The label of a key: a status code, or -1 - an outcome kind. */
+static const char *status_or_outcome(int key, char *buf, size_t n)
+{
+    if (key < 0)
+        return lv_outcome_name((enum lv_outcome_kind)(-1 - key));
+    snprintf(buf, n, "%d", key);
+    return buf;
+}
+
+static const char *decision_name(int key, char *buf, size_t n)
+{
+    (void)buf, (void)n;
+    return lv_retry_stop_name((enum lv_retry_stop)key);
+}
+
 static struct lv_metric *keyed_get(struct lv_route_state *rs, struct lv_keyed_series *ks, int key,
-                                   struct lv_metric_family *fam)
+                                   struct lv_metric_family *fam,
+                                   const char *(*label_of)(int key, char *buf, size_t n))
 {
     uint32_t n = atomic_load_explicit(&ks->n, memory_order_acquire);
     for (uint32_t i = 0; i < n; i++)
@@ -35,12 +51,8 @@ static struct lv_metric *keyed_get(struct lv_route_state *rs, struct lv_keyed_se
     if (!ks->chunk[now_n / LV_KEYED_CHUNK])
         ks->chunk[now_n / LV_KEYED_CHUNK] =
             lv_xcalloc(LV_KEYED_CHUNK, sizeof(struct lv_keyed_metric));
-    char name[16];
-    if (key >= 0)
-        snprintf(name, sizeof(name), "%d", key);
-    else
-        snprintf(name, sizeof(name), "%s", lv_outcome_name((enum lv_outcome_kind)(-1 - key)));
-    const char *labels[] = {rs->name, name, NULL};
+    char buf[16];
+    const char *labels[] = {rs->name, label_of(key, buf, sizeof(buf)), NULL};
     struct lv_keyed_metric *e = keyed_at(ks, now_n);
     e->key = key;
     e->m = lv_metric_series(fam, labels);
@@ -125,16 +137,17 @@ static void state_free(struct lv_route_states *reg, size_t i)
     table_rebuild(reg, reg->cap);
     /* Its series leave /metrics (they come back, with their values, if the name returns). */
     const struct lv_route_families *f = &reg->fam;
-    struct lv_metric_family *fams[] = {f->requests,         f->duration,          f->retries,
-                                       f->budget_exhausted, f->attempts,          f->breaker_state,
-                                       f->fallbacks,        f->breaker_rejected,  f->hook_errors,
-                                       f->idem_replays,     f->idem_stored,       f->idem_conflicts,
-                                       f->idem_mismatches,  f->idem_store_errors, f->idem_entries};
+    struct lv_metric_family *fams[] = {
+        f->requests,        f->duration,          f->retries,      f->budget_exhausted,
+        f->attempts,        f->breaker_state,     f->fallbacks,    f->breaker_rejected,
+        f->hook_errors,     f->idem_replays,      f->idem_stored,  f->idem_conflicts,
+        f->idem_mismatches, f->idem_store_errors, f->idem_entries, f->retry_decisions};
     for (size_t k = 0; k < sizeof(fams) / sizeof(fams[0]); k++)
         lv_metric_family_remove(fams[k], "route", rs->name);
     lv_idem_unref(rs->idem); /* its own reference; generations that named it hold theirs */
     keyed_free(&rs->by_code);
     keyed_free(&rs->attempts);
+    keyed_free(&rs->decisions);
     free(rs->idem_sig);
     free(rs->name);
     pthread_mutex_destroy(&rs->lock);
@@ -268,7 +281,7 @@ void lv_route_state_count_request(struct lv_route_states *reg, struct lv_route_s
                                   int status, double seconds)
 {
     if (status >= 100 && status <= 599)
-        lv_metric_add(keyed_get(rs, &rs->by_code, status, reg->fam.requests), 1);
+        lv_metric_add(keyed_get(rs, &rs->by_code, status, reg->fam.requests, status_or_outcome), 1);
     lv_metric_observe(rs->duration, seconds);
 }
 
@@ -285,7 +298,14 @@ void lv_route_state_count_attempt(struct lv_route_states *reg, struct lv_route_s
             return;
         key = -1 - kind;
     }
-    lv_metric_add(keyed_get(rs, &rs->attempts, key, reg->fam.attempts), 1);
+    lv_metric_add(keyed_get(rs, &rs->attempts, key, reg->fam.attempts, status_or_outcome), 1);
+}
+
+void lv_route_state_count_decision(struct lv_route_states *reg, struct lv_route_state *rs,
+                                   enum lv_retry_stop stop)
+{
+    lv_metric_add(keyed_get(rs, &rs->decisions, (int)stop, reg->fam.retry_decisions, decision_name),
+                  1);
 }
 
 uint64_t lv_route_state_requests(const struct lv_route_state *rs)
@@ -375,6 +395,7 @@ void lv_route_states_dispose(struct lv_route_states *reg)
         struct lv_route_state *rs = reg->all[i];
         keyed_free(&rs->by_code);
         keyed_free(&rs->attempts);
+        keyed_free(&rs->decisions);
         free(rs->idem_sig);
         free(rs->name);
         pthread_mutex_destroy(&rs->lock);

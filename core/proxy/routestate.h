@@ -28,6 +28,7 @@
 #include "obs/metrics.h"
 #include "policy/breaker.h"
 #include "policy/budget.h"
+#include "policy/retry.h"
 #include "conf/config.h"
 #include "script/hooks.h"
 #include "store/idem.h"
@@ -36,7 +37,7 @@
 struct lv_route_families {
     struct lv_metric_family *requests, *duration, *retries, *budget_exhausted, *attempts,
         *breaker_state, *fallbacks, *breaker_rejected, *hook_errors, *idem_replays, *idem_stored,
-        *idem_conflicts, *idem_mismatches, *idem_store_errors, *idem_entries;
+        *idem_conflicts, *idem_mismatches, *idem_store_errors, *idem_entries, *retry_decisions;
 };
 
 /* Series made on first use, by key, in the order made. Entries are only ever appended, into
@@ -62,6 +63,8 @@ struct lv_route_state {
     struct lv_metric *budget_exhausted; /* levee_retry_budget_exhausted_total{route} */
     /* levee_upstream_attempts_total{route,outcome}: key the status, or -1 - the error kind */
     struct lv_keyed_series attempts;
+    /* levee_retry_decisions_total{route,decision}: key an enum lv_retry_stop */
+    struct lv_keyed_series decisions;
     /* Made when the route first gets a breaker (used only then; NULL before). */
     struct lv_metric *fallbacks;        /* levee_fallbacks_total{route} */
     struct lv_metric *breaker_rejected; /* levee_breaker_rejected_total{route} */
@@ -136,6 +139,10 @@ void lv_route_state_count_request(struct lv_route_states *reg, struct lv_route_s
 /** Counts one upstream attempt's outcome: a status, or an error kind (enum lv_outcome_kind). */
 void lv_route_state_count_attempt(struct lv_route_states *reg, struct lv_route_state *rs, int kind,
                                   int status);
+
+/** Counts one retry decision (LV_STOP_NONE: a retry went). */
+void lv_route_state_count_decision(struct lv_route_states *reg, struct lv_route_state *rs,
+                                   enum lv_retry_stop stop);
 
 /** Render time: shows the breaker and idempotency series of a route that has them (hides them
  * otherwise) and copies in the breaker state and store size. */

@@ -24,6 +24,7 @@ static const char *const L_RESULT[] = {"result", NULL};
 static const char *const L_UPCONN[] = {"upstream", "state", NULL};
 static const char *const L_CODE[] = {"code", NULL};
 static const char *const L_ROUTE_OUTCOME[] = {"route", "outcome", NULL};
+static const char *const L_ROUTE_DECISION[] = {"route", "decision", NULL};
 static const char *const L_ROUTE_HOOK[] = {"route", "hook", "kind", NULL};
 static const char *const L_UPSTREAM[] = {"upstream", NULL};
 static const char *const L_UP_SERVER[] = {"upstream", "server", NULL};
@@ -457,6 +458,12 @@ static void metrics_setup(struct lv_server *s)
         lv_metrics_family(m, "levee_idempotency_store_errors_total",
                           "Store lookups that failed (store full or unavailable).",
                           LV_METRIC_COUNTER, L_ROUTE, NULL, 0);
+    f->retry_decisions = lv_metrics_family(
+        m, "levee_retry_decisions_total",
+        "Retry decisions after an attempt, by route and decision: retry, or why not (success, "
+        "verdict, attempts, budget, deadline, not-replayable, body-too-large, response-started, "
+        "breaker-open).",
+        LV_METRIC_COUNTER, L_ROUTE_DECISION, NULL, 0);
     f->idem_entries =
         lv_metrics_family(m, "levee_idempotency_store_entries", "Keys held by the route's store.",
                           LV_METRIC_GAUGE, L_ROUTE, NULL, 0);

@@ -304,6 +304,7 @@ static void fill(struct lv_access_entry *e)
     e->duration_ms = 37.0004;
     e->upstream_ms = 12.3456;
     e->error = NULL;
+    e->retry_stop = "success";
     e->flags = LV_ACCESS_RETRIED;
 }
 
@@ -321,7 +322,7 @@ T_TEST(full_line_exact)
                 "{\"outcome\":\"201\",\"server\":\"127.0.0.1:9001\",\"ms\":10}],"
                 "\"backoff_ms\":25.5,\"bytes_in\":42,\"bytes_out\":18446744073709551615,"
                 "\"duration_ms\":37,\"upstream_ms\":12.346,\"error\":null,"
-                "\"flags\":[\"retried\"]}\n");
+                "\"retry_stop\":\"success\",\"flags\":[\"retried\"]}\n");
     T_CHECK(valid_line(&b));
     /* Appends: a second line goes after the first. */
     size_t one = b.len;
@@ -348,7 +349,7 @@ T_TEST(nulls_and_errors)
                 "\"client\":\"[::1]:5000\",\"method\":\"GET\",\"path\":\"/nope\",\"host\":null,"
                 "\"route\":null,\"upstream\":null,\"status\":404,\"attempts\":0,\"tries\":[],"
                 "\"backoff_ms\":0,\"bytes_in\":0,\"bytes_out\":0,\"duration_ms\":0.25,"
-                "\"upstream_ms\":null,\"error\":\"no-route\",\"flags\":[]}\n");
+                "\"upstream_ms\":null,\"error\":\"no-route\",\"retry_stop\":null,\"flags\":[]}\n");
     T_CHECK(valid_line(&b));
 
     /* Error outcomes, a try with no server yet, non-finite and negative durations. */
