@@ -341,9 +341,26 @@ T_TEST(delay_sources)
     T_CHECK(!lv_retry_after_applies((struct lv_outcome){LV_OUT_TIMEOUT, 503}));
 }
 
+/* Each "no" of the retry rule names one retry_stop, the access log's and the metric's. */
+T_TEST(stops)
+{
+    T_CHECK_INT(lv_retry_stop_of(LV_RETRY_GO), LV_STOP_NONE);
+    T_CHECK_STR(lv_retry_stop_name(lv_retry_stop_of(LV_RETRY_NO_VERDICT)), "verdict");
+    T_CHECK_STR(lv_retry_stop_name(lv_retry_stop_of(LV_RETRY_NO_ATTEMPTS)), "attempts");
+    T_CHECK_STR(lv_retry_stop_name(lv_retry_stop_of(LV_RETRY_NO_STARTED)), "response-started");
+    T_CHECK_STR(lv_retry_stop_name(lv_retry_stop_of(LV_RETRY_NO_UNSAFE)), "not-replayable");
+    T_CHECK_STR(lv_retry_stop_name(lv_retry_stop_of(LV_RETRY_NO_REPLAY)), "body-too-large");
+    T_CHECK_STR(lv_retry_stop_name(lv_retry_stop_of(LV_RETRY_NO_DEADLINE)), "deadline");
+    T_CHECK_STR(lv_retry_stop_name(lv_retry_stop_of(LV_RETRY_NO_BUDGET)), "budget");
+    T_CHECK_STR(lv_retry_stop_name(LV_STOP_NONE), "retry");
+    T_CHECK_STR(lv_retry_stop_name(LV_STOP_SUCCESS), "success");
+    T_CHECK_STR(lv_retry_stop_name(LV_STOP_BREAKER_OPEN), "breaker-open");
+}
+
 int main(void)
 {
     T_RUN(names);
+    T_RUN(stops);
     T_RUN(table);
     T_RUN(product);
     T_RUN(delay_untouched_without_pointer);
