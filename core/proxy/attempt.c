@@ -155,6 +155,7 @@ void lv_attempt_deadline(struct lv_request *r)
         return;
     }
     r->flags |= LV_ACCESS_DEADLINE_EXCEEDED;
+    r->retry_stop = LV_STOP_DEADLINE; /* the attempt under way (or the backoff) ran out of time */
     if (r->uc || r->phase == LV_REQ_CONNECTING)
         record_try(r, r->uc ? LV_OUT_TIMEOUT : LV_OUT_CONNECT_FAILURE, 0,
                    ms_since(r->attempt_start_ns));
@@ -524,6 +525,7 @@ void lv_attempt_clock(struct lv_request *r)
             return; /* we stopped reading it: the client's send timeout governs */
         lv_warn("route %s: upstream %s stalled mid-response", r->route->name,
                 r->last_server ? r->last_server->name : "?");
+        r->retry_stop = LV_STOP_RESPONSE_STARTED; /* broke after its head went out */
         lv_request_abort_client(r, LV_ACCESS_UPSTREAM_ABORT);
         return;
     }
@@ -606,6 +608,7 @@ static void on_up_read(struct lv_upconn *uc, ssize_t nread, const char *data, vo
         }
         lv_warn("route %s: upstream %s: response truncated (%s)", r->route->name, server_name(r),
                 uv_strerror((int)nread));
+        r->retry_stop = LV_STOP_RESPONSE_STARTED; /* broke after its head went out */
         lv_request_abort_client(r, LV_ACCESS_UPSTREAM_ABORT);
         return;
     }
@@ -634,6 +637,7 @@ static void on_up_read(struct lv_upconn *uc, ssize_t nread, const char *data, vo
     case LV_EXCHANGE_BAD_BODY:
         lv_warn("route %s: upstream %s sent a broken body: %s", r->route->name, server_name(r),
                 r->ex.reason);
+        r->retry_stop = LV_STOP_RESPONSE_STARTED; /* broke after its head went out */
         lv_request_abort_client(r, LV_ACCESS_UPSTREAM_ABORT);
         return;
     }

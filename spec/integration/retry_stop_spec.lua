@@ -92,4 +92,20 @@ describe("retry_stop", function()
         assert.equal(1, decisions(lv2, "breaker-open"))
         assert.equal(2, up2:stats().requests)
     end)
+
+    it("says response-started when the response broke after its head went out, and deadline when no try fits", function()
+        local up = H.upstream()
+        local lv = start(up, { retry = { attempts = 3, backoff = { base = "1ms", max = "2ms" },
+            on = { "5xx", "reset", "protocol-error", "timeout" } } })
+        lv:request({ path = "/cut", headers = { { "X-Test-Action", "truncate" }, { "X-Test-Body-Size", "100000" } } })
+        assert.equal("response-started", entry(lv, "/cut").retry_stop)
+        assert.equal(1, up:stats().requests)
+
+        local up2 = H.upstream()
+        local lv2 = start(up2, { timeout = "300ms", try_timeout = "200ms",
+            retry = { attempts = 3, backoff = { base = "1ms", max = "2ms" }, on = { "timeout" } } })
+        local r = lv2:request({ path = "/slow", headers = { { "X-Test-Delay-Ms", "1000" } } })
+        assert.equal(504, r.status)
+        assert.equal("deadline", entry(lv2, "/slow").retry_stop)
+    end)
 end)
