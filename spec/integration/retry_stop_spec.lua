@@ -108,4 +108,16 @@ describe("retry_stop", function()
         assert.equal(504, r.status)
         assert.equal("deadline", entry(lv2, "/slow").retry_stop)
     end)
+
+    it("says body-too-large when a body larger than the replay buffer would have to be sent again", function()
+        local up = H.upstream()
+        local lv = start(up, { retry = { attempts = 3, backoff = { base = "1ms", max = "2ms" }, on = { "5xx" },
+            buffer = "1KiB" } })
+        local r = lv:request({ method = "PUT", path = "/big", body = H.pattern(64 * 1024),
+            headers = { { "X-Test-Status", "503" } } })
+        assert.equal(503, r.status)
+        assert.equal("body-too-large", entry(lv, "/big").retry_stop)
+        assert.equal(1, up:stats().requests)
+        assert.equal(1, decisions(lv, "body-too-large"))
+    end)
 end)
