@@ -275,27 +275,46 @@ static void admin_worker(void *arg, unsigned i, struct lv_admin_worker *out)
     *out = (struct lv_admin_worker){.connections = sn->connections, .requests = sn->requests};
 }
 
-/* A server's pool numbers summed over the workers (each has its own pools). */
+/* Worker i's numbers of upstream `up`, or NULL when it is still on another generation (a
+ * reload under way). */
+static const struct lv_worker_snap_up *snap_upstream(const struct app *app, unsigned i, size_t up)
+{
+    const struct lv_worker_snap *sn = &app->ws.w[i].snap;
+    if (sn->generation != app->server->generation || up >= sn->nupstreams)
+        return NULL;
+    return &sn->upstreams[up];
+}
+
+/* An upstream's queue and panic picks summed over the workers (each has its own pools). */
+static void admin_upstream(void *arg, size_t up, struct lv_admin_upstream *out)
+{
+    struct app *app = arg;
+    memset(out, 0, sizeof(*out));
+    for (unsigned i = 0; i < app->ws.n; i++) {
+        const struct lv_worker_snap_up *u = snap_upstream(app, i, up);
+        if (u) {
+            out->waiting += u->waiting;
+            out->panic_picks += u->panic_picks;
+        }
+    }
+}
+
+/* A server's pool numbers summed over the workers. */
 static void admin_server(void *arg, size_t up, size_t k, struct lv_admin_server *out)
 {
     struct app *app = arg;
     memset(out, 0, sizeof(*out));
-    uint64_t gen = app->server->generation;
     for (unsigned i = 0; i < app->ws.n; i++) {
-        const struct lv_worker_snap *sn = &app->ws.w[i].snap;
-        if (sn->generation != gen || up >= sn->nupstreams || k >= sn->upstreams[up].nservers)
-            continue; /* a worker still on another generation (a reload under way) */
-        const struct lv_upserver_counts *c = &sn->upstreams[up].servers[k];
+        const struct lv_worker_snap_up *u = snap_upstream(app, i, up);
+        if (!u || k >= u->nservers)
+            continue;
+        const struct lv_upserver_counts *c = &u->servers[k];
         out->active += c->active;
         out->idle += c->idle;
         out->inflight += c->inflight;
         out->connects += c->connects;
         out->connect_failures += c->connect_failures;
         out->tls_resumed += c->tls_resumed;
-        if (k == 0) {
-            out->waiting += sn->upstreams[up].waiting;
-            out->panic_picks += sn->upstreams[up].panic_picks;
-        }
     }
 }
 
@@ -375,16 +394,12 @@ static void worker_drained(void *arg)
     lv_worker_stop(arg);
 }
 
-struct drain_req {
-    struct app *app;
-    uint64_t timeout_ms;
-};
-
+/* `arg`: the drain timeout in ms (heap, freed when every worker ran this). */
 static void drain_on_worker(struct lv_worker *w, void *arg)
 {
-    struct drain_req *d = arg;
+    const uint64_t *timeout_ms = arg;
     if (w->index > 0)
-        lv_listeners_drain(&w->listeners, d->timeout_ms, worker_drained, w);
+        lv_listeners_drain(&w->listeners, *timeout_ms, worker_drained, w);
 }
 
 static void worker0_drained(void *arg)
@@ -400,9 +415,8 @@ static void shutdown_gateway(struct app *app, uint64_t drain_timeout_ms)
 {
     if (app->server->draining)
         return;
-    struct drain_req *d = lv_xcalloc(1, sizeof(*d));
-    d->app = app;
-    d->timeout_ms = drain_timeout_ms;
+    uint64_t *d = lv_xmalloc(sizeof(*d));
+    *d = drain_timeout_ms;
     /* The first worker drains here (its completion is the app's); the others by message. */
     lv_listeners_drain(&app->ws.w[0].listeners, drain_timeout_ms, worker0_drained, app);
     lv_workers_each(&app->ws, drain_on_worker, d, free, d);
@@ -456,6 +470,7 @@ static int start(struct app *app, struct lv_config *cfg)
             .collect_cancel = admin_collect_cancel,
             .status = admin_status,
             .worker = admin_worker,
+            .upstream = admin_upstream,
             .server = admin_server,
             .route = admin_route,
             .metrics = admin_metrics,

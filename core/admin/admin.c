@@ -247,12 +247,12 @@ static void status_json(struct lv_admin *a, struct lv_buf *b)
         json_str(b, up->name);
         lv_buf_puts(b, ",\"balance\":");
         json_str(b, up->cfg->balance == LV_BALANCE_LEAST_REQUEST ? "least_request" : "round_robin");
-        struct lv_admin_server sum0;
-        a->ops.server(a->ops.arg, i, 0, &sum0);
+        struct lv_admin_upstream su;
+        a->ops.upstream(a->ops.arg, i, &su);
         lv_upstream_health_lock(up); /* every worker's outcomes feed it (README "Workers") */
         lv_buf_printf(b, ",\"waiting\":%u,\"panic\":%s,\"panic_picks\":%llu,\"servers\":[",
-                      sum0.waiting, up->health->g.panic ? "true" : "false",
-                      (unsigned long long)sum0.panic_picks);
+                      su.waiting, up->health->g.panic ? "true" : "false",
+                      (unsigned long long)su.panic_picks);
         for (size_t k = 0; k < up->nservers; k++) {
             struct lv_upserver *sv = &up->servers[k];
             struct lv_admin_server sum;

@@ -45,10 +45,16 @@ struct lv_admin_worker {
     uint64_t requests;
 };
 
+/* /status, one upstream: its queue and panic picks, summed over the workers. */
+struct lv_admin_upstream {
+    uint32_t waiting;
+    uint64_t panic_picks;
+};
+
 /* /status, one server of an upstream: pool numbers summed over the workers. */
 struct lv_admin_server {
-    uint32_t active, idle, inflight, waiting; /* waiting: the upstream's queue (server 0 only) */
-    uint64_t connects, connect_failures, tls_resumed, panic_picks;
+    uint32_t active, idle, inflight;
+    uint64_t connects, connect_failures, tls_resumed;
 };
 
 /* /status, one route of cfg->routes: its state, kept by route name across reloads. */
@@ -79,6 +85,7 @@ struct lv_admin_ops {
     void (*collect_cancel)(void *arg, void *req);
     void (*status)(void *arg, struct lv_admin_status *out);
     void (*worker)(void *arg, unsigned i, struct lv_admin_worker *out);
+    void (*upstream)(void *arg, size_t upstream, struct lv_admin_upstream *out);
     void (*server)(void *arg, size_t upstream, size_t server, struct lv_admin_server *out);
     void (*route)(void *arg, size_t route_index, struct lv_admin_route *out);
     /** Appends the Prometheus text of every metric. */

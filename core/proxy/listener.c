@@ -58,11 +58,6 @@ static unsigned least_busy(const struct lv_server *s)
     return best;
 }
 
-static void handle_closed(uv_handle_t *h)
-{
-    free(h);
-}
-
 static void on_connection(uv_stream_t *ls, int status)
 {
     struct lv_listener *l = ls->data;
@@ -83,7 +78,7 @@ static void on_connection(uv_stream_t *ls, int status)
     int dup_fd = -1;
     if (uv_accept(ls, (uv_stream_t *)t) == 0 && uv_fileno((uv_handle_t *)t, &fd) == 0)
         dup_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-    uv_close((uv_handle_t *)t, handle_closed);
+    uv_close((uv_handle_t *)t, (uv_close_cb)free);
     if (dup_fd < 0)
         return;
     struct handoff *h = lv_xmalloc(sizeof(*h));

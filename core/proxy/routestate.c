@@ -162,15 +162,6 @@ void lv_route_states_begin_install(struct lv_route_states *reg)
     pthread_mutex_unlock(&reg->lock);
 }
 
-void lv_route_states_prune(struct lv_route_states *reg)
-{
-    pthread_mutex_lock(&reg->lock);
-    for (size_t i = reg->n; i-- > 0;)
-        if (!reg->all[i]->in_config && reg->all[i]->users == 0)
-            state_free(reg, i);
-    pthread_mutex_unlock(&reg->lock);
-}
-
 void lv_route_state_use(struct lv_route_states *reg, struct lv_route_state *rs)
 {
     pthread_mutex_lock(&reg->lock);

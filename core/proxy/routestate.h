@@ -125,9 +125,6 @@ void lv_route_states_begin_install(struct lv_route_states *reg);
 struct lv_idem *lv_route_state_configure(struct lv_route_states *reg, struct lv_route_state *rs,
                                          const struct lv_route_cfg *r, uv_loop_t *loop);
 
-/** Frees every state whose route left the configuration and that no request uses. */
-void lv_route_states_prune(struct lv_route_states *reg);
-
 /** A request starts / stops using `rs`; a state out of the configuration goes with its last
  * user. */
 void lv_route_state_use(struct lv_route_states *reg, struct lv_route_state *rs);

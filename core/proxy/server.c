@@ -76,14 +76,12 @@ static struct lv_upstream_health *shared_health(struct lv_server *s,
     if (!h) {
         h = lv_upstream_health_new(uc);
         if (old) {
-            /* Servers it keeps, by name, keep their health and ejection state; new ones start up.
-             */
+            /* Servers it keeps keep their health and ejection state; new ones start up. */
             pthread_mutex_lock(&old->health->lock);
             for (size_t i = 0; i < uc->nservers; i++) {
-                char name[80];
-                snprintf(name, sizeof(name), "%s:%u", uc->servers[i].host, uc->servers[i].port);
                 for (size_t j = 0; j < old->nservers; j++)
-                    if (strcmp(name, old->servers[j].name) == 0) {
+                    if (old->servers[j].hp.port == uc->servers[i].port &&
+                        strcmp(old->servers[j].hp.host, uc->servers[i].host) == 0) {
                         lv_health_carry(&h->g, i, &old->health->g, j);
                         break;
                     }
@@ -712,7 +710,6 @@ void lv_server_install_worker(struct lv_server *s, struct lv_config *cfg, uint64
     /* Requests that pinned it finish on it; what only it names goes with its last pin. */
     if (old)
         lv_generation_unpin(old);
-    lv_route_states_prune(s->routes);
 }
 
 void lv_server_install(struct lv_server *s, struct lv_config *cfg, struct lv_log_files *lf)
