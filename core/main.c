@@ -163,18 +163,8 @@ static int apply(struct app *app, struct lv_config *cfg, struct lv_buf *errors, 
     in->number = app->server->generation + 1;
     in->cfgs = lv_xcalloc(ws->n, sizeof(*in->cfgs));
     for (unsigned i = 0; i < ws->n; i++) {
-        struct lv_config *c = cfg;
-        if (i > 0 && cfg->nworker_copies >= i)
-            c = cfg->worker_copies[i - 1];
-        else if (i > 0)
-            lv_config_pin(c);
-        c->generation = in->number;
-        in->cfgs[i] = c;
-    }
-    if (cfg->worker_copies && cfg->nworker_copies >= ws->n - 1) {
-        free(cfg->worker_copies); /* each copy's reference went to its worker */
-        cfg->worker_copies = NULL;
-        cfg->nworker_copies = 0;
+        in->cfgs[i] = lv_config_for_worker(cfg, i);
+        in->cfgs[i]->generation = in->number;
     }
     lv_server_shared_configure(ws->sh, cfg, app->server->loop);
     in->owner_refs = lv_xcalloc(ws->n, sizeof(*in->owner_refs));

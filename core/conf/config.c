@@ -93,6 +93,19 @@ void lv_config_unpin(struct lv_config *c)
         config_free(c);
 }
 
+struct lv_config *lv_config_for_worker(struct lv_config *cfg, size_t i)
+{
+    if (i == 0)
+        return cfg;
+    if (i <= cfg->nworker_copies && cfg->worker_copies[i - 1]) {
+        struct lv_config *c = cfg->worker_copies[i - 1];
+        cfg->worker_copies[i - 1] = NULL;
+        return c;
+    }
+    lv_config_pin(cfg);
+    return cfg;
+}
+
 struct lv_upstream_cfg *lv_config_upstream(struct lv_config *c, const char *name)
 {
     if (!name)

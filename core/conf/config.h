@@ -204,8 +204,8 @@ struct lv_config {
      * freed by `hooks_free` with the generation. NULL when no route has a hook. */
     struct lv_config_hooks *hooks;
     /* With hooks and several workers: a copy of this configuration per other worker, loaded
-     * from the same file, each with its own Lua state (README "Workers"). Taken by the caller
-     * (set to NULL); freed with the configuration otherwise. */
+     * from the same file, each with its own Lua state (README "Workers"). Taken out with
+     * lv_config_for_worker; what is left is freed with the configuration. */
     struct lv_config **worker_copies;
     size_t nworker_copies;
     void (*hooks_free)(struct lv_config_hooks *hooks);
@@ -223,6 +223,10 @@ struct lv_config {
 struct lv_config *lv_config_new(void);
 
 void lv_config_pin(struct lv_config *c);
+/** The configuration worker `i` installs, one reference for it: `cfg` itself for worker 0
+ *  (the caller's reference), its copy for another worker when routes have hooks (taken out of
+ *  worker_copies), else `cfg` again, pinned. */
+struct lv_config *lv_config_for_worker(struct lv_config *cfg, size_t i);
 /** Drops one reference; frees the config (and its hooks' runtime) on the last one. NULL is a
  * no-op. */
 void lv_config_unpin(struct lv_config *c);
