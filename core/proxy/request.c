@@ -225,12 +225,34 @@ void lv_request_end(struct lv_request *r, bool close)
 void lv_request_fail(struct lv_request *r, enum lv_gwerr err, const char *detail, int retry_after,
                      bool close)
 {
+    if (lv_idem_filter_locked(&r->idem)) {
+        /* As a finished response waits for the store (lv_request_finish), the error waits
+         * until the key is let go: the client's next try with it, through any worker or
+         * gateway, then finds it free. */
+        lv_attempt_release(r, false);
+        lv_respout_error_format(r, err, detail, retry_after);
+        r->resp_close = r->resp_close || close;
+        r->idem.capture = false; /* an error is never stored */
+        r->error_held = true;
+        if (lv_idem_filter_finish(r))
+            return; /* lv_request_finish_end writes it once settled */
+        r->error_held = false;
+        lv_ds_write(r->ds, r->out.data, r->out.len);
+        lv_request_end(r, r->resp_close);
+        return;
+    }
     lv_respout_error(r, err, detail, retry_after);
     lv_request_end(r, close || r->resp_close);
 }
 
 void lv_request_finish_end(struct lv_request *r)
 {
+    if (r->error_held) { /* a gateway error that waited for the idempotency store */
+        r->error_held = false;
+        lv_ds_write(r->ds, r->out.data, r->out.len);
+        lv_request_end(r, r->resp_close);
+        return;
+    }
     /* An unread request body leaves the connection's framing unknown: close it. */
     lv_request_end(r, r->resp_close || !r->client_keep_alive || !r->body_done);
 }
@@ -435,8 +457,10 @@ static void reset(struct lv_request *r, const struct lv_reqhead *h)
     r->nhook_req = 0;
     r->idem.state = LV_IDEMF_OFF;
     r->idem.capture = false;
+    r->error_held = false;
     /* log */
     r->flags = 0;
+    r->retry_stop = LV_STOP_NONE;
     r->error_token = NULL;
     r->bytes_in = 0;
 }

@@ -198,6 +198,7 @@ struct lv_request {
     /* log */
     unsigned flags;
     enum lv_retry_stop retry_stop; /* why the attempts ended (README "When levee retries") */
+    bool error_held; /* r->out holds a gateway error waiting for the idempotency store */
     const char *error_token;
     uint64_t bytes_in;
 };
@@ -327,6 +328,9 @@ void lv_respout_flush(struct lv_request *r);
 /** Copies pieces held by reference into cout: for output that must outlive this read. */
 void lv_respout_materialize(struct lv_request *r);
 /** Writes a gateway error answer (README, "Errors made by the gateway"). */
+/** The gateway error's bytes into r->out (status, token, head_sent), not written yet. */
+void lv_respout_error_format(struct lv_request *r, enum lv_gwerr err, const char *detail,
+                             int retry_after);
 void lv_respout_error(struct lv_request *r, enum lv_gwerr err, const char *detail, int retry_after);
 
 /* ---- breakergate.c: a route's circuit breaker at the request path (README, "Circuit breaker"):

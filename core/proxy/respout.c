@@ -11,7 +11,8 @@
 /* Pieces at least this long are referenced, not copied (below it a copy is cheaper). */
 #define LV_CPIECE_MIN 2048
 
-void lv_respout_error(struct lv_request *r, enum lv_gwerr err, const char *detail, int retry_after)
+void lv_respout_error_format(struct lv_request *r, enum lv_gwerr err, const char *detail,
+                             int retry_after)
 {
     const struct lv_gwerr_info *e = lv_gwerr_info(err);
     r->status = e->status;
@@ -25,6 +26,11 @@ void lv_respout_error(struct lv_request *r, enum lv_gwerr err, const char *detai
                       r->method == LV_METHOD_HEAD);
     r->bytes_out += r->out.len;
     r->head_sent = true;
+}
+
+void lv_respout_error(struct lv_request *r, enum lv_gwerr err, const char *detail, int retry_after)
+{
+    lv_respout_error_format(r, err, detail, retry_after);
     lv_ds_write(r->ds, r->out.data, r->out.len);
 }
 
