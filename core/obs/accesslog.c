@@ -243,6 +243,10 @@ void lv_accesslog_format(const struct lv_access_entry *e, struct lv_buf *out)
         put_cstr(&w, t->server);
         LIT(&w, ",\"ms\":");
         put_ms(&w, t->ms);
+        if (t->fault) {
+            LIT(&w, ",\"fault\":");
+            put_cstr(&w, t->fault);
+        }
         LIT(&w, "}");
     }
     LIT(&w, "],\"backoff_ms\":");

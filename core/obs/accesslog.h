@@ -28,7 +28,8 @@
     X(FALLBACK, 7, "fallback")                                                                     \
     X(CLIENT_ABORT, 8, "client-abort")                                                             \
     X(UPSTREAM_ABORT, 9, "upstream-abort")                                                         \
-    X(PANIC, 10, "panic")
+    X(PANIC, 10, "panic")                                                                          \
+    X(FAULT, 11, "fault")
 
 enum lv_access_flag {
 #define LV__ACCESS_FLAG_ENUM(e, bit, name) LV_ACCESS_##e = 1u << (bit),
@@ -48,12 +49,15 @@ struct lv_access_str {
     size_t len;
 };
 
-/** One upstream attempt, rendered as {"outcome":"503","server":"127.0.0.1:9000","ms":1.2}. */
+/** One upstream attempt, rendered as {"outcome":"503","server":"127.0.0.1:9000","ms":1.2}
+ *  (and "fault":"abort" after "ms" when a fault was injected into it). */
 struct lv_access_try {
     int status;         /* the upstream's status code, or 0 when the attempt ended in an error */
     const char *error;  /* outcome when status == 0: "connect-failure", "reset", "timeout", ... */
     const char *server; /* "host:port", or NULL before a server was picked */
     double ms;          /* duration of the attempt */
+    const char *fault;  /* the injected fault that made this outcome ("abort", "delay", "reset"),
+                           or NULL; rendered as "fault":"abort" only when set */
 };
 
 struct lv_access_entry {

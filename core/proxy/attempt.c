@@ -144,6 +144,7 @@ static void record_try(struct lv_request *r, enum lv_outcome_kind kind, int stat
         t->status = status;
         t->server = r->last_server ? r->last_server->name : NULL;
         t->ms = ms;
+        t->fault = NULL;
     }
 }
 

@@ -183,6 +183,7 @@ static void log_request(struct lv_request *r)
         e.tries[i].error = t->kind == LV_OUT_STATUS ? "" : lv_outcome_name(t->kind);
         e.tries[i].server = t->server;
         e.tries[i].ms = t->ms;
+        e.tries[i].fault = t->fault;
     }
     struct lv_buf line = LV_BUF_INIT;
     lv_accesslog_format(&e, &line);

@@ -67,6 +67,7 @@ struct lv_try {
     int status;
     const char *server; /* borrowed from the runtime upstream (lives as long as the server) */
     double ms;
+    const char *fault; /* the injected fault kind that made this outcome, or NULL */
 };
 
 /* Zero-copy output: large response body pieces are referenced where they were read (the

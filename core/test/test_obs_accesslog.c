@@ -296,8 +296,8 @@ static void fill(struct lv_access_entry *e)
     e->status = 201;
     e->attempts = 2;
     e->ntries = 2;
-    e->tries[0] = (struct lv_access_try){503, NULL, "127.0.0.1:9000", 1.2};
-    e->tries[1] = (struct lv_access_try){201, NULL, "127.0.0.1:9001", 10};
+    e->tries[0] = (struct lv_access_try){503, NULL, "127.0.0.1:9000", 1.2, "abort"};
+    e->tries[1] = (struct lv_access_try){201, NULL, "127.0.0.1:9001", 10, NULL};
     e->backoff_ms = 25.5;
     e->bytes_in = 42;
     e->bytes_out = 18446744073709551615ull;
@@ -318,7 +318,7 @@ T_TEST(full_line_exact)
                 "\"client\":\"10.0.0.7:51234\",\"method\":\"POST\",\"path\":\"/v1/payments?x=1\","
                 "\"host\":\"api.example\",\"route\":\"payments\",\"upstream\":\"127.0.0.1:9001\","
                 "\"status\":201,\"attempts\":2,\"tries\":["
-                "{\"outcome\":\"503\",\"server\":\"127.0.0.1:9000\",\"ms\":1.2},"
+                "{\"outcome\":\"503\",\"server\":\"127.0.0.1:9000\",\"ms\":1.2,\"fault\":\"abort\"},"
                 "{\"outcome\":\"201\",\"server\":\"127.0.0.1:9001\",\"ms\":10}],"
                 "\"backoff_ms\":25.5,\"bytes_in\":42,\"bytes_out\":18446744073709551615,"
                 "\"duration_ms\":37,\"upstream_ms\":12.346,\"error\":null,"
@@ -354,8 +354,8 @@ T_TEST(nulls_and_errors)
 
     /* Error outcomes, a try with no server yet, non-finite and negative durations. */
     e.ntries = 2;
-    e.tries[0] = (struct lv_access_try){0, "connect-failure", NULL, 0.0004};
-    e.tries[1] = (struct lv_access_try){0, NULL, "s:1", INFINITY};
+    e.tries[0] = (struct lv_access_try){0, "connect-failure", NULL, 0.0004, NULL};
+    e.tries[1] = (struct lv_access_try){0, NULL, "s:1", INFINITY, NULL};
     e.duration_ms = NAN;
     e.backoff_ms = -1.5;
     e.upstream_ms = 0;
@@ -438,7 +438,7 @@ T_TEST(tries_capped)
     struct lv_buf b = LV_BUF_INIT, raw = LV_BUF_INIT, str = LV_BUF_INIT;
     fill(&e);
     for (int i = 0; i < LV_ACCESS_MAX_TRIES; i++)
-        e.tries[i] = (struct lv_access_try){500 + i, NULL, "s", i};
+        e.tries[i] = (struct lv_access_try){500 + i, NULL, "s", i, NULL};
     e.ntries = 40;
     e.attempts = 40;
     format(&e, &b);
