@@ -18,6 +18,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "policy/fault.h"
+
 /* The route hooks' runtime, defined by the script layer (script/hooks.c). */
 struct lv_config_hooks;
 struct lv_router; /* conf/router.h */
@@ -152,6 +154,14 @@ struct lv_idem_cfg {
     int key_ref; /* the key(req) hook, a handle of the hooks' runtime (script/hooks.h), or -1 */
 };
 
+/* Faults to inject (routes[].fault, README "levee dev"). */
+struct lv_fault_cfg {
+    bool enabled; /* false when the route has no fault table */
+    struct lv_faults f;
+    bool at_client; /* at = "client": the client gets the fault, the policy does not see it */
+    bool headers;   /* honour the Levee-Fault request header */
+};
+
 struct lv_route_cfg {
     char *name;                       /* stable identity: state is kept by name across reloads */
     int line;                         /* line of the route in the file, for messages */
@@ -166,6 +176,7 @@ struct lv_route_cfg {
     struct lv_retry_cfg retry;
     struct lv_breaker_cfg breaker;
     struct lv_idem_cfg idempotency;
+    struct lv_fault_cfg fault;
     int classify_ref; /* a hook handle (script/hooks.h), or -1 */
     int fallback_ref; /* a hook handle (script/hooks.h), or -1 */
 };

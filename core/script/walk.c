@@ -312,6 +312,28 @@ static void walk_idempotency(lua_State *L, struct lv_walk *w, int t, struct lv_i
     d->key_ref = w_ref(L, w, t, "key");
 }
 
+static const char *const fault_at_names[] = {"upstream", "client"};
+
+static void walk_fault(lua_State *L, struct lv_walk *w, int t, struct lv_fault_cfg *f)
+{
+    f->enabled = w_bool(L, w, t, "enabled");
+    if (!f->enabled)
+        return;
+    static const char *const value_keys[LV_FAULT_KINDS] = {"status", "time_ms", NULL, "rate"};
+    for (int k = 0; k < LV_FAULT_KINDS; k++) {
+        int kt = w_table(L, w, t, lv_fault_kind_name((enum lv_fault_kind)k), false);
+        struct lv_fault_one *o = &f->f.k[k];
+        o->on = w_bool(L, w, kt, "enabled");
+        if (o->on) {
+            o->percent = w_num(L, w, kt, "percent");
+            o->value = value_keys[k] ? w_uint(L, w, kt, value_keys[k]) : 0;
+        }
+        lua_pop(L, 1);
+    }
+    f->at_client = w_enum(L, w, t, "at", fault_at_names, NELEM(fault_at_names)) == 1;
+    f->headers = w_bool(L, w, t, "headers");
+}
+
 static void walk_route(lua_State *L, struct lv_walk *w, int t, struct lv_route_cfg *r)
 {
     r->classify_ref = -1;
@@ -339,6 +361,9 @@ static void walk_route(lua_State *L, struct lv_walk *w, int t, struct lv_route_c
     lua_pop(L, 1);
     st = w_table(L, w, t, "idempotency", false);
     walk_idempotency(L, w, st, &r->idempotency);
+    lua_pop(L, 1);
+    st = w_table(L, w, t, "fault", false);
+    walk_fault(L, w, st, &r->fault);
     lua_pop(L, 1);
     r->classify_ref = w_ref(L, w, t, "classify");
     r->fallback_ref = w_ref(L, w, t, "fallback");

@@ -1170,6 +1170,28 @@ CUSTOM["routes[].breaker.slow_call"] = function(cx, v, path, b, st)
     end
 end
 
+-- Faults (README "levee dev"): off unless the table is given; each kind inside likewise.
+CUSTOM["routes[].fault"] = function(cx, v, path, r, st)
+    if v == nil or v == false then
+        r.fault = { enabled = false }
+        return
+    end
+    local t = cx:record(v, path, schema.allowed("routes[].fault"))
+    r.fault = read_table(cx, "routes[].fault", t, path, { enabled = true }, st)
+end
+
+for _, kind in ipairs({ "abort", "delay", "reset", "throttle" }) do
+    local key = "routes[].fault." .. kind
+    CUSTOM[key] = function(cx, v, path, f, st)
+        if v == nil or v == false then
+            f[kind] = { enabled = false }
+            return
+        end
+        local t = cx:record(v, path, schema.allowed(key))
+        f[kind] = read_table(cx, key, t, path, { enabled = true }, st)
+    end
+end
+
 CUSTOM["routes[].idempotency"] = function(cx, v, path, r, st)
     r.idempotency = switch(cx, "routes[].idempotency", v, path, st, { enabled = false })
 end

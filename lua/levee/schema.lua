@@ -287,6 +287,9 @@ M.sections = {
                 default_doc = "off", doc = "Circuit breaker. `true` or `{}` turns it on with the defaults." },
             { key = "routes[].idempotency", type = "idempotency", type_doc = "table, `true` or `false`",
                 default_doc = "off", doc = "Idempotency keys. `true` or `{}` turns them on with the defaults." },
+            { key = "routes[].fault", type = "fault", type_doc = "table or `false`", default_doc = "off",
+                doc = "Faults to inject, for testing how clients and policies cope; see "
+                    .. "[fault](#routesfault) and the README, \"levee dev\"." },
             { key = "routes[].classify", type = "function", default_doc = "none",
                 doc = "`classify(attempt)` returns `\"ok\"`, `\"fail\"` or `\"retry\"`, and optionally a delay." },
             { key = "routes[].fallback", type = "function", default_doc = "none",
@@ -416,6 +419,42 @@ Entries of `retry.on`:
                 choices = { "fail_closed", "fail_open" }, default = "fail_closed",
                 doc = "When the store is unreachable: `fail_closed` answers 503; `fail_open` "
                     .. "forwards the request without protection." },
+        },
+    },
+    {
+        title = "routes[].fault",
+        intro = "Each kind is off unless its table is given; `percent` is drawn per attempt "
+            .. "(`at = \"upstream\"`) or per request (`at = \"client\"`).",
+        rows = {
+            { key = "routes[].fault.abort", type = "faultkind", type_doc = "table", default_doc = "off",
+                doc = "The attempt gets `status` without reaching the upstream." },
+            { key = "routes[].fault.abort.status", type = "integer", min = 200, max = 599, required = true,
+                default_doc = "— (required)", doc = "Status of the aborted attempt." },
+            { key = "routes[].fault.abort.percent", type = "number", min = 0, max = 100, default = 100,
+                doc = "Share of attempts aborted." },
+            { key = "routes[].fault.delay", type = "faultkind", type_doc = "table", default_doc = "off",
+                doc = "The attempt is held this long before it is sent." },
+            { key = "routes[].fault.delay.time", type = "duration", gt = 0, max = "1h", required = true,
+                default_doc = "— (required)", doc = "How long." },
+            { key = "routes[].fault.delay.percent", type = "number", min = 0, max = 100, default = 100,
+                doc = "Share of attempts delayed." },
+            { key = "routes[].fault.reset", type = "faultkind", type_doc = "table", default_doc = "off",
+                doc = "The attempt ends as `reset` without reaching the upstream." },
+            { key = "routes[].fault.reset.percent", type = "number", min = 0, max = 100, default = 100,
+                doc = "Share of attempts reset." },
+            { key = "routes[].fault.throttle", type = "faultkind", type_doc = "table", default_doc = "off",
+                doc = "The response body reaches the client at `rate` bytes per second." },
+            { key = "routes[].fault.throttle.rate", type = "size", min = "1B", max = "1GiB", required = true,
+                default_doc = "— (required)", doc = "Bytes per second." },
+            { key = "routes[].fault.throttle.percent", type = "number", min = 0, max = 100, default = 100,
+                doc = "Share of requests throttled." },
+            { key = "routes[].fault.at", type = "enum", choices = { "upstream", "client" }, default = "upstream",
+                doc = "`upstream`: a fault is an attempt's outcome, so classification, retries, the "
+                    .. "budget and the breaker act on it as on a real failure. `client`: the client "
+                    .. "gets the fault directly (an abort is the answer, a reset closes the "
+                    .. "connection, a delay holds the request) and the policy never sees it." },
+            { key = "routes[].fault.headers", type = "boolean", default = false,
+                doc = "Honour the `Levee-Fault` request header (README, \"levee dev\")." },
         },
     },
 }

@@ -11,7 +11,9 @@ local REGENERATE = "LUA_PATH='lua/?.lua;;' lua5.4 scripts/config-docs.lua > docs
 local function minimal()
     return {
         upstreams = { api = { servers = { "127.0.0.1:9000" }, health = true } },
-        routes = { { name = "r", upstream = "api", breaker = true, idempotency = true } },
+        routes = { { name = "r", upstream = "api", breaker = true, idempotency = true,
+            fault = { abort = { status = 503 }, delay = { time = "1s" }, reset = {},
+                throttle = { rate = "1KiB" } } } },
     }
 end
 
