@@ -37,7 +37,9 @@
     X(VERSION_NOT_SUPPORTED, "version-not-supported", 505, 0, "HTTP version not supported")        \
     X(EXPECTATION_FAILED, "expectation-failed", 417, 0, "unsupported expectation")                 \
     X(METHOD_NOT_ALLOWED, "method-not-allowed", 405, 0, "method not allowed")                      \
-    X(SHUTTING_DOWN, "shutting-down", 503, 1, "the gateway is shutting down")
+    X(SHUTTING_DOWN, "shutting-down", 503, 1, "the gateway is shutting down")                      \
+    X(FAULT_INJECTED, "fault-injected", 503, 0, "a fault was injected on purpose (abort)")         \
+    X(BAD_FAULT_HEADER, "bad-fault-header", 400, 0, "malformed Levee-Fault header")
 
 enum lv_gwerr {
 #define LV__GWERR_ENUM(e, tok, st, ra, msg) LV_GWERR_##e,

@@ -63,6 +63,10 @@ enum lv_field_id lv_field_classify(const char *name, size_t len)
         if (lv_field_name_eq(name, len, "keep-alive"))
             return LV_FID_KEEP_ALIVE;
         break; /* "Proxy-Abcd" */
+    case 11:
+        if (lv_field_name_eq(name, len, "levee-fault"))
+            return LV_FID_LEVEE_FAULT;
+        break;
     case 12:
         if (lv_field_name_eq(name, len, "x-request-id"))
             return LV_FID_X_REQUEST_ID;

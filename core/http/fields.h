@@ -39,6 +39,7 @@ enum lv_field_id {
     LV_FID_X_FORWARDED_HOST,
     LV_FID_FORWARDED,
     LV_FID_VIA,
+    LV_FID_LEVEE_FAULT, /* never forwarded (README "levee dev") */
 };
 
 /* lv_field.flags: the field must not be forwarded (hop-by-hop by name, or named in Connection). */

@@ -144,7 +144,11 @@ static void record_try(struct lv_request *r, enum lv_outcome_kind kind, int stat
         t->status = status;
         t->server = r->last_server ? r->last_server->name : NULL;
         t->ms = ms;
-        t->fault = NULL;
+        unsigned k = r->fault_try.kinds;
+        t->fault = k & (1u << LV_FAULT_ABORT)   ? "abort"
+                   : k & (1u << LV_FAULT_RESET) ? "reset"
+                   : k & (1u << LV_FAULT_DELAY) ? "delay"
+                                                : NULL;
     }
 }
 
@@ -160,13 +164,15 @@ void lv_attempt_deadline(struct lv_request *r)
     if (r->uc || r->phase == LV_REQ_CONNECTING)
         record_try(r, r->uc ? LV_OUT_TIMEOUT : LV_OUT_CONNECT_FAILURE, 0,
                    ms_since(r->attempt_start_ns));
+    else if (r->phase == LV_REQ_FAULT_HOLD && r->attempt > 0)
+        record_try(r, LV_OUT_TIMEOUT, 0, ms_since(r->attempt_start_ns)); /* an injected delay */
     lv_attempt_release(r, false);
     lv_request_fail(r, LV_GWERR_DEADLINE_EXCEEDED, NULL, -1, r->resp_close);
 }
 
 /* ---- classification and the retry decision */
 
-static uint64_t rand64(struct lv_request *r)
+uint64_t lv_attempt_rand(struct lv_request *r)
 {
     uint64_t x = r->rng += 0x9E3779B97F4A7C15ULL;
     x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
@@ -277,7 +283,7 @@ static bool next_attempt(struct lv_request *r, struct lv_outcome o, const struct
         .max_ms = rc->backoff_max_ms,
         .retry_number = (uint32_t)r->attempt,
         .prev_delay_ms = r->prev_delay_ms,
-        .rand64 = rand64(r),
+        .rand64 = lv_attempt_rand(r),
     };
     bool from_server = false;
     uint64_t delay = lv_retry_delay(&da, &from_server);
@@ -377,7 +383,7 @@ static void attempt_failed(struct lv_request *r, enum lv_outcome_kind kind, cons
         lv_attempt_start(r);
         return;
     }
-    if (kind != LV_OUT_CONNECT_FAILURE)
+    if (kind != LV_OUT_CONNECT_FAILURE && !(r->fault_try.kinds & (1u << LV_FAULT_RESET)))
         lv_upstream_report(r->up, r->last_server,
                            kind == LV_OUT_RESET     ? LV_HEALTH_RESET
                            : kind == LV_OUT_TIMEOUT ? LV_HEALTH_TIMEOUT
@@ -498,13 +504,37 @@ static void on_acquired(enum lv_acquire_error err, struct lv_upconn *uc, const c
     lv_reqbody_pump(r);
 }
 
-void lv_attempt_start(struct lv_request *r)
+/* An injected abort: the attempt's outcome is its status, and nothing reached the upstream. */
+static void fault_abort(struct lv_request *r)
 {
-    lv_attempt_start_deadline(r);
-    r->attempt++;
-    r->attempt_start_ns = uv_hrtime();
-    r->head_written = false;
-    r->body_final_sent = false;
+    int status = r->fault_try.abort_status;
+    double ms = ms_since(r->attempt_start_ns);
+    r->last_server = NULL;
+    record_try(r, LV_OUT_STATUS, status, ms);
+    if (next_attempt(r, (struct lv_outcome){LV_OUT_STATUS, status}, NULL, ms)) {
+        start_backoff(r);
+        return;
+    }
+    r->error_status = status;
+    lv_request_fail(r, LV_GWERR_FAULT_INJECTED, "abort", -1, r->resp_close);
+}
+
+/* The attempt goes: an injected abort or reset ends it here, else a connection is taken. */
+static void attempt_go(struct lv_request *r)
+{
+    unsigned k = r->fault_try.kinds;
+    if (k & (1u << LV_FAULT_ABORT)) {
+        lv_fault_injected(r, LV_FAULT_ABORT);
+        fault_abort(r);
+        return;
+    }
+    if (k & (1u << LV_FAULT_RESET)) {
+        lv_fault_injected(r, LV_FAULT_RESET);
+        r->phase = LV_REQ_EXCHANGE;
+        r->last_server = NULL;
+        attempt_failed(r, LV_OUT_RESET, "reset fault injected");
+        return;
+    }
     r->phase = LV_REQ_CONNECTING;
     bool fresh = r->want_fresh;
     r->want_fresh = false;
@@ -513,10 +543,43 @@ void lv_attempt_start(struct lv_request *r)
                         on_acquired, r);
 }
 
+void lv_attempt_start(struct lv_request *r)
+{
+    /* A delay the client gets holds the request before the policy's clocks start. */
+    if (r->attempt == 0 && (r->fault_client.kinds & (1u << LV_FAULT_DELAY)) &&
+        !r->fault_client_held) {
+        r->fault_client_held = true;
+        r->phase = LV_REQ_FAULT_HOLD;
+        lv_request_clock_set(r, LV_CLOCK_TRY, r->fault_client.delay_ms);
+        return;
+    }
+    lv_attempt_start_deadline(r);
+    r->attempt++;
+    r->attempt_start_ns = uv_hrtime();
+    r->head_written = false;
+    r->body_final_sent = false;
+    lv_fault_draw_attempt(r);
+    if (r->fault_try.kinds & (1u << LV_FAULT_DELAY)) {
+        /* Held on the TRY clock; the route deadline runs on (the policy sees the delay). */
+        lv_fault_injected(r, LV_FAULT_DELAY);
+        r->phase = LV_REQ_FAULT_HOLD;
+        lv_request_clock_set(r, LV_CLOCK_TRY, r->fault_try.delay_ms);
+        return;
+    }
+    attempt_go(r);
+}
+
 void lv_attempt_clock(struct lv_request *r)
 {
     if (r->phase == LV_REQ_BACKOFF) {
         lv_attempt_start(r);
+        return;
+    }
+    if (r->phase == LV_REQ_FAULT_HOLD) {
+        if (r->attempt == 0)
+            lv_attempt_start(r); /* the client's delay is served */
+        else
+            attempt_go(r);
         return;
     }
     assert(r->phase == LV_REQ_EXCHANGE || r->phase == LV_REQ_RESPONDING);

@@ -20,6 +20,21 @@
 /* How long a closing connection keeps draining unread input so the client sees our answer. */
 #define LINGER_MS 2000
 
+/* A throttled connection (an injected `throttle` fault, README "levee dev"): output is held
+ * in `q` and leaves on a tick at `rate` bytes a second on average. The held bytes count in
+ * ds.write_queued, so the request's backpressure slows the upstream down to the same rate. */
+#define SLOW_TICK_MS 20
+struct lv_client_slow {
+    uv_timer_t timer;
+    struct lv_buf q;
+    struct lv_buf out; /* the slice of a tick */
+    uint64_t rate;     /* bytes a second; 0: off once q is empty */
+    uint64_t start_ms; /* loop ms the rate counts from */
+    uint64_t sent;     /* bytes let through since start_ms */
+    bool ticking;
+    bool close_after; /* the connection closes once q has gone out */
+};
+
 struct write_req {
     uv_write_t req;
     struct lv_client *c;
@@ -71,6 +86,11 @@ static void on_handle_closed(uv_handle_t *h)
     lv_buf_dispose(&c->tls_out);
     if (c->tls)
         lv_tls_free(c->tls);
+    if (c->slow) {
+        lv_buf_dispose(&c->slow->q);
+        lv_buf_dispose(&c->slow->out);
+        free(c->slow);
+    }
     free(c);
     lv_server_client_closed(s, NULL);
 }
@@ -89,6 +109,8 @@ static void client_close(struct lv_client *c, bool reset)
     }
     uv_timer_stop(&c->timer);
     uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+    if (c->slow)
+        uv_close((uv_handle_t *)&c->slow->timer, on_handle_closed);
     if (reset)
         uv_tcp_close_reset(&c->tcp, on_handle_closed);
     else
@@ -116,11 +138,26 @@ static void on_shutdown(uv_shutdown_t *req, int status)
 }
 
 /* Close after everything queued has been written. */
+static void shutdown_after_write(struct lv_client *c);
+
 static void client_close_after_write(struct lv_client *c)
 {
     if (c->ds.closed || c->state == LV_CLIENT_CLOSING)
         return;
     c->state = LV_CLIENT_CLOSING;
+    if (c->slow && c->slow->q.len) {
+        /* The throttle lets the rest out first (on_slow_tick); bounded all the same. */
+        uint64_t to = c->server->cfg->limits.send_timeout_ms;
+        c->slow->close_after = true;
+        timer_take(c, on_linger_timeout,
+                   (to ? to : 60000) + c->slow->q.len * 1000 / (c->slow->rate ? c->slow->rate : 1));
+        return;
+    }
+    shutdown_after_write(c);
+}
+
+static void shutdown_after_write(struct lv_client *c)
+{
     uint64_t to = c->server->cfg->limits.send_timeout_ms;
     timer_take(c, on_linger_timeout, to ? to : 60000);
     if (c->tls) {
@@ -159,7 +196,7 @@ static void on_write(uv_write_t *req, int status)
  * Returns bytes written (maybe partial), or -1 when the connection broke (closed). */
 static ssize_t try_write_now(struct lv_client *c, const uv_buf_t *bufs, unsigned nbufs)
 {
-    if (c->ds.write_queued > 0)
+    if (c->ds.write_queued > (c->slow ? c->slow->q.len : 0))
         return 0; /* keep order behind what is queued */
     int n = uv_try_write((uv_stream_t *)&c->tcp, bufs, nbufs);
     if (n == UV_EAGAIN)
@@ -188,10 +225,15 @@ static void queue_write(struct lv_client *c, struct write_req *w, char *base, si
     }
 }
 
-static int raw_writev(struct lv_client *c, const uv_buf_t *bufs, unsigned nbufs)
+static void slow_hold(struct lv_client *c, const char *p, size_t n);
+
+static bool slowed(const struct lv_client *c)
 {
-    if (c->ds.closed)
-        return -1;
+    return c->slow && (c->slow->rate || c->slow->q.len);
+}
+
+static int wire_writev(struct lv_client *c, const uv_buf_t *bufs, unsigned nbufs)
+{
     size_t total = lv_iobufs_total(bufs, nbufs);
     if (total == 0)
         return 0;
@@ -208,6 +250,18 @@ static int raw_writev(struct lv_client *c, const uv_buf_t *bufs, unsigned nbufs)
     return c->ds.closed ? -1 : 0;
 }
 
+static int raw_writev(struct lv_client *c, const uv_buf_t *bufs, unsigned nbufs)
+{
+    if (c->ds.closed)
+        return -1;
+    if (slowed(c)) {
+        for (unsigned i = 0; i < nbufs; i++)
+            slow_hold(c, bufs[i].base, bufs[i].len);
+        return 0;
+    }
+    return wire_writev(c, bufs, nbufs);
+}
+
 static int raw_write_buf(struct lv_client *c, struct lv_buf *b)
 {
     if (b->len == 0)
@@ -215,6 +269,11 @@ static int raw_write_buf(struct lv_client *c, struct lv_buf *b)
     if (c->ds.closed) {
         b->len = 0;
         return -1;
+    }
+    if (slowed(c)) {
+        slow_hold(c, b->data, b->len);
+        b->len = 0;
+        return 0;
     }
     uv_buf_t ub = uv_buf_init(b->data, (unsigned)b->len);
     ssize_t done = try_write_now(c, &ub, 1);
@@ -234,6 +293,71 @@ static int raw_write_buf(struct lv_client *c, struct lv_buf *b)
     *b = (struct lv_buf)LV_BUF_INIT;
     queue_write(c, w, base, len);
     return c->ds.closed ? -1 : 0;
+}
+
+static void on_slow_tick(uv_timer_t *t)
+{
+    struct lv_client *c = t->data;
+    struct lv_client_slow *s = c->slow;
+    s->ticking = false;
+    if (c->ds.closed)
+        return;
+    uint64_t now = uv_now(c->server->loop);
+    uint64_t due = s->rate ? s->rate * (now - s->start_ms) / 1000 : s->q.len;
+    size_t n = due > s->sent ? (size_t)(due - s->sent) : 0;
+    if (n > s->q.len)
+        n = s->q.len;
+    if (n) {
+        s->sent += n;
+        c->ds.write_queued -= n; /* counted again if the socket does not take it all */
+        lv_buf_reset(&s->out);
+        lv_buf_append(&s->out, s->q.data, n);
+        lv_buf_consume(&s->q, n);
+        uv_buf_t b = uv_buf_init(s->out.data, (unsigned)n);
+        if (wire_writev(c, &b, 1) < 0 || c->ds.closed)
+            return;
+    }
+    if (s->q.len) {
+        s->ticking = true;
+        uv_timer_start(&s->timer, on_slow_tick, SLOW_TICK_MS, 0);
+    } else if (!c->req) {
+        s->rate = 0; /* the throttled response is out: the next one goes at full speed */
+        if (s->close_after) {
+            s->close_after = false;
+            shutdown_after_write(c);
+            return;
+        }
+    }
+    if (c->req && c->ds.write_queued <= LV_DOWNSTREAM_WRITE_HIGH / 4)
+        lv_request_client_drained(c->req);
+}
+
+static void slow_hold(struct lv_client *c, const char *p, size_t n)
+{
+    struct lv_client_slow *s = c->slow;
+    if (!s->q.len) { /* the rate counts from the first held byte: idle time earns no burst */
+        s->start_ms = uv_now(c->server->loop);
+        s->sent = 0;
+    }
+    lv_buf_append(&s->q, p, n);
+    c->ds.write_queued += n;
+    if (!s->ticking) {
+        s->ticking = true;
+        uv_timer_start(&s->timer, on_slow_tick, SLOW_TICK_MS, 0);
+    }
+}
+
+static void client_throttle(struct lv_client *c, uint64_t rate)
+{
+    if (!rate || c->ds.closed)
+        return;
+    if (!c->slow) {
+        c->slow = lv_xcalloc(1, sizeof(*c->slow));
+        uv_timer_init(c->server->loop, &c->slow->timer);
+        c->slow->timer.data = c;
+        c->open_handles++;
+    }
+    c->slow->rate = rate;
 }
 
 /* HTTPS: plaintext goes through the engine; what it produces goes to the socket. */
@@ -722,6 +846,16 @@ static void ds_abort(struct lv_downstream *d)
     client_close(of(d), false);
 }
 
+static void ds_reset(struct lv_downstream *d)
+{
+    client_close(of(d), true);
+}
+
+static void ds_throttle(struct lv_downstream *d, uint64_t rate)
+{
+    client_throttle(of(d), rate);
+}
+
 static void ds_refuse(struct lv_downstream *d, int status, enum lv_gwerr err, const char *reason)
 {
     struct lv_client *c = of(d);
@@ -734,7 +868,7 @@ static void ds_refuse(struct lv_downstream *d, int status, enum lv_gwerr err, co
 }
 
 static const struct lv_downstream_ops ds_ops = {
-    ds_writev, ds_write_buf, ds_done, ds_consumed, ds_abort, ds_refuse,
+    ds_writev, ds_write_buf, ds_done, ds_consumed, ds_abort, ds_refuse, ds_reset, ds_throttle,
 };
 
 static struct lv_client *client_new(struct lv_server *s)

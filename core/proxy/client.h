@@ -57,8 +57,9 @@ struct lv_client {
     bool read_paused; /* input buffer full: stop reading until the request consumes */
     bool eof;         /* the client half-closed */
     bool lingering;
-    struct lv_tls *tls;    /* HTTPS: the TLS engine between the socket and `in` */
-    struct lv_buf tls_out; /* ciphertext to send */
+    struct lv_tls *tls;          /* HTTPS: the TLS engine between the socket and `in` */
+    struct lv_client_slow *slow; /* a throttle fault's held-back output (client.c), or NULL */
+    struct lv_buf tls_out;       /* ciphertext to send */
 };
 
 /** Accepts a connection from listener `ls` (closes it at once when over max_connections);

@@ -31,6 +31,11 @@ struct lv_downstream_ops {
     void (*abort)(struct lv_downstream *d);
     /* The head could not be parsed: answer `status`/`err` and close. */
     void (*refuse)(struct lv_downstream *d, int status, enum lv_gwerr err, const char *reason);
+    /* Close now with a TCP reset (an injected `reset` fault at the client). */
+    void (*reset)(struct lv_downstream *d);
+    /* From now until the connection has written everything queued, output leaves at most
+     * `rate` bytes a second (an injected `throttle` fault); 0 changes nothing. */
+    void (*throttle)(struct lv_downstream *d, uint64_t rate);
 };
 
 /* Above this much queued output, producers stop reading their source; below a quarter of it

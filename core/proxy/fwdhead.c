@@ -29,6 +29,7 @@ bool lv_fwdhead_build(struct lv_buf *b, const struct lv_fwdhead_in *in)
         case LV_FID_X_FORWARDED_PROTO:
         case LV_FID_X_FORWARDED_HOST:
         case LV_FID_EXPECT:
+        case LV_FID_LEVEE_FAULT:
             continue;
         case LV_FID_X_FORWARDED_FOR:
             xff = f->value;

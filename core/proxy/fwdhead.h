@@ -2,7 +2,8 @@
  * fwdhead: the request head levee forwards (README, "How levee proxies"): origin-form target,
  * end-to-end fields only (hop-by-hop and Connection-named fields dropped), one canonical
  * framing header, X-Forwarded-For/-Proto/-Host, Via, X-Request-Id; Expect is answered by levee
- * and not forwarded. Levee-Attempt and the final CRLF are added per attempt.
+ * and not forwarded, nor is Levee-Fault (levee's own, README "levee dev"). Levee-Attempt and the
+ * final CRLF are added per attempt.
  */
 #ifndef LV_PROXY_FWDHEAD_H
 #define LV_PROXY_FWDHEAD_H

@@ -459,6 +459,10 @@ static void reset(struct lv_request *r, const struct lv_reqhead *h)
     r->idem.state = LV_IDEMF_OFF;
     r->idem.capture = false;
     r->error_held = false;
+    r->error_status = 0;
+    r->fault_client = (struct lv_fault_hit){0};
+    r->fault_try = (struct lv_fault_hit){0};
+    r->fault_client_held = false;
     /* log */
     r->flags = 0;
     r->retry_stop = LV_STOP_NONE;
@@ -537,6 +541,14 @@ void lv_request_begin(struct lv_request *r, size_t head_len)
     if (r->route->classify_ref >= 0 || r->route->fallback_ref >= 0 ||
         r->route->idempotency.key_ref >= 0)
         keep_hook_headers(r, &h, ds->in.data);
+    /* Faults the client gets come before the policy: it never sees them. */
+    char fault_why[160];
+    enum lv_fault_answer fa = lv_fault_begin(r, &h, fault_why, sizeof(fault_why));
+    if (fa != LV_FAULT_GO) {
+        lv_buf_consume(&ds->in, head_len);
+        lv_fault_answer(r, fa, fault_why);
+        return;
+    }
     /* One hold of the route's lock per request start: the budget counts it, the breaker
      * admits it (README "Workers"). */
     uint64_t left_ms = 0;

@@ -32,6 +32,7 @@
 #include "http/reqhead.h"
 #include "http/resphead.h"
 #include "net/upstream.h"
+#include "policy/fault.h"
 #include "policy/retry.h"
 #include "policy/outcome.h"
 #include "proxy/downstream.h"
@@ -58,6 +59,7 @@ enum lv_req_phase {
     LV_REQ_CONNECTING, /* waiting for an upstream connection */
     LV_REQ_EXCHANGE,   /* the attempt is sent (or sending); no final response head yet */
     LV_REQ_BACKOFF,    /* between two attempts */
+    LV_REQ_FAULT_HOLD, /* an injected delay holds the attempt (or, at the client, the request) */
     LV_REQ_RESPONDING, /* the final response streams to the client */
     LV_REQ_SETTLING,   /* the response is complete; the idempotency store is taking it */
 };
@@ -190,6 +192,13 @@ struct lv_request {
 
     struct lv_idem_filter idem; /* idemfilter.c */
 
+    /* injected faults (faultinject.c, README "levee dev") */
+    struct lv_faults fault_hdr;       /* from Levee-Fault, where the route honours it */
+    struct lv_fault_hit fault_client; /* at = "client" (and throttle), drawn once */
+    struct lv_fault_hit fault_try;    /* the current attempt's, drawn per attempt */
+    bool fault_client_held;           /* the client-side delay was served */
+    int error_status;                 /* a gateway error's status instead of the table's */
+
     /* One timer for the request's clocks (request.c, lv_request_clock_set): it fires at the
      * earliest due; a due moved later or cleared costs no timer call. Loop ms; 0: not set. */
     uv_timer_t timer;
@@ -292,6 +301,27 @@ void lv_attempt_resume(struct lv_request *r);
 void lv_attempt_deadline(struct lv_request *r);
 /** The TRY clock fired: a try timeout, a stalled body, or the end of a backoff. */
 void lv_attempt_clock(struct lv_request *r);
+
+/* ---- faultinject.c: faults injected on purpose (README "levee dev"). Route fault tables,
+ * the Levee-Fault header and the admin API's rules (policy/faultrules.h) are drawn here; at
+ * the upstream placement a fault is an attempt's outcome (attempt.c acts on it as on a real
+ * one), at the client placement the client gets it and the policy never sees it.
+ */
+
+enum lv_fault_answer { LV_FAULT_GO, LV_FAULT_BAD_HEADER, LV_FAULT_ANSWER_ABORT, LV_FAULT_ANSWER_RESET };
+/** After routing: reads Levee-Fault where the route honours it, draws the client-side faults
+ *  and starts the throttle. Anything but GO is answered by lv_fault_answer once the caller
+ *  has let go of the head (`why`: what is wrong with the header). */
+enum lv_fault_answer lv_fault_begin(struct lv_request *r, const struct lv_reqhead *h, char *why,
+                                    size_t cap);
+/** 400 bad-fault-header, the abort's status, or a TCP reset; ends the request. */
+void lv_fault_answer(struct lv_request *r, enum lv_fault_answer a, const char *why);
+/** Draws the upstream-side faults of the attempt starting now into r->fault_try. */
+void lv_fault_draw_attempt(struct lv_request *r);
+/** Counts one injected fault (levee_faults_injected_total) and flags the request. */
+void lv_fault_injected(struct lv_request *r, enum lv_fault_kind k);
+/** 64 random bits from the request's generator (attempt.c). */
+uint64_t lv_attempt_rand(struct lv_request *r);
 
 /* ---- reqbody.c: the request body. Reads it from the downstream's input, de-frames it
  * (Content-Length or chunked, limits.body_size), keeps up to the replay cap for retries, and either

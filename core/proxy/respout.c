@@ -15,14 +15,14 @@ void lv_respout_error_format(struct lv_request *r, enum lv_gwerr err, const char
                              int retry_after)
 {
     const struct lv_gwerr_info *e = lv_gwerr_info(err);
-    r->status = e->status;
+    r->status = r->error_status ? r->error_status : e->status;
     r->error_token = e->token;
     /* Unread request body means the framing of what follows is unknown: close. */
     if (!r->body_done)
         r->resp_close = true;
     lv_buf_reset(&r->out);
-    lv_errresp_format(&r->out, err, 0, r->route ? r->route->name : NULL, r->rid, detail,
-                      retry_after, r->resp_close || !r->client_keep_alive,
+    lv_errresp_format(&r->out, err, r->error_status, r->route ? r->route->name : NULL, r->rid,
+                      detail, retry_after, r->resp_close || !r->client_keep_alive,
                       r->method == LV_METHOD_HEAD);
     r->bytes_out += r->out.len;
     r->head_sent = true;

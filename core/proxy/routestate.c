@@ -1,4 +1,5 @@
 #include "proxy/routestate.h"
+#include "policy/fault.h"
 
 #include <assert.h>
 #include <stdio.h>
@@ -141,13 +142,15 @@ static void state_free(struct lv_route_states *reg, size_t i)
         f->requests,        f->duration,          f->retries,      f->budget_exhausted,
         f->attempts,        f->breaker_state,     f->fallbacks,    f->breaker_rejected,
         f->hook_errors,     f->idem_replays,      f->idem_stored,  f->idem_conflicts,
-        f->idem_mismatches, f->idem_store_errors, f->idem_entries, f->retry_decisions};
+        f->idem_mismatches, f->idem_store_errors, f->idem_entries, f->retry_decisions,
+        f->faults};
     for (size_t k = 0; k < sizeof(fams) / sizeof(fams[0]); k++)
         lv_metric_family_remove(fams[k], "route", rs->name);
     lv_idem_unref(rs->idem); /* its own reference; generations that named it hold theirs */
     keyed_free(&rs->by_code);
     keyed_free(&rs->attempts);
     keyed_free(&rs->decisions);
+    keyed_free(&rs->faults);
     free(rs->idem_sig);
     free(rs->name);
     pthread_mutex_destroy(&rs->lock);
@@ -292,6 +295,17 @@ void lv_route_state_count_attempt(struct lv_route_states *reg, struct lv_route_s
     lv_metric_add(keyed_get(rs, &rs->attempts, key, reg->fam.attempts, status_or_outcome), 1);
 }
 
+static const char *fault_kind_name(int key, char *buf, size_t n)
+{
+    (void)buf, (void)n;
+    return lv_fault_kind_name((enum lv_fault_kind)key);
+}
+
+void lv_route_state_count_fault(struct lv_route_states *reg, struct lv_route_state *rs, int kind)
+{
+    lv_metric_add(keyed_get(rs, &rs->faults, kind, reg->fam.faults, fault_kind_name), 1);
+}
+
 void lv_route_state_count_decision(struct lv_route_states *reg, struct lv_route_state *rs,
                                    enum lv_retry_stop stop)
 {
@@ -387,6 +401,7 @@ void lv_route_states_dispose(struct lv_route_states *reg)
         keyed_free(&rs->by_code);
         keyed_free(&rs->attempts);
         keyed_free(&rs->decisions);
+        keyed_free(&rs->faults);
         free(rs->idem_sig);
         free(rs->name);
         pthread_mutex_destroy(&rs->lock);

@@ -37,7 +37,8 @@
 struct lv_route_families {
     struct lv_metric_family *requests, *duration, *retries, *budget_exhausted, *attempts,
         *breaker_state, *fallbacks, *breaker_rejected, *hook_errors, *idem_replays, *idem_stored,
-        *idem_conflicts, *idem_mismatches, *idem_store_errors, *idem_entries, *retry_decisions;
+        *idem_conflicts, *idem_mismatches, *idem_store_errors, *idem_entries, *retry_decisions,
+        *faults;
 };
 
 /* Series made on first use, by key, in the order made. Entries are only ever appended, into
@@ -65,6 +66,8 @@ struct lv_route_state {
     struct lv_keyed_series attempts;
     /* levee_retry_decisions_total{route,decision}: key an enum lv_retry_stop */
     struct lv_keyed_series decisions;
+    /* levee_faults_injected_total{route,kind}: key an enum lv_fault_kind */
+    struct lv_keyed_series faults;
     /* Made when the route first gets a breaker (used only then; NULL before). */
     struct lv_metric *fallbacks;        /* levee_fallbacks_total{route} */
     struct lv_metric *breaker_rejected; /* levee_breaker_rejected_total{route} */
@@ -138,6 +141,7 @@ void lv_route_state_count_attempt(struct lv_route_states *reg, struct lv_route_s
                                   int status);
 
 /** Counts one retry decision (LV_STOP_NONE: a retry went). */
+void lv_route_state_count_fault(struct lv_route_states *reg, struct lv_route_state *rs, int kind);
 void lv_route_state_count_decision(struct lv_route_states *reg, struct lv_route_state *rs,
                                    enum lv_retry_stop stop);
 

@@ -25,6 +25,7 @@ static const char *const L_UPCONN[] = {"upstream", "state", NULL};
 static const char *const L_CODE[] = {"code", NULL};
 static const char *const L_ROUTE_OUTCOME[] = {"route", "outcome", NULL};
 static const char *const L_ROUTE_DECISION[] = {"route", "decision", NULL};
+static const char *const L_ROUTE_KIND[] = {"route", "kind", NULL};
 static const char *const L_ROUTE_HOOK[] = {"route", "hook", "kind", NULL};
 static const char *const L_UPSTREAM[] = {"upstream", NULL};
 static const char *const L_UP_SERVER[] = {"upstream", "server", NULL};
@@ -205,6 +206,11 @@ void lv_server_route_unuse(struct lv_server *s, struct lv_route_state *rs)
 struct lv_route_state *lv_server_route_state(struct lv_server *s, const char *name)
 {
     return lv_route_states_get(s->routes, name);
+}
+
+void lv_server_count_fault(struct lv_server *s, struct lv_route_state *rs, int kind)
+{
+    lv_route_state_count_fault(s->routes, rs, kind);
 }
 
 void lv_server_count_attempt(struct lv_server *s, struct lv_route_state *rs, int kind, int status)
@@ -462,6 +468,11 @@ static void metrics_setup(struct lv_server *s)
         "verdict, attempts, budget, deadline, not-replayable, body-too-large, response-started, "
         "breaker-open).",
         LV_METRIC_COUNTER, L_ROUTE_DECISION, NULL, 0);
+    f->faults = lv_metrics_family(m, "levee_faults_injected_total",
+                                  "Faults injected on purpose, by route and kind (abort, delay, "
+                                  "reset, throttle): route fault tables, Levee-Fault headers and "
+                                  "the admin API's rules.",
+                                  LV_METRIC_COUNTER, L_ROUTE_KIND, NULL, 0);
     f->idem_entries =
         lv_metrics_family(m, "levee_idempotency_store_entries", "Keys held by the route's store.",
                           LV_METRIC_GAUGE, L_ROUTE, NULL, 0);
@@ -734,6 +745,7 @@ struct lv_server_shared *lv_server_shared_new(unsigned nworkers)
     sh->conns = lv_xcalloc(nworkers, sizeof(*sh->conns));
     sh->incoming = lv_xcalloc(nworkers, sizeof(*sh->incoming));
     lv_route_states_init(&sh->routes);
+    lv_fault_rules_init(&sh->faults);
     sh->health = lv_xcalloc(1, sizeof(*sh->health));
     pthread_mutex_init(&sh->health->lock, NULL);
     sh->metrics = lv_metrics_create_sharded(nworkers);
@@ -755,6 +767,7 @@ void lv_server_shared_free(struct lv_server_shared *sh)
     if (!sh)
         return;
     lv_route_states_dispose(&sh->routes);
+    lv_fault_rules_dispose(&sh->faults);
     health_registry_forget(sh->health, UINT64_MAX);
     free(sh->health->v);
     pthread_mutex_destroy(&sh->health->lock);

@@ -24,6 +24,7 @@
 #include "obs/metrics.h"
 #include "policy/breaker.h"
 #include "policy/budget.h"
+#include "policy/faultrules.h"
 #include "proxy/routestate.h"
 #include "conf/config.h"
 #include "script/hooks.h"
@@ -46,6 +47,7 @@ struct lv_server_shared {
     struct lv_route_states routes; /* route state registry, by name (proxy/routestate.h) */
     struct lv_metrics *metrics;    /* one registry, a value shard per worker */
     struct lv_health_registry *health;
+    struct lv_fault_rules faults; /* the admin API's fault rules (README "levee dev") */
     /* The access log: every worker writes whole buffers of whole lines under the lock, so a
      * line is never cut by another worker's; the fd swaps under it too (reload, SIGUSR1). */
     pthread_mutex_t access_lock;
@@ -184,6 +186,8 @@ void lv_server_client_closed(struct lv_server *s, struct lv_client *c);
 void lv_server_request_id(struct lv_server *s, char out[33]);
 
 /** Counts one upstream attempt's outcome: a status, or an error kind (enum lv_outcome_kind). */
+/** An injected fault, for levee_faults_injected_total{route,kind}. */
+void lv_server_count_fault(struct lv_server *s, struct lv_route_state *rs, int kind);
 void lv_server_count_attempt(struct lv_server *s, struct lv_route_state *rs, int kind, int status);
 
 /** Counts a finished request in the metrics. */

@@ -1,4 +1,5 @@
 #include "policy/fault.h"
+#include "policy/faultrules.h"
 #include "t.h"
 
 #include <string.h>
@@ -122,8 +123,75 @@ T_TEST(draw)
     T_CHECK_STR(lv_fault_kind_name(LV_FAULT_THROTTLE), "throttle");
 }
 
+static void count_each(const struct lv_fault_rule *r, void *arg)
+{
+    int *n = arg;
+    (*n)++;
+    (void)r;
+}
+
+T_TEST(rules)
+{
+    struct lv_fault_rules t;
+    lv_fault_rules_init(&t);
+    T_CHECK(lv_fault_rules_empty(&t));
+    struct lv_fault_rule r = {.route = "api", .percent = 100, .times = 2, .method = -1};
+    r.f.k[LV_FAULT_ABORT] = (struct lv_fault_one){true, 100, 503};
+    uint64_t a = lv_fault_rules_add(&t, &r);
+    /* a second rule: POST under /v1 only, at the client, no limit */
+    struct lv_fault_rule r2 = {.route = "api",
+                               .percent = 100,
+                               .times = -1,
+                               .method = 3,
+                               .prefix = "/v1",
+                               .at_client = true};
+    r2.f.k[LV_FAULT_RESET] = (struct lv_fault_one){true, 100, 0};
+    uint64_t b = lv_fault_rules_add(&t, &r2);
+    T_CHECK(a != b && !lv_fault_rules_empty(&t));
+    uint64_t s = 0;
+    struct lv_fault_hit h = {0};
+    /* another route, the client placement for a GET: nothing */
+    T_CHECK_INT(lv_fault_rules_draw(&t, "other", 1, "/", 1, false, seq_rnd, &s, &h), 0);
+    T_CHECK_INT(lv_fault_rules_draw(&t, "api", 1, "/v1/x", 5, true, seq_rnd, &s, &h), 0);
+    T_CHECK_INT(h.kinds, 0);
+    /* exactly twice, then gone */
+    T_CHECK_INT(lv_fault_rules_draw(&t, "api", 1, "/", 1, false, seq_rnd, &s, &h), 1);
+    T_CHECK_INT(h.kinds, 1u << LV_FAULT_ABORT);
+    T_CHECK_INT(h.abort_status, 503);
+    struct lv_fault_hit h2 = {0};
+    T_CHECK_INT(lv_fault_rules_draw(&t, "api", 1, "/", 1, false, seq_rnd, &s, &h2), 1);
+    struct lv_fault_hit h3 = {0};
+    T_CHECK_INT(lv_fault_rules_draw(&t, "api", 1, "/", 1, false, seq_rnd, &s, &h3), 0);
+    int n = 0;
+    lv_fault_rules_each(&t, count_each, &n);
+    T_CHECK_INT(n, 1);
+    /* the POST rule: by method and prefix */
+    T_CHECK_INT(lv_fault_rules_draw(&t, "api", 3, "/v2", 3, true, seq_rnd, &s, &h3), 0);
+    T_CHECK_INT(lv_fault_rules_draw(&t, "api", 3, "/v1/pay", 7, true, seq_rnd, &s, &h3), 1);
+    T_CHECK_INT(h3.kinds, 1u << LV_FAULT_RESET);
+    T_CHECK(!lv_fault_rules_remove(&t, a));
+    T_CHECK(lv_fault_rules_remove(&t, b));
+    T_CHECK(lv_fault_rules_empty(&t));
+    /* percent: 10% of a sweep of draws */
+    struct lv_fault_rule r3 = {.route = "api", .percent = 10, .times = -1, .method = -1};
+    r3.f.k[LV_FAULT_DELAY] = (struct lv_fault_one){true, 100, 50};
+    lv_fault_rules_add(&t, &r3);
+    lv_fault_rules_add(&t, &r3);
+    int fired = 0;
+    for (uint64_t d = 0; d < 100000000u; d += 100000) {
+        struct lv_fault_hit hx = {0};
+        uint64_t x = d;
+        fired += (int)lv_fault_rules_draw(&t, "api", 1, "/", 1, false, seq_rnd, &x, &hx);
+    }
+    T_CHECK_INT(fired, 2 * 100); /* each rule draws on its own: 10% of 1000, twice */
+    T_CHECK_INT(lv_fault_rules_clear(&t), 2);
+    T_CHECK(lv_fault_rules_empty(&t));
+    lv_fault_rules_dispose(&t);
+}
+
 int main(void)
 {
+    T_RUN(rules);
     T_RUN(header_kinds);
     T_RUN(header_errors);
     T_RUN(draw);

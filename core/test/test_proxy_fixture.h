@@ -68,6 +68,7 @@ struct fake_ds {
     bool done_close;
     int consumed_calls, abort_calls, refuse_calls;
     int refuse_status;
+    uint64_t throttle_rate; /* the last throttle asked for */
 };
 
 #define FDS_OF(d) ((struct fake_ds *)(void *)(d)) /* ds is the first member */
@@ -134,8 +135,15 @@ static void fds_refuse(struct lv_downstream *d, int status, enum lv_gwerr err, c
     }
 }
 
+static void fds_throttle(struct lv_downstream *d, uint64_t rate)
+{
+    FDS_OF(d)->throttle_rate = rate;
+}
+
 static const struct lv_downstream_ops fds_ops = {
-    fds_writev, fds_write_buf, fds_done, fds_consumed, fds_abort, fds_refuse,
+    fds_writev,   fds_write_buf, fds_done,  fds_consumed,
+    fds_abort,    fds_refuse,    fds_abort, /* reset: as an abort here */
+    fds_throttle,
 };
 
 static void fds_init(struct fake_ds *f, const char *peer)
