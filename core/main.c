@@ -348,6 +348,12 @@ static void admin_reload_cancel(void *arg, void *req)
     lv_reload_cancel(&app->reloader, req);
 }
 
+static struct lv_fault_rules *admin_faults(void *arg)
+{
+    struct app *app = arg;
+    return &app->ws.sh->faults;
+}
+
 /* ---- shutdown and signals */
 
 /* Every worker drained and the other threads' loops ended: the rest stops, so the loop ends. */
@@ -466,6 +472,7 @@ static int start(struct app *app, struct lv_config *cfg)
             .metrics = admin_metrics,
             .reload = admin_reload,
             .reload_cancel = admin_reload_cancel,
+            .faults = admin_faults,
         };
         app->admin = lv_admin_start(&app->loop, &cfg->admin, &ops);
         if (!app->admin)

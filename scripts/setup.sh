@@ -4,7 +4,7 @@
 set -euo pipefail
 
 PKGS=(build-essential cmake pkg-config clang-format clang libclang-rt-14-dev
-      liblua5.4-dev lua5.4 libuv1-dev libssl-dev node-llhttp libhiredis-dev
+      liblua5.4-dev lua5.4 libuv1-dev libssl-dev node-llhttp libhiredis-dev libjansson-dev
       lua-busted lua-socket lua-cjson redis-server curl openssl chromium
       prometheus) # prometheus: promtool, used by spec/integration/metrics_spec.lua
 if [[ ${1:-} == --bench ]]; then PKGS+=(nginx haproxy wrk linux-perf strace); fi

@@ -18,8 +18,10 @@
 #include "policy/breaker.h"
 #include "policy/budget.h"
 #include "store/idem.h"
+#include "admin/faultapi.h"
 
 #define ADMIN_MAX_HEAD 16384
+#define ADMIN_MAX_BODY 65536 /* a POST /faults body */
 
 struct lv_admin {
     uv_tcp_t tcp;
@@ -39,6 +41,7 @@ struct admin_conn {
     bool reloading;  /* POST /reload: waiting for the load to answer */
     bool collecting; /* GET /status or /metrics: waiting for the workers' numbers */
     bool want_metrics;
+    size_t want; /* bytes of head and body a request with a body needs in `in` */
 };
 
 extern const char lv_dashboard_html[];
@@ -382,6 +385,22 @@ static void handle(struct admin_conn *ac)
         uv_timer_stop(&ac->timer);
         ac->reloading = true;
         a->ops.reload(a->ops.arg, reload_done, ac);
+    } else if (a->ops.faults && lv_faultapi_path(h.path.p, h.path.len)) {
+        if (h.chunked) {
+            respond_json_error(ac, 411, "send the body with a Content-Length");
+        } else if (h.content_length > ADMIN_MAX_BODY) {
+            respond_json_error(ac, 413, "body larger than 64 KiB");
+        } else if (ac->in.len < ac->hs.head_len + h.content_length) {
+            ac->want = ac->hs.head_len + h.content_length; /* on_read calls again */
+        } else {
+            struct lv_admin_status s;
+            a->ops.status(a->ops.arg, &s);
+            const char *allow = NULL;
+            int st =
+                lv_faultapi_handle(a->ops.faults(a->ops.arg), s.cfg, m, h.path.p, h.path.len,
+                                   ac->in.data + ac->hs.head_len, h.content_length, &b, &allow);
+            respond_allow(ac, st, "application/json", b.data ? b.data : "", b.len, allow);
+        }
     } else if (PATH_IS("/") && get) {
         respond(ac, 200, "text/html; charset=utf-8", lv_dashboard_html, strlen(lv_dashboard_html));
     } else if (PATH_IS("/reload")) {
@@ -412,6 +431,13 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     ac->in.len += (size_t)nread;
+    if (ac->want) {
+        if (ac->in.len >= ac->want)
+            handle(ac);
+        else if (ac->in.len > ADMIN_MAX_HEAD + ADMIN_MAX_BODY)
+            conn_close(ac);
+        return;
+    }
     enum lv_headscan_result r = lv_headscan_feed(&ac->hs, ac->in.data, ac->in.len);
     if (r == LV_HEADSCAN_MORE)
         return;

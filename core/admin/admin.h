@@ -1,7 +1,8 @@
 /*
  * admin: the admin listener (README, "Admin API"): GET /healthz, GET /status (JSON), GET /metrics
- * (Prometheus text), POST /reload, GET / (the dashboard page). One request per connection,
- * answered and closed: the admin API is for operators and scrapers, not for traffic.
+ * (Prometheus text), POST /reload, GET / (the dashboard page), /faults (admin/faultapi.h). One
+ * request per connection, answered and closed: the admin API is for operators and scrapers, not for
+ * traffic.
  *
  * The admin knows nothing of the server's internals: main.c hands it a struct lv_admin_ops,
  * callbacks that read the state in force (at the time of the call, on the loop) and ask for a
@@ -19,6 +20,7 @@
 #include "script/config.h"
 
 struct lv_admin;
+struct lv_fault_rules;
 struct lv_breaker;
 struct lv_budget;
 struct lv_idem;
@@ -94,6 +96,8 @@ struct lv_admin_ops {
     void (*reload)(void *arg, lv_admin_reload_cb cb, void *req);
     /** Forgets the pending answer to `req` (its connection went away). */
     void (*reload_cancel)(void *arg, void *req);
+    /** The process's fault rules (README "levee dev"), for /faults; NULL: no such endpoint. */
+    struct lv_fault_rules *(*faults)(void *arg);
 };
 
 /** Binds the admin listener at `addr` on `loop`; NULL (logged) if it cannot. `ops` is copied. */
