@@ -601,6 +601,9 @@ static int attempts(struct run *u, struct lv_buf *err)
         uint64_t d = sc->has_time ? sc->time_ms : 0;
         if (sc->kind == LV_OUT_TIMEOUT)
             d = try_to ? try_to : u->route->timeout_ms;
+        uint64_t conn_to = u->route->upstream ? u->route->upstream->connect_timeout_ms : 0;
+        if (sc->kind == LV_OUT_CONNECT_FAILURE && conn_to && d > conn_to)
+            d = conn_to; /* a connect slower than connect_timeout fails at it */
         if (sc->kind != LV_OUT_CONNECT_FAILURE && try_to && d > try_to) {
             t->kind = LV_OUT_TIMEOUT;
             t->status = 0;
