@@ -11,8 +11,8 @@
 #include "conf/router.h"
 #include "http/fields.h"
 #include "obs/accesslog.h"
-#include "policy/backoff.h"
 #include "policy/budget.h"
+#include "policy/retryplan.h"
 #include "script/hooks.h"
 #include "store/idem.h"
 
@@ -474,8 +474,9 @@ static bool admit_retry(struct run *u, uint64_t now)
 
 /*
  * Mirrors next_attempt() in proxy/attempt.c, step for step: classify, tell the breaker, the
- * delay (lv_retry_delay), the one retry rule (lv_retry_decide with lv_budget_can_retry), the
- * breaker's admission of the retry, the budget's count. Returns true when a retry is planned
+ * delay and the one retry rule (lv_retry_plan: lv_retry_delay, lv_retry_decide with
+ * lv_budget_can_retry), the breaker's admission of the retry, the budget's count. Returns true when
+ * a retry is planned
  * (*delay_out).
  */
 static bool next_attempt(struct run *u, const struct lv_sim_outcome *sc, struct lv_outcome o,
@@ -509,7 +510,9 @@ static bool next_attempt(struct run *u, const struct lv_sim_outcome *sc, struct 
             ra_len = sc->headers[i].value_len;
         }
     }
-    struct lv_retry_delay_ask da = {
+    /* lv_retry_delay, then lv_retry_decide with lv_budget_can_retry (policy/retryplan.h) */
+    struct lv_retry_plan_in pi = {
+        .verdict = v,
         .outcome = o,
         .has_hook_delay = has_hook_delay,
         .hook_delay_ms = hook_delay,
@@ -519,32 +522,22 @@ static bool next_attempt(struct run *u, const struct lv_sim_outcome *sc, struct 
         .jitter = (int)rc->jitter,
         .base_ms = rc->backoff_base_ms,
         .max_ms = rc->backoff_max_ms,
-        .retry_number = (uint32_t)u->attempt,
-        .prev_delay_ms = u->prev_delay_ms,
-        .rand64 = rand64(s),
-    };
-    bool from_server = false;
-    uint64_t delay = lv_retry_delay(&da, &from_server);
-    uint64_t planned = delay;
-    uint64_t try_ms = u->route->try_timeout_ms;
-    struct lv_retry_ask ask = {
-        .verdict = v,
-        .outcome = o,
         .attempts_made = (uint32_t)u->attempt,
         .max_attempts = rc->attempts,
+        .prev_delay_ms = u->prev_delay_ms,
+        .rand64 = rand64(s),
         .now_ms = now,
         .deadline_ms = u->deadline_at,
-        .delay_ms = delay,
-        .delay_from_server = from_server,
-        .min_try_ms = try_ms && try_ms < 10 ? try_ms : 10,
+        .try_timeout_ms = u->route->try_timeout_ms,
         .response_started = false,
         .method = u->method,
         .has_idempotency_key = u->has_idem_key,
         .non_idempotent_allowed = rc->non_idempotent,
         .replayable = u->rq->body_len <= rc->buffer,
     };
-    ask.budget_allows = lv_budget_can_retry(&u->sr->budget, now);
-    enum lv_retry_no no = lv_retry_decide(&ask, &delay);
+    struct lv_retry_plan plan;
+    enum lv_retry_no no = lv_retry_plan(&pi, &u->sr->budget, &plan);
+    uint64_t delay = plan.delay_ms, planned = plan.planned_ms;
     bool go = no == LV_RETRY_GO && admit_retry(u, now);
     if (go)
         lv_budget_on_retry(&u->sr->budget, now);
