@@ -673,8 +673,11 @@ int lv_sim_request(struct lv_sim *s, const struct lv_sim_request *rq, struct lv_
     }
     /* Routing on the path without the query, and the host without a port (request.c). */
     size_t plen = strcspn(path, "?");
-    const char *host = rq->host ? rq->host : "";
-    size_t hlen = strcspn(host, ":");
+    char host[256] = "";
+    size_t hlen = 0;
+    int port = -1;
+    if (rq->host && *rq->host)
+        lv_host_split(rq->host, strlen(rq->host), host, sizeof(host), &hlen, &port);
     u.route = lv_router_match(s->cfg, u.method, path, plen, host, hlen);
     if (!u.route) {
         answer_error(&u, LV_GWERR_NO_ROUTE, -1);
