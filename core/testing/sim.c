@@ -704,6 +704,8 @@ int lv_sim_request(struct lv_sim *s, const struct lv_sim_request *rq, struct lv_
     if (keyed && !idem_lookup(&u))
         goto done;
     rc = attempts(&u, err);
+    if (rc < 0 && u.probe && u.sr->has_breaker)
+        lv_breaker_release_probe(&u.sr->breaker); /* no outcome for the probe's slot */
 done:
     free(u.idem_key);
     out->end_ms = s->now;
