@@ -70,8 +70,10 @@ static void lua_dir(char *out, size_t cap)
 /* Every DIR/ *_spec.lua, sorted, appended to `files`; returns how many. */
 static size_t discover(const char *dir, char ***files, size_t *n)
 {
-    char pat[PATH_MAX];
-    snprintf(pat, sizeof(pat), "%s/*_spec.lua", dir);
+    char pat[PATH_MAX + 16];
+    int len = snprintf(pat, sizeof(pat), "%s/*_spec.lua", dir);
+    if (len < 0 || (size_t)len >= sizeof(pat))
+        return 0;
     glob_t g;
     size_t found = 0;
     if (glob(pat, 0, NULL, &g) == 0) {
@@ -174,12 +176,17 @@ int lv_testcmd_main(int argc, char **argv)
     if (!nfiles) {
         char dir[PATH_MAX] = ".";
         if (config) {
-            snprintf(dir, sizeof(dir), "%s", config);
+            size_t cl = strlen(config);
+            if (cl >= sizeof(dir)) {
+                code = usage_error("levee test: configuration path too long: %s", config);
+                goto out;
+            }
+            memcpy(dir, config, cl + 1);
             char *slash = strrchr(dir, '/');
             if (slash)
                 *slash = '\0';
             else
-                snprintf(dir, sizeof(dir), ".");
+                memcpy(dir, ".", 2);
         }
         if (!discover(dir, &files, &nfiles)) {
             code = usage_error("levee test: no *_spec.lua file in %s", dir);
