@@ -53,13 +53,18 @@ describe("levee test", function()
 
     it("exits 0 when every spec passes, and takes no real time for seconds of backoff", function()
         local dir = setup_dir({ ["policy_spec.lua"] = PASSING })
-        local t0 = H.now()
-        local code, out, err = H.run_levee({ "test", "policy_spec.lua" }, { cwd = dir })
-        local wall = H.now() - t0
-        assert.equal(0, code, out .. err)
-        assert.matches("1 success / 0 failures / 0 errors", out, 1, true)
-        -- 14 s of backoff on the virtual clock; the whole run (process, load) well under 1 s
-        assert.is_true(wall < 1, "took " .. wall .. " s")
+        -- 14 s of backoff on the virtual clock; the whole run (process, load) well under 1 s.
+        -- The best of up to three runs: a shared machine may stall one, never sleep 14 s.
+        local best = math.huge
+        for _ = 1, 3 do
+            local t0 = H.now()
+            local code, out, err = H.run_levee({ "test", "policy_spec.lua" }, { cwd = dir })
+            best = math.min(best, H.now() - t0)
+            assert.equal(0, code, out .. err)
+            assert.matches("1 success / 0 failures / 0 errors", out, 1, true)
+            if best < 1 then break end
+        end
+        assert.is_true(best < 1, "took " .. best .. " s")
     end)
 
     it("exits 1 and prints the failure when a spec fails", function()
