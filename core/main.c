@@ -26,12 +26,14 @@
 #include "proxy/server.h"
 #include "proxy/workers.h"
 #include "script/config.h"
+#include "testing/testcmd.h"
 
 static void usage(FILE *f)
 {
     fputs("usage: levee [-c FILE]              run the gateway (default FILE: ./levee.lua)\n"
           "       levee check FILE             validate FILE: prints ok or FILE:LINE: errors\n"
           "       levee dev URL [--listen ADDR] local dev proxy in front of URL\n"
+          "       levee test [-c FILE] [SPEC...] run policy specs offline (levee.testing)\n"
           "       levee --version | --help\n"
           "options: -c FILE  configuration file;  -v  debug logging\n",
           f);
@@ -565,6 +567,8 @@ int main(int argc, char **argv)
             return usage_error("levee check: expected one FILE, got an extra argument %s", argv[3]);
         return cmd_check(argv[2]);
     }
+    if (argc >= 2 && strcmp(argv[1], "test") == 0)
+        return lv_testcmd_main(argc - 2, argv + 2);
     if (argc >= 2 && strcmp(argv[1], "dev") == 0) {
         const char *url = NULL, *listen = "127.0.0.1:8080";
         for (int i = 2; i < argc; i++) {

@@ -245,12 +245,15 @@ describe("levee command line", function()
         end
     end)
 
-    it("check prints exactly 'ok' and exits 0 for every file in examples/", function()
+    it("check prints exactly 'ok' and exits 0 for every configuration in examples/", function()
         local dir = H.src .. "/examples"
         local p = assert(io.popen("ls -1 '" .. dir .. "'"))
         local files = {}
         for name in p:lines() do
-            if name:match("%.lua$") then files[#files + 1] = dir .. "/" .. name end
+            -- *_spec.lua beside them are their policy specs (`levee test`), not configurations
+            if name:match("%.lua$") and not name:match("_spec%.lua$") then
+                files[#files + 1] = dir .. "/" .. name
+            end
         end
         p:close()
         assert.is_true(#files >= 1, "no examples in " .. dir)

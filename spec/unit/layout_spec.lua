@@ -89,6 +89,31 @@ describe("core/ layout", function()
         assert.same({ "a <-> b <-> c" }, cycles(g))
     end)
 
+    -- The testing layer (`levee test`, README "Testing your policies") runs the policy code
+    -- offline: it may use the layers below the request path, never the request path itself,
+    -- and only the command line (main.c) and its own unit tests use it.
+    it("keeps core/testing off the request path, and used by main.c only", function()
+        local allowed = { base = true, http = true, policy = true, conf = true, script = true,
+                          store = true, obs = true, testing = true }
+        local bad = {}
+        for _, ext in ipairs({ "c", "h" }) do
+            for _, path in ipairs(files(ext)) do
+                local text = read(path)
+                for inc in text:gmatch('#include "([^"]+)"') do
+                    local layer = inc:match("^([%w_]+)/")
+                    if path:find("^core/testing/") and layer and not allowed[layer] then
+                        bad[#bad + 1] = path .. " includes " .. inc
+                    end
+                    if layer == "testing" and not path:find("^core/testing/")
+                        and not path:find("^core/test/") and path ~= "core/main.c" then
+                        bad[#bad + 1] = path .. " includes " .. inc
+                    end
+                end
+            end
+        end
+        assert.same({}, bad)
+    end)
+
     it("has no file over 1,000 lines", function()
         local long = {}
         for _, ext in ipairs({ "c", "h" }) do
