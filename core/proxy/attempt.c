@@ -10,6 +10,7 @@
 #include "obs/accesslog.h"
 #include "policy/backoff.h"
 #include "policy/retry.h"
+#include "policy/retryplan.h"
 #include "proxy/exchange.h"
 #include "proxy/request.h"
 #include "proxy/server.h"
@@ -271,7 +272,8 @@ static bool next_attempt(struct lv_request *r, struct lv_outcome o, const struct
     }
     uv_timeval64_t tv = {0, 0};
     uv_gettimeofday(&tv);
-    struct lv_retry_delay_ask da = {
+    struct lv_retry_plan_in in = {
+        .verdict = v,
         .outcome = o,
         .has_hook_delay = has_hook_delay,
         .hook_delay_ms = hook_delay,
@@ -281,24 +283,13 @@ static bool next_attempt(struct lv_request *r, struct lv_outcome o, const struct
         .jitter = (int)rc->jitter,
         .base_ms = rc->backoff_base_ms,
         .max_ms = rc->backoff_max_ms,
-        .retry_number = (uint32_t)r->attempt,
-        .prev_delay_ms = r->prev_delay_ms,
-        .rand64 = lv_attempt_rand(r),
-    };
-    bool from_server = false;
-    uint64_t delay = lv_retry_delay(&da, &from_server);
-    uint64_t planned = delay;
-    uint64_t try_ms = r->route->try_timeout_ms;
-    struct lv_retry_ask ask = {
-        .verdict = v,
-        .outcome = o,
         .attempts_made = (uint32_t)r->attempt,
         .max_attempts = rc->attempts,
+        .prev_delay_ms = r->prev_delay_ms,
+        .rand64 = lv_attempt_rand(r),
         .now_ms = now,
         .deadline_ms = r->deadline_at_ms,
-        .delay_ms = delay,
-        .delay_from_server = from_server,
-        .min_try_ms = try_ms && try_ms < 10 ? try_ms : 10,
+        .try_timeout_ms = r->route->try_timeout_ms,
         .response_started = r->head_sent,
         .method = r->method,
         .has_idempotency_key = r->has_idem_key,
@@ -306,15 +297,17 @@ static bool next_attempt(struct lv_request *r, struct lv_outcome o, const struct
         .replayable = can_replay(r),
     };
     /* One hold of the route's lock from the budget check to the count, so workers deciding
-     * at once cannot both take the last retry the budget allows (README "Workers"). */
+     * at once cannot both take the last retry the budget allows (README "Workers"). The
+     * offline simulation (`levee test`) makes the same call. */
+    struct lv_retry_plan plan;
     lv_route_state_lock(rs);
-    ask.budget_allows = lv_budget_can_retry(&rs->budget, now);
-    enum lv_retry_no no = lv_retry_decide(&ask, &delay);
+    enum lv_retry_no no = lv_retry_plan(&in, &rs->budget, &plan);
     bool go = no == LV_RETRY_GO && lv_breakergate_admit_retry(r, now);
     /* Counted now, so retries waiting in backoff count against the budget. */
     if (go)
         lv_budget_on_retry(&rs->budget, now);
     lv_route_state_unlock(rs);
+    uint64_t delay = plan.delay_ms, planned = plan.planned_ms;
     if (no == LV_RETRY_NO_BUDGET) {
         r->flags |= LV_ACCESS_BUDGET_EXHAUSTED;
         lv_metric_add(rs->budget_exhausted, 1);
