@@ -46,6 +46,9 @@ struct lv_reloader {
     struct lv_watch *watches;       /* watch = true: one fs watcher per folder */
     uv_timer_t watch_debounce;
     char last_result[512]; /* "initial load", "ok" or "error: ..." */
+    /* levee dev: reloads run its loader with these options (its --policy file is the
+     * server's config_path); NULL: the configuration file is loaded again. */
+    const struct lv_dev_opts *dev;
 };
 
 /** Sets up the reloader of `s` (its loop handles: lv_reload_stop closes them). */

@@ -87,6 +87,11 @@ M.sections = {
             { key = "access_log", type = "access_log",
                 type_doc = '`"stdout"`, `"stderr"`, a file path, or `false`', default = "stdout",
                 doc = "One JSON line per request. `false` turns the log off." },
+            { key = "access_log_format", type = "enum", choices = { "json", "console" }, default = "json",
+                doc = "`json`: one JSON object a line (README \"Access log\"). `console`: one readable "
+                    .. "line a request (time, method, path, status, duration, each attempt, flags; "
+                    .. "see [levee dev](#levee-dev)), in colour when the log is `stdout` on a "
+                    .. "terminal and `NO_COLOR` is not set. `levee dev` uses `console` unless `--json`." },
             { key = "error_log", type = "error_log", type_doc = '`"stderr"` or a file path',
                 default = "stderr",
                 doc = "Where levee's own log lines go. A file is opened again on SIGUSR1 "
