@@ -1723,6 +1723,23 @@ function M.parse_fault(spec)
     return bad()
 end
 
+--- The dev route's fault table: the policy's `fault` table (or nil) with the kinds of
+-- --fault (kind -> table, from parse_fault) over it, and `headers = true` unless the policy
+-- set `headers` itself.
+function M.merge_faults(policy_fault, faults)
+    local merged = {}
+    for k, v in next, policy_fault or {} do
+        merged[k] = v
+    end
+    for kind, t in pairs(faults or {}) do
+        merged[kind] = t
+    end
+    if merged.headers == nil then
+        merged.headers = true
+    end
+    return merged
+end
+
 -- Keys of a routes[] entry a --policy file may not set: levee dev sets them.
 local function policy_key_refused(k)
     return k == "name" or k == "upstream" or k == "match"
@@ -1822,19 +1839,8 @@ local function dev_route(policy_tbl, faults, errs, policy, lines)
             end
         end
     end
-    local fault = r.fault
-    if type(fault) == "table" or fault == nil then
-        local merged = {}
-        for k, v in next, fault or {} do
-            merged[k] = v
-        end
-        for kind, t in pairs(faults) do
-            merged[kind] = t
-        end
-        if merged.headers == nil then
-            merged.headers = true
-        end
-        r.fault = merged
+    if type(r.fault) == "table" or r.fault == nil then
+        r.fault = M.merge_faults(r.fault, faults)
     end
     return r
 end
@@ -1907,7 +1913,7 @@ function M.dev(url, listen, opts, limits)
         end
     end
     local has_fault = schema_has_fault()
-    if not has_fault and next(faults) then
+    if not has_fault and next(faults) and #errs == 0 then
         errs[#errs + 1] = "levee dev: --fault: this levee has no route faults"
     end
     if #errs > 0 then
