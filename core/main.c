@@ -607,17 +607,18 @@ static int cmd_dev(int argc, char **argv)
     lv_buf_printf(&banner, "levee dev: http://%s -> %s (admin ",
                   o.listen ? o.listen : "127.0.0.1:8080", o.url);
     if (cfg->admin_enabled)
-        lv_buf_printf(&banner, "http://%s:%u/", cfg->admin.host, (unsigned)cfg->admin.port);
+        lv_buf_printf(&banner, strchr(cfg->admin.host, ':') ? "http://[%s]:%u/" : "http://%s:%u/",
+                      cfg->admin.host, (unsigned)cfg->admin.port);
     else
         lv_buf_puts(&banner, "off");
     if (o.policy)
-        lv_buf_printf(&banner, ", policy %s (reloaded on save)", o.policy);
+        lv_buf_printf(&banner, ", policy %s", o.policy);
     if (o.nfaults) {
         lv_buf_puts(&banner, ", faults");
         for (size_t i = 0; i < o.nfaults; i++)
-            lv_buf_printf(&banner, " %s", o.faults[i]);
+            lv_buf_printf(&banner, "%s %s", i ? "," : "", o.faults[i]);
     }
-    lv_buf_puts(&banner, ", Levee-Fault header on)\n");
+    lv_buf_puts(&banner, ")\n");
     fwrite(banner.data, 1, banner.len, stderr);
     lv_buf_dispose(&banner);
     dev_opts = &o;
