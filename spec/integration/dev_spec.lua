@@ -221,6 +221,27 @@ describe("levee dev --policy", function()
         assert.equal(2, st.generation)
     end)
 
+    it("runs the policy's hooks and watches the modules it requires", function()
+        local up = H.upstream()
+        local files = {
+            ["policy.lua"] = "local codes = require('codes')\nreturn {\n  breaker = false,\n"
+                .. "  classify = function(res)\n    if res.status == codes.again then return 'retry' end\n"
+                .. "  end,\n}\n",
+            ["codes.lua"] = "return { again = 418 }\n",
+        }
+        local lv = dev(up, { "--policy", "$DIR/policy.lua" }, { files = files })
+        assert.equal(200, get(lv, "/k1", { ["X-Test-Plan"] = "k1:418,200" }).status)
+        assert.matches("  418 " .. MS .. " " .. ARROW .. " 200 ", line_of(lv, "/k1"))
+        H.write_file(lv.dir .. "/codes.lua", "return { again = 419 }\n")
+        H.wait_until(function() return lv:status().generation == 2 end, 10 * H.scale,
+            "the module's change in force")
+        assert.equal(418, get(lv, "/k2", { ["X-Test-Plan"] = "k2:418,200" }).status)
+        assert.equal(200, get(lv, "/k3", { ["X-Test-Plan"] = "k3:419,200" }).status)
+        -- POST /reload reloads the policy too
+        assert.equal(200, lv:admin({ method = "POST", path = "/reload" }).status)
+        assert.equal(3, lv:status().generation)
+    end)
+
     it("exits 1 with FILE:LINE when the policy is broken at start", function()
         local path = H.tmpfile("return {\n  timeout = '1s',\n  retry = { attempts = 0 },\n}\n", "policy.lua")
         local code, out, err = H.run_levee({ "dev", "127.0.0.1:1", "--listen", "127.0.0.1:" .. H.free_port(),
