@@ -1707,16 +1707,16 @@ function M.parse_fault(spec)
         return kind, { status = status, percent = percent }
     elseif kind == "delay" and arg then
         local ms = M.parse_duration(arg)
-        if not ms then
-            return bad("delay: expected a duration such as \"300ms\" or \"2s\"")
+        if not ms or ms <= 0 or ms > HOUR then
+            return bad("delay: expected a duration such as \"300ms\" or \"2s\" (at most 1h)")
         end
         return kind, { time = arg, percent = percent }
     elseif kind == "reset" and not arg then
         return kind, { percent = percent }
     elseif kind == "throttle" and arg then
         local n = M.parse_size(arg)
-        if not n or n < 1 then
-            return bad("throttle: expected a rate in bytes per second such as \"16KiB\"")
+        if not n or n < 1 or n > GiB then
+            return bad("throttle: expected a rate in bytes per second such as \"16KiB\" (at most 1GiB)")
         end
         return kind, { rate = arg, percent = percent }
     end

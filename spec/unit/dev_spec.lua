@@ -85,8 +85,9 @@ describe("--fault", function()
             { "abort=503:x%", syntax .. '"abort=503:x%"' },
             { "abort=50", 'levee dev: --fault: abort: expected a status between 200 and 599, got "abort=50"' },
             { "abort=600", 'levee dev: --fault: abort: expected a status between 200 and 599, got "abort=600"' },
-            { "delay=soon", 'levee dev: --fault: delay: expected a duration such as "300ms" or "2s", got "delay=soon"' },
-            { "throttle=fast", 'levee dev: --fault: throttle: expected a rate in bytes per second such as "16KiB", got "throttle=fast"' },
+            { "delay=soon", 'levee dev: --fault: delay: expected a duration such as "300ms" or "2s" (at most 1h), got "delay=soon"' },
+            { "delay=2h", 'levee dev: --fault: delay: expected a duration such as "300ms" or "2s" (at most 1h), got "delay=2h"' },
+            { "throttle=fast", 'levee dev: --fault: throttle: expected a rate in bytes per second such as "16KiB" (at most 1GiB), got "throttle=fast"' },
             { "reset:0%", 'levee dev: --fault: the percent must be more than 0% and at most 100%, got "reset:0%"' },
             { "reset:150%", 'levee dev: --fault: the percent must be more than 0% and at most 100%, got "reset:150%"' },
         }
