@@ -1841,6 +1841,8 @@ local function dev_route(policy_tbl, faults, errs, policy, lines)
     end
     if type(r.fault) == "table" or r.fault == nil then
         r.fault = M.merge_faults(r.fault, faults)
+    elseif r.fault == false and next(faults) then
+        r.fault = M.merge_faults(nil, faults) -- the command line wins
     end
     return r
 end
