@@ -98,7 +98,7 @@ struct lv_dev_opts {
  *  load (README "Reload"). */
 struct lv_config *lv_config_dev(const struct lv_dev_opts *o, const char *lua_dir,
                                 struct lv_buf *errors);
-/** A job (below) that runs the `levee dev` loader with `dev` (which must outlive it) instead
+/** A job (above) that runs the `levee dev` loader with `dev` (which must outlive it) instead
  *  of loading a file: reloads of levee dev. */
 void lv_config_job_set_dev(struct lv_config_job *job, const struct lv_dev_opts *dev);
 
