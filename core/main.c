@@ -32,7 +32,10 @@ static void usage(FILE *f)
 {
     fputs("usage: levee [-c FILE]              run the gateway (default FILE: ./levee.lua)\n"
           "       levee check FILE             validate FILE: prints ok or FILE:LINE: errors\n"
-          "       levee dev URL [--listen ADDR] local dev proxy in front of URL\n"
+          "       levee dev URL [--listen ADDR] [--admin ADDR|off] [--policy FILE]\n"
+          "                 [--fault SPEC]... [--json]\n"
+          "                                    local dev proxy in front of URL (README \"levee "
+          "dev\")\n"
           "       levee test [-c FILE] [SPEC...] run policy specs offline (levee.testing)\n"
           "       levee --version | --help\n"
           "options: -c FILE  configuration file;  -v  debug logging\n",
@@ -490,6 +493,9 @@ static int start(struct app *app, struct lv_config *cfg)
     return 0;
 }
 
+/* `levee dev`'s command line, for its reloads; NULL otherwise. */
+static const struct lv_dev_opts *dev_opts;
+
 static int run(struct lv_config *cfg, const char *path)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -511,6 +517,7 @@ static int run(struct lv_config *cfg, const char *path)
     app->ws.on_threads_done_arg = app;
     struct lv_server *s = app->server = &app->ws.w[0].server;
     lv_reload_init(&app->reloader, s, apply_reload, app);
+    app->reloader.dev = dev_opts; /* levee dev: reloads run its loader */
     uv_signal_t *sigs[] = {&app->sig_term, &app->sig_int,  &app->sig_hup,
                            &app->sig_quit, &app->sig_usr1, &app->sig_usr2};
     for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++) {
@@ -546,6 +553,90 @@ static int run(struct lv_config *cfg, const char *path)
     return rc;
 }
 
+/* `levee dev URL [--listen ADDR] [--admin ADDR|off] [--policy FILE] [--fault SPEC]...
+ * [--json]` (README "levee dev"): exit 2 on a usage error, 1 when the policy file is
+ * invalid. */
+static int cmd_dev(int argc, char **argv)
+{
+    static struct lv_dev_opts o;
+    const char **faults = lv_xcalloc((size_t)argc, sizeof(*faults));
+    o.faults = faults;
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i];
+        const char **val = strcmp(a, "--listen") == 0   ? &o.listen
+                           : strcmp(a, "--admin") == 0  ? &o.admin
+                           : strcmp(a, "--policy") == 0 ? &o.policy
+                           : strcmp(a, "--fault") == 0  ? &faults[o.nfaults]
+                                                        : NULL;
+        if (val && i + 1 < argc) {
+            *val = argv[++i];
+            if (val == &faults[o.nfaults])
+                o.nfaults++;
+        } else if (val) {
+            free(faults);
+            return usage_error(strcmp(a, "--listen") == 0   ? "levee dev: --listen needs an ADDR%s"
+                               : strcmp(a, "--admin") == 0  ? "levee dev: --admin needs an ADDR "
+                                                              "or off%s"
+                               : strcmp(a, "--policy") == 0 ? "levee dev: --policy needs a FILE%s"
+                                                            : "levee dev: --fault needs a SPEC%s",
+                               "");
+        } else if (strcmp(a, "--json") == 0) {
+            o.json = true;
+        } else if (strcmp(a, "-v") == 0) {
+            lv_log_set_level(LV_LOG_DEBUG);
+        } else if (!o.url && a[0] != '-') {
+            o.url = a;
+        } else {
+            free(faults);
+            return usage_error(a[0] == '-' ? "levee dev: unknown option %s"
+                                           : "levee dev: unexpected argument %s",
+                               a);
+        }
+    }
+    if (!o.url) {
+        free(faults);
+        return usage_error("levee dev: needs a URL%s", "");
+    }
+    struct lv_buf errors = LV_BUF_INIT;
+    struct lv_config *cfg = lv_config_dev(&o, NULL, &errors);
+    if (!cfg) {
+        fwrite(errors.data, 1, errors.len, stderr);
+        /* The command line's errors start with "levee dev: " (usage errors); the policy
+         * file's with its path. */
+        bool usage_err = errors.len < 11 || memcmp(errors.data, "levee dev: ", 11) == 0;
+        lv_buf_dispose(&errors);
+        free(faults);
+        if (!usage_err)
+            return 1;
+        usage(stderr);
+        return 2;
+    }
+    lv_buf_dispose(&errors);
+    struct lv_buf banner = LV_BUF_INIT;
+    lv_buf_printf(&banner, "levee dev: http://%s -> %s (admin ",
+                  o.listen ? o.listen : "127.0.0.1:8080", o.url);
+    if (cfg->admin_enabled)
+        lv_buf_printf(&banner, strchr(cfg->admin.host, ':') ? "http://[%s]:%u/" : "http://%s:%u/",
+                      cfg->admin.host, (unsigned)cfg->admin.port);
+    else
+        lv_buf_puts(&banner, "off");
+    if (o.policy)
+        lv_buf_printf(&banner, ", policy %s", o.policy);
+    if (o.nfaults) {
+        lv_buf_puts(&banner, ", faults");
+        for (size_t i = 0; i < o.nfaults; i++)
+            lv_buf_printf(&banner, "%s %s", i ? "," : "", o.faults[i]);
+    }
+    lv_buf_puts(&banner, ")\n");
+    fwrite(banner.data, 1, banner.len, stderr);
+    lv_buf_dispose(&banner);
+    dev_opts = &o;
+    int rc = run(cfg, o.policy);
+    dev_opts = NULL;
+    free(faults);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     const char *file = "levee.lua";
@@ -569,37 +660,8 @@ int main(int argc, char **argv)
     }
     if (argc >= 2 && strcmp(argv[1], "test") == 0)
         return lv_testcmd_main(argc - 2, argv + 2);
-    if (argc >= 2 && strcmp(argv[1], "dev") == 0) {
-        const char *url = NULL, *listen = "127.0.0.1:8080";
-        for (int i = 2; i < argc; i++) {
-            if (strcmp(argv[i], "--listen") == 0 && i + 1 < argc)
-                listen = argv[++i];
-            else if (strcmp(argv[i], "--listen") == 0)
-                return usage_error("levee dev: --listen needs an ADDR%s", "");
-            else if (strcmp(argv[i], "-v") == 0)
-                lv_log_set_level(LV_LOG_DEBUG);
-            else if (!url && argv[i][0] != '-')
-                url = argv[i];
-            else if (argv[i][0] == '-')
-                return usage_error("levee dev: unknown option %s", argv[i]);
-            else
-                return usage_error("levee dev: unexpected argument %s", argv[i]);
-        }
-        if (!url)
-            return usage_error("levee dev: needs a URL%s", "");
-        struct lv_buf errors = LV_BUF_INIT;
-        struct lv_config *cfg = lv_config_dev(url, listen, NULL, &errors);
-        if (!cfg) {
-            /* Every error of `levee dev` is about its URL or --listen: a usage error. */
-            fwrite(errors.data, 1, errors.len, stderr);
-            lv_buf_dispose(&errors);
-            usage(stderr);
-            return 2;
-        }
-        lv_buf_dispose(&errors);
-        fprintf(stderr, "levee dev: http://%s -> %s\n", listen, url);
-        return run(cfg, NULL);
-    }
+    if (argc >= 2 && strcmp(argv[1], "dev") == 0)
+        return cmd_dev(argc, argv);
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "-c") == 0 && i + 1 < argc) {
             file = argv[++i];

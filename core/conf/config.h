@@ -191,6 +191,9 @@ enum lv_access_log {
     LV_ACCESS_LOG_FILE
 };
 
+/* How access-log lines read (README "Access log", "levee dev"). */
+enum lv_access_format { LV_ACCESS_FORMAT_JSON, LV_ACCESS_FORMAT_CONSOLE };
+
 struct lv_config {
     char *file;   /* absolute path of the file loaded */
     char **files; /* the file and every Lua module it required (for watch); NULL-terminated */
@@ -201,6 +204,8 @@ struct lv_config {
     struct lv_limits_cfg limits;
     enum lv_access_log access_log;
     char *access_log_path;
+    enum lv_access_format access_format;
+    bool access_color;    /* console lines in ANSI colours: stdout a terminal, NO_COLOR unset */
     char *error_log_path; /* error_log = "path"; NULL: stderr */
     bool watch;
     uint64_t drain_timeout_ms; /* default 10 s */

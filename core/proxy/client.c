@@ -11,6 +11,7 @@
 #include "net/iobufs.h"
 #include "net/tls.h"
 #include "obs/accesslog.h"
+#include "obs/devline.h"
 #include "proxy/errresp.h"
 #include "proxy/request.h"
 #include "proxy/server.h"
@@ -452,7 +453,8 @@ static void log_refused(struct lv_client *c, int status, enum lv_gwerr err, cons
     e.upstream_ms = -1;
     e.error = lv_gwerr_info(err)->token;
     struct lv_buf line = LV_BUF_INIT;
-    lv_accesslog_format(&e, &line);
+    lv_accesslog_format_as(s->cfg->access_format == LV_ACCESS_FORMAT_CONSOLE, s->cfg->access_color,
+                           &e, &line);
     lv_server_access_log(s, line.data, line.len);
     lv_buf_dispose(&line);
 }

@@ -271,6 +271,8 @@ static void reload_start(struct lv_reloader *rl, struct lv_reload_waiter *waiter
     }
     r->job = lv_config_job_new(s->config_path, NULL, reload_notify, rl);
     lv_config_job_set_copies(r->job, s->sh->nworkers - 1); /* hooks: a Lua state per worker */
+    if (rl->dev)
+        lv_config_job_set_dev(r->job, rl->dev);
     uv_thread_t tid;
     int rc = uv_thread_create(&tid, lv_config_job_run, r->job);
     if (rc != 0) {

@@ -46,6 +46,9 @@ struct lv_reloader {
     struct lv_watch *watches;       /* watch = true: one fs watcher per folder */
     uv_timer_t watch_debounce;
     char last_result[512]; /* "initial load", "ok" or "error: ..." */
+    /* levee dev: reloads run its loader with these options (its --policy file is the
+     * server's config_path); NULL: the configuration file is loaded again. */
+    const struct lv_dev_opts *dev;
 };
 
 /** Sets up the reloader of `s` (its loop handles: lv_reload_stop closes them). */
@@ -55,7 +58,7 @@ void lv_reload_init(struct lv_reloader *rl, struct lv_server *s, lv_reload_apply
 void lv_reload_started(struct lv_reloader *rl);
 /** Loads the file again, off the loop, and applies it when valid. `cb(arg, ...)` (may be
  *  NULL) gets the outcome when the load ends; at once when no reload is possible (shutting
- *  down, or levee dev). */
+ *  down, or levee dev without --policy). */
 void lv_reload_request(struct lv_reloader *rl, lv_reload_cb cb, void *arg);
 /** The configuration apply answered LV_RELOAD_PENDING for is in force in every worker. */
 void lv_reload_applied(struct lv_reloader *rl);

@@ -10,6 +10,7 @@
 #include "http/fields.h"
 #include "http/reqhead.h"
 #include "obs/accesslog.h"
+#include "obs/devline.h"
 #include "conf/router.h"
 #include "proxy/generation.h"
 #include "proxy/server.h"
@@ -186,7 +187,8 @@ static void log_request(struct lv_request *r)
         e.tries[i].fault = t->fault;
     }
     struct lv_buf line = LV_BUF_INIT;
-    lv_accesslog_format(&e, &line);
+    lv_accesslog_format_as(s->cfg->access_format == LV_ACCESS_FORMAT_CONSOLE, s->cfg->access_color,
+                           &e, &line);
     lv_server_access_log(s, line.data, line.len);
     lv_buf_dispose(&line);
 }

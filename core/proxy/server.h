@@ -82,7 +82,7 @@ struct lv_server {
     struct lv_generation *gen;   /* the generation in force: the server holds one pin */
     struct lv_config *cfg;       /* gen->cfg: the configuration in force */
     uint64_t generation;         /* number of the newest generation installed */
-    char *config_path;           /* NULL: levee dev (nothing to reload) */
+    char *config_path;           /* levee dev: its --policy file or NULL */
     double reload_at;            /* unix time the generation in force was installed */
 
     struct lv_generation **live; /* every generation not yet released, oldest first */
@@ -121,8 +121,8 @@ struct lv_log_files {
 };
 
 /** Sets up the server's state on `loop` (metrics, the access-log flush); nothing in force yet.
- *  `config_path` (copied; NULL for levee dev) names the file in messages and reloads. One
- *  worker: the server makes and owns its shared state. */
+ *  `config_path` (copied; levee dev: its --policy file or NULL) names the file in messages
+ *  and reloads. One worker: the server makes and owns its shared state. */
 void lv_server_init(struct lv_server *s, uv_loop_t *loop, const char *config_path);
 /** The same for worker `index` of several sharing `sh` (call before its loop runs). */
 void lv_server_init_worker(struct lv_server *s, uv_loop_t *loop, const char *config_path,

@@ -189,8 +189,12 @@ static void put_lines(lua_State *L, int idx, struct lv_buf *out)
  * into a new config. `label` names the source in errors that did not come from the Lua side.
  * With `limited`, fn runs a configuration file: under the load-time limits (README "Reload"),
  * which a last argument describes to levee.config. */
-static struct lv_config *run(const char *fn, const char *const *args, int nargs, const char *label,
-                             char *file, const char *lua_dir, bool limited, struct lv_buf *errors)
+/* Pushes the arguments of levee.config[fn] (before the limits); returns how many. */
+typedef int (*push_args_fn)(lua_State *L, const void *arg);
+
+static struct lv_config *run(const char *fn, push_args_fn push, const void *push_arg,
+                             const char *label, char *file, const char *lua_dir, bool limited,
+                             struct lv_buf *errors)
 {
     lua_State *L = lv_rt_new(lua_dir, limited ? LV_CONFIG_LOAD_MEMORY : LV_HOOK_STATE_MEMORY);
     if (!L) {
@@ -214,12 +218,7 @@ static struct lv_config *run(const char *fn, const char *const *args, int nargs,
         free(file);
         return NULL;
     }
-    for (int i = 0; i < nargs; i++) {
-        if (args[i])
-            lua_pushstring(L, args[i]);
-        else
-            lua_pushnil(L);
-    }
+    int nargs = push(L, push_arg);
     if (limited) {
         lua_createtable(L, 0, 2);
         lv_rt_push_budget_hit(L);
@@ -299,12 +298,87 @@ static struct lv_config *run(const char *fn, const char *const *args, int nargs,
     return c;
 }
 
+struct str_args {
+    const char *const *v;
+    int n;
+};
+
+static int push_strings(lua_State *L, const void *arg)
+{
+    const struct str_args *a = arg;
+    for (int i = 0; i < a->n; i++) {
+        if (a->v[i])
+            lua_pushstring(L, a->v[i]);
+        else
+            lua_pushnil(L);
+    }
+    return a->n;
+}
+
 /* Loads on the calling thread; bounded by the Lua-side limits only. */
 static struct lv_config *load_here(const char *file, const char *lua_dir, struct lv_buf *errors)
 {
     char *abs = realpath(file, NULL);
     const char *args[] = {file, lua_dir};
-    return run("compile", args, 2, file, abs ? abs : lv_xstrdup(file), lua_dir, true, errors);
+    struct str_args a = {args, 2};
+    return run("compile", push_strings, &a, file, abs ? abs : lv_xstrdup(file), lua_dir, true,
+               errors);
+}
+
+/* levee.config.dev(url, listen, opts) for `levee dev` (README "levee dev"). */
+struct dev_args {
+    const struct lv_dev_opts *o;
+    const char *lua_dir;
+};
+
+static int push_dev(lua_State *L, const void *arg)
+{
+    const struct dev_args *a = arg;
+    const struct lv_dev_opts *o = a->o;
+    lua_pushstring(L, o->url ? o->url : "");
+    if (o->listen)
+        lua_pushstring(L, o->listen);
+    else
+        lua_pushnil(L);
+    lua_createtable(L, 0, 5);
+    if (o->admin) {
+        lua_pushstring(L, o->admin);
+        lua_setfield(L, -2, "admin");
+    }
+    if (o->policy) {
+        lua_pushstring(L, o->policy);
+        lua_setfield(L, -2, "policy");
+    }
+    lua_createtable(L, (int)o->nfaults, 0);
+    for (size_t i = 0; i < o->nfaults; i++) {
+        lua_pushstring(L, o->faults[i]);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    lua_setfield(L, -2, "faults");
+    lua_pushboolean(L, o->json);
+    lua_setfield(L, -2, "json");
+    lua_pushstring(L, a->lua_dir);
+    lua_setfield(L, -2, "lua_dir");
+    return 3;
+}
+
+static struct lv_config *dev_here(const struct lv_dev_opts *o, const char *lua_dir,
+                                  struct lv_buf *errors)
+{
+    struct dev_args a = {o, lua_dir};
+    char *name = NULL;
+    if (o->policy) {
+        name = realpath(o->policy, NULL);
+        if (!name)
+            name = lv_xstrdup(o->policy);
+    } else {
+        struct lv_buf b = LV_BUF_INIT;
+        lv_buf_printf(&b, "dev:%s", o->url ? o->url : "");
+        name = b.data;
+    }
+    /* The policy's code runs under the load's limits, as a levee.lua's does. */
+    return run("dev", push_dev, &a, o->policy ? o->policy : "levee dev", name, lua_dir, true,
+               errors);
 }
 
 /* ---- loading on a thread of its own */
@@ -319,7 +393,8 @@ struct lv_config_job {
     char *file, *lua_dir;
     struct lv_config *cfg; /* the result, until the owner takes it */
     struct lv_buf errors;
-    unsigned copies; /* per-worker copies of a configuration with hooks */
+    unsigned copies;               /* per-worker copies of a configuration with hooks */
+    const struct lv_dev_opts *dev; /* levee dev: its loader instead of the file's */
 };
 
 struct lv_config_job *lv_config_job_new(const char *file, const char *lua_dir,
@@ -360,6 +435,11 @@ static void job_unref(struct lv_config_job *j)
 void lv_config_job_set_copies(struct lv_config_job *job, unsigned copies)
 {
     job->copies = copies;
+}
+
+void lv_config_job_set_dev(struct lv_config_job *job, const struct lv_dev_opts *dev)
+{
+    job->dev = dev;
 }
 
 /* Two loads of one file must describe the same routes and upstreams, in the same order: the
@@ -408,8 +488,10 @@ void lv_config_job_run(void *job)
 {
     struct lv_config_job *j = job;
     struct lv_buf errors = LV_BUF_INIT;
-    struct lv_config *cfg = load_here(j->file, j->lua_dir, &errors);
-    if (cfg && lv_config_load_copies(cfg, j->file, j->lua_dir, j->copies, &errors) != 0) {
+    struct lv_config *cfg =
+        j->dev ? dev_here(j->dev, j->lua_dir, &errors) : load_here(j->file, j->lua_dir, &errors);
+    if (cfg && !j->dev &&
+        lv_config_load_copies(cfg, j->file, j->lua_dir, j->copies, &errors) != 0) {
         lv_config_unpin(cfg);
         cfg = NULL;
     }
@@ -536,12 +618,8 @@ struct lv_config *lv_config_load(const char *file, const char *lua_dir, struct l
     return lv_config_job_finish(j, errors);
 }
 
-struct lv_config *lv_config_dev(const char *url, const char *listen, const char *lua_dir,
+struct lv_config *lv_config_dev(const struct lv_dev_opts *o, const char *lua_dir,
                                 struct lv_buf *errors)
 {
-    lua_dir = lua_dir_or_default(lua_dir);
-    const char *args[] = {url, listen};
-    struct lv_buf name = LV_BUF_INIT;
-    lv_buf_printf(&name, "dev:%s", url ? url : "");
-    return run("dev", args, 2, "levee dev", name.data, lua_dir, false, errors);
+    return dev_here(o, lua_dir_or_default(lua_dir), errors);
 }

@@ -80,9 +80,27 @@ unsigned lv_config_loaders_abandoned(void);
 typedef bool (*lv_config_tls_pair_fn)(const char *cert, const char *key, struct lv_buf *err);
 void lv_config_check_mode(lv_config_tls_pair_fn tls_pair);
 
-/** Builds the configuration of `levee dev URL`: one upstream, one catch-all route. */
-struct lv_config *lv_config_dev(const char *url, const char *listen, const char *lua_dir,
+/** The command line of `levee dev` (README "levee dev"); NULL fields take their defaults. */
+struct lv_dev_opts {
+    const char *url;
+    const char *listen;        /* default 127.0.0.1:8080 */
+    const char *admin;         /* host:port or "off"; default 127.0.0.1:9901 */
+    const char *policy;        /* a file returning a route policy table, merged into route "dev" */
+    const char *const *faults; /* --fault SPECs */
+    size_t nfaults;
+    bool json; /* the access log as JSON lines instead of the console line */
+};
+
+/** Builds the configuration of `levee dev URL`: one upstream, one catch-all route "dev" with
+ *  the default policy, the policy file's keys over it, the faults of --fault and header
+ *  faults. Errors of the command line start with "levee dev: ", those of the policy file with
+ *  its path ("policy.lua:3: retry.attempts: ..."). The policy file runs under the limits of a
+ *  load (README "Reload"). */
+struct lv_config *lv_config_dev(const struct lv_dev_opts *o, const char *lua_dir,
                                 struct lv_buf *errors);
+/** A job (above) that runs the `levee dev` loader with `dev` (which must outlive it) instead
+ *  of loading a file: reloads of levee dev. */
+void lv_config_job_set_dev(struct lv_config_job *job, const struct lv_dev_opts *dev);
 
 /** Lua states of configurations alive in this process (the one in force, older generations
  * still pinned by requests, one being loaded) and the bytes their allocators hold. */

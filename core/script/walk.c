@@ -9,6 +9,7 @@
 #include <lauxlib.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "base/buf.h"
 #include "base/method.h"
@@ -148,6 +149,7 @@ static uint64_t w_methods(lua_State *L, struct lv_walk *w, int t, const char *ke
 static const char *const balance_names[] = {"round_robin", "least_request"};
 static const char *const jitter_names[] = {"full", "equal", "decorrelated", "none"};
 static const char *const access_log_names[] = {"off", "stdout", "stderr", "file"};
+static const char *const access_format_names[] = {"json", "console"};
 static const char *const accept_names[] = {"shared", "reuseport"};
 static const char *const store_names[] = {"memory", "redis"};
 static const char *const conflict_names[] = {"reject", "wait"};
@@ -425,6 +427,19 @@ int lv_walk_config(lua_State *L)
                                                NELEM(access_log_names));
     c->access_log_path = w_str(L, w, t, "access_log_path", c->access_log != LV_ACCESS_LOG_FILE);
     c->error_log_path = w_str(L, w, t, "error_log_path", true);
+    if (get(L, t, "access_log_format") != LUA_TNIL) {
+        lua_pop(L, 1);
+        c->access_format = (enum lv_access_format)w_enum(
+            L, w, t, "access_log_format", access_format_names, NELEM(access_format_names));
+    } else {
+        lua_pop(L, 1);
+    }
+    /* Colours (README "levee dev") only where a person reads them: a terminal on stdout,
+     * unless NO_COLOR is set to something. */
+    const char *no_color = getenv("NO_COLOR");
+    c->access_color = c->access_format == LV_ACCESS_FORMAT_CONSOLE &&
+                      c->access_log == LV_ACCESS_LOG_STDOUT && isatty(STDOUT_FILENO) &&
+                      !(no_color && *no_color);
     c->watch = w_bool(L, w, t, "watch");
     c->drain_timeout_ms = w_uint(L, w, t, "drain_timeout_ms");
     c->workers = w_u32(L, w, t, "workers");

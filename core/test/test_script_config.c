@@ -408,7 +408,8 @@ T_TEST(test_syntax_and_runtime_errors)
 T_TEST(test_dev)
 {
     struct lv_buf errs = LV_BUF_INIT;
-    struct lv_config *c = lv_config_dev("http://127.0.0.1:3000", NULL, NULL, &errs);
+    struct lv_config *c =
+        lv_config_dev(&(struct lv_dev_opts){.url = "http://127.0.0.1:3000"}, NULL, &errs);
     T_CHECK(c != NULL);
     if (c) {
         T_CHECK_INT(c->nlistens, 1);
@@ -431,31 +432,40 @@ T_TEST(test_dev)
         T_CHECK(!c->routes[0].idempotency.enabled);
         T_CHECK(!c->watch);
         T_CHECK_INT(c->access_log, LV_ACCESS_LOG_STDOUT);
+        T_CHECK_INT(c->access_format, LV_ACCESS_FORMAT_CONSOLE);
+        T_CHECK(c->admin_enabled);
+        T_CHECK_STR(c->admin.host, "127.0.0.1");
+        T_CHECK_INT(c->admin.port, 9901);
         T_CHECK(c->files[0] == NULL);
         T_CHECK(lv_hooks_state(c) == NULL);
         lv_config_unpin(c);
     }
 
-    c = lv_config_dev("localhost:3000", "0.0.0.0:9090", NULL, &errs);
+    c = lv_config_dev(
+        &(struct lv_dev_opts){.url = "localhost:3000", .listen = "0.0.0.0:9090", .admin = "off"},
+        NULL, &errs);
     T_CHECK(c != NULL);
     if (c) {
         T_CHECK_STR(c->listens[0].addr.host, "0.0.0.0");
         T_CHECK_INT(c->listens[0].addr.port, 9090);
         T_CHECK_STR(c->upstreams[0].servers[0].host, "localhost");
+        T_CHECK(!c->admin_enabled);
         lv_config_unpin(c);
     }
 
-    c = lv_config_dev("https://api.example.com", NULL, NULL, &errs);
+    c = lv_config_dev(&(struct lv_dev_opts){.url = "https://api.example.com", .json = true}, NULL,
+                      &errs);
     T_CHECK(c != NULL);
     if (c) {
         T_CHECK_INT(c->upstreams[0].servers[0].port, 443);
         T_CHECK(c->upstreams[0].tls);
         T_CHECK_STR(c->upstreams[0].tls_sni, "api.example.com");
+        T_CHECK_INT(c->access_format, LV_ACCESS_FORMAT_JSON);
         lv_config_unpin(c);
     }
     T_CHECK_INT(errs.len, 0);
 
-    c = lv_config_dev("ftp://x:1", "nope", NULL, &errs);
+    c = lv_config_dev(&(struct lv_dev_opts){.url = "ftp://x:1", .listen = "nope"}, NULL, &errs);
     T_CHECK(c == NULL);
     lv_buf_putc(&errs, '\0');
     T_CHECK_STR(errs.data,

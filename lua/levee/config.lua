@@ -1687,11 +1687,189 @@ function M.compile_table(t, label)
     return c
 end
 
+------------------------------------------------------------------------------------------
+-- `levee dev` (README "levee dev").
+
+local FAULT_SYNTAX = "expected abort=STATUS[:P%], delay=DURATION[:P%], reset[:P%] or "
+    .. "throttle=SIZE[:P%]"
+
+--- One --fault SPEC: "abort=503:10%", "delay=300ms:50%", "reset:5%", "throttle=16KiB" (the
+-- percent is optional, 100 by default). Returns kind, { ... } as a route's `fault` table holds
+-- it (abort = { status, percent }, delay = { time, percent }, reset = { percent }, throttle =
+-- { rate, percent }), or nil and the usage error.
+function M.parse_fault(spec)
+    local function bad(why)
+        return nil, "levee dev: --fault: " .. (why or FAULT_SYNTAX) .. ", got " .. show(spec)
+    end
+    if type(spec) ~= "string" then
+        return bad()
+    end
+    local body, pct = spec:match("^(.-):([^:]*)$")
+    local percent = 100
+    if body then
+        local num = pct:match("^(%d+%.?%d*)%%$") or pct:match("^(%d*%.%d+)%%$")
+        if not num then
+            return bad()
+        end
+        percent = tonumber(num)
+        if percent <= 0 or percent > 100 then
+            return bad("the percent must be more than 0% and at most 100%")
+        end
+        percent = math.tointeger(percent) or percent
+    else
+        body = spec
+    end
+    local kind, arg = body:match("^(%a+)=(.+)$")
+    kind = kind or body
+    if kind == "abort" and arg then
+        local status = arg:match("^%d%d%d$") and tonumber(arg)
+        if not status or status < 200 or status > 599 then
+            return bad("abort: expected a status between 200 and 599")
+        end
+        return kind, { status = status, percent = percent }
+    elseif kind == "delay" and arg then
+        local ms = M.parse_duration(arg)
+        if not ms or ms <= 0 or ms > HOUR then
+            return bad("delay: expected a duration such as \"300ms\" or \"2s\" (at most 1h)")
+        end
+        return kind, { time = arg, percent = percent }
+    elseif kind == "reset" and not arg then
+        return kind, { percent = percent }
+    elseif kind == "throttle" and arg then
+        local n = M.parse_size(arg)
+        if not n or n < 1 or n > GiB then
+            return bad("throttle: expected a rate in bytes per second such as \"16KiB\" (at most 1GiB)")
+        end
+        return kind, { rate = arg, percent = percent }
+    end
+    return bad()
+end
+
+--- The dev route's fault table: the policy's `fault` table (or nil) with the kinds of
+-- --fault (kind -> table, from parse_fault) over it, and `headers = true` unless the policy
+-- set `headers` itself.
+function M.merge_faults(policy_fault, faults)
+    local merged = {}
+    for k, v in next, policy_fault or {} do
+        merged[k] = v
+    end
+    for kind, t in pairs(faults or {}) do
+        merged[kind] = t
+    end
+    if merged.headers == nil then
+        merged.headers = true
+    end
+    return merged
+end
+
+-- Keys of a routes[] entry a --policy file may not set: levee dev sets them.
+local function policy_key_refused(k)
+    return k == "name" or k == "upstream" or k == "match"
+end
+
+-- Runs a --policy file as compile runs a levee.lua (text only, sandboxed, under the load's
+-- limits; `require` from its folder and lua_dir). Returns res, src, files or nil, error.
+local function run_policy(path, lua_dir, lim)
+    local src, err = read_text(path)
+    if not src then
+        err = err:sub(1, #path + 2) == path .. ": " and err:sub(#path + 3) or err
+        return nil, path .. ":1: cannot read the file: " .. err
+    end
+    local base = dirname(path)
+    local files = { path }
+    local env = sandbox(lim)
+    local dirs = { base }
+    if lua_dir and lua_dir ~= base then
+        dirs[2] = lua_dir
+    end
+    env.require = make_require(env, dirs, files)
+    local chunk, lerr = load(src, "@" .. path, "t", env)
+    if not chunk then
+        return nil, error_text(path, files, lerr)
+    end
+    local ok, res, co = run_limited(chunk, lim)
+    if not ok then
+        return nil, run_error(path, files, res, lim, co)
+    end
+    return res, src, files
+end
+
+-- The dev route's key paths ("routes[1].retry.attempts") as the policy file writes them
+-- ("retry.attempts"); nil for a path outside the route.
+local DEV_ROUTE = join("routes", 1)
+local function policy_rel(path)
+    if path == DEV_ROUTE then
+        return ""
+    end
+    local rest = path:sub(#DEV_ROUTE + 1)
+    if path:sub(1, #DEV_ROUTE) ~= DEV_ROUTE then
+        return nil
+    elseif rest:sub(1, 1) == "." then
+        return rest:sub(2)
+    elseif rest:sub(1, 1) == "[" then
+        return rest
+    end
+    return nil
+end
+
+-- Errors (or, with `tag`, warnings) of a dev configuration: those about the dev route as
+-- "FILE:LINE: key.path: message" in the policy file (keys as it writes them), the others as
+-- "levee dev: key.path: message".
+local function dev_formatted(cx, policy, lines, tag)
+    local es = {}
+    for _, e in ipairs(tag and cx.warnings or cx.errors) do
+        local rel = policy and policy_rel(e.path)
+        es[#es + 1] = { rel = rel, path = rel or e.path, msg = e.msg, n = e.n,
+            line = rel and keylines.line(lines, rel) or 0 }
+    end
+    table.sort(es, function(a, b)
+        if a.line ~= b.line then
+            return a.line < b.line
+        end
+        return a.n < b.n
+    end)
+    local out = {}
+    for _, e in ipairs(es) do
+        local where = e.rel and (policy .. ":" .. e.line .. ": ") or "levee dev: "
+        out[#out + 1] = where .. (tag or "") .. (e.path ~= "" and e.path .. ": " or "") .. e.msg
+    end
+    return out
+end
+
+-- The dev route: name "dev", upstream "app", a breaker; the policy's keys over it; the fault
+-- table of the policy with the --fault kinds over it, and header faults on.
+local function dev_route(policy_tbl, faults, errs, policy, lines)
+    local r = { name = "dev", upstream = "app", breaker = {} }
+    if policy_tbl ~= nil then
+        for k, v in next, policy_tbl do
+            if policy_key_refused(k) then
+                errs[#errs + 1] = policy .. ":" .. keylines.line(lines, join("", k)) .. ": "
+                    .. join("", k) .. ": not allowed in a policy file (levee dev sets the "
+                    .. "route's name, match and upstream)"
+            else
+                r[k] = v
+            end
+        end
+    end
+    if type(r.fault) == "table" or r.fault == nil then
+        r.fault = M.merge_faults(r.fault, faults)
+    elseif r.fault == false and next(faults) then
+        r.fault = M.merge_faults(nil, faults) -- the command line wins
+    end
+    return r
+end
+
 --- The `levee dev URL [--listen ADDR]` configuration: one upstream "app" at URL, one
 -- catch-all route "dev" with the default retry policy and a breaker. URL is
--- "http://host:port", "host:port", "https://host[:port]" or a bare port.
--- Returns (config, {}) or (nil, errors).
-function M.dev(url, listen)
+-- "http://host:port", "host:port", "https://host[:port]" or a bare port. `opts` (from the
+-- command line, README "levee dev"): admin (host:port, "off"; default 127.0.0.1:9901),
+-- policy (a file returning a route policy table, merged into the route "dev"), faults (a
+-- list of --fault SPECs), json (the access log as JSON lines, not the console line),
+-- lua_dir (for the policy's require). `limits` as for compile.
+-- Returns (config, files) or (nil, errors); errors of the URL, --listen, --admin and --fault
+-- start with "levee dev: " (usage errors), those of the policy with its path.
+function M.dev(url, listen, opts, limits)
+    opts = opts or {}
     local errs = {}
     local tls = false
     local rest = type(url) == "string" and url or ""
@@ -1728,22 +1906,86 @@ function M.dev(url, listen)
             .. (why == "port" and "expected a port between 1 and 65535" or HOSTPORT_SYNTAX)
             .. ", got " .. show(listen)
     end
+    local admin = opts.admin or "127.0.0.1:9901"
+    if admin == "off" then
+        admin = false
+    else
+        local _, awhy = M.parse_hostport(admin)
+        if not _ then
+            errs[#errs + 1] = "levee dev: --admin: "
+                .. (awhy == "port" and "expected a port between 1 and 65535" or HOSTPORT_SYNTAX)
+                .. ' or "off", got ' .. show(admin)
+        end
+    end
+    local faults = {}
+    for _, spec in ipairs(opts.faults or {}) do
+        local kind, t = M.parse_fault(spec)
+        if kind then
+            faults[kind] = t -- the last of a kind wins
+        else
+            errs[#errs + 1] = t
+        end
+    end
     if #errs > 0 then
         return nil, errs
     end
+
+    local lim = new_limit(limits)
+    local policy, policy_tbl, lines, files = opts.policy, nil, nil, {}
+    if policy then
+        local res, src, pfiles = run_policy(policy, opts.lua_dir, lim)
+        if res == nil and src then
+            return nil, { src }
+        end
+        files = pfiles
+        lines = keylines.scan(src)
+        if type(res) ~= "table" then
+            return nil, { policy .. ":" .. keylines.line(lines, "")
+                .. ": the policy file must return a route policy table (return { retry = ..., "
+                .. "timeout = ... }), got " .. show(res) }
+        end
+        local cx = new_cx(policy, lines, dirname(policy))
+        if refuse_metatables(cx, res) then
+            return nil, cx:formatted()
+        end
+        policy_tbl = res
+    end
+    local perrs = {}
+    local route = dev_route(policy_tbl, faults, perrs, policy, lines)
+    if #perrs > 0 then
+        return nil, perrs
+    end
     local host = M.parse_hostport(server)
-    local c, cerrs = M.compile_table({
+    local t = {
         listen = { listen },
+        admin = admin,
         access_log = "stdout",
-        watch = false,
+        access_log_format = opts.json and "json" or "console",
+        watch = policy ~= nil,
         upstreams = { app = { servers = { server }, tls = tls and { sni = host:match("^[%w%.%-_]+$")
             and host or nil } or nil } },
-        routes = { { name = "dev", upstream = "app", breaker = {} } },
-    }, "levee dev")
-    if not c then
-        return nil, cerrs
+        routes = { route },
+    }
+    -- The policy's values are the file's own (hooks included): validated under the limits.
+    local okc, out = run_limited(function()
+        local cx = new_cx(policy or "levee dev", nil, policy and dirname(policy))
+        local c = validate(cx, t)
+        if #cx.errors > 0 then
+            return { errors = dev_formatted(cx, policy, lines) }
+        end
+        c.warnings = dev_formatted(cx, policy, lines, "warning: ")
+        return { config = c }
+    end, lim)
+    if not okc then
+        if out == "not enough memory" or limit_hit(lim) then
+            return nil, { run_error(policy or "levee dev", {}, out, lim) }
+        end
+        error(out, 0)
     end
-    return c, {}
+    if out.errors then
+        return nil, out.errors
+    end
+    return out.config, policy and files or {}
 end
 
 return M

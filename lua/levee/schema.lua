@@ -87,6 +87,11 @@ M.sections = {
             { key = "access_log", type = "access_log",
                 type_doc = '`"stdout"`, `"stderr"`, a file path, or `false`', default = "stdout",
                 doc = "One JSON line per request. `false` turns the log off." },
+            { key = "access_log_format", type = "enum", choices = { "json", "console" }, default = "json",
+                doc = "`json`: one JSON object a line (README \"Access log\"). `console`: one readable "
+                    .. "line a request (time, method, path, status, duration, each attempt, flags; "
+                    .. "see [levee dev](#levee-dev)), in colour when the log is `stdout` on a "
+                    .. "terminal and `NO_COLOR` is not set. `levee dev` uses `console` unless `--json`." },
             { key = "error_log", type = "error_log", type_doc = '`"stderr"` or a file path',
                 default = "stderr",
                 doc = "Where levee's own log lines go. A file is opened again on SIGUSR1 "
@@ -462,15 +467,29 @@ Entries of `retry.on`:
 M.outro = [[
 ## levee dev
 
-`levee dev URL [--listen ADDR]` builds this configuration with no file:
+`levee dev URL [--listen ADDR] [--admin ADDR|off] [--policy FILE] [--fault SPEC]... [--json]`
+(README "levee dev") builds this configuration with no file:
 
 - `URL` may be `http://host:port`, `https://host[:port]`, `host:port`, or a bare port (which means `127.0.0.1:PORT`);
 - listen on `ADDR`, by default `127.0.0.1:8080`;
+- `admin` on `--admin ADDR`, by default `127.0.0.1:9901`; `--admin off` turns it off;
 - one upstream, `app`, for the URL (with TLS for `https`);
 - one catch-all route, `dev`, with the default retry policy and a breaker with its defaults;
-- access log on stdout.
+  the keys of the `--policy` file (a Lua file returning the keys of a `routes[]` entry but
+  `name`, `match` and `upstream`) replace its own; its `fault` table holds the policy's
+  `fault` table with each `--fault` kind over it (`abort=STATUS`, `delay=DURATION`, `reset`,
+  `throttle=SIZE`, each with an optional `:P%`, 100% by default: `abort=503:10%` is
+  `abort = { status = 503, percent = 10 }`) and `headers = true` (the `Levee-Fault` request
+  header is always on) unless the policy sets `headers`;
+- `watch = true` when there is a policy file: saving it (or a module it requires) reloads it;
+  a broken save is refused and the policy in force keeps serving;
+- access log on stdout, `access_log_format = "console"` (`"json"` with `--json`); the console
+  line is in colour when stdout is a terminal and `NO_COLOR` is unset or empty.
 
-Errors read `levee dev: URL: ...` and `levee dev: --listen: ...`.]]
+Errors of the command line read `levee dev: URL: ...`, `levee dev: --listen: ...`,
+`levee dev: --admin: ...`, `levee dev: --fault: ...` (exit 2); errors of the policy file read
+`FILE:LINE: key.path: message` with the key paths as the file writes them
+(`policy.lua:3: retry.attempts: expected integer >= 1, got 0`; exit 1 at start).]]
 
 ------------------------------------------------------------------------------------------
 -- Index.
