@@ -479,17 +479,17 @@ describe("fault throttle", function()
         assert.is_false(has_flag(entry(lv, "/hdr-fast"), "fault"))
         -- The connection after a throttled response is not throttled any more.
         local c = H.conn(lv.port)
-        c:send(H.build_request(lv.port, { path = "/k1", headers = { { "X-Test-Body-Size", "20480" },
+        c:send(H.build_request(lv.port, { path = "/k1", headers = { { "X-Test-Body-Size", "40960" },
             { "Levee-Fault", "throttle=40KiB" } } }))
         local t0 = H.now()
         assert.equal(200, c:read_response({ timeout = 5 * H.scale }).status)
         local slow = H.now() - t0
-        c:send(H.build_request(lv.port, { path = "/k2", headers = { { "X-Test-Body-Size", "20480" } } }))
+        c:send(H.build_request(lv.port, { path = "/k2", headers = { { "X-Test-Body-Size", "40960" } } }))
         t0 = H.now()
         assert.equal(200, c:read_response({ timeout = 5 * H.scale }).status)
         local quick = H.now() - t0
-        assert.is_true(slow >= 0.35, ("throttled 20KiB at 40KiB/s took %.3fs"):format(slow))
-        assert.is_true(quick < 0.25, ("next request on the connection took %.3fs"):format(quick))
+        assert.is_true(slow >= 0.7, ("throttled 40KiB at 40KiB/s took %.3fs"):format(slow))
+        assert.is_true(quick < 0.5, ("next request on the connection took %.3fs"):format(quick))
         c:close()
     end)
 end)
