@@ -616,6 +616,64 @@ describe("Levee-Fault header", function()
     end)
 end)
 
+describe("faults and the connection's life", function()
+    after_each(H.cleanup)
+
+    it("pipelined requests: a held one keeps its place, a reset ends the connection", function()
+        local up = H.upstream()
+        local lv = start(up, { fault = { headers = true, at = "client" } })
+        local c = H.conn(lv.port)
+        c:send(H.build_request(lv.port, { path = "/pl1", headers = { { "Levee-Fault", "delay=300ms" } } }) ..
+            H.build_request(lv.port, { path = "/pl2" }))
+        local r1 = assert(c:read_response({ timeout = 5 * H.scale }))
+        local r2 = assert(c:read_response({ timeout = 5 * H.scale }))
+        assert.equal("/pl1", H.json(r1.body).target)
+        assert.equal("/pl2", H.json(r2.body).target)
+        c:close()
+
+        c = H.conn(lv.port)
+        c:send(H.build_request(lv.port, { path = "/pr1", headers = { { "Levee-Fault", "reset" } } }) ..
+            H.build_request(lv.port, { path = "/pr2" }))
+        local data, why = c:read_all(3 * H.scale)
+        assert.equal("", data)
+        assert.equal("reset", why)
+        c:close()
+        assert.equal(2, requests(up))
+        assert.equal(0, up:stats().by_path["/pr2"] or 0)
+    end)
+
+    it("an abort with a 2xx status is the client's answer, marked fault-injected", function()
+        local up = H.upstream()
+        local lv = start(up, { fault = { headers = true } })
+        local r = lv:request({ path = "/ok-abort", headers = { { "Levee-Fault", "abort=200" } } })
+        assert.equal(200, r.status)
+        assert.equal("fault-injected", r.headers["levee-error"])
+        assert.equal(0, requests(up))
+        assert.equal("abort", entry(lv, "/ok-abort").tries[1].fault)
+    end)
+
+    it("shutdown with a request held by a delay and one throttled: levee exits 0 within the drain", function()
+        local up = H.upstream()
+        local lv = start(up, { fault = { headers = true, at = "client" } }, { drain_timeout = "500ms" })
+        local held = H.conn(lv.port)
+        held:send(H.build_request(lv.port, { path = "/held", headers = { { "Levee-Fault", "delay=30s" } } }))
+        local slow = H.conn(lv.port)
+        slow:send(H.build_request(lv.port, { path = "/slowest", headers = {
+            { "Levee-Fault", "throttle=10KiB" }, { "X-Test-Body-Size", tostring(4 * 1024 * 1024) } } }))
+        assert(slow:read_response({ head_only = true, timeout = 5 * H.scale }))
+        H.wait_until(function() return faults(lv, "delay") == 1 end, 5 * H.scale, "the hold to start")
+        local t0 = H.now()
+        assert.is_true(lv:kill("TERM"))
+        local code, how = lv:wait_exit(10 * H.scale)
+        local took = H.now() - t0
+        assert.same({ 0, "exit" }, { code, how })
+        assert.is_true(took < 3 * H.scale, ("exited after %.3fs"):format(took))
+        assert.is_true(held:closed(2), "the held client connection is still open")
+        assert.is_true(slow:closed(2), "the throttled client connection is still open")
+        assert.equal(0, up:stats().by_path["/held"] or 0)
+    end)
+end)
+
 describe("fault admin API (/faults)", function()
     after_each(H.cleanup)
 
@@ -877,6 +935,7 @@ describe("fault admin API (/faults)", function()
         local cases = {
             { "{not json", "JSON" },
             { "[]", "object" },
+            { '{"route":"api","route":"api","abort":{"status":503}}', "JSON" },
             { { route = "api", abort = { status = 503 }, bogus = 1 }, "bogus" },
             { { route = "nope", abort = { status = 503 } }, "nope" },
             { { abort = { status = 503 } }, "route" },
@@ -949,5 +1008,24 @@ describe("fault rules with workers = 2", function()
         assert.equal(5, faults(lv, "abort"))
         local entries = lv:wait_access(20)
         assert.equal(20, #entries)
+
+        -- The same for the client placement.
+        assert.equal(201, (post_fault(lv, { route = "api", abort = { status = 429 }, times = 5, at = "client" })).status)
+        for i = 1, 20 do
+            conns[i] = assert(H.conn(lv.port))
+        end
+        for i = 1, 20 do
+            assert(conns[i]:send(H.build_request(lv.port, { path = "/wc" .. i })))
+        end
+        aborted, ok = 0, 0
+        for i = 1, 20 do
+            local r = assert(conns[i]:read_response({ timeout = 5 * H.scale }))
+            if r.status == 429 then aborted = aborted + 1 elseif r.status == 200 then ok = ok + 1 end
+            conns[i]:close()
+        end
+        assert.equal(5, aborted)
+        assert.equal(15, ok)
+        assert.equal(30, requests(up))
+        assert.equal(10, faults(lv, "abort"))
     end)
 end)
