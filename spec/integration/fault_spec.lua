@@ -65,6 +65,12 @@ local function list_faults(lv)
     return H.json(r.body).faults
 end
 
+-- Whether `dt` seconds is about `want`: 0.7x to 1.6x (a sanitized build gets 1 s more at the
+-- top: the throttle keeps the rate by the clock, so a slow process only adds a fixed lateness).
+local function about(dt, want)
+    return dt >= 0.7 * want and dt <= 1.6 * want + (H.sanitized and 1 or 0)
+end
+
 local function timed(fn)
     local t0 = H.now()
     local a, b, c = fn()
@@ -429,7 +435,7 @@ describe("fault throttle", function()
         assert.equal(200, r.status)
         assert.equal(H.pattern(SIZE), r.body)
         local want = SIZE / RATE
-        assert.is_true(dt >= 0.7 * want and dt <= 1.6 * want, ("took %.3fs, want about %.1fs"):format(dt, want))
+        assert.is_true(about(dt, want), ("took %.3fs, want about %.1fs"):format(dt, want))
         assert.is_true(has_flag(entry(lv, "/slow"), "fault"))
         assert.equal(1, faults(lv, "throttle"))
     end)
@@ -445,7 +451,7 @@ describe("fault throttle", function()
         assert.is_true(r.chunked)
         assert.equal(H.pattern(SIZE), r.body)
         local want = SIZE / RATE
-        assert.is_true(dt >= 0.7 * want and dt <= 1.6 * want, ("took %.3fs, want about %.1fs"):format(dt, want))
+        assert.is_true(about(dt, want), ("took %.3fs, want about %.1fs"):format(dt, want))
 
         local c = H.conn(lv.port)
         c:send(H.build_request(lv.port, { path = "/leave", headers = { { "X-Test-Body-Size", tostring(4 * 1024 * 1024) } } }))
@@ -469,7 +475,7 @@ describe("fault throttle", function()
         assert.equal(200, r.status)
         assert.equal(H.pattern(SIZE), r.body)
         local want = SIZE / RATE
-        assert.is_true(dt >= 0.7 * want and dt <= 1.6 * want, ("took %.3fs, want about %.1fs"):format(dt, want))
+        assert.is_true(about(dt, want), ("took %.3fs, want about %.1fs"):format(dt, want))
         local fast, r2 = timed(function()
             return lv:request({ path = "/hdr-fast", headers = { { "X-Test-Body-Size", tostring(SIZE) } } })
         end)
@@ -821,11 +827,11 @@ describe("fault admin API (/faults)", function()
         assert.equal(2, requests(up))
         for _, p in ipairs({ "/t1", "/t2" }) do
             local dt, r = timed(function()
-                return lv:request({ path = p, timeout = 10 * H.scale, headers = { { "X-Test-Body-Size", "10240" } } })
+                return lv:request({ path = p, timeout = 10 * H.scale, headers = { { "X-Test-Body-Size", "20480" } } })
             end)
             assert.equal(200, r.status)
-            assert.equal(10240, #r.body)
-            assert.is_true(dt >= 0.7 and dt <= 1.6, ("%s: 10KiB at 10KiB/s took %.3fs"):format(p, dt))
+            assert.equal(20480, #r.body)
+            assert.is_true(about(dt, 2), ("%s: 20KiB at 10KiB/s took %.3fs"):format(p, dt))
         end
         assert.equal(2, faults(lv, "delay"))
         assert.equal(2, faults(lv, "reset"))
