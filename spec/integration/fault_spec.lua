@@ -732,6 +732,42 @@ describe("fault admin API (/faults)", function()
         assert.equal(1, requests(up))
     end)
 
+    it("a classify hook sees an injected attempt as the upstream's status or reset", function()
+        local up = H.upstream()
+        local lv = start(up, { retry = { attempts = 3, on = {}, backoff = { base = "1ms", max = "2ms" } },
+            classify = H.code([[function(a)
+                if a.status == 418 or a.error == "reset" then return "retry", 0.001 end
+                return "ok"
+            end]]) })
+        assert.equal(201, (post_fault(lv, { route = "api", abort = { status = 418 }, times = 1 })).status)
+        assert.equal(200, lv:request({ path = "/cl1" }).status)
+        local a = entry(lv, "/cl1")
+        assert.equal(2, #a.tries)
+        assert.equal("418", a.tries[1].outcome)
+        assert.equal("abort", a.tries[1].fault)
+        assert.equal(201, (post_fault(lv, { route = "api", reset = {}, times = 1 })).status)
+        assert.equal(200, lv:request({ path = "/cl2" }).status)
+        a = entry(lv, "/cl2")
+        assert.equal(2, #a.tries)
+        assert.equal("reset", a.tries[1].outcome)
+        assert.equal("reset", a.tries[1].fault)
+        assert.equal(2, requests(up))
+    end)
+
+    it("levee_faults_injected_total is a counter per route and kind", function()
+        local up = H.upstream()
+        local lv = start(up, { fault = { headers = true } })
+        lv:request({ path = "/m1", headers = { { "Levee-Fault", "abort=503" } } })
+        lv:request({ path = "/m2", headers = { { "Levee-Fault", "reset" } } })
+        lv:request({ path = "/m3", headers = { { "Levee-Fault", "delay=10ms, throttle=1MiB" } } })
+        local text = assert(lv:admin("/metrics")).body
+        assert.truthy(text:find("# TYPE levee_faults_injected_total counter", 1, true), text)
+        local m = H.parse_metrics(text)
+        for _, kind in ipairs({ "abort", "reset", "delay", "throttle" }) do
+            assert.equal(1, H.metric(m, "levee_faults_injected_total", { route = "api", kind = kind }), kind)
+        end
+    end)
+
     it("percent: roughly that share of the matching requests", function()
         local up = H.upstream()
         local lv = start(up)
