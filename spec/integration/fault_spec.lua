@@ -289,6 +289,20 @@ describe("fault (route table, at = upstream)", function()
         assert.is_true(lv:alive())
     end)
 
+    it("a POST without a key: an injected 503 is treated as a real one", function()
+        local up = H.upstream()
+        local lv = start(up, { fault = { headers = true },
+            retry = { attempts = 3, backoff = { base = "1ms", max = "2ms" }, on = { "5xx", "reset" } } })
+        local real = lv:request({ method = "POST", path = "/real", body = "x", headers = { { "X-Test-Status", "503" } } })
+        assert.equal(503, real.status)
+        local fake = lv:request({ method = "POST", path = "/fake", body = "x", headers = { { "Levee-Fault", "abort=503" } } })
+        H.assert_gw_error(fake, 503, "fault-injected", "api")
+        local er, ef = entry(lv, "/real"), entry(lv, "/fake")
+        assert.equal(er.attempts, ef.attempts)
+        assert.equal(er.retry_stop, ef.retry_stop)
+        assert.equal(er.attempts, requests(up))
+    end)
+
     it("the breaker opens on injected failures as on real ones", function()
         local up = H.upstream()
         local lv = start(up, { fault = { headers = true },
@@ -542,6 +556,12 @@ describe("Levee-Fault header", function()
         assert.is_nil(echoed(r.body, "levee-fault"))
         assert.equal("delay", entry(lv, "/h-delay").tries[1].fault)
 
+        dt, r = timed(function()
+            return lv:request({ path = "/h-secs", headers = { { "Levee-Fault", "delay=0.2s" } } })
+        end)
+        assert.equal(200, r.status)
+        assert.is_true(dt >= 0.19, ("took %.3fs"):format(dt))
+
         r = lv:request({ path = "/h-never", headers = { { "Levee-Fault", "abort=503:0%" } } })
         assert.equal(200, r.status)
         assert.is_nil(echoed(r.body, "levee-fault"))
@@ -560,10 +580,21 @@ describe("Levee-Fault header", function()
         -- Two fields, different kinds: both apply.
         r = lv:request({ path = "/h-two", headers = { { "Levee-Fault", "delay=100ms" }, { "Levee-Fault", "abort=500" } } })
         H.assert_gw_error(r, 500, "fault-injected", "api")
-        assert.equal(2, requests(up))
+        assert.equal(3, requests(up))
         assert.equal(4, faults(lv, "abort"))
         assert.equal(1, faults(lv, "reset"))
-        assert.equal(3, faults(lv, "delay"))
+        assert.equal(4, faults(lv, "delay"))
+
+        -- A percent in the header: about that share.
+        local aborted = 0
+        local c = H.conn(lv.port)
+        for _ = 1, 200 do
+            c:send(H.build_request(lv.port, { path = "/h-half", headers = { { "Levee-Fault", "abort=503:50%" } } }))
+            local x = assert(c:read_response({ timeout = 5 * H.scale }))
+            if x.status == 503 then aborted = aborted + 1 else assert.equal(200, x.status) end
+        end
+        c:close()
+        assert.is_true(aborted >= 60 and aborted <= 140, "aborted " .. aborted)
     end)
 
     it("at = client: an abort by header is not retried, a reset resets the client", function()
