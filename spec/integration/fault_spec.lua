@@ -479,6 +479,19 @@ describe("fault throttle", function()
         assert.is_true(lv:alive())
     end)
 
+    it("a high rate is kept too: 16 MiB at 8 MiB/s takes about 2 s", function()
+        local up = H.upstream()
+        local lv = start(up, { fault = { throttle = { rate = "8MiB" } } })
+        local size = 16 * 1024 * 1024
+        local dt, r = timed(function()
+            return lv:request({ path = "/fast-rate", timeout = 20 * H.scale,
+                headers = { { "X-Test-Body-Size", tostring(size) } } })
+        end)
+        assert.equal(200, r.status)
+        assert.equal(size, #r.body)
+        assert.is_true(about(dt, 2), ("16 MiB at 8 MiB/s took %.3fs, want about 2 s"):format(dt))
+    end)
+
     it("by header: throttled at the rate asked, and an unthrottled request on the route is fast", function()
         local up = H.upstream()
         local lv = start(up, { fault = { headers = true } })
