@@ -479,6 +479,26 @@ describe("fault throttle", function()
         assert.is_true(lv:alive())
     end)
 
+    it("Connection: close and HTTP/1.0: the whole throttled body goes out before the close", function()
+        local up = H.upstream()
+        local lv = start(up, { fault = { throttle = { rate = "50KiB" } } })
+        local size = 60 * 1024
+        for _, v in ipairs({ "1.1", "1.0" }) do
+            local hs = { { "X-Test-Body-Size", tostring(size) } }
+            if v == "1.1" then hs[2] = { "Connection", "close" } end
+            local c = H.conn(lv.port, { timeout = 10 * H.scale })
+            c:send(H.build_request(lv.port, { path = "/close" .. v, version = "HTTP/" .. v, headers = hs }))
+            local t0 = H.now()
+            local r = assert(c:read_response({ timeout = 10 * H.scale }))
+            local dt = H.now() - t0
+            assert.equal(200, r.status)
+            assert.equal(H.pattern(size), r.body)
+            assert.is_true(about(dt, size / (50 * 1024)), ("HTTP/%s took %.3fs"):format(v, dt))
+            assert.is_true(c:closed(2 * H.scale), "HTTP/" .. v .. ": not closed")
+            c:close()
+        end
+    end)
+
     it("a high rate is kept too: 16 MiB at 8 MiB/s takes about 2 s", function()
         local up = H.upstream()
         local lv = start(up, { fault = { throttle = { rate = "8MiB" } } })
