@@ -22,16 +22,19 @@
 #define LINGER_MS 2000
 
 /* A throttled connection (an injected `throttle` fault, README "levee dev"): output is held
- * in `q` and leaves on a tick at `rate` bytes a second on average. The held bytes count in
- * ds.write_queued, so the request's backpressure slows the upstream down to the same rate. */
+ * in `q` and leaves on a tick, from a token bucket filled at `rate` bytes a second (at most two
+ * ticks' worth saved up, so idle time earns no burst). The held bytes beyond what the next
+ * 100 ms will let out count in ds.write_queued, so the request's backpressure slows the
+ * upstream down to the same rate while the queue stays fed. */
 #define SLOW_TICK_MS 20
 struct lv_client_slow {
     uv_timer_t timer;
     struct lv_buf q;
     struct lv_buf out; /* the slice of a tick */
     uint64_t rate;     /* bytes a second; 0: off once q is empty */
-    uint64_t start_ms; /* loop ms the rate counts from */
-    uint64_t sent;     /* bytes let through since start_ms */
+    double tokens;     /* bytes that may leave now */
+    uint64_t last_ms;  /* loop ms the tokens were counted at */
+    size_t counted;    /* bytes of q counted in ds.write_queued */
     bool ticking;
     bool close_after; /* the connection closes once q has gone out */
 };
@@ -197,7 +200,7 @@ static void on_write(uv_write_t *req, int status)
  * Returns bytes written (maybe partial), or -1 when the connection broke (closed). */
 static ssize_t try_write_now(struct lv_client *c, const uv_buf_t *bufs, unsigned nbufs)
 {
-    if (c->ds.write_queued > (c->slow ? c->slow->q.len : 0))
+    if (c->ds.write_queued > (c->slow ? c->slow->counted : 0))
         return 0; /* keep order behind what is queued */
     int n = uv_try_write((uv_stream_t *)&c->tcp, bufs, nbufs);
     if (n == UV_EAGAIN)
@@ -296,6 +299,19 @@ static int raw_write_buf(struct lv_client *c, struct lv_buf *b)
     return c->ds.closed ? -1 : 0;
 }
 
+/* What of the held bytes counts as queued output (backpressure): all but what the next
+ * 100 ms let out (at most 1 MiB held uncounted). */
+static void slow_account(struct lv_client *c)
+{
+    struct lv_client_slow *s = c->slow;
+    size_t ahead = (size_t)(s->rate / 10);
+    if (ahead > 1024 * 1024)
+        ahead = 1024 * 1024;
+    size_t want = s->q.len > ahead ? s->q.len - ahead : 0;
+    c->ds.write_queued = c->ds.write_queued - s->counted + want;
+    s->counted = want;
+}
+
 static void on_slow_tick(uv_timer_t *t)
 {
     struct lv_client *c = t->data;
@@ -304,16 +320,22 @@ static void on_slow_tick(uv_timer_t *t)
     if (c->ds.closed)
         return;
     uint64_t now = uv_now(c->server->loop);
-    uint64_t due = s->rate ? s->rate * (now - s->start_ms) / 1000 : s->q.len;
-    size_t n = due > s->sent ? (size_t)(due - s->sent) : 0;
-    if (n > s->q.len)
-        n = s->q.len;
+    size_t n = s->q.len;
+    if (s->rate) {
+        double cap = (double)s->rate * (2 * SLOW_TICK_MS) / 1000.0;
+        s->tokens += (double)s->rate * (double)(now - s->last_ms) / 1000.0;
+        if (s->tokens > cap)
+            s->tokens = cap < 1 ? 1 : cap;
+        if ((double)n > s->tokens)
+            n = (size_t)s->tokens;
+        s->tokens -= (double)n;
+    }
+    s->last_ms = now;
     if (n) {
-        s->sent += n;
-        c->ds.write_queued -= n; /* counted again if the socket does not take it all */
         lv_buf_reset(&s->out);
         lv_buf_append(&s->out, s->q.data, n);
         lv_buf_consume(&s->q, n);
+        slow_account(c);
         uv_buf_t b = uv_buf_init(s->out.data, (unsigned)n);
         if (wire_writev(c, &b, 1) < 0 || c->ds.closed)
             return;
@@ -336,12 +358,8 @@ static void on_slow_tick(uv_timer_t *t)
 static void slow_hold(struct lv_client *c, const char *p, size_t n)
 {
     struct lv_client_slow *s = c->slow;
-    if (!s->q.len) { /* the rate counts from the first held byte: idle time earns no burst */
-        s->start_ms = uv_now(c->server->loop);
-        s->sent = 0;
-    }
     lv_buf_append(&s->q, p, n);
-    c->ds.write_queued += n;
+    slow_account(c);
     if (!s->ticking) {
         s->ticking = true;
         uv_timer_start(&s->timer, on_slow_tick, SLOW_TICK_MS, 0);
@@ -359,6 +377,10 @@ static void client_throttle(struct lv_client *c, uint64_t rate)
         c->open_handles++;
     }
     c->slow->rate = rate;
+    if (!c->slow->ticking && !c->slow->q.len) { /* a new throttled stretch: no savings */
+        c->slow->tokens = 0;
+        c->slow->last_ms = uv_now(c->server->loop);
+    }
 }
 
 /* HTTPS: plaintext goes through the engine; what it produces goes to the socket. */
