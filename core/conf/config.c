@@ -32,6 +32,9 @@ static void route_free(struct lv_route_cfg *r)
     free(r->idempotency.header);
     free(r->idempotency.redis.host);
     free(r->idempotency.redis_prefix);
+    free(r->rate_limit.key_header);
+    free(r->rate_limit.redis_addr.host);
+    free(r->rate_limit.redis_prefix);
 }
 
 /* Frees a generation and everything it owns. A partly filled one (a load that failed midway)
@@ -56,6 +59,7 @@ static void config_free(struct lv_config *c)
     free(c->admin.host);
     free(c->access_log_path);
     free(c->error_log_path);
+    free(c->trusted_proxies);
     for (size_t i = 0; i < c->nupstreams; i++)
         upstream_free(&c->upstreams[i]);
     free(c->upstreams);

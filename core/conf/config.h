@@ -154,6 +154,35 @@ struct lv_idem_cfg {
     int key_ref; /* the key(req) hook, a handle of the hooks' runtime (script/hooks.h), or -1 */
 };
 
+/* A rate limit per key (routes[].rate_limit, README "Admission control"). */
+enum lv_rate_key { LV_RATE_KEY_CLIENT_IP, LV_RATE_KEY_HEADER, LV_RATE_KEY_HOOK };
+struct lv_rate_cfg {
+    bool enabled;
+    uint32_t rate;        /* requests per `per_ms` */
+    uint64_t per_ms;      /* default 1 s */
+    uint32_t burst;       /* more at once; default 0 */
+    enum lv_rate_key key; /* default client_ip */
+    char *key_header;     /* LV_RATE_KEY_HEADER: the header's name, lower case */
+    int key_ref;          /* LV_RATE_KEY_HOOK: a hook handle (script/hooks.h), else -1 */
+    bool redis;           /* store = { redis = ... }; else memory */
+    struct lv_hostport redis_addr;
+    char *redis_prefix;  /* default "levee:rl:" */
+    uint32_t max_keys;   /* memory store, default 100000 */
+    uint64_t timeout_ms; /* Redis, default 50 ms */
+    bool fail_closed;    /* on_store_error = "fail_closed"; default fail_open */
+    bool shadow;         /* mode = "shadow" */
+};
+
+/* A route bulkhead (routes[].concurrency). */
+struct lv_concurrency_cfg {
+    bool enabled;
+    bool adaptive;                    /* max = "adaptive" */
+    uint32_t max;                     /* fixed limit (not adaptive) */
+    uint32_t queue;                   /* default 0 */
+    uint64_t queue_timeout_ms;        /* default 1 s */
+    uint32_t min, max_limit, initial; /* adaptive: default 1, 1000, 20 */
+};
+
 /* Faults to inject (routes[].fault, README "levee dev"). */
 struct lv_fault_cfg {
     bool enabled; /* false when the route has no fault table */
@@ -177,6 +206,8 @@ struct lv_route_cfg {
     struct lv_breaker_cfg breaker;
     struct lv_idem_cfg idempotency;
     struct lv_fault_cfg fault;
+    struct lv_rate_cfg rate_limit;
+    struct lv_concurrency_cfg concurrency;
     int classify_ref; /* a hook handle (script/hooks.h), or -1 */
     int fallback_ref; /* a hook handle (script/hooks.h), or -1 */
 };
@@ -211,6 +242,11 @@ struct lv_config {
     uint64_t drain_timeout_ms; /* default 10 s */
     uint32_t workers;          /* worker loops; 0: "auto", one per CPU (README "Workers") */
     enum lv_accept_mode accept;
+    struct lv_cidr {
+        uint8_t addr[16]; /* network order; IPv4 as ::ffff:a.b.c.d */
+        uint8_t bits;     /* of the 128 (IPv4: 96 + n) */
+    } * trusted_proxies;  /* README "Admission control" */
+    size_t ntrusted_proxies;
     struct lv_upstream_cfg *upstreams;
     size_t nupstreams;
     struct lv_route_cfg *routes;

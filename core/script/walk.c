@@ -6,6 +6,7 @@
  */
 #include "script/walk.h"
 
+#include <arpa/inet.h>
 #include <lauxlib.h>
 #include <stdlib.h>
 #include <string.h>
@@ -314,6 +315,87 @@ static void walk_idempotency(lua_State *L, struct lv_walk *w, int t, struct lv_i
     d->key_ref = w_ref(L, w, t, "key");
 }
 
+/* trusted_proxies: {addr = "10.0.0.0", bits = 8} entries, validated by the Lua side. */
+static void walk_trusted(lua_State *L, struct lv_walk *w, int t, struct lv_config *c)
+{
+    int tt = w_table(L, w, t, "trusted_proxies", true);
+    size_t n = tt ? lua_rawlen(L, tt) : 0;
+    c->trusted_proxies = n ? lv_xcalloc(n, sizeof(*c->trusted_proxies)) : NULL;
+    for (size_t i = 0; i < n; i++) {
+        lua_rawgeti(L, tt, (lua_Integer)i + 1);
+        int e = lua_gettop(L);
+        if (!lua_istable(L, e))
+            bad(L, w, "trusted_proxies[]");
+        char *addr = w_str(L, w, e, "addr", false);
+        uint32_t bits = w_u32(L, w, e, "bits");
+        struct lv_cidr *cd = &c->trusted_proxies[i];
+        struct in_addr a4;
+        int ok = 0;
+        if (inet_pton(AF_INET, addr, &a4) == 1) {
+            memset(cd->addr, 0, 10);
+            cd->addr[10] = cd->addr[11] = 0xff;
+            memcpy(cd->addr + 12, &a4, 4);
+            cd->bits = (uint8_t)(96 + (bits > 32 ? 32 : bits));
+            ok = 1;
+        } else if (inet_pton(AF_INET6, addr, cd->addr) == 1) {
+            cd->bits = (uint8_t)(bits > 128 ? 128 : bits);
+            ok = 1;
+        }
+        free(addr);
+        if (!ok)
+            bad(L, w, "trusted_proxies[].addr");
+        c->ntrusted_proxies = i + 1;
+        lua_pop(L, 1);
+    }
+    if (tt)
+        lua_pop(L, 1);
+}
+
+static const char *const rate_key_names[] = {"client_ip", "header", "hook"};
+
+static void walk_rate(lua_State *L, struct lv_walk *w, int t, struct lv_rate_cfg *r)
+{
+    r->key_ref = -1;
+    r->enabled = w_bool(L, w, t, "enabled");
+    if (!r->enabled)
+        return;
+    r->rate = w_u32(L, w, t, "rate");
+    r->per_ms = w_uint(L, w, t, "per_ms");
+    r->burst = w_u32(L, w, t, "burst");
+    r->key = (enum lv_rate_key)w_enum(L, w, t, "key_kind", rate_key_names, NELEM(rate_key_names));
+    if (r->key == LV_RATE_KEY_HEADER)
+        r->key_header = w_str(L, w, t, "key_header", false);
+    if (r->key == LV_RATE_KEY_HOOK)
+        r->key_ref = w_ref(L, w, t, "key");
+    r->redis = w_enum(L, w, t, "store", store_names, NELEM(store_names)) == LV_IDEM_STORE_REDIS;
+    if (r->redis) {
+        int rt = w_table(L, w, t, "redis", false);
+        w_hostport(L, w, rt, &r->redis_addr);
+        lua_pop(L, 1);
+    }
+    r->redis_prefix = w_str(L, w, t, "redis_prefix", false);
+    r->max_keys = w_u32(L, w, t, "max_keys");
+    r->timeout_ms = w_uint(L, w, t, "timeout_ms");
+    r->fail_closed = w_enum(L, w, t, "on_store_error", store_error_names,
+                            NELEM(store_error_names)) == LV_IDEM_FAIL_CLOSED;
+    static const char *const modes[] = {"enforce", "shadow"};
+    r->shadow = w_enum(L, w, t, "mode", modes, NELEM(modes)) == 1;
+}
+
+static void walk_concurrency(lua_State *L, struct lv_walk *w, int t, struct lv_concurrency_cfg *c)
+{
+    c->enabled = w_bool(L, w, t, "enabled");
+    if (!c->enabled)
+        return;
+    c->adaptive = w_bool(L, w, t, "adaptive");
+    c->max = w_u32(L, w, t, "max");
+    c->queue = w_u32(L, w, t, "queue");
+    c->queue_timeout_ms = w_uint(L, w, t, "queue_timeout_ms");
+    c->min = w_u32(L, w, t, "min");
+    c->max_limit = w_u32(L, w, t, "max_limit");
+    c->initial = w_u32(L, w, t, "initial");
+}
+
 static const char *const fault_at_names[] = {"upstream", "client"};
 
 static void walk_fault(lua_State *L, struct lv_walk *w, int t, struct lv_fault_cfg *f)
@@ -341,6 +423,7 @@ static void walk_route(lua_State *L, struct lv_walk *w, int t, struct lv_route_c
     r->classify_ref = -1;
     r->fallback_ref = -1;
     r->idempotency.key_ref = -1;
+    r->rate_limit.key_ref = -1;
     r->name = w_str(L, w, t, "name", false);
     r->line = (int)w_uint(L, w, t, "line");
     r->match_prefix = w_str(L, w, t, "match_prefix", true);
@@ -366,6 +449,12 @@ static void walk_route(lua_State *L, struct lv_walk *w, int t, struct lv_route_c
     lua_pop(L, 1);
     st = w_table(L, w, t, "fault", false);
     walk_fault(L, w, st, &r->fault);
+    lua_pop(L, 1);
+    st = w_table(L, w, t, "rate_limit", false);
+    walk_rate(L, w, st, &r->rate_limit);
+    lua_pop(L, 1);
+    st = w_table(L, w, t, "concurrency", false);
+    walk_concurrency(L, w, st, &r->concurrency);
     lua_pop(L, 1);
     r->classify_ref = w_ref(L, w, t, "classify");
     r->fallback_ref = w_ref(L, w, t, "fallback");
@@ -444,6 +533,7 @@ int lv_walk_config(lua_State *L)
     c->drain_timeout_ms = w_uint(L, w, t, "drain_timeout_ms");
     c->workers = w_u32(L, w, t, "workers");
     c->accept = (enum lv_accept_mode)w_enum(L, w, t, "accept", accept_names, NELEM(accept_names));
+    walk_trusted(L, w, t, c);
 
     int ut = w_table(L, w, t, "upstreams", false);
     n = lua_rawlen(L, ut);

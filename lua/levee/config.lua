@@ -1170,6 +1170,130 @@ CUSTOM["routes[].breaker.slow_call"] = function(cx, v, path, b, st)
     end
 end
 
+-- Admission control (README "Admission control").
+
+-- A CIDR "a.b.c.d[/n]" or an IPv6 "x:...[/n]": {addr = "...", bits = n}, or nil and why.
+local function parse_cidr(s)
+    if type(s) ~= "string" then
+        return nil
+    end
+    local addr, bits = s:match("^([^/]+)/(%d+)$")
+    addr = addr or s
+    local v4 = { addr:match("^(%d+)%.(%d+)%.(%d+)%.(%d+)$") }
+    local max
+    if #v4 == 4 then
+        for _, o in ipairs(v4) do
+            if tonumber(o) > 255 or (#o > 1 and o:sub(1, 1) == "0") then
+                return nil
+            end
+        end
+        max = 32
+    else
+        if not addr:match("^[%x:%.]+$") or addr:find(":::", 1, true) then
+            return nil
+        end
+        local _, dc = addr:gsub("::", "")
+        local groups = 0
+        for g in addr:gmatch("[^:]+") do
+            groups = groups + 1
+            if not g:match("^%x%x?%x?%x?$") and not (g:match("^[%d%.]+$") and addr:sub(-#g) == g) then
+                return nil
+            end
+        end
+        if dc > 1 or (dc == 0 and groups ~= 8) or groups > 8 or not addr:find(":", 1, true) then
+            return nil
+        end
+        max = 128
+    end
+    bits = bits and tonumber(bits) or max
+    if bits > max then
+        return nil
+    end
+    return { addr = addr, bits = bits }
+end
+
+CUSTOM["trusted_proxies"] = function(cx, v, path, c)
+    c.trusted_proxies = {}
+    if v == nil then
+        return
+    end
+    if type(v) ~= "table" then
+        cx:err(path, "expected a list of CIDR strings like \"10.0.0.0/8\", got " .. show(v))
+        return
+    end
+    for i, x in ipairs(v) do
+        local p = parse_cidr(x)
+        if p then
+            c.trusted_proxies[#c.trusted_proxies + 1] = p
+        else
+            cx:err(join(path, i), "expected an address or CIDR like \"10.0.0.0/8\" or \"fd00::/8\", got "
+                .. show(x))
+        end
+    end
+end
+
+CUSTOM["routes[].rate_limit"] = function(cx, v, path, r, st)
+    r.rate_limit = switch(cx, "routes[].rate_limit", v, path, st, { enabled = false })
+end
+
+CUSTOM["routes[].rate_limit.key"] = function(cx, v, path, rl)
+    if v == nil or v == "client_ip" then
+        rl.key_kind = "client_ip"
+    elseif type(v) == "function" then
+        rl.key_kind = "hook"
+        rl.key = v
+    elseif type(v) == "string" and v:match("^header:") then
+        local name = v:sub(8)
+        if name:match("^[%w!#%$%%&'%*%+%-%.%^_`|~]+$") then
+            rl.key_kind = "header"
+            rl.key_header = name:lower()
+        else
+            cx:err(path, 'expected "header:NAME" with a header name, got ' .. show(v))
+        end
+    else
+        cx:err(path, 'expected "client_ip", "header:NAME" or a function, got ' .. show(v))
+    end
+end
+
+CUSTOM["routes[].rate_limit.store"] = function(cx, v, path, d, st)
+    local key = "routes[].rate_limit.store"
+    if type(v) == "table" then
+        local s = cx:record(v, path, schema.allowed(key))
+        d.store = "redis"
+        read_table(cx, key, s, path, d, st, schema.row(key).flat)
+        return
+    end
+    d.store = default_of(key)
+    d.redis_prefix = default_of(key .. ".prefix")
+    if v ~= nil and v ~= d.store then
+        cx:err(path, 'expected "memory" or { redis = "host:port" }, got ' .. show(v))
+    end
+end
+
+CUSTOM["routes[].concurrency"] = function(cx, v, path, r, st)
+    r.concurrency = switch(cx, "routes[].concurrency", v, path, st, { enabled = false })
+end
+
+CUSTOM["routes[].concurrency.max"] = function(cx, v, path, c)
+    if v == "adaptive" then
+        c.adaptive = true
+        c.max = 0
+    elseif v == nil then
+        cx:err(path, 'required key is missing; expected an integer ≥ 1 or "adaptive"')
+    elseif math.type(v) == "integer" and v >= 1 and v <= 1000000 then
+        c.adaptive = false
+        c.max = v
+    else
+        cx:err(path, 'expected an integer from 1 to 1000000 or "adaptive", got ' .. show(v))
+    end
+end
+
+AFTER["routes[].concurrency.max_limit"] = function(cx, _, path, c)
+    if c.max_limit and c.min and c.max_limit < c.min then
+        cx:err(path, "max_limit (" .. c.max_limit .. ") must not be less than min (" .. c.min .. ")")
+    end
+end
+
 -- Faults (README "levee dev"): off unless the table is given; each kind inside likewise.
 CUSTOM["routes[].fault"] = function(cx, v, path, r, st)
     if v == nil or v == false then

@@ -105,6 +105,11 @@ M.sections = {
                 doc = 'Worker threads, each with its own event loop and upstream pools; `"auto"`: one '
                     .. "per CPU levee may run on. Breakers, budgets, idempotency keys and health stay "
                     .. "global (README \"Workers\"). Read at start: a reload keeps the number running." },
+            { key = "trusted_proxies", type = "cidrs", type_doc = "list of CIDR", default = {},
+                default_doc = "none",
+                doc = "Proxies in front of levee (`\"10.0.0.0/8\"`, `\"::1\"`). A rate limit keyed by "
+                    .. "`client_ip` uses the first address of X-Forwarded-For, from the right, that is "
+                    .. "not one of these, when the peer is one (README \"Admission control\")." },
             { key = "accept", type = "enum", choices = { "shared", "reuseport" }, default = "shared",
                 doc = "How workers share a listening port: `shared`, one socket every worker accepts "
                     .. "from (the least busy worker takes the connection); `reuseport`, a socket per "
@@ -292,6 +297,12 @@ M.sections = {
                 default_doc = "off", doc = "Circuit breaker. `true` or `{}` turns it on with the defaults." },
             { key = "routes[].idempotency", type = "idempotency", type_doc = "table, `true` or `false`",
                 default_doc = "off", doc = "Idempotency keys. `true` or `{}` turns them on with the defaults." },
+            { key = "routes[].rate_limit", type = "rate_limit", type_doc = "table or `false`",
+                default_doc = "off", doc = "A rate limit per key; see [rate_limit](#routesrate_limit)." },
+            { key = "routes[].concurrency", type = "concurrency", type_doc = "table or `false`",
+                default_doc = "off",
+                doc = "A bulkhead: requests in flight at once, with a queue; see "
+                    .. "[concurrency](#routesconcurrency)." },
             { key = "routes[].fault", type = "fault", type_doc = "table or `false`", default_doc = "off",
                 doc = "Faults to inject, for testing how clients and policies cope; see "
                     .. "[fault](#routesfault) and the README, \"levee dev\"." },
@@ -424,6 +435,67 @@ Entries of `retry.on`:
                 choices = { "fail_closed", "fail_open" }, default = "fail_closed",
                 doc = "When the store is unreachable: `fail_closed` answers 503; `fail_open` "
                     .. "forwards the request without protection." },
+        },
+    },
+    {
+        title = "routes[].rate_limit",
+        intro = "GCRA: `rate` requests per `per` on average, and `burst` more at once. Over the "
+            .. "limit: 429 `rate-limited` with `Retry-After` (README \"Admission control\").",
+        rows = {
+            { key = "routes[].rate_limit.rate", type = "integer", min = 1, max = 1000000000, required = true,
+                default_doc = "— (required)", doc = "Requests per `per`." },
+            { key = "routes[].rate_limit.per", type = "duration", gt = 0, max = "24h", default = "1s",
+                doc = "The period of `rate`." },
+            { key = "routes[].rate_limit.burst", type = "integer", min = 0, max = 1000000000, default = 0,
+                doc = "Requests allowed at once above the steady rate." },
+            { key = "routes[].rate_limit.key", type = "rate_key", type_doc = "string or function",
+                default = "client_ip", out = "key_kind",
+                doc = "`\"client_ip\"` (the peer, or with `trusted_proxies` the client it forwards "
+                    .. "for), `\"header:NAME\"` (that header's value; no header: not limited), or "
+                    .. "`key(req)`, a hook returning the key (nil: not limited; an error: counted, "
+                    .. "not limited)." },
+            { key = "routes[].rate_limit.store", type = "rate_store", flat = "",
+                type_doc = '`"memory"` or `{ redis = ADDRESS, prefix = STRING }`', default = "memory",
+                doc = "Where the per-key state lives. Redis lets several gateways share a limit." },
+            { key = "routes[].rate_limit.store.redis", type = "hostport", required = true,
+                doc = "The Redis server." },
+            { key = "routes[].rate_limit.store.prefix", type = "string", default = "levee:rl:",
+                out = "redis_prefix", doc = "Prefix of every Redis key levee writes." },
+            { key = "routes[].rate_limit.max_keys", type = "integer", min = 1, max = 100000000,
+                default = 100000,
+                doc = "Keys the memory store holds (about 100 bytes each). Expired keys are "
+                    .. "dropped first; full of live keys, `on_store_error` applies." },
+            { key = "routes[].rate_limit.timeout", type = "duration", gt = 0, max = "10s", default = "50ms",
+                doc = "Longest wait for Redis per request; past it, `on_store_error` applies." },
+            { key = "routes[].rate_limit.on_store_error", type = "enum",
+                choices = { "fail_open", "fail_closed" }, default = "fail_open",
+                doc = "The store is unavailable (or full): `fail_open` lets the request through, "
+                    .. "`fail_closed` answers 503 `rate-limit-store-unavailable`." },
+            { key = "routes[].rate_limit.mode", type = "enum", choices = { "enforce", "shadow" },
+                default = "enforce",
+                doc = "`shadow`: forward everything, and count and flag what would have been refused." },
+        },
+    },
+    {
+        title = "routes[].concurrency",
+        intro = "A bulkhead: at most `max` requests of the route in flight at once; the next ones "
+            .. "wait in a queue (first come, first served) up to `queue_timeout`; beyond the queue, "
+            .. "503 `concurrency-limit` with `Retry-After`.",
+        rows = {
+            { key = "routes[].concurrency.max", type = "concurrency_max", type_doc = 'integer or `"adaptive"`',
+                required = true, default_doc = "— (required)",
+                doc = '`"adaptive"`: the limit follows the upstream\'s latency, between `min` and '
+                    .. "`max_limit` (a gradient limiter, README \"Admission control\")." },
+            { key = "routes[].concurrency.queue", type = "integer", min = 0, max = 1000000, default = 0,
+                doc = "Requests that may wait for a slot." },
+            { key = "routes[].concurrency.queue_timeout", type = "duration", min = 0, max = "1h",
+                default = "1s", doc = "Longest wait in the queue; then 503 `concurrency-limit`." },
+            { key = "routes[].concurrency.min", type = "integer", min = 1, max = 1000000, default = 1,
+                doc = "Adaptive: the lowest limit." },
+            { key = "routes[].concurrency.max_limit", type = "integer", min = 1, max = 1000000,
+                default = 1000, range_doc = "≥ `min`", doc = "Adaptive: the highest limit." },
+            { key = "routes[].concurrency.initial", type = "integer", min = 1, max = 1000000, default = 20,
+                doc = "Adaptive: the limit at start (kept across reloads)." },
         },
     },
     {

@@ -13,7 +13,8 @@ local function minimal()
         upstreams = { api = { servers = { "127.0.0.1:9000" }, health = true } },
         routes = { { name = "r", upstream = "api", breaker = true, idempotency = true,
             fault = { abort = { status = 503 }, delay = { time = "1s" }, reset = {},
-                throttle = { rate = "1KiB" } } } },
+                throttle = { rate = "1KiB" } },
+            rate_limit = { rate = 10 }, concurrency = { max = 10 } } },
     }
 end
 
