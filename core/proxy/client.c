@@ -488,7 +488,7 @@ static void client_error_close(struct lv_client *c, int status, enum lv_gwerr er
     char rid[33];
     lv_server_request_id(s, rid);
     struct lv_buf out = LV_BUF_INIT;
-    lv_errresp_format(&out, err, status, NULL, rid, reason, -1, true, false);
+    lv_errresp_format(&out, err, status, NULL, rid, reason, -1, NULL, true, false);
     client_write(c, out.data, out.len);
     size_t sent = out.len;
     lv_buf_dispose(&out);

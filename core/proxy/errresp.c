@@ -6,8 +6,8 @@
 #include "http/respwrite.h"
 
 void lv_errresp_format(struct lv_buf *out, enum lv_gwerr err, int status, const char *route,
-                       const char *request_id, const char *detail, int retry_after_s, bool close,
-                       bool head_only)
+                       const char *request_id, const char *detail, int retry_after_s,
+                       const struct lv_buf *extra, bool close, bool head_only)
 {
     const struct lv_gwerr_info *e = lv_gwerr_info(err);
     if (status == 0)
@@ -51,6 +51,8 @@ void lv_errresp_format(struct lv_buf *out, enum lv_gwerr err, int status, const 
         snprintf(ra, sizeof(ra), "%d", retry_after_s);
         lv_respwrite_fieldz(out, "Retry-After", ra);
     }
+    if (extra && extra->len)
+        lv_buf_append(out, extra->data, extra->len);
     struct lv_resp_tail t = {
         .request_id = request_id,
         .framing = LV_FRAMING_LENGTH,

@@ -41,6 +41,7 @@ static void slot_closed(uv_handle_t *h)
     lv_buf_dispose(&r->replay);
     lv_buf_dispose(&r->out);
     lv_buf_dispose(&r->cout);
+    lv_buf_dispose(&r->resp_extra);
     lv_buf_dispose(&r->hook_head);
     free(r->hook_req);
     lv_exchange_dispose(&r->ex);
@@ -457,6 +458,7 @@ static void reset(struct lv_request *r, const struct lv_reqhead *h)
     r->ncpieces = 0;
     r->cout_marked = 0;
     r->cout.len = 0;
+    r->resp_extra.len = 0;
     r->nhook_req = 0;
     r->idem.state = LV_IDEMF_OFF;
     r->idem.capture = false;

@@ -178,8 +178,9 @@ struct lv_request {
     bool resp_close; /* close the client after this response */
     uint64_t bytes_out;
     double upstream_ms;
-    struct lv_buf out;  /* scratch for upstream output and error answers */
-    struct lv_buf cout; /* client output staged during one upstream read, sent in one write */
+    struct lv_buf out;        /* scratch for upstream output and error answers */
+    struct lv_buf cout;       /* client output staged during one upstream read, sent in one write */
+    struct lv_buf resp_extra; /* header lines levee adds to its answer (RateLimit), or empty */
     struct lv_cpiece cpieces[LV_CPIECES_MAX];
     unsigned ncpieces;
     size_t cout_marked; /* cout bytes [0, cout_marked) are already in cpieces */
@@ -308,7 +309,12 @@ void lv_attempt_clock(struct lv_request *r);
  * one), at the client placement the client gets it and the policy never sees it.
  */
 
-enum lv_fault_answer { LV_FAULT_GO, LV_FAULT_BAD_HEADER, LV_FAULT_ANSWER_ABORT, LV_FAULT_ANSWER_RESET };
+enum lv_fault_answer {
+    LV_FAULT_GO,
+    LV_FAULT_BAD_HEADER,
+    LV_FAULT_ANSWER_ABORT,
+    LV_FAULT_ANSWER_RESET
+};
 /** After routing: reads Levee-Fault where the route honours it, draws the client-side faults
  *  and starts the throttle. Anything but GO is answered by lv_fault_answer once the caller
  *  has let go of the head (`why`: what is wrong with the header). */

@@ -22,7 +22,7 @@ void lv_respout_error_format(struct lv_request *r, enum lv_gwerr err, const char
         r->resp_close = true;
     lv_buf_reset(&r->out);
     lv_errresp_format(&r->out, err, r->error_status, r->route ? r->route->name : NULL, r->rid,
-                      detail, retry_after, r->resp_close || !r->client_keep_alive,
+                      detail, retry_after, &r->resp_extra, r->resp_close || !r->client_keep_alive,
                       r->method == LV_METHOD_HEAD);
     r->bytes_out += r->out.len;
     r->head_sent = true;
@@ -40,6 +40,8 @@ static void write_head(struct lv_request *r, const struct lv_resphead *h, bool n
     size_t start = o->len;
     lv_respwrite_begin(o, h->status, h->reason_phrase.p, h->reason_phrase.len);
     lv_respwrite_e2e(o, h->fields, h->nfields);
+    if (r->resp_extra.len && h->status >= 200)
+        lv_buf_append(o, r->resp_extra.data, r->resp_extra.len);
     struct lv_resp_tail t = {.request_id = r->rid};
     if (h->status >= 200) {
         if (no_body) {
