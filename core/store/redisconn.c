@@ -1,6 +1,7 @@
 /*
- * The Redis store's connection (store/redis.h): one hiredis async context per store, on the
- * libuv loop. Names are resolved with uv_getaddrinfo and hiredis is given an IP; every address
+ * A Redis connection (store/redis.h), shared by the idempotency store (redisstore.c) and the
+ * rate-limit store (ratelimit_redis.c): one hiredis async context per store, on the libuv
+ * loop. Names are resolved with uv_getaddrinfo and hiredis is given an IP; every address
  * is tried in turn; the connect has a deadline; a lost connection is retried with jittered
  * exponential backoff. hiredis 0.14 must never be freed from inside one of its callbacks:
  * every free happens from our timers or destroy.
@@ -123,222 +124,257 @@ static bool rpoll_attach(redisAsyncContext *ac, uv_loop_t *loop)
 
 /* ---- connection */
 
-bool lv__redis_can_send(struct rstore *s)
+void lv__redis_conn_init(struct lv__redisconn *c, const char *host, uint16_t port, uint64_t seed)
 {
-    return s->ac && !s->base.dying && s->state == R_UP &&
-           !(s->ac->c.flags & (REDIS_DISCONNECTING | REDIS_FREEING));
+    c->host = lv_xstrdup(host);
+    c->port = port;
+    c->numeric = lv_addr_ip_family(host) != AF_UNSPEC;
+    c->state = R_DOWN;
+    c->rng = seed | 1;
+    uv_timer_init(c->loop, &c->conn_timer);
+    uv_unref((uv_handle_t *)&c->conn_timer);
+    c->conn_timer.data = c;
+    (*c->handles)++;
+}
+
+bool lv__redis_can_send(struct lv__redisconn *c)
+{
+    return c->ac && !*c->dying && c->state == R_UP &&
+           !(c->ac->c.flags & (REDIS_DISCONNECTING | REDIS_FREEING));
 }
 
 /* A connection attempt is under way: new work waits for it rather than failing. */
-bool lv__redis_connecting(struct rstore *s)
+bool lv__redis_connecting(struct lv__redisconn *c)
 {
-    return !s->base.dying && (s->state == R_RESOLVING || s->state == R_CONNECTING);
+    return !*c->dying && (c->state == R_RESOLVING || c->state == R_CONNECTING);
 }
 
-static void schedule_reconnect(struct rstore *s)
+static void schedule_reconnect(struct lv__redisconn *c)
 {
-    s->state = R_DOWN;
-    if (s->base.dying || s->base.closing)
+    c->state = R_DOWN;
+    if (*c->dying || *c->closing)
         return;
-    unsigned shift = s->failures < 20 ? s->failures : 20;
-    uint64_t delay = s->o.backoff_min_ms << shift;
-    if (delay > s->o.backoff_max_ms || delay < s->o.backoff_min_ms)
-        delay = s->o.backoff_max_ms;
+    unsigned shift = c->failures < 20 ? c->failures : 20;
+    uint64_t delay = c->backoff_min_ms << shift;
+    if (delay > c->backoff_max_ms || delay < c->backoff_min_ms)
+        delay = c->backoff_max_ms;
     /* Equal jitter: several gateways that lost the same Redis do not come back in step. */
-    delay = delay / 2 + lv_rand_next(&s->rng) % (delay / 2 + 1);
-    s->failures++;
-    uv_timer_start(&s->conn_timer, lv__redis_on_conn_timer, delay, 0);
+    delay = delay / 2 + lv_rand_next(&c->rng) % (delay / 2 + 1);
+    c->failures++;
+    uv_timer_start(&c->conn_timer, lv__redis_on_conn_timer, delay, 0);
 }
 
-/* The attempt failed for good: what waited for it fails, and the store backs off. */
-static void went_down(struct rstore *s, const char *why)
+/* The attempt failed for good: what waited for it fails, and the connection backs off. */
+static void went_down(struct lv__redisconn *c, const char *why)
 {
-    if (!s->down_logged)
-        lv_warn("idempotency: redis %s:%u: %s", s->host, s->port, why);
-    s->down_logged = true;
-    s->state = R_DOWN;
-    struct lv_dlist *l = s->pending.next;
-    while (l != &s->pending) {
-        struct rop *op = lv__rop_of(l);
-        l = l->next;
-        if (op->unsent)
-            lv__redis_fail_op(op);
-    }
-    schedule_reconnect(s);
+    if (!c->down_logged)
+        lv_warn("%s: redis %s:%u: %s", c->what, c->host, c->port, why);
+    c->down_logged = true;
+    c->state = R_DOWN;
+    c->hooks->down(c);
+    schedule_reconnect(c);
 }
 
 /* One address failed: try the next one of this attempt (from a timer, as this may run inside
  * a hiredis callback), or give up. */
-static void address_failed(struct rstore *s, const char *why)
+static void address_failed(struct lv__redisconn *c, const char *why)
 {
-    if (++s->addr_idx < s->naddrs) {
-        s->state = R_CONNECTING;
-        uv_timer_start(&s->conn_timer, lv__redis_on_conn_timer, 0, 0);
+    if (++c->addr_idx < c->naddrs) {
+        c->state = R_CONNECTING;
+        uv_timer_start(&c->conn_timer, lv__redis_on_conn_timer, 0, 0);
         return;
     }
-    went_down(s, why);
+    went_down(c, why);
 }
 
 /* Frees the connection from outside hiredis' callbacks: its pending commands are called back
- * with NULL, which makes their ops UNAVAILABLE. */
-void lv__redis_drop(struct rstore *s, const char *why)
+ * with NULL. */
+void lv__redis_drop(struct lv__redisconn *c, const char *why)
 {
-    redisAsyncContext *ac = s->ac;
-    bool was_up = s->state == R_UP;
-    s->ac = NULL;
-    s->state = R_DOWN;
+    redisAsyncContext *ac = c->ac;
+    bool was_up = c->state == R_UP;
+    c->ac = NULL;
+    c->state = R_DOWN;
     if (ac)
         redisAsyncFree(ac);
     if (was_up)
-        went_down(s, why);
+        went_down(c, why);
     else
-        address_failed(s, why);
+        address_failed(c, why);
 }
 
 static void on_connect(const redisAsyncContext *ac, int status)
 {
-    struct rstore *s = ac->data;
-    if (s->ac != ac)
+    struct lv__redisconn *c = ac->data;
+    if (c->ac != ac)
         return;
     if (status != REDIS_OK) {
         /* hiredis frees the context after this returns. */
         char why[160];
-        snprintf(why, sizeof(why), "connect to %s failed: %s", s->addrs[s->addr_idx],
+        snprintf(why, sizeof(why), "connect to %s failed: %s", c->addrs[c->addr_idx],
                  ac->errstr ? ac->errstr : "?");
-        s->ac = NULL;
-        address_failed(s, why);
+        c->ac = NULL;
+        address_failed(c, why);
         return;
     }
-    uv_timer_stop(&s->conn_timer);
-    s->state = R_UP;
-    s->failures = 0;
-    if (s->down_logged)
-        lv_info("idempotency: redis %s:%u: connected", s->host, s->port);
-    s->down_logged = false;
-    lv__redis_flush_queued(s);
+    uv_timer_stop(&c->conn_timer);
+    c->state = R_UP;
+    c->failures = 0;
+    if (c->down_logged)
+        lv_info("%s: redis %s:%u: connected", c->what, c->host, c->port);
+    c->down_logged = false;
+    c->hooks->up(c);
 }
 
 static void on_disconnect(const redisAsyncContext *ac, int status)
 {
-    struct rstore *s = ac->data;
-    if (s->ac != ac)
+    struct lv__redisconn *c = ac->data;
+    (void)status;
+    if (c->ac != ac)
         return;
     char why[160];
     snprintf(why, sizeof(why), "connection lost: %s", ac->errstr ? ac->errstr : "closed");
-    s->ac = NULL;
-    went_down(s, why);
+    c->ac = NULL;
+    went_down(c, why);
 }
 
 /* Connects to addrs[addr_idx]. */
-static void connect_next(struct rstore *s)
+static void connect_next(struct lv__redisconn *c)
 {
-    const char *ip = s->addrs[s->addr_idx];
-    redisAsyncContext *ac = redisAsyncConnect(ip, s->port);
+    const char *ip = c->addrs[c->addr_idx];
+    redisAsyncContext *ac = redisAsyncConnect(ip, c->port);
     if (!ac) {
-        went_down(s, "out of memory");
+        went_down(c, "out of memory");
         return;
     }
     if (ac->err) {
         char why[160];
         snprintf(why, sizeof(why), "connect to %s failed: %s", ip, ac->errstr);
         redisAsyncFree(ac);
-        address_failed(s, why);
+        address_failed(c, why);
         return;
     }
-    if (!rpoll_attach(ac, s->base.loop)) {
+    if (!rpoll_attach(ac, c->loop)) {
         redisAsyncFree(ac);
-        went_down(s, "cannot watch the socket");
+        went_down(c, "cannot watch the socket");
         return;
     }
-    ac->data = s;
-    s->ac = ac;
-    s->state = R_CONNECTING;
+    ac->data = c;
+    c->ac = ac;
+    c->state = R_CONNECTING;
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     /* This also watches for writability, which is how the connect completes. */
     redisAsyncSetConnectCallback(ac, on_connect);
-    uv_timer_start(&s->conn_timer, lv__redis_on_conn_timer, s->o.connect_timeout_ms, 0);
+    uv_timer_start(&c->conn_timer, lv__redis_on_conn_timer, c->connect_timeout_ms, 0);
 }
 
 static void on_gai(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 {
-    struct rstore *s = req->data;
-    s->gai_busy = false;
-    if (!s->base.dying && !s->base.closing && s->state == R_RESOLVING) {
-        s->naddrs = 0;
-        for (struct addrinfo *a = status == 0 ? res : NULL; a && s->naddrs < MAX_ADDRS;
+    struct lv__redisconn *c = req->data;
+    c->gai_busy = false;
+    if (!*c->dying && !*c->closing && c->state == R_RESOLVING) {
+        c->naddrs = 0;
+        for (struct addrinfo *a = status == 0 ? res : NULL; a && c->naddrs < MAX_ADDRS;
              a = a->ai_next) {
-            if (lv_addr_format_ip(a->ai_addr, s->addrs[s->naddrs], sizeof(s->addrs[0])) == 0)
-                s->naddrs++;
+            if (lv_addr_format_ip(a->ai_addr, c->addrs[c->naddrs], sizeof(c->addrs[0])) == 0)
+                c->naddrs++;
         }
-        if (s->naddrs > 0) {
-            s->addr_idx = 0;
-            connect_next(s);
+        if (c->naddrs > 0) {
+            c->addr_idx = 0;
+            connect_next(c);
         } else {
             char why[160];
             snprintf(why, sizeof(why), "cannot resolve: %s",
                      status ? uv_strerror(status) : "no address");
-            went_down(s, why);
+            went_down(c, why);
         }
     }
     if (res)
         uv_freeaddrinfo(res);
-    lv__idem_handle_closed(&s->base);
+    c->hooks->handle_closed(c);
 }
 
-void lv__redis_connect(struct rstore *s)
+void lv__redis_connect(struct lv__redisconn *c)
 {
-    s->addr_idx = 0;
-    if (s->numeric) {
+    c->addr_idx = 0;
+    if (c->numeric) {
         struct sockaddr_storage ss;
-        int rc = lv_addr_from_ip(s->host, s->port, &ss);
-        assert(rc == 0); /* s->numeric says it is a literal */
+        int rc = lv_addr_from_ip(c->host, c->port, &ss);
+        assert(rc == 0); /* c->numeric says it is a literal */
         (void)rc;
-        s->naddrs = 1;
-        lv_addr_format_ip((struct sockaddr *)&ss, s->addrs[0], sizeof(s->addrs[0]));
-        connect_next(s);
+        c->naddrs = 1;
+        lv_addr_format_ip((struct sockaddr *)&ss, c->addrs[0], sizeof(c->addrs[0]));
+        connect_next(c);
         return;
     }
-    if (s->gai_busy) {
+    if (c->gai_busy) {
         /* The last lookup is still stuck in the thread pool. */
-        went_down(s, "name lookup still pending");
+        went_down(c, "name lookup still pending");
         return;
     }
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-    s->gai.data = s;
-    if (uv_getaddrinfo(s->base.loop, &s->gai, on_gai, s->host, NULL, &hints) != 0) {
-        went_down(s, "cannot start a name lookup");
+    c->gai.data = c;
+    if (uv_getaddrinfo(c->loop, &c->gai, on_gai, c->host, NULL, &hints) != 0) {
+        went_down(c, "cannot start a name lookup");
         return;
     }
-    s->gai_busy = true;
-    s->base.handles++;
-    s->state = R_RESOLVING;
-    uv_timer_start(&s->conn_timer, lv__redis_on_conn_timer, s->o.connect_timeout_ms, 0);
+    c->gai_busy = true;
+    (*c->handles)++;
+    c->state = R_RESOLVING;
+    uv_timer_start(&c->conn_timer, lv__redis_on_conn_timer, c->connect_timeout_ms, 0);
 }
 
 void lv__redis_on_conn_timer(uv_timer_t *t)
 {
-    struct rstore *s = t->data;
-    if (s->base.closing) {
-        lv__redis_closing_timer(s);
+    struct lv__redisconn *c = t->data;
+    if (*c->closing) {
+        c->hooks->closing_timer(c);
         return;
     }
-    switch (s->state) {
+    switch (c->state) {
     case R_DOWN:
-        lv__redis_connect(s);
+        lv__redis_connect(c);
         break;
     case R_RESOLVING:
         /* on_gai will see the state changed and ignore the answer. */
-        if (s->gai_busy)
-            uv_cancel((uv_req_t *)&s->gai);
-        went_down(s, "name lookup timed out");
+        if (c->gai_busy)
+            uv_cancel((uv_req_t *)&c->gai);
+        went_down(c, "name lookup timed out");
         break;
     case R_CONNECTING:
-        if (s->ac)
-            lv__redis_drop(s, "connect timed out");
+        if (c->ac)
+            lv__redis_drop(c, "connect timed out");
         else
-            connect_next(s); /* the next address, after a failed one */
+            connect_next(c); /* the next address, after a failed one */
         break;
     case R_UP:
         break;
     }
+}
+
+void lv__redis_conn_stop(struct lv__redisconn *c)
+{
+    if (c->state != R_UP) {
+        if (c->ac) { /* connecting: nothing was sent on it */
+            redisAsyncContext *ac = c->ac;
+            c->ac = NULL;
+            redisAsyncFree(ac);
+        }
+        if (c->gai_busy)
+            uv_cancel((uv_req_t *)&c->gai);
+        c->state = R_DOWN;
+    }
+    uv_timer_stop(&c->conn_timer);
+}
+
+void lv__redis_conn_destroy(struct lv__redisconn *c, uv_close_cb closed)
+{
+    if (c->ac) {
+        redisAsyncContext *ac = c->ac;
+        c->ac = NULL;
+        redisAsyncFree(ac);
+    }
+    if (c->gai_busy)
+        uv_cancel((uv_req_t *)&c->gai);
+    uv_close((uv_handle_t *)&c->conn_timer, closed);
 }

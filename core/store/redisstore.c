@@ -204,9 +204,9 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata);
 static bool send_cmd(struct rstore *s, struct rcmd *cmd, int argc, const char **argv,
                      const size_t *lens)
 {
-    if (!lv__redis_can_send(s))
+    if (!lv__redis_can_send(&s->c))
         return false;
-    if (redisAsyncCommandArgv(s->ac, on_reply, cmd, argc, argv, lens) != REDIS_OK)
+    if (redisAsyncCommandArgv(s->c.ac, on_reply, cmd, argc, argv, lens) != REDIS_OK)
         return false;
     s->outstanding++;
     if (s->base.closing)
@@ -224,8 +224,9 @@ static bool send_begin(struct rstore *s, struct rcmd *cmd)
 }
 
 /* Connected: hand the queued begins to hiredis. */
-void lv__redis_flush_queued(struct rstore *s)
+static void conn_up(struct lv__redisconn *c)
 {
+    struct rstore *s = lv__rstore_of(c);
     struct lv_dlist *l = s->pending.next;
     while (l != &s->pending) {
         struct rop *op = lv__rop_of(l);
@@ -275,11 +276,11 @@ static enum lv_idem_result begin_result(struct rstore *s, const redisReply *r, c
         return b->done ? LV_IDEM_REPLAY : LV_IDEM_IN_FLIGHT;
     }
     if (r->type == REDIS_REPLY_ERROR)
-        lv_warn("idempotency: redis %s:%u: %.*s", s->host, s->port, (int)r->len,
+        lv_warn("idempotency: redis %s:%u: %.*s", s->c.host, s->c.port, (int)r->len,
                 r->str ? r->str : "");
     else
-        lv_warn("idempotency: redis %s:%u: unexpected value under a key (type %d)", s->host,
-                s->port, r->type);
+        lv_warn("idempotency: redis %s:%u: unexpected value under a key (type %d)", s->c.host,
+                s->c.port, r->type);
     return LV_IDEM_UNAVAILABLE;
 }
 
@@ -360,7 +361,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
                 lv__idem_post(&op->base);
             }
             if (r && r->type == REDIS_REPLY_ERROR)
-                lv_warn("idempotency: redis %s:%u: %.*s", s->host, s->port, (int)r->len,
+                lv_warn("idempotency: redis %s:%u: %.*s", s->c.host, s->c.port, (int)r->len,
                         r->str ? r->str : "");
             else if (r && r->type == REDIS_REPLY_INTEGER && r->integer == 0)
                 lv_debug("idempotency: lock lapsed before it was %s",
@@ -372,7 +373,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
     assert(s->outstanding > 0);
     /* Closing: the last reply is in, finish from a timer (hiredis is inside a callback). */
     if (--s->outstanding == 0 && s->base.closing && !s->base.dying)
-        uv_timer_start(&s->conn_timer, lv__redis_on_conn_timer, 0, 0);
+        uv_timer_start(&s->c.conn_timer, lv__redis_on_conn_timer, 0, 0);
 }
 
 /* ---- timers: command deadlines and polls */
@@ -406,7 +407,7 @@ static void on_tick(uv_timer_t *t)
             lv_dlist_remove(&op->base.link);
             op->base.changed = stuck; /* trouble: the caller asks again and hears it */
             lv__idem_post(&op->base);
-        } else if (!op->cmd && op->next_poll <= now && !lv__redis_connecting(s)) {
+        } else if (!op->cmd && op->next_poll <= now && !lv__redis_connecting(&s->c)) {
             struct rcmd *cmd = lv_xcalloc(1, sizeof(*cmd));
             cmd->s = s;
             cmd->op = op;
@@ -425,8 +426,8 @@ static void on_tick(uv_timer_t *t)
             }
         }
     }
-    if (timed_out && s->ac && s->state == R_UP)
-        lv__redis_drop(s, "command timed out");
+    if (timed_out && s->c.ac && s->c.state == R_UP)
+        lv__redis_drop(&s->c, "command timed out");
     if (lv_dlist_empty(&s->pending) && lv_dlist_empty(&s->waiters))
         uv_timer_stop(&s->tick);
 }
@@ -446,7 +447,7 @@ static struct lv_idem_op *redis_begin(struct lv_idem *base, const char *key, siz
 {
     struct rstore *s = (struct rstore *)base;
     struct rop *op = rop_new(s, 0);
-    if (!lv__redis_can_send(s) && !lv__redis_connecting(s)) {
+    if (!lv__redis_can_send(&s->c) && !lv__redis_connecting(&s->c)) {
         /* Down, backing off: answer now, the caller applies on_store_error. */
         op->base.result = LV_IDEM_UNAVAILABLE;
         lv__idem_post(&op->base);
@@ -469,7 +470,7 @@ static struct lv_idem_op *redis_begin(struct lv_idem *base, const char *key, siz
     op->cmd = cmd;
     op->cmd_deadline = lv__redis_now(s) + s->o.command_timeout_ms;
     lv_dlist_append(&s->pending, &op->base.link);
-    if (!lv__redis_can_send(s))
+    if (!lv__redis_can_send(&s->c))
         op->unsent = true; /* sent once connected, see flush_queued */
     else if (!send_begin(s, cmd))
         lv__redis_fail_op(op);
@@ -485,7 +486,7 @@ static struct lv_idem_op *redis_wait(struct lv_idem *base, const char *key, size
     memcpy(op->rkey, s->prefix, s->plen);
     memcpy(op->rkey + s->plen, key, klen);
     op->rklen = s->plen + klen;
-    if (!lv__redis_can_send(s) && !lv__redis_connecting(s)) {
+    if (!lv__redis_can_send(&s->c) && !lv__redis_connecting(&s->c)) {
         op->base.changed = true; /* the caller's next begin answers UNAVAILABLE */
         lv__idem_post(&op->base);
         return &op->base;
@@ -599,7 +600,7 @@ static struct lv_idem_op *redis_complete(struct lv_idem_lock *l,
 static void redis_stats(struct lv_idem *base, struct lv_idem_stats *out)
 {
     struct rstore *s = (struct rstore *)base;
-    *out = (struct lv_idem_stats){"redis", base->locks, 0, 0, s->state == R_UP};
+    *out = (struct lv_idem_stats){"redis", base->locks, 0, 0, s->c.state == R_UP};
 }
 
 /* The last reference went. Lookups are answered UNAVAILABLE (a lock one of them gets after
@@ -623,34 +624,25 @@ static void redis_close(struct lv_idem *base)
         op->base.changed = false;
         lv__idem_post(&op->base);
     }
-    if (s->state != R_UP) {
-        if (s->ac) { /* connecting: nothing was sent on it */
-            redisAsyncContext *ac = s->ac;
-            s->ac = NULL;
-            redisAsyncFree(ac);
-        }
-        if (s->gai_busy)
-            uv_cancel((uv_req_t *)&s->gai);
-        s->state = R_DOWN;
-    }
-    uv_timer_stop(&s->conn_timer);
+    lv__redis_conn_stop(&s->c);
     s->close_deadline = lv__redis_now(s) + s->o.command_timeout_ms;
     if (s->outstanding == 0)
         lv__idem_drained(base);
     else
-        uv_timer_start(&s->conn_timer, lv__redis_on_conn_timer, s->o.command_timeout_ms, 0);
+        uv_timer_start(&s->c.conn_timer, lv__redis_on_conn_timer, s->o.command_timeout_ms, 0);
 }
 
 /* While closing, conn_timer fires when the last reply came in, or at the deadline: then the
  * notify forms still waiting are answered "no" and destroy abandons the rest. */
-void lv__redis_closing_timer(struct rstore *s)
+static void conn_closing_timer(struct lv__redisconn *c)
 {
+    struct rstore *s = lv__rstore_of(c);
     if (s->base.dying || s->base.drained)
         return;
     uint64_t now = lv__redis_now(s);
     if (s->outstanding > 0 && now < s->close_deadline) {
         /* A lock ended after the close sent one more command: it gets its time too. */
-        uv_timer_start(&s->conn_timer, lv__redis_on_conn_timer, s->close_deadline - now, 0);
+        uv_timer_start(&s->c.conn_timer, lv__redis_on_conn_timer, s->close_deadline - now, 0);
         return;
     }
     struct lv_dlist *l, *n;
@@ -666,6 +658,11 @@ static void on_handle_close(uv_handle_t *h)
     lv__idem_handle_closed(h->data);
 }
 
+static void on_conn_closed(uv_handle_t *h)
+{
+    lv__idem_handle_closed(&lv__rstore_of(h->data)->base);
+}
+
 static void redis_destroy(struct lv_idem *base)
 {
     struct rstore *s = (struct rstore *)base;
@@ -677,24 +674,42 @@ static void redis_destroy(struct lv_idem *base)
             lv__idem_op_free(&op->base);
         }
     }
-    if (s->ac) {
-        redisAsyncContext *ac = s->ac;
-        s->ac = NULL;
-        redisAsyncFree(ac);
-    }
-    if (s->gai_busy)
-        uv_cancel((uv_req_t *)&s->gai);
     uv_close((uv_handle_t *)&s->tick, on_handle_close);
-    uv_close((uv_handle_t *)&s->conn_timer, on_handle_close);
+    lv__redis_conn_destroy(&s->c, on_conn_closed);
 }
 
 static void redis_free(struct lv_idem *base)
 {
     struct rstore *s = (struct rstore *)base;
-    free(s->host);
+    free(s->c.host);
     free(s->prefix);
     free(s);
 }
+
+/* The connection attempt failed: the begins queued for it fail. */
+static void conn_down(struct lv__redisconn *c)
+{
+    struct rstore *s = lv__rstore_of(c);
+    struct lv_dlist *l = s->pending.next;
+    while (l != &s->pending) {
+        struct rop *op = lv__rop_of(l);
+        l = l->next;
+        if (op->unsent)
+            lv__redis_fail_op(op);
+    }
+}
+
+static void conn_handle_closed(struct lv__redisconn *c)
+{
+    lv__idem_handle_closed(&lv__rstore_of(c)->base);
+}
+
+static const struct lv__redisconn_hooks conn_hooks = {
+    .up = conn_up,
+    .down = conn_down,
+    .closing_timer = conn_closing_timer,
+    .handle_closed = conn_handle_closed,
+};
 
 static const struct lv__idem_vt redis_vt = {
     .kind = "redis",
@@ -729,9 +744,6 @@ struct lv_idem *lv_idem_redis_create(uv_loop_t *loop, const char *host, uint16_t
         s->o.backoff_max_ms = 2000;
     if (s->o.backoff_max_ms < s->o.backoff_min_ms)
         s->o.backoff_max_ms = s->o.backoff_min_ms;
-    s->host = lv_xstrdup(host);
-    s->port = port;
-    s->numeric = lv_addr_ip_family(host) != AF_UNSPEC;
     s->prefix = lv_xstrdup(prefix ? prefix : "");
     s->plen = strlen(s->prefix);
     lv_dlist_init(&s->pending);
@@ -745,14 +757,21 @@ struct lv_idem *lv_idem_redis_create(uv_loop_t *loop, const char *host, uint16_t
     }
     hex(s->id, rnd, 8);
     s->id[16] = 0;
-    memcpy(&s->rng, rnd + 8, 8);
-    s->rng |= 1;
-    uv_timer_init(loop, &s->conn_timer);
-    uv_unref((uv_handle_t *)&s->conn_timer);
-    s->conn_timer.data = s;
+    uint64_t seed;
+    memcpy(&seed, rnd + 8, 8);
+    s->c.loop = loop;
+    s->c.hooks = &conn_hooks;
+    s->c.what = "idempotency";
+    s->c.dying = &s->base.dying;
+    s->c.closing = &s->base.closing;
+    s->c.handles = &s->base.handles;
+    s->c.connect_timeout_ms = s->o.connect_timeout_ms;
+    s->c.backoff_min_ms = s->o.backoff_min_ms;
+    s->c.backoff_max_ms = s->o.backoff_max_ms;
+    lv__redis_conn_init(&s->c, host, port, seed);
     uv_timer_init(loop, &s->tick);
     s->tick.data = s;
-    s->base.handles += 2;
-    lv__redis_connect(s);
+    s->base.handles++;
+    lv__redis_connect(&s->c);
     return &s->base;
 }
