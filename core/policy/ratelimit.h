@@ -20,7 +20,13 @@
  * its shard at its share, the shard's expired keys are dropped (one pass over the shard, done
  * again only once the earliest state it kept may have expired: no scan per request while
  * full); if none had, the answer is LV_RATEMEM_FULL and the key is not counted. A shard may fill
- * before the whole store (about 95% of max_keys at 64 shards of 1,500 keys).
+ * before the whole store (about 95% of max_keys at 64 shards of 1,500 keys). A sweeping hand
+ * also drops a couple of expired states per check, so a store under churn stays mostly live.
+ *
+ * The clock: now_ns is uv_hrtime() (one monotonic clock for all threads). Threads' readings may
+ * differ by the time a request takes to get here; GCRA takes max(TAT, now), so an older reading
+ * never grants more than a newer one would, except when another thread's later reading has just
+ * dropped the key as expired (a gain bounded by that skew).
  */
 #ifndef LV_RATELIMIT_H
 #define LV_RATELIMIT_H
