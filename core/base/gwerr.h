@@ -38,6 +38,10 @@
     X(EXPECTATION_FAILED, "expectation-failed", 417, 0, "unsupported expectation")                 \
     X(METHOD_NOT_ALLOWED, "method-not-allowed", 405, 0, "method not allowed")                      \
     X(SHUTTING_DOWN, "shutting-down", 503, 1, "the gateway is shutting down")                      \
+    X(RATE_LIMITED, "rate-limited", 429, 1, "too many requests for this key")                      \
+    X(RATE_LIMIT_STORE_UNAVAILABLE, "rate-limit-store-unavailable", 503, 1,                        \
+      "the rate limit's store cannot be reached")                                                  \
+    X(CONCURRENCY_LIMIT, "concurrency-limit", 503, 1, "the route has too many requests in flight") \
     X(FAULT_INJECTED, "fault-injected", 503, 0, "a fault was injected on purpose (abort)")         \
     X(BAD_FAULT_HEADER, "bad-fault-header", 400, 0, "malformed Levee-Fault header")
 

@@ -29,7 +29,11 @@
     X(CLIENT_ABORT, 8, "client-abort")                                                             \
     X(UPSTREAM_ABORT, 9, "upstream-abort")                                                         \
     X(PANIC, 10, "panic")                                                                          \
-    X(FAULT, 11, "fault")
+    X(FAULT, 11, "fault")                                                                          \
+    X(RATE_LIMITED, 12, "rate-limited")                                                            \
+    X(RATE_LIMITED_SHADOW, 13, "rate-limited-shadow")                                              \
+    X(CONCURRENCY_LIMIT, 14, "concurrency-limit")                                                  \
+    X(QUEUED, 15, "queued")
 
 enum lv_access_flag {
 #define LV__ACCESS_FLAG_ENUM(e, bit, name) LV_ACCESS_##e = 1u << (bit),

@@ -564,6 +564,10 @@ void lv_attempt_start(struct lv_request *r)
 
 void lv_attempt_clock(struct lv_request *r)
 {
+    if (r->phase == LV_REQ_ADMISSION) {
+        lv_admitreq_clock(r);
+        return;
+    }
     if (r->phase == LV_REQ_BACKOFF) {
         lv_attempt_start(r);
         return;

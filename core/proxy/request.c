@@ -42,6 +42,7 @@ static void slot_closed(uv_handle_t *h)
     lv_buf_dispose(&r->out);
     lv_buf_dispose(&r->cout);
     lv_buf_dispose(&r->resp_extra);
+    lv_buf_dispose(&r->admit_key);
     lv_buf_dispose(&r->hook_head);
     free(r->hook_req);
     lv_exchange_dispose(&r->ex);
@@ -209,6 +210,7 @@ static void teardown(struct lv_request *r, bool flush)
     r->cout.len = 0;
     r->due[LV_CLOCK_DEADLINE] = r->due[LV_CLOCK_TRY] = r->due[LV_CLOCK_BODY] = 0;
     log_request(r);
+    lv_admitreq_end(r); /* after the log: a bulkhead sample reads the final status */
     /* after the log: its tries name the upstream's servers, which the generation keeps */
     r->up = NULL;
     r->rs = NULL;
@@ -298,7 +300,9 @@ void lv_request_client_eof(struct lv_request *r)
 
 void lv_request_client_data(struct lv_request *r)
 {
-    if (lv_request_active(r))
+    /* While admission control waits, body bytes stay in the input (its reading pauses when
+     * it is full): the body is read once the request is let through. */
+    if (lv_request_active(r) && r->phase != LV_REQ_ADMISSION)
         lv_reqbody_client_data(r);
 }
 
@@ -464,6 +468,11 @@ static void reset(struct lv_request *r, const struct lv_reqhead *h)
     r->idem.capture = false;
     r->error_held = false;
     r->error_status = 0;
+    r->serial++;
+    r->head_len = 0;
+    r->admit_op = NULL;
+    r->bh_queued = false;
+    r->bh_slot = false;
     r->fault_client = (struct lv_fault_hit){0};
     r->fault_try = (struct lv_fault_hit){0};
     r->fault_client_held = false;
@@ -543,7 +552,7 @@ void lv_request_begin(struct lv_request *r, size_t head_len)
     r->up = lv_generation_upstream(r->gen, ri);
     r->store = lv_generation_store(r->gen, ri);
     if (r->route->classify_ref >= 0 || r->route->fallback_ref >= 0 ||
-        r->route->idempotency.key_ref >= 0)
+        r->route->idempotency.key_ref >= 0 || r->route->rate_limit.key_ref >= 0)
         keep_hook_headers(r, &h, ds->in.data);
     /* Faults the client gets come before the policy: it never sees them. */
     char fault_why[160];
@@ -553,6 +562,28 @@ void lv_request_begin(struct lv_request *r, size_t head_len)
         lv_fault_answer(r, fa, fault_why);
         return;
     }
+    /* Admission control (README "Admission control"): the rate limit, then the bulkhead. */
+    r->head_len = head_len;
+    if (lv_admitreq_begin(r, &h) == LV_ADMIT_GO)
+        lv_request_admitted(r, &h);
+}
+
+void lv_request_admitted(struct lv_request *r, const struct lv_reqhead *hp)
+{
+    struct lv_downstream *ds = r->ds;
+    size_t head_len = r->head_len;
+    struct lv_field fields[MAX_FIELDS];
+    struct lv_reqhead reparsed;
+    if (!hp) { /* it waited: its head is still where it was, and parsed before */
+        uint32_t maxf =
+            r->cfg->limits.header_count < MAX_FIELDS ? r->cfg->limits.header_count : MAX_FIELDS;
+        int st = lv_reqhead_parse(&reparsed, ds->in.data, head_len, fields, maxf);
+        assert(st == 0);
+        (void)st;
+        hp = &reparsed;
+    }
+    r->phase = LV_REQ_CONNECTING; /* not idle; the stages set the real phase below */
+    r->head_len = 0;
     /* One hold of the route's lock per request start: the budget counts it, the breaker
      * admits it (README "Workers"). */
     uint64_t left_ms = 0;
@@ -566,7 +597,7 @@ void lv_request_begin(struct lv_request *r, size_t head_len)
         lv_breakergate_reject(r, left_ms);
         return;
     }
-    bool keyed_ok = lv_idem_filter_begin(r, &h); /* reads the head's fields */
+    bool keyed_ok = lv_idem_filter_begin(r, hp); /* reads the head's fields */
     lv_buf_consume(&ds->in, head_len);
     if (!keyed_ok)
         return; /* answered (and closing) */

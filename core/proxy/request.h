@@ -32,6 +32,7 @@
 #include "http/reqhead.h"
 #include "http/resphead.h"
 #include "net/upstream.h"
+#include "policy/bulkhead.h"
 #include "policy/fault.h"
 #include "policy/retry.h"
 #include "policy/outcome.h"
@@ -54,6 +55,7 @@ struct lv_hook_header;
 /* Where a request is. Body receipt runs beside these (reqbody.c: body_done). */
 enum lv_req_phase {
     LV_REQ_IDLE = 0,   /* the slot holds no request */
+    LV_REQ_ADMISSION,  /* waiting for the rate limit's store or a bulkhead slot (admitreq.c) */
     LV_REQ_RECEIVING,  /* reading the body before the first attempt (buffering, keyed body) */
     LV_REQ_LOOKUP,     /* asking the idempotency store, or waiting for the request in flight */
     LV_REQ_CONNECTING, /* waiting for an upstream connection */
@@ -193,6 +195,16 @@ struct lv_request {
 
     struct lv_idem_filter idem; /* idemfilter.c */
 
+    /* admission control (admitreq.c) */
+    size_t head_len;             /* the head, still at the start of ds->in while admission waits */
+    uint64_t serial;             /* this request, among the slot's: for messages that outlive it */
+    struct lv_buf admit_key;     /* the rate limit's key */
+    struct lv_rate_op *admit_op; /* a Redis check in flight */
+    struct lv_bulkhead_waiter bh;
+    bool bh_queued;       /* in the bulkhead's queue */
+    bool bh_slot;         /* holds a bulkhead slot */
+    uint32_t bh_inflight; /* the route's requests in flight when it got the slot */
+
     /* injected faults (faultinject.c, README "levee dev") */
     struct lv_faults fault_hdr;       /* from Levee-Fault, where the route honours it */
     struct lv_fault_hit fault_client; /* at = "client" (and throttle), drawn once */
@@ -302,6 +314,22 @@ void lv_attempt_resume(struct lv_request *r);
 void lv_attempt_deadline(struct lv_request *r);
 /** The TRY clock fired: a try timeout, a stalled body, or the end of a backoff. */
 void lv_attempt_clock(struct lv_request *r);
+
+/** Admission control let the request through (admitreq.c): the breaker, idempotency, the body
+ *  and the attempts follow. `h`: its parsed head, or NULL to parse it again from ds->in. */
+void lv_request_admitted(struct lv_request *r, const struct lv_reqhead *h);
+
+/* ---- admitreq.c: admission control (README "Admission control"; proxy/admission.h) */
+
+enum lv_admit { LV_ADMIT_GO, LV_ADMIT_WAIT, LV_ADMIT_REFUSED };
+struct lv_rate_op;
+/** The rate limit, then the bulkhead. GO: go on now; WAIT: lv_request_admitted follows (or an
+ *  answer); REFUSED: answered (the head consumed). */
+enum lv_admit lv_admitreq_begin(struct lv_request *r, const struct lv_reqhead *h);
+/** The TRY clock fired while in LV_REQ_ADMISSION (the queue timeout). */
+void lv_admitreq_clock(struct lv_request *r);
+/** The request ends: a pending check is cancelled, a slot or a place in the queue let go. */
+void lv_admitreq_end(struct lv_request *r);
 
 /* ---- faultinject.c: faults injected on purpose (README "levee dev"). Route fault tables,
  * the Levee-Fault header and the admin API's rules (policy/faultrules.h) are drawn here; at

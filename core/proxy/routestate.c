@@ -116,6 +116,7 @@ struct lv_route_state *lv_route_states_get(struct lv_route_states *reg, const ch
     }
     struct lv_route_state *rs = lv_xcalloc(1, sizeof(*rs));
     pthread_mutex_init(&rs->lock, NULL);
+    lv_admission_init(&rs->adm);
     rs->name = lv_xstrdup(name);
     const char *lv[] = {name, NULL};
     rs->duration = lv_metric_series(reg->fam.duration, lv);
@@ -151,6 +152,7 @@ static void state_free(struct lv_route_states *reg, size_t i)
     keyed_free(&rs->attempts);
     keyed_free(&rs->decisions);
     keyed_free(&rs->faults);
+    lv_admission_dispose(&rs->adm, &reg->fam.adm, rs->name);
     free(rs->idem_sig);
     free(rs->name);
     pthread_mutex_destroy(&rs->lock);
@@ -266,6 +268,7 @@ struct lv_idem *lv_route_state_configure(struct lv_route_states *reg, struct lv_
     free(rs->idem_sig);
     rs->idem_sig = lv_xstrdup(sig);
     lv_route_state_unlock(rs);
+    lv_admission_configure(&rs->adm, r, &reg->fam.adm, rs->name);
     return replaced;
 }
 
@@ -380,6 +383,7 @@ void lv_route_state_publish(struct lv_route_states *reg, struct lv_route_state *
         lv_metric_set(lv_metric_series(f->idem_entries, lv), (double)is.entries);
     }
     lv_route_state_unlock(rs);
+    lv_admission_publish(&rs->adm, &reg->fam.adm, rs->name);
 }
 
 /* ---- teardown */
@@ -402,6 +406,7 @@ void lv_route_states_dispose(struct lv_route_states *reg)
         keyed_free(&rs->attempts);
         keyed_free(&rs->decisions);
         keyed_free(&rs->faults);
+        lv_admission_dispose(&rs->adm, &reg->fam.adm, rs->name);
         free(rs->idem_sig);
         free(rs->name);
         pthread_mutex_destroy(&rs->lock);

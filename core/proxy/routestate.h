@@ -27,6 +27,7 @@
 
 #include "obs/metrics.h"
 #include "policy/breaker.h"
+#include "proxy/admission.h"
 #include "policy/budget.h"
 #include "policy/retry.h"
 #include "conf/config.h"
@@ -39,6 +40,7 @@ struct lv_route_families {
         *breaker_state, *fallbacks, *breaker_rejected, *hook_errors, *idem_replays, *idem_stored,
         *idem_conflicts, *idem_mismatches, *idem_store_errors, *idem_entries, *retry_decisions,
         *faults;
+    struct lv_admission_families adm;
 };
 
 /* Series made on first use, by key, in the order made. Entries are only ever appended, into
@@ -81,6 +83,8 @@ struct lv_route_state {
     atomic_bool breaker_enabled; /* written under `lock`; read without it to skip the lock */
     bool policy_ready;
     uint64_t hook_log_at; /* rate limit for hook error log lines */
+    /* admission control: rate limit and bulkhead (proxy/admission.h), its own lock */
+    struct lv_admission adm;
     /* idempotency: the route's store (kept across reloads while its settings are unchanged) */
     struct lv_idem *idem;
     char *idem_sig;        /* the settings the store was made with */

@@ -1,4 +1,5 @@
 #include "proxy/server.h"
+#include "store/ratelimit_redis.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -26,6 +27,7 @@ static const char *const L_CODE[] = {"code", NULL};
 static const char *const L_ROUTE_OUTCOME[] = {"route", "outcome", NULL};
 static const char *const L_ROUTE_DECISION[] = {"route", "decision", NULL};
 static const char *const L_ROUTE_KIND[] = {"route", "kind", NULL};
+static const char *const L_ROUTE_MODE[] = {"route", "mode", NULL};
 static const char *const L_ROUTE_HOOK[] = {"route", "hook", "kind", NULL};
 static const char *const L_UPSTREAM[] = {"upstream", NULL};
 static const char *const L_UP_SERVER[] = {"upstream", "server", NULL};
@@ -468,6 +470,29 @@ static void metrics_setup(struct lv_server *s)
         "verdict, attempts, budget, deadline, not-replayable, body-too-large, response-started, "
         "breaker-open).",
         LV_METRIC_COUNTER, L_ROUTE_DECISION, NULL, 0);
+    struct lv_admission_families *af = &f->adm;
+    af->limited = lv_metrics_family(m, "levee_rate_limited_total",
+                                    "Requests over the route's rate limit, by mode: enforce "
+                                    "(refused, 429) or shadow (counted and forwarded).",
+                                    LV_METRIC_COUNTER, L_ROUTE_MODE, NULL, 0);
+    af->store_errors =
+        lv_metrics_family(m, "levee_rate_limit_store_errors_total",
+                          "Rate-limit checks whose store failed (Redis down or slow, memory "
+                          "store full of live keys); on_store_error decided.",
+                          LV_METRIC_COUNTER, L_ROUTE, NULL, 0);
+    af->rejected = lv_metrics_family(m, "levee_concurrency_rejected_total",
+                                     "Requests refused by the route's bulkhead (503 "
+                                     "concurrency-limit: queue full or queue timeout).",
+                                     LV_METRIC_COUNTER, L_ROUTE, NULL, 0);
+    af->queued = lv_metrics_family(m, "levee_concurrency_queued_total",
+                                   "Requests that waited in the route's bulkhead queue.",
+                                   LV_METRIC_COUNTER, L_ROUTE, NULL, 0);
+    af->inflight = lv_metrics_family(m, "levee_route_inflight",
+                                     "Requests of the route holding a bulkhead slot.",
+                                     LV_METRIC_GAUGE, L_ROUTE, NULL, 0);
+    af->limit = lv_metrics_family(m, "levee_route_concurrency_limit",
+                                  "The route's bulkhead limit (fixed, or the adaptive one now).",
+                                  LV_METRIC_GAUGE, L_ROUTE, NULL, 0);
     f->faults = lv_metrics_family(m, "levee_faults_injected_total",
                                   "Faults injected on purpose, by route and kind (abort, delay, "
                                   "reset, throttle): route fault tables, Levee-Fault headers and "
@@ -845,6 +870,13 @@ void lv_server_stop(struct lv_server *s)
         lv_generation_unpin(g);
     }
     assert(s->nlive == 0);
+    for (size_t i = 0; i < s->nrate_redis; i++) {
+        lv_rate_redis_close(s->rate_redis[i].store);
+        free(s->rate_redis[i].sig);
+    }
+    free(s->rate_redis);
+    s->rate_redis = NULL;
+    s->nrate_redis = 0;
     if (s->worker == 0)
         lv_route_states_close_stores(s->routes); /* the first worker's loop holds them */
 }

@@ -73,17 +73,26 @@ void lv_server_shared_configure(struct lv_server_shared *sh, const struct lv_con
 /** Points the access log at `fd` (-1: off); returns the old fd, no longer written to. */
 int lv_server_shared_access_fd(struct lv_server_shared *sh, int fd);
 
+struct lv_rate_redis;
+
 struct lv_server {
     uv_loop_t *loop;
     unsigned worker;             /* index, 0 .. nworkers - 1 */
     struct lv_server_shared *sh; /* what the workers share */
     bool owns_shared;            /* lv_server_init made `sh` (one worker, tests) */
     uint64_t requests;           /* requests this worker finished (README "Workers") */
-    struct lv_generation *gen;   /* the generation in force: the server holds one pin */
-    struct lv_config *cfg;       /* gen->cfg: the configuration in force */
-    uint64_t generation;         /* number of the newest generation installed */
-    char *config_path;           /* levee dev: its --policy file or NULL */
-    double reload_at;            /* unix time the generation in force was installed */
+    /* Redis rate-limit stores of this worker, one per address, prefix and timeout (made on
+     * first use by proxy/admitreq.c, closed with the server) */
+    struct lv_rate_redis_slot {
+        char *sig;
+        struct lv_rate_redis *store;
+    } * rate_redis;
+    size_t nrate_redis;
+    struct lv_generation *gen; /* the generation in force: the server holds one pin */
+    struct lv_config *cfg;     /* gen->cfg: the configuration in force */
+    uint64_t generation;       /* number of the newest generation installed */
+    char *config_path;         /* levee dev: its --policy file or NULL */
+    double reload_at;          /* unix time the generation in force was installed */
 
     struct lv_generation **live; /* every generation not yet released, oldest first */
     size_t nlive;
