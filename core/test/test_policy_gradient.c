@@ -293,7 +293,7 @@ T_TEST(capacity_drop_and_back)
     fprintf(stderr, "  capacity 20 -> 5 -> 20: limit %u, then %u..%u, then %u..%u\n", before, lo,
             hi, s.lo, s.hi);
     T_CHECK(before >= 20 && before <= 40);
-    T_CHECK(lo >= 3 && hi <= 12);
+    T_CHECK(lo >= 3 && hi <= 15);
     T_CHECK(s.lo >= before * 8 / 10 && s.hi <= 45);
 }
 
@@ -349,6 +349,15 @@ T_TEST(probes)
     lv_gradient_sample(&g, now += 20 * MS, 10 * MS, 1000, false);
     T_CHECK(!g.probing);
     T_CHECK(g.long_rtt == base);
+    /* drops during a probe back off all the same */
+    while (!g.probing)
+        feed(&g, &now, 1, 10, 30 * MS, 1000, 0);
+    e = est(&g);
+    pl = lv_gradient_limit(&g);
+    for (int i = 0; i < 11; i++) /* 10 measured, 1 dropped */
+        lv_gradient_sample(&g, now += 20 * MS, 30 * MS, pl, i == 0);
+    T_CHECK(!g.probing);
+    T_CHECK(fabs(est(&g) - 0.9 * e) < 1e-9);
 }
 
 /* The upstream becomes slower for good (not through our load): after the fall the limit is
@@ -369,7 +378,7 @@ T_TEST(permanent_slowdown_rebases)
     fprintf(stderr, "  slower: before %u, lowest %u, after %u..%u\n", before, during, s.lo, s.hi);
     T_CHECK(during < before);
     T_CHECK(s.lo >= 10);
-    T_CHECK(s.hi <= 40);
+    T_CHECK(s.hi <= 45);
 }
 
 /* The estimate (lv_gradient_limit is half of it during a probe). */
