@@ -107,6 +107,8 @@ static void sanitise(struct lv_gradient_cfg *out, const struct lv_gradient_cfg *
         out->long_window = DEF_LONG_WINDOW;
     if (out->window_min_samples == 0)
         out->window_min_samples = 1;
+    if (out->window_min_samples > WIN_SAMPLES_CAP / PROBE_GIVE_UP)
+        out->window_min_samples = WIN_SAMPLES_CAP / PROBE_GIVE_UP;
     if (out->window_max_ns < out->window_min_ns)
         out->window_max_ns = out->window_min_ns;
     if (!(out->drop_backoff > 0 && out->drop_backoff < 1))

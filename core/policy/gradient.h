@@ -65,7 +65,7 @@ struct lv_gradient_cfg {
     double smoothing;            /* (0, 1]: weight of a new estimate; default 0.2 */
     double tolerance;            /* >= 1: RTT growth over the baseline taken as no queueing; 1.5 */
     uint32_t long_window;        /* windows the baseline averages over; default 600 */
-    uint32_t window_min_samples; /* samples a window needs before it may close; default 10 */
+    uint32_t window_min_samples; /* samples a window needs to close; default 10; 1..2^30/10 */
     uint64_t window_min_ns;      /* shortest window; default 100 ms */
     uint64_t window_max_ns;      /* longest window (before the sample count); default 1 s */
     double drop_backoff;         /* (0, 1): limit factor of a window with drops; default 0.9 */
