@@ -18,8 +18,9 @@
  * DOWN_RATE: a window faster than the baseline moves it this share of the way down (about ten
  *   windows), much faster than the 2 / (long_window + 1) of the way up: the baseline stands
  *   for the no-load RTT, and a lower latency is direct evidence of it.
- * PROBE_SHARE: a probe runs at this share of the limit; at half, the probe costs little
- *   throughput, and each probe that starts above the knee lands at least twice as close to it.
+ * PROBE_SHARE: a probe runs at this share of the limit: deep enough that a limit above the
+ *   knee sees a clearly lower latency (and the probes that follow walk it down to the knee),
+ *   shallow enough that one window in probe_interval at half costs ~0.5% of the throughput.
  * PROBE_SOON, PROBE_MOVED: the baseline is re-probed after PROBE_SOON windows instead of
  *   probe_interval when it looks stale: right after the warm-up (which may have averaged a
  *   queue), after a probe that moved it down by 10% or more (halving the concurrency
@@ -29,20 +30,26 @@
  * PROBE_GIVE_UP: a probe window that has seen this many times window_min_samples samples
  *   without enough of them started inside the probe limit (the caller did not apply it) closes
  *   without a measurement.
+ * The queue term, sqrt(limit): the growth per update while latency is fine (before smoothing),
+ *   so the limit climbs by about 0.2 x sqrt(limit) per window: ~1 per window at 20, ~3 at 200;
+ *   a fixed term (Gradient2's default is 4) is either slow for large limits or jumpy for small.
+ * WIN_SAMPLES_CAP: a window closes at this many samples whatever its age (a clock that stands
+ *   still must not let the count wrap).
  * RTT_FLOOR_NS: a sample RTT below 1 us is timing noise; taken as 1 us, which also keeps every
  *   ratio finite.
  */
-#define GRADIENT_FLOOR 0.5
-#define DROP_RATIO     0.01
-#define DECAY_RATIO    2.0
-#define DECAY          0.95
-#define APP_LIMITED    0.5
-#define DOWN_RATE      0.1
-#define PROBE_SHARE    0.5
-#define PROBE_GIVE_UP  10
-#define PROBE_SOON     10
-#define PROBE_MOVED    0.9
-#define RTT_FLOOR_NS   1000.0
+#define GRADIENT_FLOOR  0.5
+#define DROP_RATIO      0.01
+#define DECAY_RATIO     2.0
+#define DECAY           0.95
+#define APP_LIMITED     0.5
+#define DOWN_RATE       0.1
+#define PROBE_SHARE     0.5
+#define PROBE_GIVE_UP   10
+#define PROBE_SOON      10
+#define PROBE_MOVED     0.9
+#define RTT_FLOOR_NS    1000.0
+#define WIN_SAMPLES_CAP (1u << 30)
 
 /* Defaults (gradient.h). */
 #define DEF_MIN            1
@@ -100,6 +107,8 @@ static void sanitise(struct lv_gradient_cfg *out, const struct lv_gradient_cfg *
         out->long_window = DEF_LONG_WINDOW;
     if (out->window_min_samples == 0)
         out->window_min_samples = 1;
+    if (out->window_min_samples > WIN_SAMPLES_CAP / PROBE_GIVE_UP)
+        out->window_min_samples = WIN_SAMPLES_CAP / PROBE_GIVE_UP;
     if (out->window_max_ns < out->window_min_ns)
         out->window_max_ns = out->window_min_ns;
     if (!(out->drop_backoff > 0 && out->drop_backoff < 1))
@@ -191,12 +200,15 @@ static void window_close(struct lv_gradient *g)
     uint32_t n = g->win_samples, drops = g->win_drops, inflight = g->win_inflight;
     uint32_t ok = n - drops;
     g->updates++;
+    bool drop_window = drops > 0 && (double)drops >= DROP_RATIO * n;
     if (g->probing) {
         probe_close(g);
+        if (drop_window)
+            set_limit(g, g->limit * c->drop_backoff);
         return;
     }
 
-    if (drops > 0 && (double)drops >= DROP_RATIO * n) {
+    if (drop_window) {
         /* A drop window: back off; its RTTs (cut short or inflated by the failures) teach the
          * baseline nothing. */
         if (ok > 0)
@@ -246,7 +258,7 @@ void lv_gradient_sample(struct lv_gradient *g, uint64_t now_ns, uint64_t rtt_ns,
         if (g->win_rtt_min == 0 || rtt < g->win_rtt_min)
             g->win_rtt_min = rtt;
     }
-    bool long_enough = now_ns - g->win_start >= g->win_len;
+    bool long_enough = now_ns - g->win_start >= g->win_len || g->win_samples >= WIN_SAMPLES_CAP;
     if (g->probing) {
         if (!dropped && inflight <= probe_limit(g)) {
             g->probe_n++;

@@ -40,6 +40,11 @@
  * that lowered it by 10% or more, after a window faster than baseline / tolerance), the next
  * probe comes after 10 windows instead.
  *
+ * The caller (the request path): one lv_gradient_sample per request the bulkhead admitted, when
+ * it ends (requests the bulkhead rejected or timed out in its queue are not samples: they never
+ * reached the upstream); enforce lv_gradient_limit; show lv_gradient_stats' estimate in /status
+ * and levee_route_concurrency_limit (it does not dip during probes).
+ *
  * Pure: no clock (`now_ns` is an argument, nanoseconds of a monotonic clock), no allocation.
  * Not thread-safe: the caller serialises every call on one struct lv_gradient (the bulkhead's
  * lock).
@@ -60,7 +65,7 @@ struct lv_gradient_cfg {
     double smoothing;            /* (0, 1]: weight of a new estimate; default 0.2 */
     double tolerance;            /* >= 1: RTT growth over the baseline taken as no queueing; 1.5 */
     uint32_t long_window;        /* windows the baseline averages over; default 600 */
-    uint32_t window_min_samples; /* samples a window needs before it may close; default 10 */
+    uint32_t window_min_samples; /* samples a window needs to close; default 10; 1..2^30/10 */
     uint64_t window_min_ns;      /* shortest window; default 100 ms */
     uint64_t window_max_ns;      /* longest window (before the sample count); default 1 s */
     double drop_backoff;         /* (0, 1): limit factor of a window with drops; default 0.9 */
@@ -113,7 +118,10 @@ void lv_gradient_sample(struct lv_gradient *g, uint64_t now_ns, uint64_t rtt_ns,
 /** The current limit, in [min_limit, max_limit]: the estimate, or during a probe half of it. */
 uint32_t lv_gradient_limit(const struct lv_gradient *g);
 
-/** For /status and metrics; any pointer may be NULL. RTTs in ns, 0 before the first window. */
+/**
+ * For /status and metrics; any pointer may be NULL. *limit is the estimate (fractional, without
+ * the probes' dips); RTTs in ns, 0 before the first window; *updates counts closed windows.
+ */
 void lv_gradient_stats(const struct lv_gradient *g, double *limit, double *short_rtt_ns,
                        double *long_rtt_ns, uint64_t *updates);
 
