@@ -333,6 +333,20 @@ static void admin_route(void *arg, size_t i, struct lv_admin_route *out)
     };
     lv_route_state_unlock(rs);
     lv_route_state_by_class(rs, out->by_class);
+    struct lv_admission_stats as;
+    lv_admission_stats(&rs->adm, &as);
+    out->rate_limited = rs->adm.limited[0];
+    out->rate_shadowed = rs->adm.limited[1];
+    out->rate_store_errors = rs->adm.store_errors;
+    out->rate_keys = as.keys;
+    out->bulkhead = as.bulkhead;
+    out->adaptive = as.adaptive;
+    out->inflight = as.inflight;
+    out->queued = as.queued;
+    out->limit = as.limit;
+    out->concurrency_rejected = rs->adm.rejected ? (uint64_t)lv_metric_value(rs->adm.rejected) : 0;
+    out->short_rtt_ms = as.short_rtt_ms;
+    out->long_rtt_ms = as.long_rtt_ms;
 }
 
 static void admin_metrics(void *arg, struct lv_buf *out)

@@ -213,6 +213,31 @@ static void status_json(struct lv_admin *a, struct lv_buf *b)
                           is.kind, (unsigned long long)is.entries, (unsigned long long)is.bytes,
                           (unsigned long long)is.max_bytes, is.connected ? "true" : "false");
         }
+        if (r->rate_limit.enabled) {
+            lv_buf_printf(
+                b,
+                ",\"rate_limit\":{\"rate\":%u,\"per_ms\":%llu,\"burst\":%u,\"store\":\"%s\","
+                "\"mode\":\"%s\",\"limited\":%.0f,\"shadow_limited\":%.0f,"
+                "\"store_errors\":%.0f,\"keys\":%llu}",
+                r->rate_limit.rate, (unsigned long long)r->rate_limit.per_ms, r->rate_limit.burst,
+                r->rate_limit.redis ? "redis" : "memory",
+                r->rate_limit.shadow ? "shadow" : "enforce",
+                rs->rate_limited ? lv_metric_value(rs->rate_limited) : 0.0,
+                rs->rate_shadowed ? lv_metric_value(rs->rate_shadowed) : 0.0,
+                rs->rate_store_errors ? lv_metric_value(rs->rate_store_errors) : 0.0,
+                (unsigned long long)rs->rate_keys);
+        }
+        if (rs->bulkhead) {
+            lv_buf_printf(b,
+                          ",\"concurrency\":{\"limit\":%u,\"adaptive\":%s,\"inflight\":%u,"
+                          "\"queued\":%u,\"rejected\":%llu",
+                          rs->limit, rs->adaptive ? "true" : "false", rs->inflight, rs->queued,
+                          (unsigned long long)rs->concurrency_rejected);
+            if (rs->adaptive)
+                lv_buf_printf(b, ",\"short_rtt_ms\":%.3f,\"long_rtt_ms\":%.3f", rs->short_rtt_ms,
+                              rs->long_rtt_ms);
+            lv_buf_putc(b, '}');
+        }
         uint64_t breq = 0, bret = 0, bavail = 0;
         lv_budget_stats(rs->budget, now, &breq, &bret, &bavail);
         lv_buf_printf(b, ",\"budget\":{\"requests\":%llu,\"retries\":%llu,\"available\":%llu}",

@@ -71,6 +71,13 @@ struct lv_admin_route {
      * levee_request_duration_seconds histogram (NULL: not made yet, reads as 0) */
     uint64_t by_class[6];
     struct lv_metric *retries, *budget_exhausted, *breaker_rejected, *duration;
+    /* admission control (README "Admission control") */
+    struct lv_metric *rate_limited, *rate_shadowed, *rate_store_errors; /* NULL: no rate limit */
+    uint64_t rate_keys;                                                 /* memory store */
+    bool bulkhead, adaptive;
+    uint32_t inflight, queued, limit;
+    uint64_t concurrency_rejected;
+    double short_rtt_ms, long_rtt_ms; /* adaptive: the gradient's latencies */
 };
 
 /* The answer to POST /reload: rc 0 and the generation now in force, or -1 and the errors
