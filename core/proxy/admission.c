@@ -8,7 +8,17 @@ void lv_admission_init(struct lv_admission *a)
 {
     memset(a, 0, sizeof(*a));
     pthread_mutex_init(&a->lock, NULL);
+    pthread_rwlock_init(&a->mem_lock, NULL);
     lv_bulkhead_init(&a->bulkhead);
+}
+
+bool lv_admission_rate_check(struct lv_admission *a, const char *key, size_t len,
+                             const struct lv_gcra *g, uint64_t now_ns, struct lv_gcra_result *out)
+{
+    pthread_rwlock_rdlock(&a->mem_lock);
+    bool ok = a->mem && lv_ratemem_check(a->mem, key, len, g, now_ns, out) == LV_RATEMEM_OK;
+    pthread_rwlock_unlock(&a->mem_lock);
+    return ok;
 }
 
 uint32_t lv_admission_limit(const struct lv_admission *a)
@@ -23,16 +33,18 @@ void lv_admission_configure(struct lv_admission *a, const struct lv_route_cfg *r
     const struct lv_rate_cfg *rc = &r->rate_limit;
     const struct lv_concurrency_cfg *cc = &r->concurrency;
     struct lv_ratemem *old = NULL;
-    pthread_mutex_lock(&a->lock);
     /* The memory store keeps its keys while its size is unchanged (a reload that changes the
      * rate keeps each key's state: GCRA's state means the same under any parameters). */
     bool want_mem = rc->enabled && !rc->redis;
+    pthread_rwlock_wrlock(&a->mem_lock);
     if (a->mem && (!want_mem || lv_ratemem_max_keys(a->mem) != rc->max_keys)) {
         old = a->mem;
         a->mem = NULL;
     }
     if (want_mem && !a->mem)
         a->mem = lv_ratemem_new(rc->max_keys);
+    pthread_rwlock_unlock(&a->mem_lock);
+    pthread_mutex_lock(&a->lock);
     if (rc->enabled && !a->limited[0]) {
         const char *le[] = {route, "enforce", NULL}, *ls[] = {route, "shadow", NULL};
         a->limited[0] = lv_metric_series(f->limited, le);
@@ -60,7 +72,7 @@ void lv_admission_configure(struct lv_admission *a, const struct lv_route_cfg *r
         }
     }
     pthread_mutex_unlock(&a->lock);
-    lv_ratemem_free(old); /* no request holds a store across its check */
+    lv_ratemem_free(old); /* no check holds it: they take mem_lock */
 }
 
 void lv_admission_publish(struct lv_admission *a, const struct lv_admission_families *f,
@@ -89,15 +101,18 @@ void lv_admission_dispose(struct lv_admission *a, const struct lv_admission_fami
         lv_metric_family_remove(fams[k], "route", route);
     lv_ratemem_free(a->mem);
     a->mem = NULL;
+    pthread_rwlock_destroy(&a->mem_lock);
     pthread_mutex_destroy(&a->lock);
 }
 
 void lv_admission_stats(struct lv_admission *a, struct lv_admission_stats *out)
 {
     memset(out, 0, sizeof(*out));
-    pthread_mutex_lock(&a->lock);
+    pthread_rwlock_rdlock(&a->mem_lock);
     out->rate_limit = a->mem != NULL;
     out->keys = a->mem ? lv_ratemem_keys(a->mem) : 0;
+    pthread_rwlock_unlock(&a->mem_lock);
+    pthread_mutex_lock(&a->lock);
     out->bulkhead = a->bulkhead_on;
     out->adaptive = a->adaptive;
     out->inflight = a->bulkhead.inflight;

@@ -35,7 +35,9 @@ struct lv_admission_families {
 
 struct lv_admission {
     pthread_mutex_t lock;
-    /* the rate limit's memory store, kept while max_keys is unchanged */
+    /* the rate limit's memory store, kept while max_keys is unchanged; checks hold mem_lock
+     * for reading (the store locks its own shards), a reload that replaces it for writing */
+    pthread_rwlock_t mem_lock;
     struct lv_ratemem *mem;
     /* the bulkhead */
     bool bulkhead_on;
@@ -60,6 +62,10 @@ void lv_admission_publish(struct lv_admission *a, const struct lv_admission_fami
 /** The route state goes: its series leave /metrics, its store is freed. */
 void lv_admission_dispose(struct lv_admission *a, const struct lv_admission_families *f,
                           const char *route);
+
+/** One check in the memory store (lv_ratemem_check); false when there is none or it is full. */
+bool lv_admission_rate_check(struct lv_admission *a, const char *key, size_t len,
+                             const struct lv_gcra *g, uint64_t now_ns, struct lv_gcra_result *out);
 
 /** The bulkhead's current limit (the fixed one, or the gradient's). Lock held. */
 uint32_t lv_admission_limit(const struct lv_admission *a);

@@ -339,8 +339,8 @@ enum lv_admit lv_admitreq_begin(struct lv_request *r, const struct lv_reqhead *h
         }
         struct lv_gcra_result res;
         struct lv_admission *a = adm(r);
-        bool ok = a->mem && lv_ratemem_check(a->mem, r->admit_key.data, r->admit_key.len, &g,
-                                             uv_hrtime(), &res) == LV_RATEMEM_OK;
+        bool ok =
+            lv_admission_rate_check(a, r->admit_key.data, r->admit_key.len, &g, uv_hrtime(), &res);
         if (rate_decided(r, ok, &g, &res) != LV_ADMIT_GO)
             return LV_ADMIT_REFUSED;
     }
