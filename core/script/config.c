@@ -35,7 +35,7 @@
 
 /* Loading (README "Reload"): the file's code, the key-line scan and validation run on Lua
  * coroutines under a count hook that every 100 instructions checks the instruction budget and
- * the wall clock; levee's glue code on the main thread is not counted. */
+ * the loader thread's CPU time; levee's glue code on the main thread is not counted. */
 static const struct lv_rt_budget load_budget = {
     .instructions = 200000000,
     .tick = 100,

@@ -18,7 +18,7 @@
 #include "conf/config.h"
 
 /* Limits of one load (README "Reload"): the file's code and validation run at most
- * LV_CONFIG_LOAD_SECONDS of wall-clock time and 2e8 Lua instructions, with at most
+ * LV_CONFIG_LOAD_SECONDS of the loader thread's CPU time and 2e8 Lua instructions, with at most
  * LV_CONFIG_LOAD_MEMORY bytes of Lua memory; the hooks' state keeps its own, larger cap. A
  * loader that has not answered after LV_CONFIG_LOAD_WAIT_MS (stuck inside one C call) is
  * abandoned. */

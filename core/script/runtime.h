@@ -11,7 +11,7 @@
  *    the environments hooks run in (README "Writing hooks": read-only globals and library
  *    tables, no `require`, no __gc). The file's environment itself (which globals and
  *    libraries it sees) is built by lua/levee/config.lua from this state's libraries;
- *  - the budget: an instruction count and an optional wall-clock limit checked by a count
+ *  - the budget: an instruction count and an optional CPU-time limit checked by a count
  *    hook (README "Load limits" for a load, "Writing hooks" for one hook call);
  *  - protected calls that say why they failed (error, memory, budget) and error messages
  *    turned into one bounded line.
@@ -60,10 +60,11 @@ bool lv_rt_memory_refused(lua_State *L);
 struct lv_rt_budget {
     uint64_t instructions; /* stops once about this many have run (a multiple of tick) */
     int tick;              /* instructions between two checks */
-    uint64_t time_ms;      /* wall clock allowed from lv_rt_budget_start; 0: no clock limit */
-    bool skip_main;        /* code on the state's main thread (levee's own) is not counted */
-    bool guard_c_calls;    /* guards.h's checks of looping C library calls apply */
-    const char *message;   /* the error raised; static storage */
+    uint64_t time_ms;    /* CPU time of the calling thread allowed from lv_rt_budget_start (checked
+                            on that thread); 0: no clock limit */
+    bool skip_main;      /* code on the state's main thread (levee's own) is not counted */
+    bool guard_c_calls;  /* guards.h's checks of looping C library calls apply */
+    const char *message; /* the error raised; static storage */
 };
 
 /** Starts `b` (copied) for `L`'s state, its count hook set on thread `on` (coroutines created
