@@ -2,7 +2,7 @@
  * admission: a route's admission control (README "Admission control"), the state shared by
  * every worker. A request passes, in this order: its route, the rate limit (a GCRA per key,
  * in memory here or in Redis), the bulkhead (a concurrency limit, fixed or adaptive, with a
- * FIFO queue), then idempotency, the breaker and its attempts.
+ * FIFO queue), then idempotency, the breaker and its attempts (proxy/request.c).
  *
  * struct lv_admission lives in the route state (kept by route name across reloads): the
  * memory store of the rate limit and the bulkhead with its gradient, under a lock of their

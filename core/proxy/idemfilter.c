@@ -101,7 +101,8 @@ static void on_lookup(enum lv_idem_result res, const struct lv_idem_response *st
     case LV_IDEM_ACQUIRED:
         f->lock = lock;
         f->state = LV_IDEMF_LOCKED;
-        lv_attempt_start(r);
+        if (lv_request_gate(r)) /* the breaker after idempotency (README "Admission control") */
+            lv_attempt_start(r);
         return;
     case LV_IDEM_REPLAY:
         replay(r, stored);
@@ -136,7 +137,8 @@ static void on_lookup(enum lv_idem_result res, const struct lv_idem_response *st
             lv_warn("route %s: idempotency store unavailable, forwarding without protection "
                     "(on_store_error = fail_open)",
                     r->route->name);
-            lv_attempt_start(r);
+            if (lv_request_gate(r))
+                lv_attempt_start(r);
             return;
         }
         err = LV_GWERR_IDEMPOTENCY_STORE_UNAVAILABLE;

@@ -584,23 +584,29 @@ void lv_request_admitted(struct lv_request *r, const struct lv_reqhead *hp)
     }
     r->phase = LV_REQ_CONNECTING; /* not idle; the stages set the real phase below */
     r->head_len = 0;
-    /* One hold of the route's lock per request start: the budget counts it, the breaker
-     * admits it (README "Workers"). */
+    bool keyed_ok = lv_idem_filter_begin(r, hp); /* reads the head's fields */
+    /* The head leaves the input before any answer: the downstream serves what follows it. */
+    lv_buf_consume(&ds->in, head_len);
+    if (!keyed_ok)
+        return; /* answered (and closing) */
+    /* Idempotency comes before the breaker (README "Admission control"): a keyed request
+     * meets the breaker once the store has let it through, as a replay needs no upstream. */
+    if (r->idem.state == LV_IDEMF_OFF && !lv_request_gate(r))
+        return;
+    ds->ops->consumed(ds);
+    lv_reqbody_begin(r);
+}
+
+bool lv_request_gate(struct lv_request *r)
+{
+    /* One hold of the route's lock: the budget counts the request, the breaker admits it
+     * (README "Workers"). */
     uint64_t left_ms = 0;
     lv_route_state_lock(r->rs);
     lv_budget_on_request(&r->rs->budget, r->start_ms);
     bool admitted = lv_breakergate_admit(r, &left_ms);
     lv_route_state_unlock(r->rs);
-    /* The head leaves the input before any answer: the downstream serves what follows it. */
-    if (!admitted) {
-        lv_buf_consume(&ds->in, head_len);
+    if (!admitted)
         lv_breakergate_reject(r, left_ms);
-        return;
-    }
-    bool keyed_ok = lv_idem_filter_begin(r, hp); /* reads the head's fields */
-    lv_buf_consume(&ds->in, head_len);
-    if (!keyed_ok)
-        return; /* answered (and closing) */
-    ds->ops->consumed(ds);
-    lv_reqbody_begin(r);
+    return admitted;
 }

@@ -319,6 +319,11 @@ void lv_attempt_clock(struct lv_request *r);
  *  and the attempts follow. `h`: its parsed head, or NULL to parse it again from ds->in. */
 void lv_request_admitted(struct lv_request *r, const struct lv_reqhead *h);
 
+/** The budget counts the request and the breaker admits it; false: answered (breaker open,
+ *  or its fallback). Right after admission control, or for a keyed request once the
+ *  idempotency store let it through. */
+bool lv_request_gate(struct lv_request *r);
+
 /* ---- admitreq.c: admission control (README "Admission control"; proxy/admission.h) */
 
 enum lv_admit { LV_ADMIT_GO, LV_ADMIT_WAIT, LV_ADMIT_REFUSED };

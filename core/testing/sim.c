@@ -685,8 +685,15 @@ int lv_sim_request(struct lv_sim *s, const struct lv_sim_request *rq, struct lv_
     }
     out->route = u.route->name;
     u.sr = &s->routes[u.route - s->cfg->routes];
-    /* Request start (proxy/request.c): the budget counts it, the breaker admits it
+    /* lv_request_admitted (proxy/request.c): idempotency first (a replay needs no upstream),
+     * then lv_request_gate: the budget counts the request, the breaker admits it
      * (lv_breakergate_admit), else lv_breakergate_reject. */
+    int keyed = idem_begin(&u);
+    if (keyed < 0)
+        goto done;
+    u.deadline_at = s->now + u.route->timeout_ms; /* lv_attempt_start_deadline */
+    if (keyed && !idem_lookup(&u))
+        goto done;
     lv_budget_on_request(&u.sr->budget, s->now);
     if (u.sr->has_breaker) {
         uint64_t left_ms = 0;
@@ -697,12 +704,6 @@ int lv_sim_request(struct lv_sim *s, const struct lv_sim_request *rq, struct lv_
         }
         u.probe = ad == LV_BREAKER_PROBE;
     }
-    int keyed = idem_begin(&u);
-    if (keyed < 0)
-        goto done;
-    u.deadline_at = s->now + u.route->timeout_ms; /* lv_attempt_start_deadline */
-    if (keyed && !idem_lookup(&u))
-        goto done;
     rc = attempts(&u, err);
     if (rc < 0 && u.probe && u.sr->has_breaker)
         lv_breaker_release_probe(&u.sr->breaker); /* no outcome for the probe's slot */
