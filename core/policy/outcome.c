@@ -70,3 +70,17 @@ enum lv_verdict lv_classify_default(uint32_t on_errors, const uint64_t on_status
         return LV_VERDICT_NONE;
     }
 }
+
+enum lv_gwerr lv_outcome_gwerr(enum lv_outcome_kind kind)
+{
+    switch (kind) {
+    case LV_OUT_CONNECT_FAILURE:
+        return LV_GWERR_CONNECT_FAILURE;
+    case LV_OUT_RESET:
+        return LV_GWERR_UPSTREAM_RESET;
+    case LV_OUT_TIMEOUT:
+        return LV_GWERR_UPSTREAM_TIMEOUT;
+    default:
+        return LV_GWERR_BAD_UPSTREAM_RESPONSE;
+    }
+}

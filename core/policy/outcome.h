@@ -11,6 +11,7 @@
 #ifndef LV_OUTCOME_H
 #define LV_OUTCOME_H
 
+#include "base/gwerr.h"
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -49,6 +50,9 @@ static inline uint32_t lv_outcome_error_bit(enum lv_outcome_kind k)
  * "none" for the other two. Static string, never NULL ("?" for an unknown value).
  */
 const char *lv_outcome_name(enum lv_outcome_kind k);
+/** The gateway error a client gets when an attempt that ended so is the last one:
+ *  connect-failure, upstream-reset, upstream-timeout, else bad-upstream-response. */
+enum lv_gwerr lv_outcome_gwerr(enum lv_outcome_kind kind);
 
 /** The error kind named by `name` (one of the four error names), or LV_OUT_NONE. */
 enum lv_outcome_kind lv_outcome_from_name(const char *name, size_t n);

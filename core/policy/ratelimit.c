@@ -6,6 +6,8 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include "base/siphash.h"
+
 #define MAX_SHARDS     64
 #define MIN_SHARE      64 /* keys per shard before there is more than one shard */
 #define CLOCK_STEPS    2  /* slots the sweeping hand looks at per check */
@@ -33,64 +35,6 @@ struct lv_ratemem {
     unsigned nshards; /* a power of two */
     struct shard *shards;
 };
-
-/* ---- SipHash-2-4-128 */
-
-#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
-#define SIPROUND                                                                                   \
-    do {                                                                                           \
-        v0 += v1;                                                                                  \
-        v1 = ROTL(v1, 13);                                                                         \
-        v1 ^= v0;                                                                                  \
-        v0 = ROTL(v0, 32);                                                                         \
-        v2 += v3;                                                                                  \
-        v3 = ROTL(v3, 16);                                                                         \
-        v3 ^= v2;                                                                                  \
-        v0 += v3;                                                                                  \
-        v3 = ROTL(v3, 21);                                                                         \
-        v3 ^= v0;                                                                                  \
-        v2 += v1;                                                                                  \
-        v1 = ROTL(v1, 17);                                                                         \
-        v1 ^= v2;                                                                                  \
-        v2 = ROTL(v2, 32);                                                                         \
-    } while (0)
-
-static void siphash128(const uint64_t k[2], const void *data, size_t len, uint64_t out[2])
-{
-    const uint8_t *p = data;
-    uint64_t v0 = 0x736f6d6570736575ULL ^ k[0], v1 = 0x646f72616e646f6dULL ^ k[1];
-    uint64_t v2 = 0x6c7967656e657261ULL ^ k[0], v3 = 0x7465646279746573ULL ^ k[1];
-    uint64_t b = (uint64_t)len << 56;
-    size_t full = len & ~(size_t)7;
-    v1 ^= 0xee;
-    for (size_t i = 0; i < full; i += 8) {
-        uint64_t m = 0;
-        for (int j = 0; j < 8; j++)
-            m |= (uint64_t)p[i + j] << (8 * j);
-        v3 ^= m;
-        SIPROUND;
-        SIPROUND;
-        v0 ^= m;
-    }
-    for (size_t j = 0; j < (len & 7); j++)
-        b |= (uint64_t)p[full + j] << (8 * j);
-    v3 ^= b;
-    SIPROUND;
-    SIPROUND;
-    v0 ^= b;
-    v2 ^= 0xee;
-    SIPROUND;
-    SIPROUND;
-    SIPROUND;
-    SIPROUND;
-    out[0] = v0 ^ v1 ^ v2 ^ v3;
-    v1 ^= 0xdd;
-    SIPROUND;
-    SIPROUND;
-    SIPROUND;
-    SIPROUND;
-    out[1] = v0 ^ v1 ^ v2 ^ v3;
-}
 
 /* ---- the table of one shard (called with its lock held) */
 
@@ -207,7 +151,7 @@ enum lv_ratemem_rc lv_ratemem_check(struct lv_ratemem *m, const char *key, size_
                                     struct lv_gcra_result *out)
 {
     uint64_t h[2];
-    siphash128(m->sip, key, len, h);
+    lv_siphash128(m->sip, key, len, h);
     struct shard *s = &m->shards[h[1] >> 32 & (m->nshards - 1)];
     enum lv_ratemem_rc rc = LV_RATEMEM_OK;
     pthread_mutex_lock(&s->mu);

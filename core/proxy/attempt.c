@@ -333,20 +333,6 @@ static void start_backoff(struct lv_request *r)
     lv_request_clock_set(r, LV_CLOCK_TRY, r->backoff_next_ms);
 }
 
-static enum lv_gwerr outcome_error(enum lv_outcome_kind kind)
-{
-    switch (kind) {
-    case LV_OUT_CONNECT_FAILURE:
-        return LV_GWERR_CONNECT_FAILURE;
-    case LV_OUT_RESET:
-        return LV_GWERR_UPSTREAM_RESET;
-    case LV_OUT_TIMEOUT:
-        return LV_GWERR_UPSTREAM_TIMEOUT;
-    default:
-        return LV_GWERR_BAD_UPSTREAM_RESPONSE;
-    }
-}
-
 /* Replaying is safe (README, "Resilience policies"): nothing reached the upstream, or an
  * idempotent method, or an idempotency key on a route with idempotency on, or
  * retry.non_idempotent. The retry rule in policy/retry.c applies the same test; this copy
@@ -389,7 +375,7 @@ static void attempt_failed(struct lv_request *r, enum lv_outcome_kind kind, cons
         r->flags |= LV_ACCESS_DEADLINE_EXCEEDED;
         lv_request_fail(r, LV_GWERR_DEADLINE_EXCEEDED, NULL, -1, r->resp_close);
     } else {
-        lv_request_fail(r, outcome_error(kind), detail, -1, r->resp_close);
+        lv_request_fail(r, lv_outcome_gwerr(kind), detail, -1, r->resp_close);
     }
 }
 

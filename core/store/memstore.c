@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "base/buf.h"
+#include "base/siphash.h"
 #include "base/log.h"
 #include "store/idem.h"
 
@@ -91,57 +92,6 @@ static struct mwait *wait_of_all(struct lv_dlist *l)
 static struct mwait *wait_of_link(struct lv_dlist *l)
 {
     return lv_dlist_entry(l, struct mwait, base.link);
-}
-
-/* ---- SipHash-2-4 */
-
-#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
-#define SIPROUND                                                                                   \
-    do {                                                                                           \
-        v0 += v1;                                                                                  \
-        v1 = ROTL(v1, 13);                                                                         \
-        v1 ^= v0;                                                                                  \
-        v0 = ROTL(v0, 32);                                                                         \
-        v2 += v3;                                                                                  \
-        v3 = ROTL(v3, 16);                                                                         \
-        v3 ^= v2;                                                                                  \
-        v0 += v3;                                                                                  \
-        v3 = ROTL(v3, 21);                                                                         \
-        v3 ^= v0;                                                                                  \
-        v2 += v1;                                                                                  \
-        v1 = ROTL(v1, 17);                                                                         \
-        v1 ^= v2;                                                                                  \
-        v2 = ROTL(v2, 32);                                                                         \
-    } while (0)
-
-static uint64_t siphash(const uint64_t k[2], const void *data, size_t len)
-{
-    const uint8_t *p = data;
-    uint64_t v0 = 0x736f6d6570736575ULL ^ k[0], v1 = 0x646f72616e646f6dULL ^ k[1];
-    uint64_t v2 = 0x6c7967656e657261ULL ^ k[0], v3 = 0x7465646279746573ULL ^ k[1];
-    uint64_t b = (uint64_t)len << 56;
-    size_t full = len & ~(size_t)7;
-    for (size_t i = 0; i < full; i += 8) {
-        uint64_t m = 0;
-        for (int j = 0; j < 8; j++)
-            m |= (uint64_t)p[i + j] << (8 * j);
-        v3 ^= m;
-        SIPROUND;
-        SIPROUND;
-        v0 ^= m;
-    }
-    for (size_t j = 0; j < (len & 7); j++)
-        b |= (uint64_t)p[full + j] << (8 * j);
-    v3 ^= b;
-    SIPROUND;
-    SIPROUND;
-    v0 ^= b;
-    v2 ^= 0xff;
-    SIPROUND;
-    SIPROUND;
-    SIPROUND;
-    SIPROUND;
-    return v0 ^ v1 ^ v2 ^ v3;
 }
 
 /* ---- expiry heap (min by expires) */
@@ -353,7 +303,7 @@ static void mem_resolve(struct lv_idem_op *o)
     struct mbegin *op = (struct mbegin *)o;
     struct mstore *s = (struct mstore *)o->store;
     uint64_t now = now_of(s);
-    uint64_t h = siphash(s->sip, op->key, op->klen);
+    uint64_t h = lv_siphash64(s->sip, op->key, op->klen);
     struct ment *e = lookup(s, op->key, op->klen, h);
     if (e && e->expires <= now) {
         entry_remove(s, e);
@@ -414,7 +364,7 @@ static struct lv_idem_op *mem_wait(struct lv_idem *base, const char *key, size_t
     w->base.store = base;
     lv_dlist_init(&w->all);
     uint64_t now = now_of(s);
-    uint64_t h = siphash(s->sip, key, klen);
+    uint64_t h = lv_siphash64(s->sip, key, klen);
     struct ment *e = lookup(s, key, klen, h);
     if (e && e->expires <= now) {
         entry_remove(s, e);
@@ -447,7 +397,7 @@ static struct ment *held(struct mstore *s, const struct mlock *lk)
 {
     if (s->base.dying)
         return NULL;
-    struct ment *e = lookup(s, lk->key, lk->klen, siphash(s->sip, lk->key, lk->klen));
+    struct ment *e = lookup(s, lk->key, lk->klen, lv_siphash64(s->sip, lk->key, lk->klen));
     return e && !e->done && e->gen == lk->gen ? e : NULL;
 }
 

@@ -554,21 +554,6 @@ static bool next_attempt(struct run *u, const struct lv_sim_outcome *sc, struct 
     return true;
 }
 
-/* outcome_error() of proxy/attempt.c */
-static enum lv_gwerr outcome_error(enum lv_outcome_kind kind)
-{
-    switch (kind) {
-    case LV_OUT_CONNECT_FAILURE:
-        return LV_GWERR_CONNECT_FAILURE;
-    case LV_OUT_RESET:
-        return LV_GWERR_UPSTREAM_RESET;
-    case LV_OUT_TIMEOUT:
-        return LV_GWERR_UPSTREAM_TIMEOUT;
-    default:
-        return LV_GWERR_BAD_UPSTREAM_RESPONSE;
-    }
-}
-
 /* The attempts, from lv_attempt_start to the answer: 0 done, -1 the script ran out. */
 static int attempts(struct run *u, struct lv_buf *err)
 {
@@ -644,7 +629,7 @@ static int attempts(struct run *u, struct lv_buf *err)
             o->flags |= LV_ACCESS_DEADLINE_EXCEEDED;
             answer_error(u, LV_GWERR_DEADLINE_EXCEEDED, -1);
         } else {
-            answer_error(u, outcome_error(oc.kind), -1);
+            answer_error(u, lv_outcome_gwerr(oc.kind), -1);
         }
         return 0;
     }

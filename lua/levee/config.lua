@@ -1172,6 +1172,8 @@ end
 
 -- Admission control (README "Admission control").
 
+local store_key -- defined with the idempotency store, below
+
 -- A CIDR "a.b.c.d[/n]" or an IPv6 "x:...[/n]": {addr = "...", bits = n}, or nil and why.
 local function parse_cidr(s)
     if type(s) ~= "string" then
@@ -1256,18 +1258,7 @@ CUSTOM["routes[].rate_limit.key"] = function(cx, v, path, rl)
 end
 
 CUSTOM["routes[].rate_limit.store"] = function(cx, v, path, d, st)
-    local key = "routes[].rate_limit.store"
-    if type(v) == "table" then
-        local s = cx:record(v, path, schema.allowed(key))
-        d.store = "redis"
-        read_table(cx, key, s, path, d, st, schema.row(key).flat)
-        return
-    end
-    d.store = default_of(key)
-    d.redis_prefix = default_of(key .. ".prefix")
-    if v ~= nil and v ~= d.store then
-        cx:err(path, 'expected "memory" or { redis = "host:port" }, got ' .. show(v))
-    end
+    store_key(cx, "routes[].rate_limit.store", v, path, d, st)
 end
 
 CUSTOM["routes[].concurrency"] = function(cx, v, path, r, st)
@@ -1321,7 +1312,11 @@ CUSTOM["routes[].idempotency"] = function(cx, v, path, r, st)
 end
 
 CUSTOM["routes[].idempotency.store"] = function(cx, v, path, d, st)
-    local key = "routes[].idempotency.store"
+    store_key(cx, "routes[].idempotency.store", v, path, d, st)
+end
+
+-- A store key: "memory", or { redis = "host:port", prefix = ... } (idempotency, rate limits).
+store_key = function(cx, key, v, path, d, st)
     if type(v) == "table" then
         local s = cx:record(v, path, schema.allowed(key))
         d.store = "redis"
