@@ -34,12 +34,14 @@
 #define RAN_TOO_LONG "the configuration ran too long (an endless loop?)"
 
 /* Loading (README "Reload"): the file's code, the key-line scan and validation run on Lua
- * coroutines under a count hook that every 100 instructions checks the instruction budget and
- * the loader thread's CPU time; levee's glue code on the main thread is not counted. */
+ * coroutines under a count hook that every 100 instructions checks the instruction budget,
+ * the loader thread's CPU time and the wall clock; levee's glue code on the main thread is not
+ * counted. */
 static const struct lv_rt_budget load_budget = {
     .instructions = 200000000,
     .tick = 100,
     .time_ms = (uint64_t)LV_CONFIG_LOAD_SECONDS * 1000,
+    .wall_ms = LV_CONFIG_LOAD_WALL_MS,
     .skip_main = true,
     .guard_c_calls = true,
     .message = RAN_TOO_LONG,

@@ -23,6 +23,9 @@
  * loader that has not answered after LV_CONFIG_LOAD_WAIT_MS (stuck inside one C call) is
  * abandoned. */
 #define LV_CONFIG_LOAD_SECONDS 2
+/* ...and at most this much wall-clock time, so a busy machine's load still answers itself
+ * before the owner's wait (LV_CONFIG_LOAD_WAIT_MS) abandons it. */
+#define LV_CONFIG_LOAD_WALL_MS 2800
 #define LV_CONFIG_LOAD_MEMORY  ((size_t)64 << 20)
 #define LV_CONFIG_LOAD_WAIT_MS 3000
 

@@ -26,8 +26,9 @@ struct rt {
     bool running;
     bool hit;
     struct lv_rt_budget b;
-    uint64_t ran;         /* instructions counted */
-    uint64_t deadline_ns; /* CLOCK_THREAD_CPUTIME_ID of the thread running it; 0: none */
+    uint64_t ran;              /* instructions counted */
+    uint64_t deadline_ns;      /* CLOCK_THREAD_CPUTIME_ID of the thread running it; 0: none */
+    uint64_t wall_deadline_ns; /* CLOCK_MONOTONIC; 0: none */
 };
 
 /* Every state alive and the bytes they hold. States are made on loader threads and freed on
@@ -146,19 +147,20 @@ bool lv_rt_memory_refused(lua_State *L)
 
 /* ---- the budget */
 
-/* The running thread's CPU time: the load's own work, so a busy machine (other processes,
- * a sanitizer's slowdown shared with them) does not make an ordinary file "run too long";
- * a loader stuck outside the CPU is the owner's wall-clock wait's to cut off. */
-static uint64_t mono_ns(void)
+static uint64_t clock_ns(clockid_t id)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    clock_gettime(id, &ts);
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/* The running thread's CPU time is the budget (the load's own work: a busy machine, or a
+ * sanitizer's slowdown shared with other jobs, does not make an ordinary file "run too
+ * long"); the wall clock bounds it too, so the answer comes before its owner gives up. */
 static bool over_time(const struct rt *a)
 {
-    return a->deadline_ns && mono_ns() >= a->deadline_ns;
+    return (a->deadline_ns && clock_ns(CLOCK_THREAD_CPUTIME_ID) >= a->deadline_ns) ||
+           (a->wall_deadline_ns && clock_ns(CLOCK_MONOTONIC) >= a->wall_deadline_ns);
 }
 
 /* Once over the budget it fires at every instruction, so a pcall in a loop cannot outlast
@@ -191,7 +193,8 @@ void lv_rt_budget_start(lua_State *L, lua_State *on, const struct lv_rt_budget *
     a->running = true;
     a->hit = false;
     a->ran = 0;
-    a->deadline_ns = b->time_ms ? mono_ns() + b->time_ms * 1000000u : 0;
+    a->deadline_ns = b->time_ms ? clock_ns(CLOCK_THREAD_CPUTIME_ID) + b->time_ms * 1000000u : 0;
+    a->wall_deadline_ns = b->wall_ms ? clock_ns(CLOCK_MONOTONIC) + b->wall_ms * 1000000u : 0;
     lua_sethook(on, count_hook, LUA_MASKCOUNT, b->tick);
 }
 

@@ -62,6 +62,7 @@ struct lv_rt_budget {
     int tick;              /* instructions between two checks */
     uint64_t time_ms;    /* CPU time of the calling thread allowed from lv_rt_budget_start (checked
                             on that thread); 0: no clock limit */
+    uint64_t wall_ms;    /* and wall-clock time; 0: none */
     bool skip_main;      /* code on the state's main thread (levee's own) is not counted */
     bool guard_c_calls;  /* guards.h's checks of looping C library calls apply */
     const char *message; /* the error raised; static storage */
