@@ -129,3 +129,18 @@ struct lv_route_cfg *lv_config_route(struct lv_config *c, const char *name)
             return &c->routes[i];
     return NULL;
 }
+
+struct lv_breaker_params lv_breaker_cfg_params(const struct lv_breaker_cfg *bc)
+{
+    return (struct lv_breaker_params){
+        .failure_ratio = bc->failure_ratio,
+        .min_requests = bc->min_requests,
+        .window_ms = bc->window_ms,
+        .consecutive_failures = bc->consecutive_failures,
+        .open_for_ms = bc->open_for_ms,
+        .max_open_for_ms = bc->max_open_for_ms,
+        .half_open_requests = bc->half_open_requests,
+        .slow_call_ms = bc->slow_call_ms,
+        .slow_call_ratio = bc->slow_call_ratio,
+    };
+}

@@ -18,6 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "policy/breaker.h"
 #include "policy/fault.h"
 
 /* The route hooks' runtime, defined by the script layer (script/hooks.c). */
@@ -282,6 +283,9 @@ struct lv_config *lv_config_for_worker(struct lv_config *cfg, size_t i);
 /** Drops one reference; frees the config (and its hooks' runtime) on the last one. NULL is a
  * no-op. */
 void lv_config_unpin(struct lv_config *c);
+
+/** A route's breaker settings as the breaker takes them (policy/breaker.h). */
+struct lv_breaker_params lv_breaker_cfg_params(const struct lv_breaker_cfg *bc);
 
 /** The upstream named `name`, or NULL (also for a NULL name). */
 struct lv_upstream_cfg *lv_config_upstream(struct lv_config *c, const char *name);

@@ -207,17 +207,7 @@ struct lv_idem *lv_route_state_configure(struct lv_route_states *reg, struct lv_
         lv_budget_configure(&rs->budget, rc->budget_ratio, rc->budget_min_per_second,
                             rc->budget_window_ms, now);
     const struct lv_breaker_cfg *bc = &r->breaker;
-    struct lv_breaker_params p = {
-        .failure_ratio = bc->failure_ratio,
-        .min_requests = bc->min_requests,
-        .window_ms = bc->window_ms,
-        .consecutive_failures = bc->consecutive_failures,
-        .open_for_ms = bc->open_for_ms,
-        .max_open_for_ms = bc->max_open_for_ms,
-        .half_open_requests = bc->half_open_requests,
-        .slow_call_ms = bc->slow_call_ms,
-        .slow_call_ratio = bc->slow_call_ratio,
-    };
+    struct lv_breaker_params p = lv_breaker_cfg_params(bc);
     if (bc->enabled && (!rs->policy_ready || !lv_route_state_has_breaker(rs)))
         lv_breaker_init(&rs->breaker, &p, now);
     else if (bc->enabled)

@@ -77,17 +77,7 @@ static void route_init(struct sim_route *sr, const struct lv_route_cfg *r, uint6
     lv_budget_init(&sr->budget, rc->budget_ratio, rc->budget_min_per_second, rc->budget_window_ms,
                    now);
     const struct lv_breaker_cfg *bc = &r->breaker;
-    struct lv_breaker_params p = {
-        .failure_ratio = bc->failure_ratio,
-        .min_requests = bc->min_requests,
-        .window_ms = bc->window_ms,
-        .consecutive_failures = bc->consecutive_failures,
-        .open_for_ms = bc->open_for_ms,
-        .max_open_for_ms = bc->max_open_for_ms,
-        .half_open_requests = bc->half_open_requests,
-        .slow_call_ms = bc->slow_call_ms,
-        .slow_call_ratio = bc->slow_call_ratio,
-    };
+    struct lv_breaker_params p = lv_breaker_cfg_params(bc);
     sr->has_breaker = bc->enabled;
     if (bc->enabled)
         lv_breaker_init(&sr->breaker, &p, now);
