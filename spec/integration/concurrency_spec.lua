@@ -206,6 +206,49 @@ describe("concurrency, fixed limit", function()
         assert_drained(lv)
     end)
 
+    it("leaks nothing when clients go away while queued on any worker", function()
+        local lv = start(up, { max = 2, queue = 20, queue_timeout = "10s" }, { workers = 2 })
+        local a = pending(lv, "/lv/a", slow(600))
+        local b = pending(lv, "/lv/b", slow(600))
+        wait_upstream_inflight(up, 2)
+        local q = {}
+        for i = 1, 10 do q[i] = pending(lv, "/lv/q" .. i, slow(20)) end
+        wait_metric(lv, "levee_concurrency_queued_total", 10, "10 queued")
+        for i = 1, 10, 2 do q[i]:close() end
+        for i = 2, 10, 2 do
+            local r = assert(q[i]:read_response({ timeout = 5 * H.scale }))
+            assert.equal(200, r.status, "queued request " .. i)
+        end
+        assert.equal(200, assert(a:read_response()).status)
+        assert.equal(200, assert(b:read_response()).status)
+        for i = 1, 10, 2 do assert.equal(0, up:stats().by_path["/lv/q" .. i] or 0, "q" .. i .. " went away") end
+        assert_drained(lv)
+        -- both slots are free: two slow requests are at the upstream at once
+        up:reset()
+        local x = pending(lv, "/lv/x", slow(300))
+        local y = pending(lv, "/lv/y", slow(300))
+        wait_upstream_inflight(up, 2)
+        assert.equal(200, assert(x:read_response()).status)
+        assert.equal(200, assert(y:read_response()).status)
+        assert.equal(2, up:stats().max_inflight)
+        assert_drained(lv)
+    end)
+
+    it("serves pipelined requests of one connection one after the other", function()
+        local lv = start(up, { max = 1, queue = 0 })
+        local c = assert(H.conn(lv.port))
+        local bytes = {}
+        for i = 1, 3 do bytes[i] = H.build_request(lv.port, { path = "/pp/" .. i, headers = slow(50) }) end
+        assert(c:send(table.concat(bytes)))
+        for i = 1, 3 do
+            local r = assert(c:read_response({ timeout = 5 }))
+            assert.equal(200, r.status, "response " .. i)
+            assert.equal("/pp/" .. i, H.json(r.body).target)
+        end
+        assert.equal(0, metric(lv, "levee_concurrency_rejected_total"))
+        assert_drained(lv)
+    end)
+
     -- Many concurrent requests, each on its own connection (with several workers they land on
     -- all of them): the upstream never has more than max at once.
     local function storm(lv, n, delay_ms)

@@ -193,6 +193,39 @@ describe("rate_limit, memory store", function()
         assert.equal(0, metric(lv, "levee_rate_limited_total", { route = "api", mode = "shadow" }))
     end)
 
+    it("rounds a sub-second wait up to Retry-After: 1", function()
+        local lv = start(up, { rate = 10, per = "1s", burst = 0 })
+        assert.equal(200, get(lv, "/sub").status)
+        local r = get(lv, "/sub")
+        assert_limited(r)
+        assert.equal("1", r.headers["retry-after"])
+        local rr, t, q, w = rl_fields(r)
+        assert.equal(0, rr)
+        assert.equal(1, t)
+        assert.equal(10, q)
+        assert.equal(1, w)
+    end)
+
+    it("answers pipelined requests in order, the refused ones too", function()
+        local lv = start(up, { rate = 1, per = "1h", burst = 1 })
+        local c = assert(H.conn(lv.port))
+        local bytes = {}
+        for i = 1, 5 do bytes[i] = H.build_request(lv.port, { path = "/pipe/" .. i }) end
+        assert(c:send(table.concat(bytes)))
+        local want = { 200, 200, 429, 429, 429 }
+        for i = 1, 5 do
+            local r = assert(c:read_response({ timeout = 5 }))
+            assert.equal(want[i], r.status, "response " .. i)
+            if r.status == 200 then assert.equal("/pipe/" .. i, H.json(r.body).target) end
+        end
+        assert.equal(1, by_path(up, "/pipe/1"))
+        assert.equal(1, by_path(up, "/pipe/2"))
+        assert.equal(0, by_path(up, "/pipe/3"))
+        -- the connection is still good
+        assert(c:send(H.build_request(lv.port, { path = "/pipe/6" })))
+        assert.equal(429, assert(c:read_response({ timeout = 5 })).status)
+    end)
+
     it("limits each header:X-Api-Key value separately; no header is not limited", function()
         local lv = start(up, { rate = 1, per = "1h", burst = 1, key = "header:X-Api-Key" })
         for _ = 1, 2 do assert.equal(200, get(lv, "/k", { ["X-Api-Key"] = "alpha" }).status) end
@@ -437,6 +470,22 @@ describe("rate_limit, Redis store shared by two levees", function()
         local keys = redis_cmd(rport, "KEYS", "lvspec:" .. RUN .. ":once*")
         assert.is_table(keys)
         assert.is_true(#keys >= 1)
+    end)
+
+    it("answers pipelined requests in order while each waits for Redis", function()
+        local c = assert(H.conn(a.port))
+        local bytes = {}
+        for i = 1, 4 do
+            bytes[i] = H.build_request(a.port, { path = "/once/pipe" .. i, headers = { ["X-Api-Key"] = "p-" .. RUN } })
+        end
+        assert(c:send(table.concat(bytes)))
+        local want = { 200, 429, 429, 429 }
+        for i = 1, 4 do
+            local r = assert(c:read_response({ timeout = 5 }))
+            assert.equal(want[i], r.status, "response " .. i)
+        end
+        assert.equal(1, by_path(up, "/once/pipe1"))
+        assert.equal(0, by_path(up, "/once/pipe2"))
     end)
 
     it("two gateways sharing a limit stay within the limit plus one burst", function()
