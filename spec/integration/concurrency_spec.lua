@@ -6,13 +6,15 @@
 -- grows with the load); its /__stats `inflight` / `max_inflight` show what reached it at once.
 local H = require("helpers")
 
-local function start(up, cc, top)
+local function config_of(up, cc, top)
     local route = { name = "api", upstream = "api", timeout = "30s", concurrency = cc,
         retry = { attempts = 1 } }
     local config = { admin = true, upstreams = { api = { servers = { up:addr() } } }, routes = { route } }
     for k, v in pairs(top or {}) do config[k] = v end
-    return H.levee({ config = config })
+    return config
 end
+
+local function start(up, cc, top) return H.levee({ config = config_of(up, cc, top) }) end
 
 local function metric(lv, name)
     local r = assert(lv:admin("/metrics"))
@@ -232,6 +234,29 @@ describe("concurrency, fixed limit", function()
         assert.equal(200, assert(y:read_response()).status)
         assert.equal(2, up:stats().max_inflight)
         assert_drained(lv)
+    end)
+
+    it("applies a lower max from a reload to requests already in flight", function()
+        local lv = start(up, { max = 2, queue = 0 })
+        local a = pending(lv, "/rl/a", slow(1000))
+        local b = pending(lv, "/rl/b", slow(1000))
+        wait_upstream_inflight(up, 2)
+        lv:write_config(config_of(up, { max = 1, queue = 0 }))
+        assert.is_true(lv:reload())
+        H.wait_until(function() return metric(lv, "levee_route_concurrency_limit") == 1 end, 5 * H.scale,
+            "the new limit")
+        assert.equal(2, metric(lv, "levee_route_inflight"))
+        H.assert_gw_error(assert(lv:request({ path = "/rl/c" })), 503, "concurrency-limit", "api")
+        assert.equal(200, assert(a:read_response()).status)
+        assert.equal(200, assert(b:read_response()).status)
+        assert_drained(lv)
+        -- one at a time now
+        local d = pending(lv, "/rl/d", slow(500))
+        wait_upstream_inflight(up, 1)
+        H.assert_gw_error(assert(lv:request({ path = "/rl/e" })), 503, "concurrency-limit", "api")
+        assert.equal(200, assert(d:read_response()).status)
+        assert_drained(lv)
+        assert.equal(200, assert(lv:request({ path = "/rl/f" })).status)
     end)
 
     it("serves pipelined requests of one connection one after the other", function()

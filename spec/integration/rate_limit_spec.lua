@@ -11,13 +11,25 @@ local socket = require("socket")
 local RUN = tostring(H.proc.getpid()) .. "-" .. tostring(math.random(1, 1e9))
 
 -- One route `api` (catch-all) with `rate_limit = rl`; `top` keys are added to the config.
-local function start(up, rl, top, route_extra)
+local function config_of(up, rl, top, route_extra)
     local route = { name = "api", upstream = "api", timeout = "5s", rate_limit = rl,
         retry = { attempts = 1 } }
     for k, v in pairs(route_extra or {}) do route[k] = v end
     local config = { admin = true, upstreams = { api = { servers = { up:addr() } } }, routes = { route } }
     for k, v in pairs(top or {}) do config[k] = v end
-    return H.levee({ config = config })
+    return config
+end
+
+local function start(up, rl, top, route_extra)
+    return H.levee({ config = config_of(up, rl, top, route_extra) })
+end
+
+-- Writes `config`, sends SIGHUP and waits for the n-th successful reload.
+local function reload(lv, config, n)
+    lv:write_config(config)
+    assert.is_true(lv:reload())
+    H.wait_until(function() return (lv:metric('levee_config_reloads_total{result="ok"}') or 0) >= n end,
+        5 * H.scale, "reload " .. n)
 end
 
 local function get(lv, path, headers)
@@ -224,6 +236,23 @@ describe("rate_limit, memory store", function()
         -- the connection is still good
         assert(c:send(H.build_request(lv.port, { path = "/pipe/6" })))
         assert.equal(429, assert(c:read_response({ timeout = 5 })).status)
+    end)
+
+    it("keeps each key's state across reloads, under the new parameters", function()
+        local lv = start(up, { rate = 1, per = "1h", burst = 1 })
+        for _ = 1, 2 do assert.equal(200, get(lv, "/rl").status) end
+        assert_limited(get(lv, "/rl"))
+        -- the same limit reloaded: still spent
+        reload(lv, config_of(up, { rate = 1, per = "1h", burst = 1 }), 1)
+        assert_limited(get(lv, "/rl"))
+        -- a larger burst: the key keeps what it spent (two of four), so two more pass
+        reload(lv, config_of(up, { rate = 1, per = "1h", burst = 3 }), 2)
+        for i = 1, 2 do assert.equal(200, get(lv, "/rl").status, "after the reload " .. i) end
+        local r = get(lv, "/rl")
+        assert_limited(r)
+        local _, _, q = rl_fields(r)
+        assert.equal(4, q)
+        assert.equal(4, by_path(up, "/rl"))
     end)
 
     it("limits each header:X-Api-Key value separately; no header is not limited", function()
@@ -535,6 +564,24 @@ describe("rate_limit, Redis store shared by two levees", function()
         assert.matches("^%d+$", r.headers["retry-after"])
         assert.is_true(took < 1 * H.scale, ("fail_closed took %.3f s"):format(took))
         assert.equal(0, by_path(up, "/rclosed/down"))
+
+        -- a client that goes away while its check waits for a frozen Redis
+        start_redis()
+        wait_store(a, "/rclosed/again", { ["X-Api-Key"] = "again-" .. RUN })
+        assert(H.proc.kill(rpid, "STOP"))
+        local gone = {}
+        for i = 1, 6 do
+            gone[i] = assert(H.conn(a.port))
+            assert(gone[i]:send(H.build_request(a.port, { path = "/shared/gone", headers = { ["X-Api-Key"] = "g" .. i } })))
+        end
+        for i = 1, 6 do gone[i]:close() end
+        -- levee sees the closes while Redis is still frozen (the checks are still waiting)
+        H.wait_until(function() return a:status().client_connections == 0 end, 5 * H.scale,
+            "levee to see the clients go")
+        H.proc.kill(rpid, "CONT")
+        assert.is_true(a:alive())
+        wait_store(a, "/rclosed/after-gone", { ["X-Api-Key"] = "ag-" .. RUN })
+        stop_redis()
 
         -- Redis back on the same port (empty): the limit applies again
         start_redis()
