@@ -193,6 +193,13 @@ describe("concurrency, fixed limit", function()
         local b = pending(lv, "/g/b")
         wait_metric(lv, "levee_concurrency_queued_total", 1, "b queued")
         b:close()
+        -- levee sees b go (its line is written as its place is given back; with two workers
+        -- the next request may be on the other one, so it waits for that)
+        local eb = entry(lv, "/g/b")
+        assert.is_true(has_flag(eb, "client-abort"))
+        assert.is_true(has_flag(eb, "queued"))
+        H.wait_until(function() return lv:status().client_connections == 1 end, 5 * H.scale,
+            "levee to close b's connection")
         -- b's place is free again: c is queued (a leaked place would refuse it at once)
         local t0 = H.now()
         local c = pending(lv, "/g/c")
