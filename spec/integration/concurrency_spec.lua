@@ -397,6 +397,13 @@ describe("concurrency, adaptive limit", function()
         for _, l in ipairs(s2) do high = math.max(high, l) end
         assert.is_true(high < 20, "the limit went back to " .. high .. " under load-bound latency")
         assert.is_true(up:stats().max_inflight <= 100)
+        -- a reload keeps the learnt limit (initial applies to a new route only)
+        lv:write_config(config_of(up, ADAPTIVE))
+        assert.is_true(lv:reload())
+        L.drive(function() return (lv:metric('levee_config_reloads_total{result="ok"}') or 0) >= 1 end,
+            5 * H.scale, "the reload")
+        local s_rl = L.drive(function(_, s) return #s >= 3 end, 5 * H.scale, "samples after the reload")
+        for _, l in ipairs(s_rl) do assert.is_true(l < 20, "limit " .. l .. " after a reload") end
         -- a latency that no longer grows with load: it climbs back
         L.headers = { ["X-Test-Delay-Ms"] = "20" }
         local s3 = L.drive(function(_, s) return sustained(s, 4, function(l) return l >= 20 end) end,
