@@ -252,6 +252,7 @@ struct request {
     int status;
     enum action act;
     long delay_ms, body_delay_ms, close_delay_ms;
+    long delay_per_active_ms;
     char *directive_err;
 };
 
@@ -263,6 +264,7 @@ struct conn {
     struct listener *ls;
     uint64_t serial, seq, counted_gen;
     int active, handles_open;
+    int in_progress; /* a counted request is between its head and its response's end */
     int reading, closing, shutting, peer_eof, paused;
     char *in;
     size_t in_len, in_off, in_cap;
@@ -300,6 +302,7 @@ static struct {
     uint64_t conn_serial, gen;
     uint64_t requests, connections, accepted;
     int64_t active, open;
+    int64_t inflight, max_inflight; /* requests in progress; its high-water mark */
     struct ctab by_path, by_port, plans;
     char *last_raw;
     size_t last_raw_len;
@@ -337,6 +340,15 @@ static void response_reset(struct conn *c)
     c->after = AF_KEEP;
 }
 
+/* The connection's request is over (answered, or its connection gone). */
+static void request_over(struct conn *c)
+{
+    if (c->in_progress) {
+        c->in_progress = 0;
+        g.inflight--;
+    }
+}
+
 static void on_handle_closed(uv_handle_t *h)
 {
     struct conn *c = h->data;
@@ -358,6 +370,7 @@ static void conn_unlink(struct conn *c)
         c->next->prev = c->prev;
     c->prev = c->next = NULL;
     g.open--;
+    request_over(c);
     if (c->active) {
         c->active = 0;
         g.active--;
@@ -467,6 +480,7 @@ static void response_done(struct conn *c)
 {
     enum after af = c->after;
     long close_delay = c->req.close_delay_ms;
+    request_over(c);
     response_reset(c);
     if (af == AF_CLOSE) {
         conn_finish(c);
@@ -822,8 +836,8 @@ static void stats_json(struct sbuf *b)
     sb_printf(b,
               "{\"requests\":%" PRIu64 ",\"connections\":%" PRIu64
               ",\"active_connections\":%" PRId64 ",\"accepted\":%" PRIu64 ",\"open\":%" PRId64
-              ",\"by_path\":",
-              g.requests, g.connections, g.active, g.accepted, g.open);
+              ",\"inflight\":%" PRId64 ",\"max_inflight\":%" PRId64 ",\"by_path\":",
+              g.requests, g.connections, g.active, g.accepted, g.open, g.inflight, g.max_inflight);
     ctab_json(b, &g.by_path);
     sb_puts(b, ",\"by_port\":");
     ctab_json(b, &g.by_port);
@@ -846,6 +860,7 @@ static void respond_control(struct conn *c)
         send_simple(c, 200, "application/json", &body);
     } else if (plen == 8 && memcmp(t, "/__reset", 8) == 0) {
         g.requests = g.connections = 0;
+        g.max_inflight = g.inflight;
         g.gen++;
         ctab_clear(&g.by_path);
         ctab_clear(&g.by_port);
@@ -1032,6 +1047,12 @@ static void decide(struct conn *c)
     r->delay_ms = directive_ms(r, "x-test-delay-ms");
     r->body_delay_ms = directive_ms(r, "x-test-body-delay-ms");
     r->close_delay_ms = directive_ms(r, "x-test-close-delay-ms");
+    /* latency that grows with the load: N ms per request in progress, this one included */
+    r->delay_per_active_ms = directive_ms(r, "x-test-delay-per-active-ms");
+    if (r->delay_per_active_ms > 0) {
+        long long d = (long long)r->delay_ms + (long long)r->delay_per_active_ms * g.inflight;
+        r->delay_ms = d > 3600000 ? 3600000 : (long)d;
+    }
 }
 
 static void count_request(struct conn *c)
@@ -1045,6 +1066,11 @@ static void count_request(struct conn *c)
     if (!c->active) {
         c->active = 1;
         g.active++;
+    }
+    if (!c->in_progress) {
+        c->in_progress = 1;
+        if (++g.inflight > g.max_inflight)
+            g.max_inflight = g.inflight;
     }
     (*ctab_get(&g.by_path, r->target, strcspn(r->target, "?")))++;
     char port[16];
