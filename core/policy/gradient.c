@@ -22,8 +22,10 @@
  *   knee sees a clearly lower latency (and the probes that follow walk it down to the knee),
  *   shallow enough that one window in probe_interval at half costs ~0.5% of the throughput.
  * PROBE_SOON, PROBE_MOVED: the baseline is re-probed after PROBE_SOON windows instead of
- *   probe_interval when it looks stale: right after the warm-up (which may have averaged a
- *   queue), after a probe that moved it down by 10% or more (halving the concurrency
+ *   probe_interval when it looks stale: at once after the warm-up (which may have averaged a
+ *   queue: a cold start under load learns its baseline at whatever concurrency it starts
+ *   with, so the warm-up never raises the limit, and the first probe follows it), after a
+ *   probe that moved it down by 3% or more (halving the concurrency
  *   helped that much: the limit may still sit above the knee, so probe again, which finds the
  *   knee in a few halvings), and when a window ran faster than baseline / tolerance (the
  *   upstream got faster, e.g. after a latency spike it was re-based on).
@@ -47,7 +49,7 @@
 #define PROBE_SHARE     0.5
 #define PROBE_GIVE_UP   10
 #define PROBE_SOON      10
-#define PROBE_MOVED     0.9
+#define PROBE_MOVED     0.97
 #define RTT_FLOOR_NS    1000.0
 #define WIN_SAMPLES_CAP (1u << 30)
 
@@ -159,7 +161,7 @@ static void baseline_add(struct lv_gradient *g, double rtt)
         g->baseline_windows++;
         g->long_rtt += (rtt - g->long_rtt) / g->baseline_windows;
         if (g->baseline_windows == LV_GRADIENT_WARMUP)
-            g->next_probe = g->updates + PROBE_SOON;
+            g->next_probe = g->updates;
     } else if (rtt < g->long_rtt) {
         g->long_rtt += (rtt - g->long_rtt) * DOWN_RATE;
     } else {
@@ -233,7 +235,9 @@ static void window_close(struct lv_gradient *g)
     double gradient = clampd(c->tolerance * g->long_rtt / shrt, GRADIENT_FLOOR, 1.0);
     double queue = sqrt(g->limit);
     double target = g->limit * gradient + queue;
-    set_limit(g, g->limit * (1 - c->smoothing) + target * c->smoothing);
+    /* No growth on a baseline still being learnt (see PROBE_SOON). */
+    if (g->baseline_windows >= LV_GRADIENT_WARMUP || target < g->limit)
+        set_limit(g, g->limit * (1 - c->smoothing) + target * c->smoothing);
 
     /* Time for a probe? Only under load: an app-limited route already varies its concurrency. */
     if (g->baseline_windows >= LV_GRADIENT_WARMUP && g->updates >= g->next_probe)

@@ -446,7 +446,7 @@ T_TEST(drops_reduce_limit)
         lv_gradient_sample(&h, now, 10 * MS, 100, i == 50);
     }
     T_CHECK_INT(h.updates, 1);
-    T_CHECK(est(&h) > 100);
+    T_CHECK(est(&h) >= 100); /* not backed off (0.9 x 100); the warm-up does not grow it */
 }
 
 /* (e) The clamps: initial outside [min, max], growth stops at max, shrinking at min. */
