@@ -378,10 +378,6 @@ describe("rate_limit, memory store", function()
     end)
 
     it("is exact across two workers (accuracy with workers = 2)", function()
-        if H.workers() ~= 1 then
-            -- the run with LEVEE_TEST_WORKERS=2 has covered it in the test above
-            return
-        end
         local lv = start(up, { rate = 50, per = "1s", burst = 10 }, { workers = 2 })
         accuracy({ lv.port }, "/acc2", 50, 10, "memory, workers = 2")
     end)
