@@ -65,6 +65,8 @@ return {
     { name = "flaky", match = { prefix = "/flaky" }, upstream = "main",
       retry = { attempts = 1 }, breaker = { consecutive_failures = 2, open_for = "60s" } },
     { name = "api", match = { prefix = "/api" }, upstream = "pair", retry = { attempts = 1 } },
+    { name = "lim", match = { prefix = "/lim" }, upstream = "main",
+      rate_limit = { rate = 1, per = "1h", key = "header:X-Key" }, concurrency = { max = 3 } },
   },
 }]] }
         for i = 1, 3 do
@@ -81,6 +83,11 @@ return {
         assert.equal("breaker-open", assert(H.request(lv.port, { path = "/flaky" })).headers["levee-error"])
         -- the dead server of "pair" fails 5 connects in a row and is ejected (README "Upstream health")
         for i = 1, 12 do assert(H.request(lv.port, { path = "/api/" .. i })) end
+        -- lim: one request per key and hour: two of three refused by the rate limit
+        for i = 1, 3 do
+            local res = assert(H.request(lv.port, { path = "/lim", headers = { ["X-Key"] = "k" } }))
+            assert.equal(i == 1 and 200 or 429, res.status)
+        end
         -- a broken configuration is refused; the old one keeps serving
         H.write_file(lv.config_path, "return { routes = 42, \n")
         local rl = assert(H.request(lv.admin_port, { method = "POST", path = "/reload" }))
@@ -95,7 +102,7 @@ return {
         local dom = render(url, { "--dump-dom" }, traffic)
         assert.truthy(dom:find("<h1>levee</h1>", 1, true), "the page rendered")
         assert.truthy(dom:match('<p id="meta">version [%d%.]+ · generation 1 ·'), dom:sub(1, 800))
-        assert.equal(4, nrows(dom, "routes"))
+        assert.equal(5, nrows(dom, "routes"))
 
         -- shop: counted, and the traffic sent while the page polled shows as a rate
         local shop = assert(row(dom, "routes", "data-route", "shop"), dom)
@@ -120,6 +127,12 @@ return {
         -- api: connect failures answered 502 are errors too
         local api = assert(row(dom, "routes", "data-route", "api"))
         assert.truthy(api.errors:match("all [1-9][%d%.]*%%"), api.errors)
+
+        -- lim: the admission column shows what the rate limit refused and the bulkhead
+        local lim = assert(row(dom, "routes", "data-route", "lim"))
+        assert.truthy(lim.admission:find("2 limited", 1, true), lim.admission)
+        assert.truthy(lim.admission:find("0/3", 1, true), lim.admission)
+        assert.equal("", shop.admission, "no admission control configured: nothing shown")
 
         -- servers
         assert.equal(4, nrows(dom, "ups"))
