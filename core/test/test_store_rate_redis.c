@@ -45,9 +45,11 @@ static bool run_until(uv_loop_t *loop, const int *count, int want, uint64_t time
     int closed = 0;
     uv_timer_init(loop, &guard);
     guard.data = &closed;
-    uv_timer_start(&guard, on_guard, timeout_ms, 0);
+    /* The clock first: a guard armed on a stale loop time fires before `end`, and the next
+     * UV_RUN_ONCE could then wait forever on an idle loop (it did, on a loaded CI). */
     uv_update_time(loop);
     uint64_t end = uv_now(loop) + timeout_ms;
+    uv_timer_start(&guard, on_guard, timeout_ms, 0);
     while (*count < want) {
         uv_update_time(loop);
         if (uv_now(loop) >= end)
