@@ -471,7 +471,7 @@ static struct lv_idem_op *redis_begin(struct lv_idem *base, const char *key, siz
     op->cmd_deadline = lv__redis_now(s) + s->o.command_timeout_ms;
     lv_dlist_append(&s->pending, &op->base.link);
     if (!lv__redis_can_send(&s->c))
-        op->unsent = true; /* sent once connected, see flush_queued */
+        op->unsent = true; /* sent once connected, see conn_up */
     else if (!send_begin(s, cmd))
         lv__redis_fail_op(op);
     ensure_tick(s);
