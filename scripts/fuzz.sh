@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # fuzz.sh [TARGET...] [-t SECONDS] [-j JOBS] [--merge]: build build-fuzz/ (scripts/build.sh fuzz)
-# and run each libFuzzer target of fuzz/ (request, body, response, config, fault; default all) for
+# and run each libFuzzer target of fuzz/ (request, body, response, config, fault, trace; default all) for
 # SECONDS (default 300) on a copy of its seed corpus fuzz/corpus/TARGET, so the repository
 # corpus is left alone. --merge minimizes what a run found back into fuzz/corpus/TARGET.
 # -j runs that many targets at once. Prints executions per second per target at the end;
@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ALL=(request body response config fault)
+ALL=(request body response config fault trace)
 secs=300 jobs=1 merge=0 targets=()
 usage() { sed -n '2,8s/^# \{0,1\}//p' "$0"; }
 while (($#)); do
@@ -19,7 +19,7 @@ while (($#)); do
     --merge) merge=1; shift ;;
     -h | --help) usage; exit 0 ;;
     fuzz_*) targets+=("${1#fuzz_}"); shift ;;
-    request | body | response | config | fault) targets+=("$1"); shift ;;
+    request | body | response | config | fault | trace) targets+=("$1"); shift ;;
     *) echo "fuzz.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
   esac
 done
@@ -28,7 +28,7 @@ done
 
 # Longest input per target: past the limits the parsers enforce (32 KiB request head, 64 KiB
 # response head) without spending the run on huge inputs.
-declare -A MAXLEN=([request]=40000 [body]=8192 [response]=70000 [config]=16384 [fault]=4096)
+declare -A MAXLEN=([request]=40000 [body]=8192 [response]=70000 [config]=16384 [fault]=4096 [trace]=1024)
 
 scripts/build.sh fuzz >/dev/null
 
