@@ -313,16 +313,17 @@ T_TEST(full_line_exact)
     struct lv_access_entry e;
     struct lv_buf b = LV_BUF_INIT;
     fill(&e);
-    T_CHECK_STR(format(&e, &b),
-                "{\"time\":\"2026-11-23T20:01:02.345Z\",\"request_id\":\"req-1\","
-                "\"client\":\"10.0.0.7:51234\",\"method\":\"POST\",\"path\":\"/v1/payments?x=1\","
-                "\"host\":\"api.example\",\"route\":\"payments\",\"upstream\":\"127.0.0.1:9001\","
-                "\"status\":201,\"attempts\":2,\"tries\":["
-                "{\"outcome\":\"503\",\"server\":\"127.0.0.1:9000\",\"ms\":1.2,\"fault\":\"abort\"},"
-                "{\"outcome\":\"201\",\"server\":\"127.0.0.1:9001\",\"ms\":10}],"
-                "\"backoff_ms\":25.5,\"bytes_in\":42,\"bytes_out\":18446744073709551615,"
-                "\"duration_ms\":37,\"upstream_ms\":12.346,\"error\":null,"
-                "\"retry_stop\":\"success\",\"flags\":[\"retried\"]}\n");
+    T_CHECK_STR(
+        format(&e, &b),
+        "{\"time\":\"2026-11-23T20:01:02.345Z\",\"request_id\":\"req-1\","
+        "\"client\":\"10.0.0.7:51234\",\"method\":\"POST\",\"path\":\"/v1/payments?x=1\","
+        "\"host\":\"api.example\",\"route\":\"payments\",\"upstream\":\"127.0.0.1:9001\","
+        "\"status\":201,\"attempts\":2,\"tries\":["
+        "{\"outcome\":\"503\",\"server\":\"127.0.0.1:9000\",\"ms\":1.2,\"fault\":\"abort\"},"
+        "{\"outcome\":\"201\",\"server\":\"127.0.0.1:9001\",\"ms\":10}],"
+        "\"backoff_ms\":25.5,\"bytes_in\":42,\"bytes_out\":18446744073709551615,"
+        "\"duration_ms\":37,\"upstream_ms\":12.346,\"error\":null,"
+        "\"retry_stop\":\"success\",\"flags\":[\"retried\"]}\n");
     T_CHECK(valid_line(&b));
     /* Appends: a second line goes after the first. */
     size_t one = b.len;
