@@ -418,52 +418,17 @@ end)
 ---------------------------------------------------------------------------------------------
 -- Redis: a real redis-server on a free loopback port, spoken to with a tiny RESP client.
 
-local function redis_cmd(port, ...)
-    local s = socket.tcp()
-    s:settimeout(0.5)
-    if not s:connect("127.0.0.1", port) then
-        s:close()
-        return nil
-    end
-    local args = { ... }
-    local out = { "*" .. #args .. "\r\n" }
-    for _, a in ipairs(args) do out[#out + 1] = "$" .. #a .. "\r\n" .. a .. "\r\n" end
-    s:send(table.concat(out))
-    local function read()
-        local line = s:receive("*l")
-        if not line then return nil end
-        local t, rest = line:sub(1, 1), line:sub(2)
-        if t == "+" or t == "-" or t == ":" then return line end
-        if t == "$" then
-            local n = tonumber(rest)
-            if n < 0 then return false end
-            local data = s:receive(n + 2)
-            return data and data:sub(1, n)
-        end
-        if t == "*" then
-            local list = {}
-            for i = 1, tonumber(rest) do list[i] = read() end
-            return list
-        end
-        return line
-    end
-    local v = read()
-    s:close()
-    return v
-end
+local redis_cmd = H.redis_cmd
 
 describe("idempotency keys, Redis store shared by two levees", function()
     local up, a, b, rport, rpid, rdir
 
     local function start_redis()
-        rpid = H.spawn({ "redis-server", "--port", tostring(rport), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no" }, { stdout = rdir .. "/redis.out", stderr = rdir .. "/redis.err" }, "redis")
-        H.wait_until(function() return redis_cmd(rport, "PING") == "+PONG" end, 5 * H.scale, "redis-server PING")
+        rpid = H.redis_start(rport, rdir)
     end
 
     local function stop_redis()
-        H.proc.kill(rpid, "TERM")
-        assert.is_not_nil(H.proc.wait(rpid, 5), "redis-server did not stop")
+        H.redis_stop(rpid)
     end
 
     local function connected(lv, route)

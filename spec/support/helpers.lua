@@ -174,6 +174,57 @@ function H.pattern(n)
     return ALPHA:rep(n // 26 + 1):sub(1, n)
 end
 
+--- One command to a redis-server on 127.0.0.1:port with a tiny RESP client: the reply
+-- ("+OK", ":1", a string, a list, false for a null bulk), or nil when it cannot connect.
+function H.redis_cmd(port, ...)
+    local s = socket.tcp()
+    s:settimeout(0.5)
+    if not s:connect("127.0.0.1", port) then
+        s:close()
+        return nil
+    end
+    local args = { ... }
+    local out = { "*" .. #args .. "\r\n" }
+    for _, a in ipairs(args) do out[#out + 1] = "$" .. #a .. "\r\n" .. a .. "\r\n" end
+    s:send(table.concat(out))
+    local function read()
+        local line = s:receive("*l")
+        if not line then return nil end
+        local t, rest = line:sub(1, 1), line:sub(2)
+        if t == "+" or t == "-" or t == ":" then return line end
+        if t == "$" then
+            local n = tonumber(rest)
+            if n < 0 then return false end
+            local data = s:receive(n + 2)
+            return data and data:sub(1, n)
+        end
+        if t == "*" then
+            local list = {}
+            for i = 1, tonumber(rest) do list[i] = read() end
+            return list
+        end
+        return line
+    end
+    local v = read()
+    s:close()
+    return v
+end
+
+--- A real redis-server on 127.0.0.1:port (no persistence), its output in dir; returns its pid
+-- once it answers PING. Stopped by H.cleanup, or by H.redis_stop(pid).
+function H.redis_start(port, dir)
+    local pid = H.spawn({ "redis-server", "--port", tostring(port), "--bind", "127.0.0.1", "--save", "",
+        "--appendonly", "no" }, { stdout = dir .. "/redis.out", stderr = dir .. "/redis.err" }, "redis")
+    H.wait_until(function() return H.redis_cmd(port, "PING") == "+PONG" end, 5 * H.scale,
+        "redis-server PING")
+    return pid
+end
+
+function H.redis_stop(pid)
+    H.proc.kill(pid, "TERM")
+    assert(H.proc.wait(pid, 5), "redis-server did not stop")
+end
+
 --- A fresh temporary directory, removed by H.cleanup().
 function H.tmpdir()
     local dir = assert(proc.mkdtemp("/tmp/lvspec-"))
