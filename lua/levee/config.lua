@@ -1749,17 +1749,14 @@ local function check(path, src, res, base, checks)
     return { config = c }
 end
 
---- Loads and validates the configuration file at `path`. `lua_dir` is the second folder
--- `require` searches (after the file's own). `limits` is levee's loader's (see new_limit).
--- Returns (config, files) or (nil, errors); config.warnings lists the probable mistakes as
--- "FILE:LINE: warning: key.path: message". With limits.check (`levee check`, see new_cx), the
--- files the configuration names are checked too, and errors start with the warnings.
-function M.compile(path, lua_dir, limits)
-    local lim = new_limit(limits)
+-- Runs a Lua file of the user's (a levee.lua, a `levee dev --policy` file): text only,
+-- sandboxed, under the load's limits, `require` from its folder and lua_dir. Returns true,
+-- what it returned, its source and the files it read; or false and one error line.
+local function run_file(path, lua_dir, lim)
     local src, err = read_text(path)
     if not src then
         err = err:sub(1, #path + 2) == path .. ": " and err:sub(#path + 3) or err
-        return nil, { path .. ":1: cannot read the file: " .. err }
+        return false, path .. ":1: cannot read the file: " .. err
     end
     local base = dirname(path)
     local files = { path }
@@ -1771,12 +1768,27 @@ function M.compile(path, lua_dir, limits)
     env.require = make_require(env, dirs, files)
     local chunk, lerr = load(src, "@" .. path, "t", env)
     if not chunk then
-        return nil, { error_text(path, files, lerr) }
+        return false, error_text(path, files, lerr)
     end
     local ok, res, co = run_limited(chunk, lim)
     if not ok then
-        return nil, { run_error(path, files, res, lim, co) }
+        return false, run_error(path, files, res, lim, co)
     end
+    return true, res, src, files
+end
+
+--- Loads and validates the configuration file at `path`. `lua_dir` is the second folder
+-- `require` searches (after the file's own). `limits` is levee's loader's (see new_limit).
+-- Returns (config, files) or (nil, errors); config.warnings lists the probable mistakes as
+-- "FILE:LINE: warning: key.path: message". With limits.check (`levee check`, see new_cx), the
+-- files the configuration names are checked too, and errors start with the warnings.
+function M.compile(path, lua_dir, limits)
+    local lim = new_limit(limits)
+    local ran, res, src, files = run_file(path, lua_dir, lim)
+    if not ran then
+        return nil, { res }
+    end
+    local base = dirname(path)
     -- Only levee's code from here, but on what the file returned (which can be huge): under
     -- the same limits.
     local okc, out = run_limited(function()
@@ -1884,33 +1896,6 @@ end
 -- Keys of a routes[] entry a --policy file may not set: levee dev sets them.
 local function policy_key_refused(k)
     return k == "name" or k == "upstream" or k == "match"
-end
-
--- Runs a --policy file as compile runs a levee.lua (text only, sandboxed, under the load's
--- limits; `require` from its folder and lua_dir). Returns res, src, files or nil, error.
-local function run_policy(path, lua_dir, lim)
-    local src, err = read_text(path)
-    if not src then
-        err = err:sub(1, #path + 2) == path .. ": " and err:sub(#path + 3) or err
-        return nil, path .. ":1: cannot read the file: " .. err
-    end
-    local base = dirname(path)
-    local files = { path }
-    local env = sandbox(lim)
-    local dirs = { base }
-    if lua_dir and lua_dir ~= base then
-        dirs[2] = lua_dir
-    end
-    env.require = make_require(env, dirs, files)
-    local chunk, lerr = load(src, "@" .. path, "t", env)
-    if not chunk then
-        return nil, error_text(path, files, lerr)
-    end
-    local ok, res, co = run_limited(chunk, lim)
-    if not ok then
-        return nil, run_error(path, files, res, lim, co)
-    end
-    return res, src, files
 end
 
 -- The dev route's key paths ("routes[1].retry.attempts") as the policy file writes them
@@ -2052,9 +2037,9 @@ function M.dev(url, listen, opts, limits)
     local lim = new_limit(limits)
     local policy, policy_tbl, lines, files = opts.policy, nil, nil, {}
     if policy then
-        local res, src, pfiles = run_policy(policy, opts.lua_dir, lim)
-        if res == nil and src then
-            return nil, { src }
+        local ran, res, src, pfiles = run_file(policy, opts.lua_dir, lim)
+        if not ran then
+            return nil, { res }
         end
         files = pfiles
         lines = keylines.scan(src)
