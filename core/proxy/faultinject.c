@@ -63,9 +63,9 @@ static void draw(struct lv_request *r, bool at_client, unsigned only, struct lv_
 }
 
 /* Levee-Fault fields, merged (a kind given twice, in one field or two, is an error). */
+/* Into r->fault_hdr, cleared by the caller. */
 static bool read_header(struct lv_request *r, const struct lv_reqhead *h, char *why, size_t cap)
 {
-    memset(&r->fault_hdr, 0, sizeof(r->fault_hdr));
     for (uint32_t i = 0; i < h->nfields; i++) {
         const struct lv_field *f = &h->fields[i];
         if (f->id != LV_FID_LEVEE_FAULT)
