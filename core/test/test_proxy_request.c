@@ -497,7 +497,11 @@ T_TEST(test_slot_after_a_client_left_serves_cleanly)
     T_CHECK(starts_with(out, "HTTP/1.1 200 OK\r\n"));
     T_CHECK(strstr(out, "\r\nContent-Length: 3\r\n") != NULL);
     T_CHECK(strstr(out, "Transfer-Encoding") == NULL);
-    T_CHECK(strstr(out, "abc") == NULL);
+    /* the body is the new answer only (the head carries a random X-Request-Id, which may
+     * itself contain "abc", so the body is compared, not searched) */
+    const char *body = strstr(out, "\r\n\r\n");
+    T_CHECK(body != NULL);
+    T_CHECK_STR(body + 4, "xyz");
     T_CHECK_INT(fds_body_len(&g), 3);
     fds_dispose(&f);
     fds_dispose(&g);
@@ -693,7 +697,7 @@ T_TEST(test_503_then_200_in_pieces)
     T_CHECK(!f.done_close);
     const char *out = fds_text(&f);
     T_CHECK(starts_with(out, "HTTP/1.1 200 OK\r\n"));
-    T_CHECK(strstr(out, "503") == NULL);
+    T_CHECK(strstr(out, "Service Unavailable") == NULL);
     T_CHECK(strstr(out, "\r\n\r\n3\r\nabc\r\n0\r\n\r\n") != NULL);
     T_CHECK_INT(r->ntries, 2);
     fds_dispose(&f);
