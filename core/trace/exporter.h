@@ -52,7 +52,7 @@ struct lv_exporter *lv_exporter_start(const struct lv_exporter_params *p, const 
 int lv_exporter_update(struct lv_exporter *ex, const struct lv_exporter_params *p);
 
 /** Copies the span into the queue; false (and counted) when the queue is full. Any thread. */
-bool lv_exporter_submit(struct lv_exporter *ex, const struct lv_span *sp);
+bool lv_exporter_submit(struct lv_exporter *ex, const struct lv_trace_span *sp);
 
 void lv_exporter_stats(const struct lv_exporter *ex, struct lv_exporter_stats *out);
 

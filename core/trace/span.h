@@ -28,7 +28,7 @@ enum lv_span_status { LV_SPAN_UNSET = 0, LV_SPAN_OK = 1, LV_SPAN_ERROR = 2 };
 
 enum lv_span_attr_type { LV_SPAN_ATTR_STR, LV_SPAN_ATTR_INT, LV_SPAN_ATTR_BOOL };
 
-struct lv_span_attr {
+struct lv_tspan_attr {
     const char *key; /* static text: "http.request.method", "levee.route", ... */
     uint8_t type;    /* enum lv_span_attr_type */
     uint16_t off;    /* LV_SPAN_ATTR_STR: the value is text[off .. off+len) */
@@ -36,7 +36,7 @@ struct lv_span_attr {
     int64_t i; /* LV_SPAN_ATTR_INT, LV_SPAN_ATTR_BOOL (0/1) */
 };
 
-struct lv_span {
+struct lv_trace_span {
     uint8_t trace_id[LV_TRACE_ID_LEN];
     uint8_t span_id[LV_SPAN_ID_LEN];
     uint8_t parent_id[LV_SPAN_ID_LEN]; /* all zero: a root span */
@@ -49,26 +49,27 @@ struct lv_span {
     uint16_t name_off, name_len;
     uint16_t msg_off, msg_len; /* status message (errors), may be empty */
     uint16_t text_used;
-    struct lv_span_attr attrs[LV_SPAN_MAX_ATTRS];
+    struct lv_tspan_attr attrs[LV_SPAN_MAX_ATTRS];
     char text[LV_SPAN_TEXT];
 };
 
 /** Starts a span: ids, kind, times zeroed; no name, no attributes. */
-void lv_span_init(struct lv_span *sp, enum lv_span_kind kind,
-                  const uint8_t trace_id[LV_TRACE_ID_LEN], const uint8_t span_id[LV_SPAN_ID_LEN],
-                  const uint8_t *parent_id /* NULL: root */);
+void lv_tspan_init(struct lv_trace_span *sp, enum lv_span_kind kind,
+                   const uint8_t trace_id[LV_TRACE_ID_LEN], const uint8_t span_id[LV_SPAN_ID_LEN],
+                   const uint8_t *parent_id /* NULL: root */);
 
 /** Sets the span's name ("GET /api", "GET"), cut to what fits. */
-void lv_span_name(struct lv_span *sp, const char *p, size_t n);
+void lv_tspan_name(struct lv_trace_span *sp, const char *p, size_t n);
 
 /** Sets the status and its message (may be NULL). */
-void lv_span_set_status(struct lv_span *sp, enum lv_span_status st, const char *msg);
+void lv_tspan_set_status(struct lv_trace_span *sp, enum lv_span_status st, const char *msg);
 
 /** Adds an attribute; `key` must be static text. Silently ignored beyond LV_SPAN_MAX_ATTRS. */
-void lv_span_str(struct lv_span *sp, const char *key, const char *p, size_t n);
-void lv_span_cstr(struct lv_span *sp, const char *key, const char *s); /* s may be NULL: skipped */
-void lv_span_int(struct lv_span *sp, const char *key, int64_t v);
-void lv_span_bool(struct lv_span *sp, const char *key, bool v);
+void lv_tspan_str(struct lv_trace_span *sp, const char *key, const char *p, size_t n);
+void lv_tspan_cstr(struct lv_trace_span *sp, const char *key,
+                   const char *s); /* s may be NULL: skipped */
+void lv_tspan_int(struct lv_trace_span *sp, const char *key, int64_t v);
+void lv_tspan_bool(struct lv_trace_span *sp, const char *key, bool v);
 
 /**
  * Appends an OTLP/HTTP JSON ExportTraceServiceRequest holding `n` spans to `out`:
@@ -76,6 +77,7 @@ void lv_span_bool(struct lv_span *sp, const char *key, bool v);
  * (scope "levee"), ids as lower-case hex, times as decimal strings, kind and status codes as
  * numbers, every text JSON-escaped (bytes that are not valid UTF-8 are replaced).
  */
-void lv_span_encode(struct lv_buf *out, const char *service, const struct lv_span *spans, size_t n);
+void lv_tspan_encode(struct lv_buf *out, const char *service, const struct lv_trace_span *spans,
+                     size_t n);
 
 #endif
