@@ -1,5 +1,7 @@
 #include "proxy/fwdhead.h"
 
+#include "http/tracectx.h"
+
 bool lv_fwdhead_build(struct lv_buf *b, const struct lv_fwdhead_in *in)
 {
     const struct lv_reqhead *h = in->h;
@@ -31,6 +33,14 @@ bool lv_fwdhead_build(struct lv_buf *b, const struct lv_fwdhead_in *in)
         case LV_FID_EXPECT:
         case LV_FID_LEVEE_FAULT:
             continue;
+        case LV_FID_TRACEPARENT:
+            if (in->trace)
+                continue;
+            break;
+        case LV_FID_TRACESTATE:
+            if (in->trace && !(in->tracestate && lv_tracestate_valid(f->value.p, f->value.len)))
+                continue;
+            break;
         case LV_FID_X_FORWARDED_FOR:
             xff = f->value;
             continue;

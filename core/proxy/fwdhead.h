@@ -2,8 +2,9 @@
  * fwdhead: the request head levee forwards (README, "How levee proxies"): origin-form target,
  * end-to-end fields only (hop-by-hop and Connection-named fields dropped), one canonical
  * framing header, X-Forwarded-For/-Proto/-Host, Via, X-Request-Id; Expect is answered by levee
- * and not forwarded, nor is Levee-Fault (levee's own, README "levee dev"). Levee-Attempt and the
- * final CRLF are added per attempt.
+ * and not forwarded, nor is Levee-Fault (levee's own, README "levee dev"). With trace context
+ * on (README "Tracing") the incoming traceparent is replaced per attempt. Levee-Attempt,
+ * traceparent and the final CRLF are added per attempt.
  */
 #ifndef LV_PROXY_FWDHEAD_H
 #define LV_PROXY_FWDHEAD_H
@@ -28,6 +29,9 @@ struct lv_fwdhead_in {
     const char *request_id; /* X-Request-Id */
     enum lv_req_body body;  /* the framing header to write */
     uint64_t content_length;
+    bool trace;      /* trace context on: traceparent is written per attempt, not forwarded */
+    bool tracestate; /* (with trace) the incoming traceparent was valid: its well-formed
+                        tracestate fields travel on; otherwise they are dropped */
 };
 
 /** Writes the forwarded head into `out` (reset first). Returns true when the request has no
