@@ -186,7 +186,8 @@ void lv_trace_end(struct lv_request *r, double total_ms)
         lv_tspan_name(&sp, method, strlen(method));
         lv_tspan_cstr(&sp, "http.request.method", method);
         server_attrs(&sp, t->server);
-        lv_tspan_int(&sp, "http.request.resend_count", i);
+        if (i) /* set on resends only, as the HTTP conventions ask */
+            lv_tspan_int(&sp, "http.request.resend_count", i);
         const char *outcome = t->kind == LV_OUT_STATUS ? NULL : lv_outcome_name(t->kind);
         if (t->kind == LV_OUT_STATUS)
             lv_tspan_int(&sp, "http.response.status_code", t->status);
