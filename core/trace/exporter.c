@@ -195,6 +195,10 @@ static void finish_stop(struct lv_exporter *ex)
     if (ex->closing)
         return;
     ex->closing = true;
+    if (ex->unlogged_drops) {
+        ex->last_log_ms = 0; /* the last word: not held back */
+        log_drop(ex, 0, "stopping");
+    }
     uv_timer_stop(&ex->timer);
     uv_timer_stop(&ex->deadline);
     uv_close((uv_handle_t *)&ex->async, on_closed);
@@ -529,6 +533,12 @@ int lv_exporter_update(struct lv_exporter *ex, const struct lv_exporter_params *
 
 void lv_exporter_stop(struct lv_exporter *ex, uint64_t deadline_ms)
 {
+    lv_exporter_stop_stats(ex, deadline_ms, NULL);
+}
+
+void lv_exporter_stop_stats(struct lv_exporter *ex, uint64_t deadline_ms,
+                            struct lv_exporter_stats *final)
+{
     if (!ex)
         return;
     pthread_mutex_lock(&ex->lock);
@@ -539,6 +549,8 @@ void lv_exporter_stop(struct lv_exporter *ex, uint64_t deadline_ms)
     uv_async_send(&ex->async);
     uv_thread_join(&ex->thread);
     uv_loop_close(&ex->loop);
+    if (final)
+        lv_exporter_stats(ex, final);
     free(ex->cur.url);
     free(ex->cur.service);
     params_free(ex->pending);

@@ -59,5 +59,8 @@ void lv_exporter_stats(const struct lv_exporter *ex, struct lv_exporter_stats *o
 /** Sends what is queued, waiting at most `deadline_ms`, then stops and frees the exporter.
  *  Spans still queued at the deadline are dropped and counted. NULL is accepted. */
 void lv_exporter_stop(struct lv_exporter *ex, uint64_t deadline_ms);
+/** lv_exporter_stop that also hands back the final counters (`final` may be NULL). */
+void lv_exporter_stop_stats(struct lv_exporter *ex, uint64_t deadline_ms,
+                            struct lv_exporter_stats *final);
 
 #endif
