@@ -5,12 +5,15 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <uv.h>
 
 #include "base/buf.h"
+#include "certs.h"
+#include "net/tls.h"
 #include "t.h"
 #include "trace/exporter.h"
 #include "trace/otlphttp.h"
@@ -34,14 +37,17 @@ struct collector {
     bool bad_body;    /* a body that was not an ExportTraceServiceRequest */
     int statuses[16]; /* the answer to request i (0: never answer); later ones get 200 */
     int nstatuses;
-    char path[64]; /* of the last request */
-    char host[64]; /* its Host */
+    char path[64];          /* of the last request */
+    char host[64];          /* its Host */
+    struct lv_tls_ctx *tls; /* NULL: plain HTTP */
 };
 
 struct cconn {
     uv_tcp_t tcp;
     struct collector *col;
     struct lv_buf in;
+    struct lv_tls *tls;
+    struct lv_buf plain, net_out;
 };
 
 static int count_spans(const char *p, size_t n)
@@ -65,7 +71,38 @@ static void cconn_closed(uv_handle_t *h)
 {
     struct cconn *cc = h->data;
     lv_buf_dispose(&cc->in);
+    lv_buf_dispose(&cc->plain);
+    lv_buf_dispose(&cc->net_out);
+    if (cc->tls)
+        lv_tls_free(cc->tls);
     free(cc);
+}
+
+static void raw_write(struct cconn *cc, const char *p, size_t n)
+{
+    if (n == 0)
+        return;
+    uv_write_t *w = malloc(sizeof(*w) + n);
+    memcpy(w + 1, p, n);
+    uv_buf_t b = uv_buf_init((char *)(w + 1), (unsigned)n);
+    if (uv_write(w, (uv_stream_t *)&cc->tcp, &b, 1, on_cwrite) < 0)
+        free(w);
+}
+
+static void flush_tls(struct cconn *cc)
+{
+    raw_write(cc, cc->net_out.data, cc->net_out.len);
+    cc->net_out.len = 0;
+}
+
+static void cwrite(struct cconn *cc, const char *p, size_t n)
+{
+    if (!cc->tls) {
+        raw_write(cc, p, n);
+        return;
+    }
+    lv_tls_write(cc->tls, p, n, &cc->net_out);
+    flush_tls(cc);
 }
 
 static void on_calloc(uv_handle_t *h, size_t sz, uv_buf_t *b)
@@ -139,10 +176,7 @@ static void serve(struct cconn *cc)
                           "HTTP/1.1 %d X\r\nContent-Type: application/json\r\n"
                           "Content-Length: 2\r\n\r\n{}",
                           status);
-        uv_write_t *w = malloc(sizeof(*w) + (size_t)rl);
-        memcpy(w + 1, resp, (size_t)rl);
-        uv_buf_t b = uv_buf_init((char *)(w + 1), (unsigned)rl);
-        uv_write(w, (uv_stream_t *)&cc->tcp, &b, 1, on_cwrite);
+        cwrite(cc, resp, (size_t)rl);
     }
 }
 
@@ -155,8 +189,21 @@ static void on_cread(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             uv_close((uv_handle_t *)s, cconn_closed);
         return;
     }
-    lv_buf_append(&cc->in, buf->base, (size_t)nread);
-    free(buf->base);
+    if (cc->tls) {
+        cc->plain.len = 0;
+        int rc = lv_tls_feed(cc->tls, buf->base, (size_t)nread, lv_tls_collect, &cc->plain,
+                             &cc->net_out);
+        free(buf->base);
+        flush_tls(cc);
+        if (rc < 0) {
+            uv_close((uv_handle_t *)s, cconn_closed);
+            return;
+        }
+        lv_buf_append(&cc->in, cc->plain.data, cc->plain.len);
+    } else {
+        lv_buf_append(&cc->in, buf->base, (size_t)nread);
+        free(buf->base);
+    }
     serve(cc);
 }
 
@@ -173,6 +220,8 @@ static void on_conn(uv_stream_t *server, int status)
         uv_close((uv_handle_t *)&cc->tcp, cconn_closed);
         return;
     }
+    if (col->tls)
+        cc->tls = lv_tls_new(col->tls, true, NULL);
     pthread_mutex_lock(&col->lock);
     col->connections++;
     pthread_mutex_unlock(&col->lock);
@@ -202,9 +251,10 @@ static void collector_main(void *arg)
     uv_run(&col->loop, UV_RUN_DEFAULT);
 }
 
-static struct collector *collector_start(const int *statuses, int n)
+static struct collector *collector_start_tls(const int *statuses, int n, struct lv_tls_ctx *tls)
 {
     struct collector *col = calloc(1, sizeof(*col));
+    col->tls = tls;
     pthread_mutex_init(&col->lock, NULL);
     for (int i = 0; i < n && i < 16; i++)
         col->statuses[i] = statuses[i];
@@ -224,6 +274,11 @@ static struct collector *collector_start(const int *statuses, int n)
     uv_async_init(&col->loop, &col->stop, on_stop);
     uv_thread_create(&col->thread, collector_main, col);
     return col;
+}
+
+static struct collector *collector_start(const int *statuses, int n)
+{
+    return collector_start_tls(statuses, n, NULL);
 }
 
 static void collector_stop(struct collector *col)
@@ -626,6 +681,63 @@ T_TEST(shrinking_queue_keeps_newest)
     collector_stop(col);
 }
 
+static void make_certs(void)
+{
+    certs_dir("lv-trace");
+    sh("openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -noenc"
+       " -keyout ca.key -out ca.pem -days 2 -subj '/CN=levee test CA'"
+       " -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign");
+    sh("openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out srv.key");
+    sh("printf 'subjectAltName=DNS:localhost\\n' >localhost.ext");
+    sh("openssl req -new -key srv.key -subj /CN=localhost -out localhost.csr");
+    sh("openssl x509 -req -in localhost.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2"
+       " -extfile localhost.ext -out localhost.pem");
+}
+
+T_TEST(https_collector)
+{
+    struct lv_buf err = LV_BUF_INIT;
+    struct lv_tls_ctx *sc = lv_tls_server_ctx(P("localhost.pem"), P("srv.key"), &err);
+    T_CHECK(sc != NULL);
+    lv_buf_dispose(&err);
+    struct collector *col = collector_start_tls(NULL, 0, sc);
+    char url[128];
+    snprintf(url, sizeof(url), "https://localhost:%d/v1/traces", col->port);
+    /* Verified against the test CA, by the name in the URL (SNI localhost). */
+    struct lv_exporter_params p = {
+        .url = url, .batch = 3, .queue = 100, .flush_ms = 60000, .tls_ca = P("ca.pem")};
+    const char *e = NULL;
+    struct lv_exporter *ex = lv_exporter_start(&p, &e);
+    T_CHECK(ex != NULL);
+    for (int k = 0; k < 2; k++) {
+        T_CHECK_INT(submit_n(ex, 3), 3);
+        WAIT_UNTIL(stats(ex).exported == (uint64_t)(3 * (k + 1)), 10000);
+    }
+    T_CHECK_INT(stats(ex).exported, 6);
+    T_CHECK_INT(col_get(col, &col->connections), 1);
+    pthread_mutex_lock(&col->lock);
+    char want_host[32];
+    snprintf(want_host, sizeof(want_host), "localhost:%d", col->port);
+    T_CHECK_STR(col->host, want_host);
+    T_CHECK(!col->bad_body);
+    pthread_mutex_unlock(&col->lock);
+    lv_exporter_stop(ex, 1000);
+
+    /* Without the test CA the certificate is not trusted: every try fails, nothing arrives. */
+    p.tls_ca = NULL;
+    p.batch = 2;
+    ex = lv_exporter_start(&p, &e);
+    T_CHECK_INT(submit_n(ex, 2), 2);
+    WAIT_UNTIL(stats(ex).dropped_failed == 2, 10000);
+    struct lv_exporter_stats s = stats(ex);
+    T_CHECK_INT(s.dropped_failed, 2);
+    T_CHECK_INT(s.export_failures, 3);
+    lv_exporter_stop(ex, 1000);
+    T_CHECK_INT(col_get(col, &col->posts), 2);
+    collector_stop(col);
+    lv_tls_ctx_free(sc);
+}
+
 static void *submitter(void *arg)
 {
     struct lv_exporter *ex = arg;
@@ -653,6 +765,8 @@ T_TEST(many_threads)
 
 int main(void)
 {
+    signal(SIGPIPE, SIG_IGN);
+    make_certs();
     T_RUN(url_checks);
     T_RUN(batches_on_one_connection);
     T_RUN(burst_is_split_into_batches);
@@ -667,5 +781,7 @@ int main(void)
     T_RUN(update_switches_collector);
     T_RUN(shrinking_queue_keeps_newest);
     T_RUN(many_threads);
+    T_RUN(https_collector);
+    certs_remove();
     T_DONE();
 }

@@ -37,6 +37,7 @@
 struct params {
     char *url;
     char *service;
+    char *tls_ca; /* NULL: the system store */
     uint32_t batch, queue;
     uint64_t flush_ms, timeout_ms;
 };
@@ -83,6 +84,7 @@ static void params_free(struct params *p)
         return;
     free(p->url);
     free(p->service);
+    free(p->tls_ca);
     free(p);
 }
 
@@ -91,6 +93,7 @@ static struct params *params_new(const struct lv_exporter_params *p)
     struct params *q = lv_xcalloc(1, sizeof(*q));
     q->url = lv_xstrdup(p->url);
     q->service = lv_xstrdup(p->service ? p->service : "levee");
+    q->tls_ca = p->tls_ca ? lv_xstrdup(p->tls_ca) : NULL;
     q->batch = p->batch ? p->batch : DEFAULT_BATCH;
     q->queue = p->queue ? p->queue : DEFAULT_QUEUE;
     q->flush_ms = p->flush_ms ? p->flush_ms : DEFAULT_FLUSH_MS;
@@ -197,7 +200,7 @@ static void finish_stop(struct lv_exporter *ex)
     ex->closing = true;
     if (ex->unlogged_drops) {
         ex->last_log_ms = 0; /* the last word: not held back */
-        log_drop(ex, 0, "stopping");
+        log_drop(ex, 0, "stopped before they were sent");
     }
     uv_timer_stop(&ex->timer);
     uv_timer_stop(&ex->deadline);
@@ -211,9 +214,12 @@ static void finish_stop(struct lv_exporter *ex)
 /* Applies parameters a reload handed over (between batches only). */
 static void apply_params(struct lv_exporter *ex, struct params *p)
 {
-    bool new_url = !ex->cur.url || strcmp(ex->cur.url, p->url) != 0;
+    bool new_url = !ex->cur.url || strcmp(ex->cur.url, p->url) != 0 ||
+                   (ex->cur.tls_ca == NULL) != (p->tls_ca == NULL) ||
+                   (p->tls_ca && strcmp(ex->cur.tls_ca, p->tls_ca) != 0);
     free(ex->cur.url);
     free(ex->cur.service);
+    free(ex->cur.tls_ca);
     ex->cur = *p;
     free(p); /* its strings now belong to ex->cur */
     if (new_url || !ex->client) {
@@ -221,7 +227,7 @@ static void apply_params(struct lv_exporter *ex, struct params *p)
         ex->client = NULL;
         struct lv_otlp_url u;
         if (lv_otlp_url_parse(ex->cur.url, &u) == NULL) {
-            ex->client = lv_otlp_client_new(&ex->loop, &u, ex->cur.timeout_ms);
+            ex->client = lv_otlp_client_new(&ex->loop, &u, ex->cur.tls_ca, ex->cur.timeout_ms);
             lv_otlp_url_free(&u);
         }
     }
@@ -553,6 +559,7 @@ void lv_exporter_stop_stats(struct lv_exporter *ex, uint64_t deadline_ms,
         lv_exporter_stats(ex, final);
     free(ex->cur.url);
     free(ex->cur.service);
+    free(ex->cur.tls_ca);
     params_free(ex->pending);
     lv_buf_dispose(&ex->body);
     free(ex->ring);

@@ -12,6 +12,23 @@
  * when the oldest queued span has waited `flush_ms`.
  *
  * lv_exporter_stop flushes what is queued (bounded by its deadline), then joins the thread.
+ *
+ * The URL: http://host[:port][/path] or https://...; host a DNS name, an IPv4 literal or a
+ * bracketed IPv6 literal; port 80 / 443 by default; path /v1/traces (OTLP/HTTP's default)
+ * when the URL has none. https verifies the collector's certificate against its host name
+ * (SNI = host) with the system's CAs or `tls_ca`. Connections are kept alive and reused.
+ *
+ * Retries: a batch is tried at most 3 times; between tries it waits 100 ms, then 200 ms
+ * (doubling up to 5 s), each with equal jitter. New spans keep queueing meanwhile (and are
+ * refused once the queue is full). Each failed try counts in export_failures; a batch given
+ * up counts its spans in dropped_failed; a 2xx counts them in exported.
+ *
+ * A reload (lv_exporter_update): the queue size applies at once (a smaller queue keeps the
+ * newest spans, the older ones count in dropped_full); url, tls_ca, service, batch, flush_ms
+ * and timeout_ms apply from the next batch (a batch being retried finishes with the old ones;
+ * a new url or tls_ca opens a new connection pool).
+ *
+ * After lv_exporter_stop began, lv_exporter_submit refuses spans (counted in dropped_full).
  */
 #ifndef LV_TRACE_EXPORTER_H
 #define LV_TRACE_EXPORTER_H
@@ -30,6 +47,7 @@ struct lv_exporter_params {
     uint32_t queue;      /* spans held at most; 0: 2048 */
     uint64_t flush_ms;   /* longest wait of a queued span; 0: 1000 */
     uint64_t timeout_ms; /* one POST (connect to answer); 0: 5000 */
+    const char *tls_ca;  /* https: PEM CA bundle to trust; NULL: the system store */
 };
 
 /* Counters, read with lv_exporter_stats from any thread. */
