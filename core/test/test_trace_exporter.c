@@ -171,6 +171,10 @@ static void serve(struct cconn *cc)
         lv_buf_consume(&cc->in, hl + blen);
         if (status == 0)
             continue; /* never answer this one */
+        if (status < 0) {
+            uv_close((uv_handle_t *)&cc->tcp, cconn_closed); /* hang up without an answer */
+            return;
+        }
         char resp[256];
         int rl = snprintf(resp, sizeof(resp),
                           "HTTP/1.1 %d X\r\nContent-Type: application/json\r\n"
@@ -436,6 +440,11 @@ T_TEST(url_checks)
     struct lv_exporter_params p = {.url = "nope"};
     T_CHECK(lv_exporter_start(&p, &err) == NULL);
     T_CHECK(err != NULL && strstr(err, "http://") != NULL);
+    p.url = "http://127.0.0.1:1/";
+    p.tls_ca = "/nonexistent/ca.pem";
+    err = NULL;
+    T_CHECK(lv_exporter_start(&p, &err) == NULL);
+    T_CHECK(err != NULL && strstr(err, "tls_ca") != NULL);
     lv_exporter_stop(NULL, 0);
 }
 
@@ -602,6 +611,37 @@ T_TEST(client_error_not_retried)
     WAIT_UNTIL(stats(ex).exported == 4, 5000);
     T_CHECK_INT(stats(ex).exported, 4);
     T_CHECK_INT(col_get(col, &col->connections), 1);
+    lv_exporter_stop(ex, 1000);
+    collector_stop(col);
+}
+
+T_TEST(stale_connection_resent)
+{
+    /* The collector hangs up on the second request, which came on the kept-alive connection:
+     * sent once more on a new connection, not counted as a failure. */
+    int st[] = {200, -1};
+    struct collector *col = collector_start(st, 2);
+    struct lv_exporter *ex = start(url_of(col, ""), 2, 100, 60000, 5000);
+    T_CHECK_INT(submit_n(ex, 2), 2);
+    WAIT_UNTIL(stats(ex).exported == 2, 5000);
+    T_CHECK_INT(submit_n(ex, 2), 2);
+    WAIT_UNTIL(stats(ex).exported == 4, 5000);
+    struct lv_exporter_stats s = stats(ex);
+    T_CHECK_INT(s.exported, 4);
+    T_CHECK_INT(s.export_failures, 0);
+    T_CHECK_INT(col_get(col, &col->posts), 3);
+    T_CHECK_INT(col_get(col, &col->connections), 2);
+    /* A new connection that is hung up on is a failure like any other. */
+    lv_exporter_stop(ex, 1000);
+    collector_stop(col);
+    int st2[] = {-1, 200};
+    col = collector_start(st2, 2);
+    ex = start(url_of(col, ""), 2, 100, 60000, 5000);
+    T_CHECK_INT(submit_n(ex, 2), 2);
+    WAIT_UNTIL(stats(ex).exported == 2, 5000);
+    s = stats(ex);
+    T_CHECK_INT(s.exported, 2);
+    T_CHECK_INT(s.export_failures, 1);
     lv_exporter_stop(ex, 1000);
     collector_stop(col);
 }
@@ -776,6 +816,7 @@ int main(void)
     T_RUN(collector_down);
     T_RUN(retried_after_503);
     T_RUN(client_error_not_retried);
+    T_RUN(stale_connection_resent);
     T_RUN(timeout_is_a_failure);
     T_RUN(stop_flushes_queue);
     T_RUN(update_switches_collector);

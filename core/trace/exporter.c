@@ -12,6 +12,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "base/buf.h"
@@ -105,6 +106,19 @@ static struct params *params_new(const struct lv_exporter_params *p)
     if (q->batch > q->queue)
         q->batch = q->queue; /* a batch can never be bigger than the queue */
     return q;
+}
+
+/* NULL if the parameters can be used, else what is wrong. */
+static const char *params_error(const struct lv_exporter_params *p)
+{
+    if (!p)
+        return "no parameters";
+    const char *e = lv_exporter_url_error(p->url);
+    if (e)
+        return e;
+    if (p->tls_ca && access(p->tls_ca, R_OK) != 0)
+        return "tls_ca: cannot read the file";
+    return NULL;
 }
 
 const char *lv_exporter_url_error(const char *url)
@@ -440,7 +454,7 @@ static bool ring_alloc(uint32_t cap, struct lv_trace_span **ring, uint64_t **at)
 
 struct lv_exporter *lv_exporter_start(const struct lv_exporter_params *p, const char **err)
 {
-    const char *e = p ? lv_exporter_url_error(p->url) : "no parameters";
+    const char *e = params_error(p);
     if (e) {
         if (err)
             *err = e;
@@ -493,7 +507,7 @@ fail_loop:
 
 int lv_exporter_update(struct lv_exporter *ex, const struct lv_exporter_params *p)
 {
-    if (!ex || !p || lv_exporter_url_error(p->url))
+    if (!ex || params_error(p))
         return -EINVAL;
     struct params *q = params_new(p);
     /* A new queue size applies now: the newest spans are kept, up to the new size (the older

@@ -63,10 +63,12 @@ struct lv_exporter_stats {
 /** NULL if `p->url` can be used, else a static text saying what is wrong. */
 const char *lv_exporter_url_error(const char *url);
 
-/** Starts the exporter thread; NULL (and *err set to a static text) on failure. */
+/** Starts the exporter thread; NULL (and *err set to a static text) on failure: a bad url,
+ *  an unreadable tls_ca, no thread. */
 struct lv_exporter *lv_exporter_start(const struct lv_exporter_params *p, const char **err);
 
-/** New parameters (a reload): takes effect from the next batch. Returns 0 or -EINVAL. */
+/** New parameters (a reload): takes effect from the next batch (the queue size at once, see
+ *  above). Returns 0, or -EINVAL (nothing changed) for parameters lv_exporter_start refuses. */
 int lv_exporter_update(struct lv_exporter *ex, const struct lv_exporter_params *p);
 
 /** Copies the span into the queue; false (and counted) when the queue is full. Any thread. */
