@@ -60,7 +60,7 @@ struct lv_exporter_stats {
     uint64_t queued;          /* spans waiting now */
 };
 
-/** NULL if `p->url` can be used, else a static text saying what is wrong. */
+/** NULL if `url` can be used (see above), else a static text saying what is wrong. */
 const char *lv_exporter_url_error(const char *url);
 
 /** Starts the exporter thread; NULL (and *err set to a static text) on failure: a bad url,
