@@ -12,6 +12,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "base/buf.h"
@@ -37,6 +38,7 @@
 struct params {
     char *url;
     char *service;
+    char *tls_ca; /* NULL: the system store */
     uint32_t batch, queue;
     uint64_t flush_ms, timeout_ms;
 };
@@ -83,6 +85,7 @@ static void params_free(struct params *p)
         return;
     free(p->url);
     free(p->service);
+    free(p->tls_ca);
     free(p);
 }
 
@@ -91,6 +94,7 @@ static struct params *params_new(const struct lv_exporter_params *p)
     struct params *q = lv_xcalloc(1, sizeof(*q));
     q->url = lv_xstrdup(p->url);
     q->service = lv_xstrdup(p->service ? p->service : "levee");
+    q->tls_ca = p->tls_ca ? lv_xstrdup(p->tls_ca) : NULL;
     q->batch = p->batch ? p->batch : DEFAULT_BATCH;
     q->queue = p->queue ? p->queue : DEFAULT_QUEUE;
     q->flush_ms = p->flush_ms ? p->flush_ms : DEFAULT_FLUSH_MS;
@@ -102,6 +106,19 @@ static struct params *params_new(const struct lv_exporter_params *p)
     if (q->batch > q->queue)
         q->batch = q->queue; /* a batch can never be bigger than the queue */
     return q;
+}
+
+/* NULL if the parameters can be used, else what is wrong. */
+static const char *params_error(const struct lv_exporter_params *p)
+{
+    if (!p)
+        return "no parameters";
+    const char *e = lv_exporter_url_error(p->url);
+    if (e)
+        return e;
+    if (p->tls_ca && access(p->tls_ca, R_OK) != 0)
+        return "tls_ca: cannot read the file";
+    return NULL;
 }
 
 const char *lv_exporter_url_error(const char *url)
@@ -195,6 +212,10 @@ static void finish_stop(struct lv_exporter *ex)
     if (ex->closing)
         return;
     ex->closing = true;
+    if (ex->unlogged_drops) {
+        ex->last_log_ms = 0; /* the last word: not held back */
+        log_drop(ex, 0, "stopped before they were sent");
+    }
     uv_timer_stop(&ex->timer);
     uv_timer_stop(&ex->deadline);
     uv_close((uv_handle_t *)&ex->async, on_closed);
@@ -207,9 +228,12 @@ static void finish_stop(struct lv_exporter *ex)
 /* Applies parameters a reload handed over (between batches only). */
 static void apply_params(struct lv_exporter *ex, struct params *p)
 {
-    bool new_url = !ex->cur.url || strcmp(ex->cur.url, p->url) != 0;
+    bool new_url = !ex->cur.url || strcmp(ex->cur.url, p->url) != 0 ||
+                   (ex->cur.tls_ca == NULL) != (p->tls_ca == NULL) ||
+                   (p->tls_ca && strcmp(ex->cur.tls_ca, p->tls_ca) != 0);
     free(ex->cur.url);
     free(ex->cur.service);
+    free(ex->cur.tls_ca);
     ex->cur = *p;
     free(p); /* its strings now belong to ex->cur */
     if (new_url || !ex->client) {
@@ -217,7 +241,7 @@ static void apply_params(struct lv_exporter *ex, struct params *p)
         ex->client = NULL;
         struct lv_otlp_url u;
         if (lv_otlp_url_parse(ex->cur.url, &u) == NULL) {
-            ex->client = lv_otlp_client_new(&ex->loop, &u, ex->cur.timeout_ms);
+            ex->client = lv_otlp_client_new(&ex->loop, &u, ex->cur.tls_ca, ex->cur.timeout_ms);
             lv_otlp_url_free(&u);
         }
     }
@@ -430,7 +454,7 @@ static bool ring_alloc(uint32_t cap, struct lv_trace_span **ring, uint64_t **at)
 
 struct lv_exporter *lv_exporter_start(const struct lv_exporter_params *p, const char **err)
 {
-    const char *e = p ? lv_exporter_url_error(p->url) : "no parameters";
+    const char *e = params_error(p);
     if (e) {
         if (err)
             *err = e;
@@ -483,7 +507,7 @@ fail_loop:
 
 int lv_exporter_update(struct lv_exporter *ex, const struct lv_exporter_params *p)
 {
-    if (!ex || !p || lv_exporter_url_error(p->url))
+    if (!ex || params_error(p))
         return -EINVAL;
     struct params *q = params_new(p);
     /* A new queue size applies now: the newest spans are kept, up to the new size (the older
@@ -529,6 +553,12 @@ int lv_exporter_update(struct lv_exporter *ex, const struct lv_exporter_params *
 
 void lv_exporter_stop(struct lv_exporter *ex, uint64_t deadline_ms)
 {
+    lv_exporter_stop_stats(ex, deadline_ms, NULL);
+}
+
+void lv_exporter_stop_stats(struct lv_exporter *ex, uint64_t deadline_ms,
+                            struct lv_exporter_stats *final)
+{
     if (!ex)
         return;
     pthread_mutex_lock(&ex->lock);
@@ -539,8 +569,11 @@ void lv_exporter_stop(struct lv_exporter *ex, uint64_t deadline_ms)
     uv_async_send(&ex->async);
     uv_thread_join(&ex->thread);
     uv_loop_close(&ex->loop);
+    if (final)
+        lv_exporter_stats(ex, final);
     free(ex->cur.url);
     free(ex->cur.service);
+    free(ex->cur.tls_ca);
     params_free(ex->pending);
     lv_buf_dispose(&ex->body);
     free(ex->ring);

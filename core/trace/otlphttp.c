@@ -170,6 +170,7 @@ static void maybe_free(struct lv_otlp_client *c)
     free(c->path);
     free(c->hp.host);
     free(c->cfg.name);
+    free(c->cfg.tls_ca);
     free(c);
 }
 
@@ -186,7 +187,7 @@ static void on_timer_closed(uv_handle_t *h)
 }
 
 struct lv_otlp_client *lv_otlp_client_new(uv_loop_t *loop, const struct lv_otlp_url *u,
-                                          uint64_t connect_timeout_ms)
+                                          const char *tls_ca, uint64_t connect_timeout_ms)
 {
     struct lv_otlp_client *c = lv_xcalloc(1, sizeof(*c));
     c->loop = loop;
@@ -212,6 +213,7 @@ struct lv_otlp_client *lv_otlp_client_new(uv_loop_t *loop, const struct lv_otlp_
     c->cfg.pool.queue_timeout_ms = c->cfg.connect_timeout_ms;
     c->cfg.tls = u->tls;
     c->cfg.tls_verify = true;
+    c->cfg.tls_ca = tls_ca ? lv_xstrdup(tls_ca) : NULL;
     /* The collector's failures decide retries here, not ejection: no health, no outliers. */
     c->cfg.health.enabled = false;
     c->cfg.outlier.enabled = false;

@@ -43,9 +43,10 @@ struct lv_otlp_client;
  */
 typedef void (*lv_otlp_done_cb)(void *arg, int status, const char *why);
 
-/** A client for `u` on `loop` (the URL is copied). `connect_timeout_ms` bounds a connect. */
+/** A client for `u` on `loop` (the URL is copied). `tls_ca`: for https, a PEM CA file to
+ *  trust instead of the system store (NULL). `connect_timeout_ms` bounds a connect. */
 struct lv_otlp_client *lv_otlp_client_new(uv_loop_t *loop, const struct lv_otlp_url *u,
-                                          uint64_t connect_timeout_ms);
+                                          const char *tls_ca, uint64_t connect_timeout_ms);
 
 /**
  * POSTs `body[0..n)` (copied) as application/json; `cb` runs once, from the loop, within
