@@ -36,17 +36,6 @@ local function seen(r)
     return out
 end
 
-local function entry(lv, path)
-    local found
-    H.wait_until(function()
-        for _, e in ipairs(lv:access_json()) do
-            if e.path == path then found = e end
-        end
-        return found
-    end, 5 * H.scale, "the access-log line of " .. path)
-    return found
-end
-
 local function spans_of(col, trace_id, n)
     local got
     H.wait_until(function()
@@ -82,7 +71,7 @@ describe("tracing", function()
         assert.are_not.equal(PID, sid)
         assert.equal("vendor=abc,other=1", hdr.tracestate)
 
-        local e = entry(lv, "/pay?x=1")
+        local e = lv:access_entry("/pay?x=1")
         assert.equal(TID, e.trace_id)
         assert.truthy(e.span_id:match("^%x+$") and #e.span_id == 16)
 
@@ -135,7 +124,7 @@ describe("tracing", function()
         local r = lv:request({ path = "/new" })
         local tid, sid, flags = tp_parts(seen(r).traceparent)
         assert.equal("01", flags)
-        assert.equal(tid, entry(lv, "/new").trace_id)
+        assert.equal(tid, lv:access_entry("/new").trace_id)
         local spans = spans_of(col, tid, 2)
         local server
         for _, s in ipairs(spans) do if s.kind == 2 then server = s end end
@@ -190,7 +179,7 @@ describe("tracing", function()
             assert.truthy(tid, v)
             assert.are_not.equal(TID, tid, v)
             assert.is_nil(hdr.tracestate, v)
-            assert.equal(tid, entry(lv, "/bad" .. i).trace_id)
+            assert.equal(tid, lv:access_entry("/bad" .. i).trace_id)
         end
         -- two traceparent fields are invalid too
         local r = lv:request({ path = "/two", headers = {
@@ -215,7 +204,7 @@ describe("tracing", function()
         assert.equal(v, seen(r).traceparent)
         local r2 = lv:request({ path = "/off2" })
         assert.is_nil(seen(r2).traceparent)
-        assert.equal(H.null, entry(lv, "/off").trace_id)
+        assert.equal(H.null, lv:access_entry("/off").trace_id)
     end)
 
     it("keeps serving when the collector is down, and counts the failed exports and the spans lost", function()
@@ -246,7 +235,7 @@ describe("tracing", function()
         local lv2 = start({ up = up, tracing = { otlp = col2_url, flush = "1m", batch = 512 } })
         local other = "0af7651916cd43dd8448eb211c80319c"
         lv2:request({ path = "/late", headers = { { "traceparent", "00-" .. other .. "-" .. PID .. "-01" } } })
-        entry(lv2, "/late")
+        lv2:access_entry("/late")
         assert.equal(0, #col2:spans(), "held for the flush interval")
         lv2:stop("TERM", 10)
         local got = 0
