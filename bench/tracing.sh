@@ -20,15 +20,6 @@ for i in 0 1 2 3; do
   lpids+=($!)
 done
 bench_wait_up $BASE $((BASE + 1)) $((BASE + 2)) $((BASE + 3)) $((BASE + 4))
-# rps SECONDS PORT PID -> "req/s cpu_us_per_request non2xx" (CPU: the levee process's user+sys)
-rps() {
-  local t0 t1 out
-  t0=$(ticks "$3")
-  out=$(wrk -t1 -c"$CONNS" -d"$1"s "http://127.0.0.1:$2/")
-  t1=$(ticks "$3")
-  awk -v t="$((t1 - t0))" -v hz="$(getconf CLK_TCK)" '/ requests in / {n = $1} /^Requests\/sec/ {r = $2}
-    /Non-2xx/ {e = $NF} END {printf "%s %.2f %d\n", r, n ? t * 1e6 / hz / n : 0, e}' <<<"$out"
-}
 for i in 0 1 2 3; do rps 1 $((BASE + 1 + i)) "${lpids[$i]}" >/dev/null; done
 : >"$work/rounds"
 for ((r = 1; r <= ROUNDS; r++)); do
