@@ -155,7 +155,7 @@ static void log_request(struct lv_request *r)
     struct lv_server *s = r->s;
     double total_ms = (double)(uv_hrtime() - r->start_ns) / 1e6;
     lv_server_count_request(s, r->rs, r->status, total_ms / 1000.0);
-    lv_trace_end(r, total_ms);
+    lv_trace_end(r);
     if (!s->access_on)
         return;
     struct lv_access_entry e;

@@ -389,7 +389,7 @@ void lv_trace_attempt(struct lv_request *r);
 #define LV_TRACE_HEADER_MAX 72
 size_t lv_trace_header(const struct lv_request *r, char out[LV_TRACE_HEADER_MAX]);
 /** The request ends (before its log line): a sampled request's spans go to the exporter. */
-void lv_trace_end(struct lv_request *r, double total_ms);
+void lv_trace_end(struct lv_request *r);
 
 /* ---- reqbody.c: the request body. Reads it from the downstream's input, de-frames it
  * (Content-Length or chunked, limits.body_size), keeps up to the replay cap for retries, and either

@@ -163,7 +163,7 @@ static void flags_attr(struct lv_trace_span *sp, unsigned flags)
         lv_tspan_str(sp, "levee.flags", buf, n);
 }
 
-void lv_trace_end(struct lv_request *r, double total_ms)
+void lv_trace_end(struct lv_request *r)
 {
     if (!r->traced || !(r->trace_flags & LV_TRACE_FLAG_SAMPLED) || !r->cfg->tracing.otlp)
         return;
@@ -171,8 +171,9 @@ void lv_trace_end(struct lv_request *r, double total_ms)
     struct lv_exporter *ex = ts ? atomic_load_explicit(&ts->exporter, memory_order_acquire) : NULL;
     if (!ex)
         return;
+    /* One reading of each clock: every start is placed on the wall clock from its hrtime. */
     uint64_t now_ns = wall_ns(), now_hr = uv_hrtime();
-    uint64_t start_wall = now_ns - (uint64_t)(total_ms * 1e6);
+    uint64_t start_wall = now_ns - (now_hr - r->start_ns);
     const char *method = lv_method_name(r->method);
     const char *route = r->route ? r->route->name : NULL;
     const char *breaker = breaker_name(r);
