@@ -58,7 +58,7 @@ struct lv_client {
     bool eof;         /* the client half-closed */
     bool lingering;
     struct lv_tls *tls;          /* HTTPS: the TLS engine between the socket and `in` */
-    struct lv_client_slow *slow; /* a throttle fault's held-back output (client.c), or NULL */
+    struct lv_client_slow *slow; /* a throttle fault's held-back output (clientslow.c), or NULL */
     struct lv_buf tls_out;       /* ciphertext to send */
 };
 
