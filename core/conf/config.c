@@ -26,6 +26,9 @@ static void upstream_free(struct lv_upstream_cfg *u)
 static void route_free(struct lv_route_cfg *r)
 {
     free(r->name);
+    for (size_t i = 0; i < r->nupgrade; i++)
+        free(r->upgrade[i]);
+    free(r->upgrade);
     free(r->match_prefix);
     free(r->match_path);
     free(r->match_host);
@@ -60,6 +63,8 @@ static void config_free(struct lv_config *c)
     free(c->access_log_path);
     free(c->error_log_path);
     free(c->trusted_proxies);
+    free(c->tracing.otlp);
+    free(c->tracing.service);
     for (size_t i = 0; i < c->nupstreams; i++)
         upstream_free(&c->upstreams[i]);
     free(c->upstreams);

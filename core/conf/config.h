@@ -211,6 +211,21 @@ struct lv_route_cfg {
     struct lv_concurrency_cfg concurrency;
     int classify_ref; /* a hook handle (script/hooks.h), or -1 */
     int fallback_ref; /* a hook handle (script/hooks.h), or -1 */
+    char **upgrade;   /* protocol tokens a client may switch to, lower case (default websocket) */
+    size_t nupgrade;
+    uint64_t tunnel_idle_timeout_ms; /* default 1 h */
+};
+
+/* Trace context and span export (top-level `tracing`, README "Tracing"). */
+struct lv_tracing_cfg {
+    bool enabled;        /* false: `tracing = false`, traceparent passes through untouched */
+    char *otlp;          /* OTLP/HTTP URL with its path, or NULL: no export */
+    double sample;       /* share of new traces sampled, default 1 */
+    char *service;       /* service.name, default "levee" */
+    uint32_t batch;      /* default 512 */
+    uint32_t queue;      /* default 2048 */
+    uint64_t flush_ms;   /* default 1 s */
+    uint64_t timeout_ms; /* default 5 s */
 };
 
 /* How workers share a listening port (README "Workers"). */
@@ -248,6 +263,7 @@ struct lv_config {
         uint8_t bits;     /* of the 128 (IPv4: 96 + n) */
     } * trusted_proxies;  /* README "Admission control" */
     size_t ntrusted_proxies;
+    struct lv_tracing_cfg tracing;
     struct lv_upstream_cfg *upstreams;
     size_t nupstreams;
     struct lv_route_cfg *routes;

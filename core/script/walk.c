@@ -458,6 +458,36 @@ static void walk_route(lua_State *L, struct lv_walk *w, int t, struct lv_route_c
     lua_pop(L, 1);
     r->classify_ref = w_ref(L, w, t, "classify");
     r->fallback_ref = w_ref(L, w, t, "fallback");
+    r->tunnel_idle_timeout_ms = w_uint(L, w, t, "tunnel_idle_timeout_ms");
+    int ut = w_table(L, w, t, "upgrade", false);
+    size_t n = lua_rawlen(L, ut);
+    r->upgrade = lv_xcalloc(n ? n : 1, sizeof(*r->upgrade));
+    for (size_t i = 0; i < n; i++) {
+        lua_rawgeti(L, ut, (lua_Integer)i + 1);
+        if (lua_type(L, -1) != LUA_TSTRING)
+            bad(L, w, "upgrade[]");
+        r->upgrade[i] = lv_xstrdup(lua_tostring(L, -1));
+        r->nupgrade = i + 1;
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
+/* tracing: {enabled = false} or the table with every default filled in. */
+static void walk_tracing(lua_State *L, struct lv_walk *w, int t, struct lv_tracing_cfg *tc)
+{
+    int tt = w_table(L, w, t, "tracing", false);
+    tc->enabled = w_bool(L, w, tt, "enabled");
+    if (tc->enabled) {
+        tc->otlp = w_str(L, w, tt, "otlp", true);
+        tc->sample = w_num(L, w, tt, "sample");
+        tc->service = w_str(L, w, tt, "service", false);
+        tc->batch = w_u32(L, w, tt, "batch");
+        tc->queue = w_u32(L, w, tt, "queue");
+        tc->flush_ms = w_uint(L, w, tt, "flush_ms");
+        tc->timeout_ms = w_uint(L, w, tt, "timeout_ms");
+    }
+    lua_pop(L, 1);
 }
 
 /* Stack: 1 = struct lv_walk (light userdata), 2 = normalized config, 3 = files list (or nil). */
@@ -534,6 +564,7 @@ int lv_walk_config(lua_State *L)
     c->workers = w_u32(L, w, t, "workers");
     c->accept = (enum lv_accept_mode)w_enum(L, w, t, "accept", accept_names, NELEM(accept_names));
     walk_trusted(L, w, t, c);
+    walk_tracing(L, w, t, &c->tracing);
 
     int ut = w_table(L, w, t, "upstreams", false);
     n = lua_rawlen(L, ut);

@@ -1234,6 +1234,93 @@ CUSTOM["trusted_proxies"] = function(cx, v, path, c)
     end
 end
 
+-- Tracing (README "Tracing"): on with its defaults when absent, off with `false`.
+CUSTOM["tracing"] = function(cx, v, path, c, st)
+    if v == false then
+        c.tracing = { enabled = false }
+        return
+    end
+    if v == nil or v == true then
+        v = {}
+    end
+    local t = cx:record(v, path, schema.allowed("tracing"))
+    c.tracing = read_table(cx, "tracing", t, path, { enabled = true }, st)
+end
+
+--- An OTLP/HTTP URL: scheme, host, port and path (default port 80/443, path /v1/traces), or
+-- nil and what is wrong.
+function M.parse_otlp_url(s)
+    if type(s) ~= "string" then
+        return nil, "expected a URL string like \"http://127.0.0.1:4318/v1/traces\", got " .. show(s)
+    end
+    local scheme, rest = s:match("^(https?)://(.*)$")
+    if not scheme then
+        return nil, "expected an http:// or https:// URL, got " .. show(s)
+    end
+    local authority, path = rest:match("^([^/]*)(/.*)$")
+    if not authority then
+        authority, path = rest, "/v1/traces"
+    end
+    if not path:match("^/[%g]*$") or #path > 1024 then
+        return nil, "the path must be printable text without spaces, got " .. show(path)
+    end
+    local host, port
+    if authority:match(":%d+$") then
+        host, port = M.parse_hostport(authority)
+    elseif authority:match("^%[[%x:%.]+%]$") then
+        host, port = authority:sub(2, -2), scheme == "https" and 443 or 80
+    elseif authority:match("^[%w%.%-_]+$") and not authority:match("^[%.%-]")
+        and not authority:match("%.%.") then
+        host, port = authority, scheme == "https" and 443 or 80
+    end
+    if not host then
+        return nil, "expected a host, an IPv4 address or a bracketed IPv6 address and an optional "
+            .. "port after " .. scheme .. "://, got " .. show(authority)
+    end
+    return { scheme = scheme, host = host, port = port, path = path,
+        url = scheme .. "://" .. authority .. path }
+end
+
+CUSTOM["tracing.otlp"] = function(cx, v, path, t)
+    if v == nil then
+        return
+    end
+    local u, why = M.parse_otlp_url(v)
+    if not u then
+        cx:err(path, why)
+        return
+    end
+    t.otlp = u.url
+end
+
+AFTER["tracing.queue"] = function(cx, _, path, t)
+    if t.queue and t.batch and t.queue < t.batch then
+        cx:err(path, "queue (" .. t.queue .. ") must not be less than batch (" .. t.batch .. ")")
+    end
+end
+
+-- Upgrade tokens (README "WebSocket and other upgrades"), stored in lower case.
+CUSTOM["routes[].upgrade"] = function(cx, v, path, r)
+    if v == nil then
+        v = default_of("routes[].upgrade")
+    end
+    local list = cx:list(v, path, "protocol tokens like \"websocket\"")
+    local out, seen = {}, {}
+    for i, x in ipairs(list) do
+        if type(x) == "string" and #x <= 64 and x:match("^[%w!#%$%%&'%*%+%-%.%^_`|~]+$") then
+            local tok = x:lower()
+            if not seen[tok] then
+                seen[tok] = true
+                out[#out + 1] = tok
+            end
+        else
+            cx:err(join(path, i), "expected a protocol token like \"websocket\" (at most 64 "
+                .. "characters), got " .. show(x))
+        end
+    end
+    r.upgrade = out
+end
+
 CUSTOM["routes[].rate_limit"] = function(cx, v, path, r, st)
     r.rate_limit = switch(cx, "routes[].rate_limit", v, path, st, { enabled = false })
 end

@@ -115,6 +115,11 @@ M.sections = {
                     .. "from (the least busy worker takes the connection); `reuseport`, a socket per "
                     .. "worker with SO_REUSEPORT (the kernel spreads connections by address hash; a "
                     .. "few connections may leave a worker idle). README \"Workers\" has the numbers." },
+            { key = "tracing", type = "tracing", type_doc = "table or `false`",
+                default_doc = "trace context on, no export",
+                doc = "W3C trace context and OpenTelemetry export; see [tracing](#tracing) and the "
+                    .. "README, \"Tracing\". `false` turns trace context off: `traceparent` then "
+                    .. "passes through untouched and the access log has no trace ids." },
             { key = "upstreams", type = "map", type_doc = "table of name → upstream",
                 doc = "The backends, keyed by name; see [upstreams](#upstreams)." },
             { key = "routes", type = "routes", type_doc = "list of routes, at least one",
@@ -315,6 +320,14 @@ M.sections = {
                 doc = "Request bodies up to this size are received whole before an upstream "
                     .. "connection is taken (a larger body: this much, then it streams). `false` "
                     .. "takes the connection at once and streams. See the README, \"Request buffering\"." },
+            { key = "routes[].upgrade", type = "upgrade", type_doc = "list of protocol tokens",
+                default = { "websocket" },
+                doc = "Protocols a client may switch to with `Connection: upgrade` and `Upgrade` "
+                    .. "(case-insensitive). On `101` the connection becomes a tunnel (README, "
+                    .. "\"WebSocket and other upgrades\"). `{}`: `Upgrade` is removed and the "
+                    .. "request is an ordinary one." },
+            { key = "routes[].tunnel_idle_timeout", type = "duration", gt = 0, max = "24h",
+                default = "1h", doc = "A tunnel with no byte either way for this long is closed." },
         },
     },
     {
@@ -532,6 +545,32 @@ Entries of `retry.on`:
                     .. "connection, a delay holds the request) and the policy never sees it." },
             { key = "routes[].fault.headers", type = "boolean", default = false,
                 doc = "Honour the `Levee-Fault` request header (README, \"levee dev\")." },
+        },
+    },
+    {
+        title = "tracing",
+        intro = "`tracing = { otlp = \"http://127.0.0.1:4318/v1/traces\", sample = 0.05 }`. Every "
+            .. "request continues the trace of its `traceparent` or starts one; each attempt is a "
+            .. "child span whose id goes upstream in `traceparent` (README, \"Tracing\").",
+        rows = {
+            { key = "tracing.otlp", type = "otlp_url", type_doc = "URL", default_doc = "no export",
+                doc = "OTLP/HTTP endpoint spans are POSTed to as JSON (`http://` or `https://`; "
+                    .. "without a path, `/v1/traces`)." },
+            { key = "tracing.sample", type = "number", min = 0, max = 1, default = 1,
+                doc = "Share of new traces (requests without a valid `traceparent`) that are "
+                    .. "sampled. A request with a `traceparent` follows its sampled flag." },
+            { key = "tracing.service", type = "string", pattern = "^[%g ]+$", maxlen = 128,
+                what = "printable text", default = "levee", doc = "`service.name` of the spans." },
+            { key = "tracing.batch", type = "integer", min = 1, max = 10000, default = 512,
+                doc = "Spans per export request." },
+            { key = "tracing.queue", type = "integer", min = 1, max = 1000000, default = 2048,
+                range_doc = "≥ `batch`",
+                doc = "Spans waiting for export at most; more are dropped and counted "
+                    .. "(`levee_trace_spans_dropped_total`), never waited for." },
+            { key = "tracing.flush", type = "duration", gt = 0, max = "1m", default = "1s",
+                doc = "Longest a span waits before a partial batch is sent." },
+            { key = "tracing.timeout", type = "duration", gt = 0, max = "1m", default = "5s",
+                doc = "One export request, connect to answer. A failed one is retried with backoff." },
         },
     },
 }

@@ -508,7 +508,7 @@ return {
                 .. 'or a number of bytes, got "huge"',
             'levee.lua:8: upstreams.api.servers[1]: expected a port between 1 and 65535, got "h:99999"',
             'levee.lua:9: bogus: unknown key; expected one of: listen, admin, limits, access_log, '
-                .. "access_log_format, error_log, watch, drain_timeout, workers, trusted_proxies, accept, upstreams, routes",
+                .. "access_log_format, error_log, watch, drain_timeout, workers, trusted_proxies, accept, tracing, upstreams, routes",
         }, errs)
     end)
 
