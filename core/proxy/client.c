@@ -16,6 +16,7 @@
 #include "proxy/errresp.h"
 #include "proxy/request.h"
 #include "proxy/server.h"
+#include "proxy/tunnel.h"
 
 /* Bytes we read ahead of the request being served (pipelined heads, body) before pausing. */
 #define INPUT_HIGH (64 * 1024)
@@ -91,6 +92,11 @@ static void client_close(struct lv_client *c, bool reset)
         lv_request_client_gone(r);
         lv_request_put(r);
     }
+    if (c->ds.tunnel) {
+        struct lv_tunnel *t = c->ds.tunnel;
+        c->ds.tunnel = NULL;
+        lv_tunnel_client_gone(t);
+    }
     uv_timer_stop(&c->timer);
     uv_close((uv_handle_t *)&c->timer, on_handle_closed);
     if (c->slow)
@@ -111,6 +117,13 @@ static void on_shutdown(uv_shutdown_t *req, int status)
     struct lv_client *c = req->data;
     if (c->ds.closed)
         return;
+    if (c->state == LV_CLIENT_TUNNEL) { /* our write side is done; reading goes on */
+        if (status < 0)
+            client_close(c, true);
+        else if (c->ds.tunnel)
+            lv_tunnel_client_shut(c->ds.tunnel);
+        return;
+    }
     if (status < 0 || c->eof) {
         client_close(c, false);
         return;
@@ -172,6 +185,8 @@ static void on_write(uv_write_t *req, int status)
     c->last_write_ms = uv_now(c->server->loop);
     if (c->req && c->ds.write_queued <= LV_DOWNSTREAM_WRITE_HIGH / 4)
         lv_request_client_drained(c->req);
+    else if (c->ds.tunnel && c->ds.write_queued <= LV_DOWNSTREAM_WRITE_HIGH / 4)
+        lv_tunnel_client_drained(c->ds.tunnel);
 }
 
 /* Write what the socket takes now, without going through libuv's queue: a fully written
@@ -510,6 +525,10 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
             lv_request_client_eof(c->req);
             return;
         }
+        if (c->state == LV_CLIENT_TUNNEL && c->ds.tunnel) {
+            lv_tunnel_client_eof(c->ds.tunnel);
+            return;
+        }
         if (c->state == LV_CLIENT_CLOSING)
             return;
         client_close(c, false);
@@ -632,6 +651,8 @@ static void on_timer(uv_timer_t *t)
     case LV_CLIENT_CLOSING:
         client_close(c, false);
         break;
+    case LV_CLIENT_TUNNEL: /* the tunnel keeps its own time */
+        break;
     }
 }
 
@@ -649,6 +670,7 @@ static void start_timer_for_state(struct lv_client *c)
         timer_due(c, lim->send_timeout_ms ? lim->send_timeout_ms : 60000);
         break;
     case LV_CLIENT_CLOSING:
+    case LV_CLIENT_TUNNEL:
         break;
     }
 }
@@ -660,9 +682,11 @@ static void client_process(struct lv_client *c)
     for (;;) {
         if (c->ds.closed || c->state == LV_CLIENT_CLOSING)
             return;
-        if (c->state == LV_CLIENT_REQUEST) {
+        if (c->state == LV_CLIENT_REQUEST || c->state == LV_CLIENT_TUNNEL) {
             if (c->req)
                 lv_request_client_data(c->req);
+            else if (c->ds.tunnel)
+                lv_tunnel_client_data(c->ds.tunnel);
             if (c->ds.in.len >= INPUT_HIGH)
                 pause_reading(c);
             return;
@@ -739,6 +763,14 @@ static void client_request_done(struct lv_client *c, bool close)
     }
     if (c->ds.closed)
         return;
+    if (c->ds.tunnel) { /* a 101 went out: the connection is the tunnel's from now on */
+        c->state = LV_CLIENT_TUNNEL;
+        uv_timer_stop(&c->timer);
+        c->armed = 0;
+        c->due = UINT64_MAX;
+        lv_tunnel_attached(c->ds.tunnel);
+        return;
+    }
     if (close || c->eof || c->server->draining) {
         client_close_after_write(c);
         return;
@@ -802,6 +834,22 @@ static void ds_throttle(struct lv_downstream *d, uint64_t rate)
     client_throttle(of(d), rate);
 }
 
+/* A tunnel's other side ended: end ours once what is queued is out (on_shutdown). */
+static void ds_shutdown(struct lv_downstream *d)
+{
+    struct lv_client *c = of(d);
+    if (c->ds.closed)
+        return;
+    if (c->tls) {
+        lv_tls_shutdown(c->tls, &c->tls_out);
+        if (raw_write_buf(c, &c->tls_out) < 0)
+            return;
+    }
+    c->shutdown_req.data = c;
+    if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) != 0)
+        client_close(c, true);
+}
+
 static void ds_refuse(struct lv_downstream *d, int status, enum lv_gwerr err, const char *reason)
 {
     struct lv_client *c = of(d);
@@ -814,7 +862,8 @@ static void ds_refuse(struct lv_downstream *d, int status, enum lv_gwerr err, co
 }
 
 static const struct lv_downstream_ops ds_ops = {
-    ds_writev, ds_write_buf, ds_done, ds_consumed, ds_abort, ds_refuse, ds_reset, ds_throttle,
+    ds_writev, ds_write_buf, ds_done,     ds_consumed, ds_abort,
+    ds_refuse, ds_reset,     ds_throttle, ds_shutdown,
 };
 
 static struct lv_client *client_new(struct lv_server *s)

@@ -3,7 +3,8 @@
  * end-to-end fields only (hop-by-hop and Connection-named fields dropped), one canonical
  * framing header, X-Forwarded-For/-Proto/-Host, Via, X-Request-Id; Expect is answered by levee
  * and not forwarded, nor is Levee-Fault (levee's own, README "levee dev"). Levee-Attempt and the
- * final CRLF are added per attempt.
+ * final CRLF are added per attempt. An upgrade the route allows goes on as Connection: upgrade
+ * and the client's Upgrade value.
  */
 #ifndef LV_PROXY_FWDHEAD_H
 #define LV_PROXY_FWDHEAD_H
@@ -28,7 +29,16 @@ struct lv_fwdhead_in {
     const char *request_id; /* X-Request-Id */
     enum lv_req_body body;  /* the framing header to write */
     uint64_t content_length;
+    struct lv_span upgrade; /* the Upgrade value to forward (with Connection: upgrade), or
+                               empty: no upgrade (README "WebSocket and other upgrades") */
 };
+
+/** Whether a request may be forwarded as an upgrade: it asked (Connection: upgrade and an
+ *  Upgrade value), has no body, and every protocol its Upgrade list names ("websocket",
+ *  "foo/2") is in the route's `tokens` (lower case; a name compares without its version, case
+ *  insensitively). */
+bool lv_fwdhead_upgrade_allowed(const struct lv_reqhead *h, enum lv_req_body body,
+                                char *const *tokens, size_t ntokens);
 
 /** Writes the forwarded head into `out` (reset first). Returns true when the request has no
  *  Host to forward: each attempt then names its server's authority. */
