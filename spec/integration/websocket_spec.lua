@@ -359,6 +359,7 @@ return {
         local lv = H.levee{ config = ([[
 return {
   listen = { "127.0.0.1:$PORT" },
+  drain_timeout = "100ms", -- lv:stop() below with the tunnel still open
   upstreams = { u = { servers = { "127.0.0.1:%d" }, tls = { ca = "%s/cert.pem", sni = "localhost" } } },
   routes = { { name = "ws", upstream = "u" } },
 }]]):format(port, certs) }
