@@ -32,6 +32,17 @@ bench_wait_up() {   # bench_wait_up PORT...: until each answers over HTTP
   done
 }
 
+# rps SECONDS PORT PID -> "req/s cpu_us_per_request non2xx": wrk with $CONNS connections on
+# 127.0.0.1:PORT, and the CPU (user+sys) process PID used per request meanwhile.
+rps() {
+  local t0 t1 out
+  t0=$(ticks "$3")
+  out=$(wrk -t1 -c"$CONNS" -d"$1"s "http://127.0.0.1:$2/")
+  t1=$(ticks "$3")
+  awk -v t="$((t1 - t0))" -v hz="$(getconf CLK_TCK)" '/ requests in / {n = $1} /^Requests\/sec/ {r = $2}
+    /Non-2xx/ {e = $NF} END {printf "%s %.2f %d\n", r, n ? t * 1e6 / hz / n : 0, e}' <<<"$out"
+}
+
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 med() { sort -g | awk '{v[NR] = $1} END {print NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 

@@ -16,25 +16,16 @@ plain_pid=$!
 ORIGIN_PORT=$BASE EXTRA_PORT=$((BASE + 2)) build/levee -c bench/levee-policy.lua 2>"$work/policy.log" & pids+=($!)
 policy_pid=$!
 bench_wait_up $BASE $((BASE + 1)) $((BASE + 2))
-# rps SECONDS PORT PID -> "req/s cpu_us_per_request" (CPU: the levee process's user+sys time)
-rps() {
-  local t0 t1 out
-  t0=$(ticks "$3")
-  out=$(wrk -t1 -c"$CONNS" -d"$1"s "http://127.0.0.1:$2/")
-  t1=$(ticks "$3")
-  awk -v t="$((t1 - t0))" -v hz="$(getconf CLK_TCK)" '/ requests in / {n = $1} /^Requests\/sec/ {r = $2}
-    END {printf "%s %.2f\n", r, n ? t * 1e6 / hz / n : 0}' <<<"$out"
-}
 rps 1 $((BASE + 1)) "$plain_pid" >/dev/null; rps 1 $((BASE + 2)) "$policy_pid" >/dev/null
 : > "$work/rounds"
 for ((r = 1; r <= ROUNDS; r++)); do
   if ((r % 2)); then a=$(rps "$DURATION" $((BASE + 1)) "$plain_pid"); b=$(rps "$DURATION" $((BASE + 2)) "$policy_pid")
   else b=$(rps "$DURATION" $((BASE + 2)) "$policy_pid"); a=$(rps "$DURATION" $((BASE + 1)) "$plain_pid"); fi
   echo "$r $a $b" | tee -a "$work/rounds" |
-    awk '{printf "round %d: plain %.0f req/s %.1f us/req, policy %.0f req/s %.1f us/req\n", $1, $2, $3, $4, $5}'
+    awk '{printf "round %d: plain %.0f req/s %.1f us/req, policy %.0f req/s %.1f us/req\n", $1, $2, $3, $5, $6}'
 done
-rr=$(awk '{print $4 / $2}' "$work/rounds" | med)
-cr=$(awk '{print $5 / $3}' "$work/rounds" | med)
+rr=$(awk '{print $5 / $2}' "$work/rounds" | med)
+cr=$(awk '{print $6 / $3}' "$work/rounds" | med)
 awk -v rr="$rr" -v cr="$cr" -v n="$ROUNDS" 'BEGIN {
   printf "median over %d rounds: policy/plain req/s %.3f (cost %.1f%%); policy/plain CPU per request %.3f (+%.1f%%)\n",
          n, rr, (1 - rr) * 100, cr, (cr - 1) * 100 }'

@@ -23,15 +23,6 @@ RATE_REDIS=127.0.0.1:$((BASE + 4)) ORIGIN_PORT=$BASE EXTRA_PORT=$((BASE + 3)) \
 redis_pid=$!
 for _ in $(seq 100); do redis-cli -p $((BASE + 4)) ping >/dev/null 2>&1 && break; sleep 0.05; done
 bench_wait_up $BASE $((BASE + 1)) $((BASE + 2)) $((BASE + 3))
-# rps SECONDS PORT PID -> "req/s cpu_us_per_request non2xx" (CPU: the levee process's user+sys)
-rps() {
-  local t0 t1 out
-  t0=$(ticks "$3")
-  out=$(wrk -t1 -c"$CONNS" -d"$1"s "http://127.0.0.1:$2/")
-  t1=$(ticks "$3")
-  awk -v t="$((t1 - t0))" -v hz="$(getconf CLK_TCK)" '/ requests in / {n = $1} /^Requests\/sec/ {r = $2}
-    /Non-2xx/ {e = $NF} END {printf "%s %.2f %d\n", r, n ? t * 1e6 / hz / n : 0, e}' <<<"$out"
-}
 for p in 1 2 3; do rps 1 $((BASE + p)) "$plain_pid" >/dev/null; done
 : >"$work/rounds"
 for ((r = 1; r <= ROUNDS; r++)); do

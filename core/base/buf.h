@@ -31,7 +31,10 @@ void lv_buf_printf(struct lv_buf *b, const char *fmt, ...) __attribute__((format
 void lv_buf_vprintf(struct lv_buf *b, const char *fmt, va_list ap);
 /** Appends a decimal unsigned integer. */
 void lv_buf_putu(struct lv_buf *b, unsigned long long v);
-/** Appends `s` as the inside of a JSON string (no quotes), escaping what JSON requires. */
+/** Appends `s` as the inside of a JSON string (no quotes): quotes, backslashes, control bytes
+ *  and every byte >= 0x7f escaped (\u00XX), so the output is ASCII and each byte reads back
+ *  exactly (a reader sees bytes >= 0x80 as Latin-1 code points; the access log relies on
+ *  this). Text that must stay UTF-8 (OTLP spans) uses trace/span's escape instead. */
 void lv_buf_json_escape(struct lv_buf *b, const char *s, size_t n);
 /** Removes the first n bytes (memmove). */
 void lv_buf_consume(struct lv_buf *b, size_t n);

@@ -62,10 +62,14 @@ enum lv_field_id lv_field_classify(const char *name, size_t len)
             return LV_FID_CONNECTION;
         if (lv_field_name_eq(name, len, "keep-alive"))
             return LV_FID_KEEP_ALIVE;
+        if (lv_field_name_eq(name, len, "tracestate"))
+            return LV_FID_TRACESTATE;
         break; /* "Proxy-Abcd" */
     case 11:
         if (lv_field_name_eq(name, len, "levee-fault"))
             return LV_FID_LEVEE_FAULT;
+        if (lv_field_name_eq(name, len, "traceparent"))
+            return LV_FID_TRACEPARENT;
         break;
     case 12:
         if (lv_field_name_eq(name, len, "x-request-id"))

@@ -40,6 +40,8 @@ enum lv_field_id {
     LV_FID_FORWARDED,
     LV_FID_VIA,
     LV_FID_LEVEE_FAULT, /* never forwarded (README "levee dev") */
+    LV_FID_TRACEPARENT, /* W3C trace context (README "Tracing") */
+    LV_FID_TRACESTATE,
 };
 
 /* lv_field.flags: the field must not be forwarded (hop-by-hop by name, or named in Connection). */

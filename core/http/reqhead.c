@@ -327,6 +327,16 @@ int lv_reqhead_parse(struct lv_reqhead *h, const char *data, size_t head_len,
         case LV_FID_UPGRADE:
             upgrade = f;
             break;
+        case LV_FID_TRACEPARENT:
+            h->traceparent = lv_span_trim_ows(f->value);
+            if (h->ntraceparent < UINT8_MAX)
+                h->ntraceparent++;
+            break;
+        case LV_FID_TRACESTATE:
+            h->tracestate = lv_span_trim_ows(f->value);
+            if (h->ntracestate < UINT8_MAX)
+                h->ntracestate++;
+            break;
         case LV_FID_EXPECT:
             if (lv_field_name_eq(f->value.p, f->value.len, "100-continue"))
                 h->expect_continue = true;

@@ -24,17 +24,21 @@ struct lv_reqhead {
     uint32_t nfields;
     int method; /* llhttp / base/method.h number */
     uint8_t major, minor;
-    struct lv_span target;     /* request-target as received */
-    struct lv_span path;       /* path without query: origin-form path, "*" for OPTIONS *, the
-                                  absolute-form path (a static "/" when that one is empty) */
-    struct lv_span query;      /* after '?', without it; see has_query */
-    struct lv_span authority;  /* absolute-form: the target's authority, else empty */
-    struct lv_span host;       /* routing authority: `authority` when absolute-form, else the Host
-                                  value (empty for an HTTP/1.0 request without Host) */
-    struct lv_span scheme;     /* absolute-form: "http" or "https" as received, else empty */
-    struct lv_span request_id; /* the X-Request-Id value when exactly one, and valid; else empty */
-    struct lv_span upgrade;    /* Upgrade value when upgrade_requested */
-    uint64_t content_length;   /* valid when has_content_length */
+    struct lv_span target;      /* request-target as received */
+    struct lv_span path;        /* path without query: origin-form path, "*" for OPTIONS *, the
+                                   absolute-form path (a static "/" when that one is empty) */
+    struct lv_span query;       /* after '?', without it; see has_query */
+    struct lv_span authority;   /* absolute-form: the target's authority, else empty */
+    struct lv_span host;        /* routing authority: `authority` when absolute-form, else the Host
+                                   value (empty for an HTTP/1.0 request without Host) */
+    struct lv_span scheme;      /* absolute-form: "http" or "https" as received, else empty */
+    struct lv_span request_id;  /* the X-Request-Id value when exactly one, and valid; else empty */
+    struct lv_span upgrade;     /* Upgrade value when upgrade_requested */
+    struct lv_span traceparent; /* the traceparent value when exactly one (not validated) */
+    uint8_t ntraceparent;       /* traceparent fields seen (more than one: invalid) */
+    uint8_t ntracestate;        /* tracestate fields seen */
+    struct lv_span tracestate;  /* the tracestate value when exactly one */
+    uint64_t content_length;    /* valid when has_content_length */
     bool has_query;
     bool has_content_length;
     bool chunked;           /* Transfer-Encoding: chunked (the only TE accepted) */

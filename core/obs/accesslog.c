@@ -208,6 +208,10 @@ void lv_accesslog_format(const struct lv_access_entry *e, struct lv_buf *out)
     w.p += lv_accesslog_rfc3339(e->time, w.p);
     LIT(&w, "\",\"request_id\":");
     put_str(&w, e->request_id.ptr, e->request_id.len);
+    LIT(&w, ",\"trace_id\":");
+    put_cstr(&w, e->trace_id);
+    LIT(&w, ",\"span_id\":");
+    put_cstr(&w, e->span_id);
     LIT(&w, ",\"client\":");
     put_cstr(&w, e->client);
     LIT(&w, ",\"method\":");

@@ -68,6 +68,8 @@ struct lv_access_try {
 struct lv_access_entry {
     double time; /* request start, unix seconds */
     struct lv_access_str request_id;
+    const char *trace_id;      /* 32 hex digits (README "Tracing"), or NULL: tracing off */
+    const char *span_id;       /* the request's span, 16 hex digits, or NULL */
     const char *client;        /* peer address, "ip:port" */
     const char *method;        /* "GET", ...; NULL before the request line was parsed */
     struct lv_access_str path; /* the raw request target */
@@ -98,9 +100,10 @@ static inline struct lv_access_str lv_access_cstr(const char *s)
 }
 
 /**
- * Appends the JSON line of `e` to `out`: keys "time", "request_id", "client", "method", "path",
- * "host", "route", "upstream", "status", "attempts", "tries", "backoff_ms", "bytes_in",
- * "bytes_out", "duration_ms", "upstream_ms", "error", "retry_stop", "flags" in this order, then
+ * Appends the JSON line of `e` to `out`: keys "time", "request_id", "trace_id", "span_id",
+ * "client", "method", "path", "host", "route", "upstream", "status", "attempts", "tries",
+ * "backoff_ms", "bytes_in", "bytes_out", "duration_ms", "upstream_ms", "error", "retry_stop",
+ * "flags" in this order, then
  * "\n".
  * Durations are in milliseconds with at most 3 decimals; a non-finite one renders as null.
  * `flags` is an array of flag names in table order. Bytes outside printable ASCII, quotes and

@@ -152,6 +152,11 @@ static void record_try(struct lv_request *r, enum lv_outcome_kind kind, int stat
                    : k & (1u << LV_FAULT_RESET) ? "reset"
                    : k & (1u << LV_FAULT_DELAY) ? "delay"
                                                 : NULL;
+        memcpy(t->span_id, r->try_span, sizeof(t->span_id));
+        t->start_ns = r->attempt_start_ns;
+        t->verdict = -1;
+        t->decision = -1;
+        t->backoff_ms = 0;
     }
 }
 
@@ -256,6 +261,8 @@ static bool next_attempt(struct lv_request *r, struct lv_outcome o, const struct
     uint64_t hook_delay = 0;
     bool has_hook_delay = false;
     enum lv_verdict v = classify(r, o, h, attempt_ms, &hook_delay, &has_hook_delay);
+    if (r->ntries)
+        r->tries[r->ntries - 1].verdict = (int8_t)v;
     if (v != LV_VERDICT_NONE)
         lv_breakergate_record(r, now, lv_verdict_is_failure(v), attempt_ms);
     if (v != LV_VERDICT_RETRY) {
@@ -324,6 +331,8 @@ static bool next_attempt(struct lv_request *r, struct lv_outcome o, const struct
     r->flags |= LV_ACCESS_RETRIED;
     lv_metric_add(rs->retries, 1);
     r->backoff_next_ms = delay;
+    if (r->ntries)
+        r->tries[r->ntries - 1].backoff_ms = delay;
     return true;
 }
 
@@ -453,9 +462,13 @@ static void on_acquired(enum lv_acquire_error err, struct lv_upconn *uc, const c
     char attempt_hdr[160]; /* the server name is at most 79 bytes */
     int n = attempt_header(attempt_hdr, sizeof(attempt_hdr),
                            r->add_server_host ? uc->server->name : NULL, r->attempt);
-    uv_buf_t b[3];
+    char trace_hdr[LV_TRACE_HEADER_MAX];
+    size_t tn = lv_trace_header(r, trace_hdr);
+    uv_buf_t b[4];
     unsigned nb = 0;
     b[nb++] = uv_buf_init(r->fwd.data, (unsigned)r->fwd.len);
+    if (tn)
+        b[nb++] = uv_buf_init(trace_hdr, (unsigned)tn);
     b[nb++] = uv_buf_init(attempt_hdr, (unsigned)n);
     char sz[24];
     lv_buf_reset(&r->out);
@@ -538,6 +551,7 @@ void lv_attempt_start(struct lv_request *r)
     lv_attempt_start_deadline(r);
     r->attempt++;
     r->attempt_start_ns = uv_hrtime();
+    lv_trace_attempt(r);
     r->head_written = false;
     r->body_final_sent = false;
     lv_fault_draw_attempt(r);

@@ -2,6 +2,8 @@
 
 #include <string.h>
 
+#include "http/tracectx.h"
+
 static bool token_allowed(const char *p, size_t n, char *const *tokens, size_t ntokens)
 {
     const char *slash = memchr(p, '/', n);
@@ -69,6 +71,14 @@ bool lv_fwdhead_build(struct lv_buf *b, const struct lv_fwdhead_in *in)
         case LV_FID_EXPECT:
         case LV_FID_LEVEE_FAULT:
             continue;
+        case LV_FID_TRACEPARENT:
+            if (in->trace)
+                continue;
+            break;
+        case LV_FID_TRACESTATE:
+            if (in->trace && !(in->tracestate && lv_tracestate_valid(f->value.p, f->value.len)))
+                continue;
+            break;
         case LV_FID_X_FORWARDED_FOR:
             xff = f->value;
             continue;

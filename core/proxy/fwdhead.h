@@ -2,9 +2,10 @@
  * fwdhead: the request head levee forwards (README, "How levee proxies"): origin-form target,
  * end-to-end fields only (hop-by-hop and Connection-named fields dropped), one canonical
  * framing header, X-Forwarded-For/-Proto/-Host, Via, X-Request-Id; Expect is answered by levee
- * and not forwarded, nor is Levee-Fault (levee's own, README "levee dev"). Levee-Attempt and the
- * final CRLF are added per attempt. An upgrade the route allows goes on as Connection: upgrade
- * and the client's Upgrade value.
+ * and not forwarded, nor is Levee-Fault (levee's own, README "levee dev"). With trace context
+ * on (README "Tracing") the incoming traceparent is replaced per attempt. Levee-Attempt,
+ * traceparent and the final CRLF are added per attempt. An upgrade the route allows goes on as
+ * Connection: upgrade and the client's Upgrade value.
  */
 #ifndef LV_PROXY_FWDHEAD_H
 #define LV_PROXY_FWDHEAD_H
@@ -31,6 +32,9 @@ struct lv_fwdhead_in {
     uint64_t content_length;
     struct lv_span upgrade; /* the Upgrade value to forward (with Connection: upgrade), or
                                empty: no upgrade (README "WebSocket and other upgrades") */
+    bool trace;      /* trace context on: traceparent is written per attempt, not forwarded */
+    bool tracestate; /* (with trace) the incoming traceparent was valid: its well-formed
+                        tracestate fields travel on; otherwise they are dropped */
 };
 
 /** Whether a request may be forwarded as an upgrade: it asked (Connection: upgrade and an

@@ -9,6 +9,7 @@
 #include "base/method.h"
 #include "http/fields.h"
 #include "http/reqhead.h"
+#include "http/tracectx.h"
 #include "obs/accesslog.h"
 #include "obs/devline.h"
 #include "conf/router.h"
@@ -154,6 +155,7 @@ static void log_request(struct lv_request *r)
     struct lv_server *s = r->s;
     double total_ms = (double)(uv_hrtime() - r->start_ns) / 1e6;
     lv_server_count_request(s, r->rs, r->status, total_ms / 1000.0);
+    lv_trace_end(r, total_ms);
     if (!s->access_on || (r->flags & LV_ACCESS_TUNNEL))
         return; /* a tunnel's line is written when it closes (proxy/tunnel.c) */
     struct lv_access_entry e;
@@ -162,6 +164,13 @@ static void log_request(struct lv_request *r)
     if (uv_gettimeofday(&tv) == 0) /* now, less the request's duration: when it started */
         e.time = (double)tv.tv_sec + (double)tv.tv_usec / 1e6 - total_ms / 1000.0;
     e.request_id = lv_access_cstr(r->rid);
+    char trace_hex[33], span_hex[17];
+    if (r->traced) {
+        lv_trace_hex(r->trace_id, sizeof(r->trace_id), trace_hex);
+        lv_trace_hex(r->span_id, sizeof(r->span_id), span_hex);
+        e.trace_id = trace_hex;
+        e.span_id = span_hex;
+    }
     e.client = r->ds->peer;
     e.method = lv_method_name(r->method);
     e.path = (struct lv_access_str){r->target.data, r->target.len};
@@ -328,6 +337,8 @@ struct lv_hook_request lv_request_hook_view(const struct lv_request *r)
 void lv_request_retry_decided(struct lv_request *r, enum lv_retry_stop stop)
 {
     r->retry_stop = stop;
+    if (r->ntries)
+        r->tries[r->ntries - 1].decision = (int8_t)stop;
     lv_route_state_count_decision(r->s->routes, r->rs, stop);
 }
 
@@ -482,6 +493,7 @@ static void reset(struct lv_request *r, const struct lv_reqhead *h)
     r->retry_stop = LV_STOP_NONE;
     r->error_token = NULL;
     r->bytes_in = 0;
+    r->traced = false;
 }
 
 void lv_request_begin(struct lv_request *r, size_t head_len)
@@ -505,6 +517,7 @@ void lv_request_begin(struct lv_request *r, size_t head_len)
     lv_generation_pin(r->gen);
     r->cfg = r->gen->cfg;
     reset(r, &h);
+    lv_trace_begin(r, &h);
 
     int refuse = -1; /* enum lv_gwerr */
     const char *why = NULL;
@@ -546,6 +559,8 @@ void lv_request_begin(struct lv_request *r, size_t head_len)
         .request_id = r->rid,
         .body = r->body_kind,
         .content_length = r->body_cl,
+        .trace = r->traced,
+        .tracestate = r->trace_continued,
     };
     r->upgrade =
         lv_fwdhead_upgrade_allowed(&h, r->body_kind, r->route->upgrade, r->route->nupgrade);

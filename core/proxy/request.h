@@ -72,6 +72,12 @@ struct lv_try {
     const char *server; /* borrowed from the runtime upstream (lives as long as the server) */
     double ms;
     const char *fault; /* the injected fault kind that made this outcome, or NULL */
+    /* for its span (tracing.c) */
+    uint8_t span_id[8];
+    uint64_t start_ns;   /* hrtime the attempt started */
+    int8_t verdict;      /* enum lv_verdict, or -1: none was made */
+    int8_t decision;     /* enum lv_retry_stop after it (LV_STOP_NONE: a retry followed), -1 */
+    uint64_t backoff_ms; /* the backoff planned after it */
 };
 
 /* Zero-copy output: large response body pieces are referenced where they were read (the
@@ -219,6 +225,15 @@ struct lv_request {
     uint64_t armed;
     uint64_t due[3]; /* enum lv_req_clock */
 
+    /* trace context (tracing.c, README "Tracing") */
+    bool traced;          /* on for this request: traceparent per attempt, ids in the log */
+    bool trace_continued; /* a valid incoming traceparent: its trace goes on */
+    uint8_t trace_flags;  /* LV_TRACE_FLAG_SAMPLED: spans are exported */
+    uint8_t trace_id[16];
+    uint8_t span_id[8];   /* the request's (server) span */
+    uint8_t parent_id[8]; /* the incoming parent span, when continued */
+    uint8_t try_span[8];  /* the current attempt's span */
+
     /* log */
     unsigned flags;
     enum lv_retry_stop retry_stop; /* why the attempts ended (README "When levee retries") */
@@ -362,6 +377,20 @@ void lv_fault_draw_attempt(struct lv_request *r);
 void lv_fault_injected(struct lv_request *r, enum lv_fault_kind k);
 /** 64 random bits from the request's generator (attempt.c). */
 uint64_t lv_attempt_rand(struct lv_request *r);
+
+/* ---- tracing.c: W3C trace context and span export (README "Tracing"). */
+
+/** At the head: continues the incoming traceparent or starts a trace (sampled by
+ *  tracing.sample), counts an invalid header. */
+void lv_trace_begin(struct lv_request *r, const struct lv_reqhead *h);
+/** An attempt starts: its span id. */
+void lv_trace_attempt(struct lv_request *r);
+/** Writes "traceparent: 00-...\r\n" for the current attempt into out; returns its length, 0
+ *  when trace context is off. */
+#define LV_TRACE_HEADER_MAX 72
+size_t lv_trace_header(const struct lv_request *r, char out[LV_TRACE_HEADER_MAX]);
+/** The request ends (before its log line): a sampled request's spans go to the exporter. */
+void lv_trace_end(struct lv_request *r, double total_ms);
 
 /* ---- reqbody.c: the request body. Reads it from the downstream's input, de-frames it
  * (Content-Length or chunked, limits.body_size), keeps up to the replay cap for retries, and either

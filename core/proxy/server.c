@@ -740,6 +740,7 @@ void lv_server_shared_configure(struct lv_server_shared *sh, const struct lv_con
         struct lv_idem *replaced = lv_route_state_configure(&sh->routes, rs, &cfg->routes[i], loop);
         lv_idem_unref(replaced); /* the route state's reference; generations keep theirs */
     }
+    lv_tracing_configure(sh, cfg);
 }
 
 void lv_server_install_worker(struct lv_server *s, struct lv_config *cfg, uint64_t number,
@@ -802,6 +803,7 @@ void lv_server_shared_free(struct lv_server_shared *sh)
 {
     if (!sh)
         return;
+    lv_tracing_shutdown(sh); /* flushes the spans still queued */
     lv_route_states_dispose(&sh->routes);
     lv_fault_rules_dispose(&sh->faults);
     health_registry_forget(sh->health, UINT64_MAX);

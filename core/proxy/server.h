@@ -35,6 +35,7 @@ struct lv_upstream;
 struct lv_generation;
 struct lv_inbox;
 struct lv_health_registry;
+struct lv_trace_shared;
 
 /* What every worker shares (README "Workers"). Made before the workers start; its parts lock
  * themselves (route states, metrics, health) or are set only while the workers wait. */
@@ -47,7 +48,8 @@ struct lv_server_shared {
     struct lv_route_states routes; /* route state registry, by name (proxy/routestate.h) */
     struct lv_metrics *metrics;    /* one registry, a value shard per worker */
     struct lv_health_registry *health;
-    struct lv_fault_rules faults; /* the admin API's fault rules (README "levee dev") */
+    struct lv_fault_rules faults;            /* the admin API's fault rules (README "levee dev") */
+    _Atomic(struct lv_trace_shared *) trace; /* tracing's exporter and metrics (proxy/tracing.c) */
     /* The access log: every worker writes whole buffers of whole lines under the lock, so a
      * line is never cut by another worker's; the fd swaps under it too (reload, SIGUSR1). */
     pthread_mutex_t access_lock;
@@ -70,6 +72,11 @@ void lv_server_shared_free(struct lv_server_shared *sh);
  *  on `loop` (the first worker's, which owns memory stores). */
 void lv_server_shared_configure(struct lv_server_shared *sh, const struct lv_config *cfg,
                                 uv_loop_t *loop);
+/** Tracing (proxy/tracing.c): a configuration goes in force, before the workers install it:
+ *  starts or updates the span exporter. */
+void lv_tracing_configure(struct lv_server_shared *sh, const struct lv_config *cfg);
+/** Shutdown, after the workers stopped: flushes (within tracing.timeout) and stops it. */
+void lv_tracing_shutdown(struct lv_server_shared *sh);
 /** Points the access log at `fd` (-1: off); returns the old fd, no longer written to. */
 int lv_server_shared_access_fd(struct lv_server_shared *sh, int fd);
 

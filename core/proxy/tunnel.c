@@ -5,6 +5,7 @@
 
 #include "base/log.h"
 #include "base/method.h"
+#include "http/tracectx.h"
 #include "net/iobufs.h"
 #include "net/tls.h"
 #include "obs/accesslog.h"
@@ -36,7 +37,7 @@ struct lv_tunnel {
     bool closed;
     /* the access-log line, filled at the switch */
     struct lv_access_entry e;
-    char rid[204], peer[64];
+    char rid[204], peer[64], trace_hex[33], span_hex[17];
     struct lv_buf path, host;
 };
 
@@ -304,6 +305,12 @@ static void copy_entry(struct lv_tunnel *t, const struct lv_request *r)
     lv_buf_append(&t->path, r->target.data, r->target.len);
     lv_buf_append(&t->host, r->host.data, r->host.len);
     e->request_id = lv_access_cstr(t->rid);
+    if (r->traced) { /* the request's trace and span (README "Tracing") */
+        lv_trace_hex(r->trace_id, sizeof(r->trace_id), t->trace_hex);
+        lv_trace_hex(r->span_id, sizeof(r->span_id), t->span_hex);
+        e->trace_id = t->trace_hex;
+        e->span_id = t->span_hex;
+    }
     e->client = t->peer;
     e->method = lv_method_name(r->method);
     e->path = (struct lv_access_str){t->path.data, t->path.len};

@@ -306,6 +306,8 @@ static void fill(struct lv_access_entry *e)
     e->error = NULL;
     e->retry_stop = "success";
     e->flags = LV_ACCESS_RETRIED;
+    e->trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    e->span_id = "00f067aa0ba902b7";
 }
 
 T_TEST(full_line_exact)
@@ -316,6 +318,7 @@ T_TEST(full_line_exact)
     T_CHECK_STR(
         format(&e, &b),
         "{\"time\":\"2026-11-23T20:01:02.345Z\",\"request_id\":\"req-1\","
+        "\"trace_id\":\"4bf92f3577b34da6a3ce929d0e0e4736\",\"span_id\":\"00f067aa0ba902b7\","
         "\"client\":\"10.0.0.7:51234\",\"method\":\"POST\",\"path\":\"/v1/payments?x=1\","
         "\"host\":\"api.example\",\"route\":\"payments\",\"upstream\":\"127.0.0.1:9001\","
         "\"status\":201,\"attempts\":2,\"tries\":["
@@ -347,6 +350,7 @@ T_TEST(nulls_and_errors)
     e.path = lv_access_cstr("/nope");
     T_CHECK_STR(format(&e, &b),
                 "{\"time\":\"1970-01-01T00:00:00.000Z\",\"request_id\":null,"
+                "\"trace_id\":null,\"span_id\":null,"
                 "\"client\":\"[::1]:5000\",\"method\":\"GET\",\"path\":\"/nope\",\"host\":null,"
                 "\"route\":null,\"upstream\":null,\"status\":404,\"attempts\":0,\"tries\":[],"
                 "\"backoff_ms\":0,\"bytes_in\":0,\"bytes_out\":0,\"duration_ms\":0.25,"

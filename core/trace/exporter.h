@@ -12,6 +12,23 @@
  * when the oldest queued span has waited `flush_ms`.
  *
  * lv_exporter_stop flushes what is queued (bounded by its deadline), then joins the thread.
+ *
+ * The URL: http://host[:port][/path] or https://...; host a DNS name, an IPv4 literal or a
+ * bracketed IPv6 literal; port 80 / 443 by default; path /v1/traces (OTLP/HTTP's default)
+ * when the URL has none. https verifies the collector's certificate against its host name
+ * (SNI = host) with the system's CAs or `tls_ca`. Connections are kept alive and reused.
+ *
+ * Retries: a batch is tried at most 3 times; between tries it waits 100 ms, then 200 ms
+ * (doubling up to 5 s), each with equal jitter. New spans keep queueing meanwhile (and are
+ * refused once the queue is full). Each failed try counts in export_failures; a batch given
+ * up counts its spans in dropped_failed; a 2xx counts them in exported.
+ *
+ * A reload (lv_exporter_update): the queue size applies at once (a smaller queue keeps the
+ * newest spans, the older ones count in dropped_full); url, tls_ca, service, batch, flush_ms
+ * and timeout_ms apply from the next batch (a batch being retried finishes with the old ones;
+ * a new url or tls_ca opens a new connection pool).
+ *
+ * After lv_exporter_stop began, lv_exporter_submit refuses spans (counted in dropped_full).
  */
 #ifndef LV_TRACE_EXPORTER_H
 #define LV_TRACE_EXPORTER_H
@@ -30,6 +47,7 @@ struct lv_exporter_params {
     uint32_t queue;      /* spans held at most; 0: 2048 */
     uint64_t flush_ms;   /* longest wait of a queued span; 0: 1000 */
     uint64_t timeout_ms; /* one POST (connect to answer); 0: 5000 */
+    const char *tls_ca;  /* https: PEM CA bundle to trust; NULL: the system store */
 };
 
 /* Counters, read with lv_exporter_stats from any thread. */
@@ -42,13 +60,15 @@ struct lv_exporter_stats {
     uint64_t queued;          /* spans waiting now */
 };
 
-/** NULL if `p->url` can be used, else a static text saying what is wrong. */
+/** NULL if `url` can be used (see above), else a static text saying what is wrong. */
 const char *lv_exporter_url_error(const char *url);
 
-/** Starts the exporter thread; NULL (and *err set to a static text) on failure. */
+/** Starts the exporter thread; NULL (and *err set to a static text) on failure: a bad url,
+ *  an unreadable tls_ca, no thread. */
 struct lv_exporter *lv_exporter_start(const struct lv_exporter_params *p, const char **err);
 
-/** New parameters (a reload): takes effect from the next batch. Returns 0 or -EINVAL. */
+/** New parameters (a reload): takes effect from the next batch (the queue size at once, see
+ *  above). Returns 0, or -EINVAL (nothing changed) for parameters lv_exporter_start refuses. */
 int lv_exporter_update(struct lv_exporter *ex, const struct lv_exporter_params *p);
 
 /** Copies the span into the queue; false (and counted) when the queue is full. Any thread. */
@@ -59,5 +79,8 @@ void lv_exporter_stats(const struct lv_exporter *ex, struct lv_exporter_stats *o
 /** Sends what is queued, waiting at most `deadline_ms`, then stops and frees the exporter.
  *  Spans still queued at the deadline are dropped and counted. NULL is accepted. */
 void lv_exporter_stop(struct lv_exporter *ex, uint64_t deadline_ms);
+/** lv_exporter_stop that also hands back the final counters (`final` may be NULL). */
+void lv_exporter_stop_stats(struct lv_exporter *ex, uint64_t deadline_ms,
+                            struct lv_exporter_stats *final);
 
 #endif

@@ -43,9 +43,10 @@ struct lv_trace_span {
     uint8_t kind;                      /* enum lv_span_kind */
     uint8_t status;                    /* enum lv_span_status */
     uint8_t nattrs;
-    bool truncated;    /* some text did not fit */
-    uint64_t start_ns; /* Unix time, nanoseconds */
-    uint64_t end_ns;   /* >= start_ns */
+    uint8_t dropped_attrs; /* attributes ignored beyond LV_SPAN_MAX_ATTRS (capped at 255) */
+    bool truncated;        /* some text did not fit, or attributes were dropped */
+    uint64_t start_ns;     /* Unix time, nanoseconds */
+    uint64_t end_ns;       /* >= start_ns */
     uint16_t name_off, name_len;
     uint16_t msg_off, msg_len; /* status message (errors), may be empty */
     uint16_t text_used;
@@ -58,13 +59,18 @@ void lv_tspan_init(struct lv_trace_span *sp, enum lv_span_kind kind,
                    const uint8_t trace_id[LV_TRACE_ID_LEN], const uint8_t span_id[LV_SPAN_ID_LEN],
                    const uint8_t *parent_id /* NULL: root */);
 
+/* Text (name, status message, string values) goes into sp->text in the order it is set; what
+ * does not fit is cut at a UTF-8 character boundary and sp->truncated is set. Setting the name
+ * or the message twice uses new room (the old text stays unused). */
+
 /** Sets the span's name ("GET /api", "GET"), cut to what fits. */
 void lv_tspan_name(struct lv_trace_span *sp, const char *p, size_t n);
 
 /** Sets the status and its message (may be NULL). */
 void lv_tspan_set_status(struct lv_trace_span *sp, enum lv_span_status st, const char *msg);
 
-/** Adds an attribute; `key` must be static text. Silently ignored beyond LV_SPAN_MAX_ATTRS. */
+/** Adds an attribute; `key` must be static text. Ignored beyond LV_SPAN_MAX_ATTRS (counted in
+ *  dropped_attrs, sent as the span's droppedAttributesCount). */
 void lv_tspan_str(struct lv_trace_span *sp, const char *key, const char *p, size_t n);
 void lv_tspan_cstr(struct lv_trace_span *sp, const char *key,
                    const char *s); /* s may be NULL: skipped */
@@ -75,9 +81,23 @@ void lv_tspan_bool(struct lv_trace_span *sp, const char *key, bool v);
  * Appends an OTLP/HTTP JSON ExportTraceServiceRequest holding `n` spans to `out`:
  * one resourceSpans with `service.name` = service (and `service.version`), one scopeSpans
  * (scope "levee"), ids as lower-case hex, times as decimal strings, kind and status codes as
- * numbers, every text JSON-escaped (bytes that are not valid UTF-8 are replaced).
+ * numbers, every text JSON-escaped (bytes that are not valid UTF-8 are replaced), int
+ * attributes as decimal strings ({"intValue":"123"}, the proto3 JSON mapping of int64).
+ * A span with status UNSET has no "status"; a root span has no "parentSpanId".
+ * service.version is LEVEE_VERSION; `service` NULL means "levee".
  */
 void lv_tspan_encode(struct lv_buf *out, const char *service, const struct lv_trace_span *spans,
                      size_t n);
+
+/* The same document in pieces, for a caller that takes spans one at a time (the exporter):
+ * begin, then one lv_tspan_encode_span per span (`first` for the first), then end. */
+void lv_tspan_encode_begin(struct lv_buf *out, const char *service);
+void lv_tspan_encode_span(struct lv_buf *out, const struct lv_trace_span *sp, bool first);
+void lv_tspan_encode_end(struct lv_buf *out);
+
+/** Appends `s[0..n)` as the inside of a JSON string: `"`, `\` and control bytes escaped,
+ *  valid UTF-8 kept as it is, every byte of an invalid sequence (overlong forms, surrogates,
+ *  code points above U+10FFFF, cut sequences) replaced by U+FFFD. */
+void lv_tspan_json_escape(struct lv_buf *out, const char *s, size_t n);
 
 #endif

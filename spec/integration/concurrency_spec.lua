@@ -27,14 +27,6 @@ local function has_flag(e, flag)
     return false
 end
 
-local function entry(lv, path)
-    return H.wait_until(function()
-        for _, e in ipairs(lv:access_json()) do
-            if e.path == path then return e end
-        end
-    end, 5 * H.scale, "the access-log line of " .. path)
-end
-
 -- A request sent on its own connection, not read yet: c:read_response() later.
 local function pending(lv, path, headers)
     local c = assert(H.conn(lv.port, { timeout = 10 * H.scale }))
@@ -107,7 +99,7 @@ describe("concurrency, fixed limit", function()
         assert.matches("^%d+$", r.headers["retry-after"])
         assert.is_true(took < 0.5 * H.scale, ("the refusal took %.3f s"):format(took))
         assert.equal(0, up:stats().by_path["/full/c"] or 0)
-        assert.is_true(has_flag(entry(lv, "/full/c"), "concurrency-limit"))
+        assert.is_true(has_flag(lv:access_entry("/full/c"), "concurrency-limit"))
         assert.equal(1, metric(lv, "levee_concurrency_rejected_total"))
         assert.equal(200, assert(a:read_response()).status)
         assert.equal(200, assert(b:read_response()).status)
@@ -158,9 +150,9 @@ describe("concurrency, fixed limit", function()
         assert.is_true(done.d.at < done.c.at, ("d answered at %.3f s, after c at %.3f s"):format(done.d.at, done.c.at))
         assert.is_true(done.c.at >= 0.4 + 1.5 - 0.05 and done.c.at < done.b.at + 1.5,
             ("c answered at %.3f s: its slot was not a's"):format(done.c.at))
-        assert.is_true(has_flag(entry(lv, "/q/c"), "queued"))
-        assert.is_true(has_flag(entry(lv, "/q/d"), "queued"))
-        assert.is_false(has_flag(entry(lv, "/q/a"), "queued"))
+        assert.is_true(has_flag(lv:access_entry("/q/c"), "queued"))
+        assert.is_true(has_flag(lv:access_entry("/q/d"), "queued"))
+        assert.is_false(has_flag(lv:access_entry("/q/a"), "queued"))
         assert.equal(2, metric(lv, "levee_concurrency_queued_total"))
         assert.equal(1, metric(lv, "levee_concurrency_rejected_total"))
         assert.equal(2, up:stats().max_inflight)
@@ -177,7 +169,7 @@ describe("concurrency, fixed limit", function()
         H.assert_gw_error(r, 503, "concurrency-limit", "api")
         assert.matches("^%d+$", r.headers["retry-after"])
         assert.is_true(took >= 0.28 and took < 0.3 + 0.5 * H.scale, ("answered after %.3f s"):format(took))
-        local e = entry(lv, "/t/b")
+        local e = lv:access_entry("/t/b")
         assert.is_true(has_flag(e, "concurrency-limit"))
         assert.is_true(has_flag(e, "queued"))
         assert.equal(0, up:stats().by_path["/t/b"] or 0)
@@ -195,7 +187,7 @@ describe("concurrency, fixed limit", function()
         b:close()
         -- levee sees b go (its line is written as its place is given back; with two workers
         -- the next request may be on the other one, so it waits for that)
-        local eb = entry(lv, "/g/b")
+        local eb = lv:access_entry("/g/b")
         assert.is_true(has_flag(eb, "client-abort"))
         assert.is_true(has_flag(eb, "queued"))
         H.wait_until(function() return lv:status().client_connections == 1 end, 5 * H.scale,

@@ -11,17 +11,6 @@ local function start(up, route_extra)
         routes = { route } } })
 end
 
-local function entry(lv, path)
-    local found
-    H.wait_until(function()
-        for _, e in ipairs(lv:access_json()) do
-            if e.path == path then found = e end
-        end
-        return found
-    end, 5 * H.scale, "the access-log line of " .. path)
-    return found
-end
-
 local function decisions(lv, decision)
     return lv:metric(('levee_retry_decisions_total{route="api",decision="%s"}'):format(decision)) or 0
 end
@@ -33,10 +22,10 @@ describe("retry_stop", function()
         local up = H.upstream()
         local lv = start(up)
         assert.equal(200, lv:request({ path = "/ok" }).status)
-        assert.equal("success", entry(lv, "/ok").retry_stop)
+        assert.equal("success", lv:access_entry("/ok").retry_stop)
         local r = lv:request({ path = "/again", headers = { { "X-Test-Plan", "again:503,503,200" } } })
         assert.equal(200, r.status)
-        local e = entry(lv, "/again")
+        local e = lv:access_entry("/again")
         assert.equal("success", e.retry_stop)
         assert.equal(3, e.attempts)
         assert.equal(2, decisions(lv, "success"))
@@ -47,11 +36,11 @@ describe("retry_stop", function()
         local up = H.upstream()
         local lv = start(up)
         assert.equal(503, lv:request({ path = "/down", headers = { { "X-Test-Status", "503" } } }).status)
-        local e = entry(lv, "/down")
+        local e = lv:access_entry("/down")
         assert.equal("attempts", e.retry_stop)
         assert.equal(3, e.attempts)
         assert.equal(404, lv:request({ path = "/missing", headers = { { "X-Test-Status", "404" } } }).status)
-        assert.equal("verdict", entry(lv, "/missing").retry_stop)
+        assert.equal("verdict", lv:access_entry("/missing").retry_stop)
         assert.equal(1, decisions(lv, "attempts"))
         assert.equal(1, decisions(lv, "verdict"))
         assert.equal(2, decisions(lv, "retry"))
@@ -63,12 +52,12 @@ describe("retry_stop", function()
         local r = lv:request({ method = "POST", path = "/pay", body = "x",
             headers = { { "X-Test-Action", "reset" } } })
         assert.equal(502, r.status)
-        assert.equal("not-replayable", entry(lv, "/pay").retry_stop)
+        assert.equal("not-replayable", lv:access_entry("/pay").retry_stop)
         assert.equal(1, up:stats().requests)
         local nr = H.levee({ config = { upstreams = { api = { servers = { up:addr() } } },
             routes = { { name = "only", match = { prefix = "/only" }, upstream = "api" } } } })
         assert.equal(404, nr:request({ path = "/elsewhere" }).status)
-        assert.equal(H.null, entry(nr, "/elsewhere").retry_stop)
+        assert.equal(H.null, nr:access_entry("/elsewhere").retry_stop)
     end)
 
     it("says budget when the retry budget is spent and breaker-open when the breaker refuses", function()
@@ -76,19 +65,19 @@ describe("retry_stop", function()
         local lv = start(up, { retry = { attempts = 3, backoff = { base = "1ms", max = "2ms" }, on = { "5xx" },
             budget = { ratio = 0.0, min_per_second = 0 } } })
         assert.equal(503, lv:request({ path = "/spent", headers = { { "X-Test-Status", "503" } } }).status)
-        assert.equal("budget", entry(lv, "/spent").retry_stop)
+        assert.equal("budget", lv:access_entry("/spent").retry_stop)
         assert.equal(1, decisions(lv, "budget"))
 
         local up2 = H.upstream()
         local lv2 = start(up2, { retry = { attempts = 1, on = { "5xx" } }, breaker = { consecutive_failures = 2, open_for = "30s" } })
         for i = 1, 2 do
             assert.equal(503, lv2:request({ path = "/f" .. i, headers = { { "X-Test-Status", "503" } } }).status)
-            assert.equal("attempts", entry(lv2, "/f" .. i).retry_stop)
+            assert.equal("attempts", lv2:access_entry("/f" .. i).retry_stop)
         end
         local r = lv2:request({ path = "/open" })
         assert.equal(503, r.status)
         assert.equal("breaker-open", r.headers["levee-error"])
-        assert.equal("breaker-open", entry(lv2, "/open").retry_stop)
+        assert.equal("breaker-open", lv2:access_entry("/open").retry_stop)
         assert.equal(1, decisions(lv2, "breaker-open"))
         assert.equal(2, up2:stats().requests)
     end)
@@ -98,7 +87,7 @@ describe("retry_stop", function()
         local lv = start(up, { retry = { attempts = 3, backoff = { base = "1ms", max = "2ms" },
             on = { "5xx", "reset", "protocol-error", "timeout" } } })
         lv:request({ path = "/cut", headers = { { "X-Test-Action", "truncate" }, { "X-Test-Body-Size", "100000" } } })
-        assert.equal("response-started", entry(lv, "/cut").retry_stop)
+        assert.equal("response-started", lv:access_entry("/cut").retry_stop)
         assert.equal(1, up:stats().requests)
 
         local up2 = H.upstream()
@@ -106,7 +95,7 @@ describe("retry_stop", function()
             retry = { attempts = 3, backoff = { base = "1ms", max = "2ms" }, on = { "timeout" } } })
         local r = lv2:request({ path = "/slow", headers = { { "X-Test-Delay-Ms", "1000" } } })
         assert.equal(504, r.status)
-        assert.equal("deadline", entry(lv2, "/slow").retry_stop)
+        assert.equal("deadline", lv2:access_entry("/slow").retry_stop)
     end)
 
     it("says body-too-large when a body larger than the replay buffer would have to be sent again", function()
@@ -116,7 +105,7 @@ describe("retry_stop", function()
         local r = lv:request({ method = "PUT", path = "/big", body = H.pattern(64 * 1024),
             headers = { { "X-Test-Status", "503" } } })
         assert.equal(503, r.status)
-        assert.equal("body-too-large", entry(lv, "/big").retry_stop)
+        assert.equal("body-too-large", lv:access_entry("/big").retry_stop)
         assert.equal(1, up:stats().requests)
         assert.equal(1, decisions(lv, "body-too-large"))
     end)

@@ -632,6 +632,18 @@ function Levee:wait_access(n, timeout)
     end, timeout, ("%d access log entries"):format(n))
 end
 
+--- Waits until the access log has a line for `path` (the raw target); returns the last one.
+function Levee:access_entry(path, timeout)
+    local found
+    H.wait_until(function()
+        for _, e in ipairs(self:access_json()) do
+            if e.path == path then found = e end
+        end
+        return found
+    end, timeout or 5 * H.scale, "the access-log line of " .. path)
+    return found
+end
+
 --- Waits until stderr contains `pattern` (a Lua pattern; plain=true for a plain string).
 function Levee:wait_log(pattern, timeout, plain)
     return H.wait_until(function()
