@@ -29,6 +29,9 @@
 #include <strings.h>
 #include <sys/resource.h>
 
+#include <openssl/evp.h>
+#include <openssl/sha.h>
+
 #define TU_MAX_LISTENERS 64
 #define TU_HEAD_MAX      (64 * 1024)
 #define TU_LINE_MAX      4096
@@ -213,6 +216,7 @@ enum rstate {
     RS_BUSY,   /* request complete, response (or a delay before it) in progress */
     RS_HANG,   /* never answer; discard input until the peer leaves */
     RS_LINGER, /* our side shut down; discard input until EOF or the linger timer */
+    RS_WS,     /* switched to WebSocket (GET /ws...): frames are echoed */
 };
 
 enum action {
@@ -316,6 +320,8 @@ static void conn_finish(struct conn *c);
 static void process(struct conn *c);
 static void pump(struct conn *c);
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+static void ws_process(struct conn *c);
+static int has_token(const char *v, const char *tok);
 
 /* ---- connection lifecycle ----------------------------------------------------------------- */
 
@@ -444,6 +450,10 @@ static void on_write(uv_write_t *req, int status)
         return;
     if (status < 0) {
         conn_close(c);
+        return;
+    }
+    if (c->st == RS_WS) {
+        ws_process(c);
         return;
     }
     pump(c);
@@ -900,6 +910,132 @@ static size_t unescape(const char *s, char *out)
     return n;
 }
 
+/* ---- WebSocket (RFC 6455) ------------------------------------------------------------------ */
+
+/* GET /ws... with Upgrade: websocket, Connection: upgrade and a Sec-WebSocket-Key, and no
+ * X-Test-Ws-Refuse: answers 101 (X-Test-Ws-Hello: TEXT also sends a text frame right after the
+ * head, in the same write), then echoes every frame unmasked with its opcode, answers ping with
+ * pong and a close frame with a close frame, then closes. Anything else is an ordinary request. */
+static int ws_wanted(const struct request *r)
+{
+    const char *up = hdr_get(r, "upgrade"), *conn = hdr_get(r, "connection");
+    return strncmp(r->target, "/ws", 3) == 0 && up && has_token(up, "websocket") && conn &&
+           has_token(conn, "upgrade") && hdr_get(r, "sec-websocket-key") &&
+           !hdr_get(r, "x-test-ws-refuse");
+}
+
+static void ws_frame(struct sbuf *b, int opcode, const char *p, size_t n)
+{
+    unsigned char h[10];
+    size_t hl = 2;
+    h[0] = (unsigned char)(0x80 | opcode);
+    if (n < 126) {
+        h[1] = (unsigned char)n;
+    } else if (n < 65536) {
+        h[1] = 126;
+        h[2] = (unsigned char)(n >> 8);
+        h[3] = (unsigned char)n;
+        hl = 4;
+    } else {
+        h[1] = 127;
+        for (int i = 0; i < 8; i++)
+            h[2 + i] = (unsigned char)((uint64_t)n >> (56 - 8 * i));
+        hl = 10;
+    }
+    sb_add(b, h, hl);
+    sb_add(b, p, n);
+}
+
+static void ws_start(struct conn *c)
+{
+    struct request *r = &c->req;
+    static const char guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    struct sbuf k = {0};
+    sb_puts(&k, hdr_get(r, "sec-websocket-key"));
+    sb_puts(&k, guid);
+    unsigned char md[SHA_DIGEST_LENGTH];
+    SHA1((const unsigned char *)k.p, k.len, md);
+    sb_free(&k);
+    unsigned char accept[64];
+    EVP_EncodeBlock(accept, md, SHA_DIGEST_LENGTH);
+    struct sbuf out = {0};
+    sb_printf(&out,
+              "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              "Sec-WebSocket-Accept: %s\r\nX-Upstream: %s:%d\r\n\r\n",
+              (const char *)accept, g.name, c->ls->port);
+    const char *hello = hdr_get(r, "x-test-ws-hello");
+    if (hello)
+        ws_frame(&out, 1, hello, strlen(hello));
+    request_over(c);
+    c->st = RS_WS;
+    if (conn_write_copy(c, out.p, out.len) < 0) {
+        sb_free(&out);
+        return;
+    }
+    sb_free(&out);
+    read_start(c);
+    ws_process(c);
+}
+
+/* Echoes the complete frames in the input; stops reading while the write queue is full. */
+static void ws_process(struct conn *c)
+{
+    while (!c->closing && c->st == RS_WS && c->pending_bytes < TU_HIGH_WATER) {
+        unsigned char *p = (unsigned char *)c->in + c->in_off;
+        size_t n = c->in_len - c->in_off;
+        if (n < 2)
+            break;
+        int opcode = p[0] & 0x0f, masked = p[1] & 0x80;
+        uint64_t len = p[1] & 0x7f;
+        size_t hl = 2;
+        if (len == 126) {
+            if (n < 4)
+                break;
+            len = (uint64_t)p[2] << 8 | p[3];
+            hl = 4;
+        } else if (len == 127) {
+            if (n < 10)
+                break;
+            len = 0;
+            for (int i = 0; i < 8; i++)
+                len = len << 8 | p[2 + i];
+            hl = 10;
+        }
+        if (!masked || len > (64u << 20)) {
+            conn_close(c); /* a client frame must be masked (RFC 6455 5.1) */
+            return;
+        }
+        if (n < hl + 4 + len)
+            break;
+        unsigned char *key = p + hl, *data = p + hl + 4;
+        for (uint64_t i = 0; i < len; i++)
+            data[i] ^= key[i % 4];
+        struct sbuf out = {0};
+        ws_frame(&out, opcode == 9 ? 10 : opcode, (const char *)data, (size_t)len);
+        c->in_off += hl + 4 + (size_t)len;
+        int rc = conn_write_copy(c, out.p, out.len);
+        sb_free(&out);
+        if (rc < 0)
+            return;
+        if (opcode == 8) { /* close: ours went back; FIN once written */
+            conn_finish(c);
+            return;
+        }
+    }
+    if (c->closing || c->st != RS_WS)
+        return;
+    if (c->pending_bytes >= TU_HIGH_WATER) {
+        if (c->reading) {
+            uv_read_stop((uv_stream_t *)&c->tcp);
+            c->reading = 0;
+        }
+    } else if (c->peer_eof) {
+        conn_finish(c);
+    } else {
+        read_start(c);
+    }
+}
+
 static void act_now(struct conn *c)
 {
     struct request *r = &c->req;
@@ -932,7 +1068,10 @@ static void act_now(struct conn *c)
             read_start(c);
         break;
     default:
-        respond_normal(c);
+        if (ws_wanted(r))
+            ws_start(c);
+        else
+            respond_normal(c);
         break;
     }
 }
@@ -1410,6 +1549,7 @@ static void process(struct conn *c)
             on_complete(c);
             return;
         case RS_BUSY:
+        case RS_WS:
         case RS_HANG:
         case RS_LINGER:
             return;
@@ -1467,7 +1607,9 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             return;
         }
         c->peer_eof = 1;
-        if (c->st == RS_HANG || c->st == RS_LINGER)
+        if (c->st == RS_WS)
+            ws_process(c);
+        else if (c->st == RS_HANG || c->st == RS_LINGER)
             conn_close(c);
         else if (c->st != RS_BUSY)
             process(c);
@@ -1476,6 +1618,10 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (c->st == RS_HANG || c->st == RS_LINGER)
         return;
     c->in_len += (size_t)nread;
+    if (c->st == RS_WS) {
+        ws_process(c);
+        return;
+    }
     if (c->st == RS_BUSY) {
         if (c->in_len - c->in_off > TU_INBUF_MAX) {
             uv_read_stop(s);

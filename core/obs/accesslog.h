@@ -33,7 +33,8 @@
     X(RATE_LIMITED, 12, "rate-limited")                                                            \
     X(RATE_LIMITED_SHADOW, 13, "rate-limited-shadow")                                              \
     X(CONCURRENCY_LIMIT, 14, "concurrency-limit")                                                  \
-    X(QUEUED, 15, "queued")
+    X(QUEUED, 15, "queued")                                                                        \
+    X(TUNNEL, 16, "tunnel")
 
 enum lv_access_flag {
 #define LV__ACCESS_FLAG_ENUM(e, bit, name) LV_ACCESS_##e = 1u << (bit),

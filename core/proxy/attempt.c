@@ -14,6 +14,7 @@
 #include "proxy/exchange.h"
 #include "proxy/request.h"
 #include "proxy/server.h"
+#include "proxy/tunnel.h"
 #include "script/hooks.h"
 
 /* Upstream write queue above which we stop reading the client's body. */
@@ -40,7 +41,8 @@ static void on_up_write(uv_write_t *req, int status)
 {
     struct up_write *w = (struct up_write *)req;
     struct lv_upconn *uc = w->uc;
-    struct lv_request *r = uc->read_arg; /* NULL once the request let go of the connection */
+    /* NULL once the request let go of the connection (or a tunnel took it) */
+    struct lv_request *r = uc->on_read == on_up_read ? uc->read_arg : NULL;
     free(w);
     /* Errors show up on the read side too; here we only resume a body paused on a full
      * upstream queue. */
@@ -301,7 +303,7 @@ static bool next_attempt(struct lv_request *r, struct lv_outcome o, const struct
         .method = r->method,
         .has_idempotency_key = r->has_idem_key,
         .non_idempotent_allowed = rc->non_idempotent,
-        .replayable = can_replay(r),
+        .replayable = can_replay(r) && (!r->upgrade || o.kind == LV_OUT_CONNECT_FAILURE),
     };
     /* One hold of the route's lock from the budget check to the count, so workers deciding
      * at once cannot both take the last retry the budget allows (README "Workers"). The
@@ -455,6 +457,7 @@ static void on_acquired(enum lv_acquire_error err, struct lv_upconn *uc, const c
     uc->server->inflight++;
     uc->read_arg = r;
     lv_exchange_start(&r->ex, r->method == LV_METHOD_HEAD);
+    r->ex.upgrade = r->upgrade;
     /* Head, attempt number, then the buffered body. */
     char attempt_hdr[160]; /* the server name is at most 79 bytes */
     int n = attempt_header(attempt_hdr, sizeof(attempt_hdr),
@@ -528,7 +531,7 @@ static void attempt_go(struct lv_request *r)
         return;
     }
     r->phase = LV_REQ_CONNECTING;
-    bool fresh = r->want_fresh;
+    bool fresh = r->want_fresh || r->upgrade; /* an upgrade is never re-sent: no stale risk */
     r->want_fresh = false;
     /* A retry prefers a server not tried yet; the stale-connection resend goes to the same one. */
     lv_upstream_acquire(r->up, &r->acq, r->ntries ? r->last_server : NULL, r->tried_servers, fresh,
@@ -690,6 +693,9 @@ static void on_up_read(struct lv_upconn *uc, ssize_t nread, const char *data, vo
         return;
     case LV_EXCHANGE_LET_GO:
         break;
+    case LV_EXCHANGE_UPGRADE:
+        lv_tunnel_begin(r, r->ex.tail_p, r->ex.tail_n);
+        return;
     case LV_EXCHANGE_BAD_HEAD:
         lv_warn("route %s: upstream %s sent an invalid response: %s", r->route->name,
                 server_name(r), r->ex.reason);

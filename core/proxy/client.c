@@ -1,4 +1,5 @@
 #include "proxy/client.h"
+#include "proxy/clientslow.h"
 
 #include <assert.h>
 #include <stdatomic.h>
@@ -15,29 +16,12 @@
 #include "proxy/errresp.h"
 #include "proxy/request.h"
 #include "proxy/server.h"
+#include "proxy/tunnel.h"
 
 /* Bytes we read ahead of the request being served (pipelined heads, body) before pausing. */
 #define INPUT_HIGH (64 * 1024)
 /* How long a closing connection keeps draining unread input so the client sees our answer. */
 #define LINGER_MS 2000
-
-/* A throttled connection (an injected `throttle` fault, README "levee dev"): output is held
- * in `q` and leaves on a tick, from a token bucket filled at `rate` bytes a second (at most two
- * ticks' worth saved up, so idle time earns no burst). The held bytes beyond what the next
- * 100 ms will let out count in ds.write_queued, so the request's backpressure slows the
- * upstream down to the same rate while the queue stays fed. */
-#define SLOW_TICK_MS 20
-struct lv_client_slow {
-    uv_timer_t timer;
-    struct lv_buf q;
-    struct lv_buf out; /* the slice of a tick */
-    uint64_t rate;     /* bytes a second; 0: off once q is empty */
-    double tokens;     /* bytes that may leave now */
-    uint64_t last_ms;  /* loop ms the tokens were counted at */
-    size_t counted;    /* bytes of q counted in ds.write_queued */
-    bool ticking;
-    bool close_after; /* the connection closes once q has gone out */
-};
 
 struct write_req {
     uv_write_t req;
@@ -90,11 +74,8 @@ static void on_handle_closed(uv_handle_t *h)
     lv_buf_dispose(&c->tls_out);
     if (c->tls)
         lv_tls_free(c->tls);
-    if (c->slow) {
-        lv_buf_dispose(&c->slow->q);
-        lv_buf_dispose(&c->slow->out);
-        free(c->slow);
-    }
+    if (c->slow)
+        lv_client_slow_free(c->slow);
     free(c);
     lv_server_client_closed(s, NULL);
 }
@@ -110,6 +91,11 @@ static void client_close(struct lv_client *c, bool reset)
         c->req = NULL;
         lv_request_client_gone(r);
         lv_request_put(r);
+    }
+    if (c->ds.tunnel) {
+        struct lv_tunnel *t = c->ds.tunnel;
+        c->ds.tunnel = NULL;
+        lv_tunnel_client_gone(t);
     }
     uv_timer_stop(&c->timer);
     uv_close((uv_handle_t *)&c->timer, on_handle_closed);
@@ -131,6 +117,13 @@ static void on_shutdown(uv_shutdown_t *req, int status)
     struct lv_client *c = req->data;
     if (c->ds.closed)
         return;
+    if (c->state == LV_CLIENT_TUNNEL) { /* our write side is done; reading goes on */
+        if (status < 0)
+            client_close(c, true);
+        else if (c->ds.tunnel)
+            lv_tunnel_client_shut(c->ds.tunnel);
+        return;
+    }
     if (status < 0 || c->eof) {
         client_close(c, false);
         return;
@@ -140,7 +133,6 @@ static void on_shutdown(uv_shutdown_t *req, int status)
     c->lingering = true;
     timer_take(c, on_linger_timeout, LINGER_MS);
 }
-
 /* Close after everything queued has been written. */
 static void shutdown_after_write(struct lv_client *c);
 
@@ -193,6 +185,8 @@ static void on_write(uv_write_t *req, int status)
     c->last_write_ms = uv_now(c->server->loop);
     if (c->req && c->ds.write_queued <= LV_DOWNSTREAM_WRITE_HIGH / 4)
         lv_request_client_drained(c->req);
+    else if (c->ds.tunnel && c->ds.write_queued <= LV_DOWNSTREAM_WRITE_HIGH / 4)
+        lv_tunnel_client_drained(c->ds.tunnel);
 }
 
 /* Write what the socket takes now, without going through libuv's queue: a fully written
@@ -229,13 +223,6 @@ static void queue_write(struct lv_client *c, struct write_req *w, char *base, si
     }
 }
 
-static void slow_hold(struct lv_client *c, const char *p, size_t n);
-
-static bool slowed(const struct lv_client *c)
-{
-    return c->slow && (c->slow->rate || c->slow->q.len);
-}
-
 static int wire_writev(struct lv_client *c, const uv_buf_t *bufs, unsigned nbufs)
 {
     size_t total = lv_iobufs_total(bufs, nbufs);
@@ -258,9 +245,9 @@ static int raw_writev(struct lv_client *c, const uv_buf_t *bufs, unsigned nbufs)
 {
     if (c->ds.closed)
         return -1;
-    if (slowed(c)) {
+    if (lv_client_slowed(c->slow)) {
         for (unsigned i = 0; i < nbufs; i++)
-            slow_hold(c, bufs[i].base, bufs[i].len);
+            lv_client_slow_hold(c->slow, bufs[i].base, bufs[i].len);
         return 0;
     }
     return wire_writev(c, bufs, nbufs);
@@ -274,8 +261,8 @@ static int raw_write_buf(struct lv_client *c, struct lv_buf *b)
         b->len = 0;
         return -1;
     }
-    if (slowed(c)) {
-        slow_hold(c, b->data, b->len);
+    if (lv_client_slowed(c->slow)) {
+        lv_client_slow_hold(c->slow, b->data, b->len);
         b->len = 0;
         return 0;
     }
@@ -299,54 +286,19 @@ static int raw_write_buf(struct lv_client *c, struct lv_buf *b)
     return c->ds.closed ? -1 : 0;
 }
 
-/* What of the held bytes counts as queued output (backpressure): all but what the next
- * 100 ms let out (at most 1 MiB held uncounted). */
-static void slow_account(struct lv_client *c)
+/* The throttle (clientslow.c) writes through here, and says when a tick is over. */
+static int slow_wire(void *arg, const uv_buf_t *bufs, unsigned nbufs)
 {
-    struct lv_client_slow *s = c->slow;
-    size_t ahead = (size_t)(s->rate / 10);
-    if (ahead > 1024 * 1024)
-        ahead = 1024 * 1024;
-    size_t want = s->q.len > ahead ? s->q.len - ahead : 0;
-    c->ds.write_queued = c->ds.write_queued - s->counted + want;
-    s->counted = want;
+    return wire_writev(arg, bufs, nbufs);
 }
 
-static void on_slow_tick(uv_timer_t *t)
+static void slow_ticked(void *arg)
 {
-    struct lv_client *c = t->data;
-    struct lv_client_slow *s = c->slow;
-    s->ticking = false;
-    if (c->ds.closed)
-        return;
-    uint64_t now = uv_now(c->server->loop);
-    size_t n = s->q.len;
-    if (s->rate) {
-        double cap = (double)s->rate * (2 * SLOW_TICK_MS) / 1000.0;
-        s->tokens += (double)s->rate * (double)(now - s->last_ms) / 1000.0;
-        if (s->tokens > cap)
-            s->tokens = cap < 1 ? 1 : cap;
-        if ((double)n > s->tokens)
-            n = (size_t)s->tokens;
-        s->tokens -= (double)n;
-    }
-    s->last_ms = now;
-    if (n) {
-        lv_buf_reset(&s->out);
-        lv_buf_append(&s->out, s->q.data, n);
-        lv_buf_consume(&s->q, n);
-        slow_account(c);
-        uv_buf_t b = uv_buf_init(s->out.data, (unsigned)n);
-        if (wire_writev(c, &b, 1) < 0 || c->ds.closed)
-            return;
-    }
-    if (s->q.len) {
-        s->ticking = true;
-        uv_timer_start(&s->timer, on_slow_tick, SLOW_TICK_MS, 0);
-    } else if (!c->req) {
-        s->rate = 0; /* the throttled response is out: the next one goes at full speed */
-        if (s->close_after) {
-            s->close_after = false;
+    struct lv_client *c = arg;
+    if (!c->slow->q.len && !c->req) {
+        c->slow->rate = 0; /* the throttled response is out: the next one goes at full speed */
+        if (c->slow->close_after) {
+            c->slow->close_after = false;
             shutdown_after_write(c);
             return;
         }
@@ -355,32 +307,17 @@ static void on_slow_tick(uv_timer_t *t)
         lv_request_client_drained(c->req);
 }
 
-static void slow_hold(struct lv_client *c, const char *p, size_t n)
-{
-    struct lv_client_slow *s = c->slow;
-    lv_buf_append(&s->q, p, n);
-    slow_account(c);
-    if (!s->ticking) {
-        s->ticking = true;
-        uv_timer_start(&s->timer, on_slow_tick, SLOW_TICK_MS, 0);
-    }
-}
+static const struct lv_client_slow_ops slow_ops = {slow_wire, slow_ticked};
 
 static void client_throttle(struct lv_client *c, uint64_t rate)
 {
     if (!rate || c->ds.closed)
         return;
     if (!c->slow) {
-        c->slow = lv_xcalloc(1, sizeof(*c->slow));
-        uv_timer_init(c->server->loop, &c->slow->timer);
-        c->slow->timer.data = c;
+        c->slow = lv_client_slow_new(c->server->loop, &c->ds, &slow_ops, c);
         c->open_handles++;
     }
-    c->slow->rate = rate;
-    if (!c->slow->ticking && !c->slow->q.len) { /* a new throttled stretch: no savings */
-        c->slow->tokens = 0;
-        c->slow->last_ms = uv_now(c->server->loop);
-    }
+    lv_client_slow_rate(c->slow, rate);
 }
 
 /* HTTPS: plaintext goes through the engine; what it produces goes to the socket. */
@@ -588,6 +525,10 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
             lv_request_client_eof(c->req);
             return;
         }
+        if (c->state == LV_CLIENT_TUNNEL && c->ds.tunnel) {
+            lv_tunnel_client_eof(c->ds.tunnel);
+            return;
+        }
         if (c->state == LV_CLIENT_CLOSING)
             return;
         client_close(c, false);
@@ -710,6 +651,8 @@ static void on_timer(uv_timer_t *t)
     case LV_CLIENT_CLOSING:
         client_close(c, false);
         break;
+    case LV_CLIENT_TUNNEL: /* the tunnel keeps its own time */
+        break;
     }
 }
 
@@ -727,6 +670,7 @@ static void start_timer_for_state(struct lv_client *c)
         timer_due(c, lim->send_timeout_ms ? lim->send_timeout_ms : 60000);
         break;
     case LV_CLIENT_CLOSING:
+    case LV_CLIENT_TUNNEL:
         break;
     }
 }
@@ -738,9 +682,11 @@ static void client_process(struct lv_client *c)
     for (;;) {
         if (c->ds.closed || c->state == LV_CLIENT_CLOSING)
             return;
-        if (c->state == LV_CLIENT_REQUEST) {
+        if (c->state == LV_CLIENT_REQUEST || c->state == LV_CLIENT_TUNNEL) {
             if (c->req)
                 lv_request_client_data(c->req);
+            else if (c->ds.tunnel)
+                lv_tunnel_client_data(c->ds.tunnel);
             if (c->ds.in.len >= INPUT_HIGH)
                 pause_reading(c);
             return;
@@ -817,6 +763,14 @@ static void client_request_done(struct lv_client *c, bool close)
     }
     if (c->ds.closed)
         return;
+    if (c->ds.tunnel) { /* a 101 went out: the connection is the tunnel's from now on */
+        c->state = LV_CLIENT_TUNNEL;
+        uv_timer_stop(&c->timer);
+        c->armed = 0;
+        c->due = UINT64_MAX;
+        lv_tunnel_attached(c->ds.tunnel);
+        return;
+    }
     if (close || c->eof || c->server->draining) {
         client_close_after_write(c);
         return;
@@ -880,6 +834,22 @@ static void ds_throttle(struct lv_downstream *d, uint64_t rate)
     client_throttle(of(d), rate);
 }
 
+/* A tunnel's other side ended: end ours once what is queued is out (on_shutdown). */
+static void ds_shutdown(struct lv_downstream *d)
+{
+    struct lv_client *c = of(d);
+    if (c->ds.closed)
+        return;
+    if (c->tls) {
+        lv_tls_shutdown(c->tls, &c->tls_out);
+        if (raw_write_buf(c, &c->tls_out) < 0)
+            return;
+    }
+    c->shutdown_req.data = c;
+    if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) != 0)
+        client_close(c, true);
+}
+
 static void ds_refuse(struct lv_downstream *d, int status, enum lv_gwerr err, const char *reason)
 {
     struct lv_client *c = of(d);
@@ -892,7 +862,8 @@ static void ds_refuse(struct lv_downstream *d, int status, enum lv_gwerr err, co
 }
 
 static const struct lv_downstream_ops ds_ops = {
-    ds_writev, ds_write_buf, ds_done, ds_consumed, ds_abort, ds_refuse, ds_reset, ds_throttle,
+    ds_writev, ds_write_buf, ds_done,     ds_consumed, ds_abort,
+    ds_refuse, ds_reset,     ds_throttle, ds_shutdown,
 };
 
 static struct lv_client *client_new(struct lv_server *s)

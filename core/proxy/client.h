@@ -7,6 +7,7 @@
  *
  * Timers: header_timeout while a head is incomplete (408, close), idle_timeout between
  * requests (silent close), send_timeout while the client does not read what we wrote.
+ * After a 101 the connection belongs to a tunnel (proxy/tunnel.h) until it closes.
  * A connection with doubtful framing is closed after its response (lingering briefly so the
  * client gets to read the response before the RST of unread data could destroy it).
  */
@@ -33,6 +34,7 @@ enum lv_client_state {
     LV_CLIENT_HEAD,    /* some bytes of a head arrived */
     LV_CLIENT_REQUEST, /* a request is being served */
     LV_CLIENT_CLOSING, /* answering the last response / lingering / closing */
+    LV_CLIENT_TUNNEL,  /* switched protocols: a tunnel (proxy/tunnel.h) drives it */
 };
 
 struct lv_client {
@@ -58,7 +60,7 @@ struct lv_client {
     bool eof;         /* the client half-closed */
     bool lingering;
     struct lv_tls *tls;          /* HTTPS: the TLS engine between the socket and `in` */
-    struct lv_client_slow *slow; /* a throttle fault's held-back output (client.c), or NULL */
+    struct lv_client_slow *slow; /* a throttle fault's held-back output (clientslow.c), or NULL */
     struct lv_buf tls_out;       /* ciphertext to send */
 };
 

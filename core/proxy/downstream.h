@@ -15,6 +15,7 @@
 #include "base/gwerr.h"
 
 struct lv_downstream;
+struct lv_tunnel;
 
 struct lv_downstream_ops {
     /* Queue bytes for the client; what the socket does not take now is copied. 0, or -1 when
@@ -36,6 +37,9 @@ struct lv_downstream_ops {
     /* From now until the connection has written everything queued, output leaves at most
      * `rate` bytes a second (an injected `throttle` fault); 0 changes nothing. */
     void (*throttle)(struct lv_downstream *d, uint64_t rate);
+    /* A tunnel (proxy/tunnel.h): the other side ended, so end ours (shutdown of the write side,
+     * TLS close_notify first) once what is queued is out; reading goes on. */
+    void (*shutdown)(struct lv_downstream *d);
 };
 
 /* Above this much queued output, producers stop reading their source; below a quarter of it
@@ -45,11 +49,13 @@ struct lv_downstream_ops {
 
 struct lv_downstream {
     const struct lv_downstream_ops *ops;
-    struct lv_buf in;    /* bytes received and not consumed yet: the head, then the body */
-    size_t write_queued; /* bytes handed to the socket layer and not yet written */
-    char peer[64];       /* client IP, for X-Forwarded-For and the log */
-    bool tls;            /* HTTPS: X-Forwarded-Proto */
-    bool closed;         /* the connection is gone: writes fail */
+    struct lv_buf in;         /* bytes received and not consumed yet: the head, then the body */
+    size_t write_queued;      /* bytes handed to the socket layer and not yet written */
+    char peer[64];            /* client IP, for X-Forwarded-For and the log */
+    bool tls;                 /* HTTPS: X-Forwarded-Proto */
+    bool closed;              /* the connection is gone: writes fail */
+    struct lv_tunnel *tunnel; /* set by a 101: the connection becomes a tunnel once the
+                                 request ends (proxy/tunnel.h) */
 };
 
 static inline int lv_ds_write(struct lv_downstream *d, const char *p, size_t n)

@@ -24,6 +24,9 @@ void lv_exchange_start(struct lv_exchange *ex, bool head_request)
     ex->started = false;
     ex->until_eof = false;
     ex->reusable = false;
+    ex->upgrade = false;
+    ex->tail_p = NULL;
+    ex->tail_n = 0;
 }
 
 void lv_exchange_dispose(struct lv_exchange *ex)
@@ -72,11 +75,11 @@ static enum lv_exchange_rc on_head(struct lv_exchange *ex, const struct lv_excha
             ex->reason = h.reason ? h.reason : "invalid response head";
             return LV_EXCHANGE_BAD_HEAD;
         }
-        if (h.status == 101) {
+        if (h.status == 101 && !ex->upgrade) {
             ex->reason = "unrequested 101 Switching Protocols";
             return LV_EXCHANGE_BAD_HEAD;
         }
-        if (h.status >= 200)
+        if (h.status >= 200 || h.status == 101)
             break;
         /* Interim response; the rest of the read becomes the next head's start. */
         sink->interim(arg, &h);
@@ -109,6 +112,12 @@ static enum lv_exchange_rc on_head(struct lv_exchange *ex, const struct lv_excha
     if (!sink->head(arg, &h))
         return LV_EXCHANGE_LET_GO;
     ex->started = true;
+    if (h.status == 101) { /* what follows is the other protocol's: the caller's */
+        ex->reusable = false;
+        ex->tail_p = rest;
+        ex->tail_n = nrest;
+        return LV_EXCHANGE_UPGRADE;
+    }
     if (h.body == LV_BODY_NONE || (h.body == LV_BODY_LENGTH && h.content_length == 0)) {
         if (nrest)
             ex->reusable = false;

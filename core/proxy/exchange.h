@@ -38,6 +38,7 @@ enum lv_exchange_rc {
     LV_EXCHANGE_LET_GO,   /* the head callback declined the response */
     LV_EXCHANGE_BAD_HEAD, /* no usable head: `reason` says why (a protocol error) */
     LV_EXCHANGE_BAD_BODY, /* the body's framing broke after the head: `reason` */
+    LV_EXCHANGE_UPGRADE,  /* a 101 to an upgrade request was taken: tail_p/tail_n follow it */
 };
 
 struct lv_exchange {
@@ -51,9 +52,13 @@ struct lv_exchange {
     bool started;       /* the final head was taken: body bytes follow */
     bool until_eof;     /* the body ends when the upstream closes */
     bool reusable;      /* on DONE: the connection may serve another request */
+    bool upgrade;       /* the request asked to upgrade: a 101 is its final head (else 502) */
+    const char *tail_p; /* on UPGRADE: the bytes after the 101 head (the other protocol's), */
+    size_t tail_n;      /* valid until lv_exchange_feed returns */
 };
 
-/** Ready for a new response (a new attempt); keeps the head buffer's memory. */
+/** Ready for a new response (a new attempt); keeps the head buffer's memory. Clears
+ *  `upgrade` (the caller sets it after). */
 void lv_exchange_start(struct lv_exchange *ex, bool head_request);
 /** Bytes read from the upstream. */
 enum lv_exchange_rc lv_exchange_feed(struct lv_exchange *ex, const char *data, size_t n,

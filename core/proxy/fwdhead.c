@@ -1,6 +1,44 @@
 #include "proxy/fwdhead.h"
 
+#include <string.h>
+
 #include "http/tracectx.h"
+
+static bool token_allowed(const char *p, size_t n, char *const *tokens, size_t ntokens)
+{
+    const char *slash = memchr(p, '/', n);
+    if (slash)
+        n = (size_t)(slash - p); /* "foo/2": the protocol's name */
+    for (size_t i = 0; i < ntokens; i++)
+        if (lv_field_name_eq(p, n, tokens[i]))
+            return true;
+    return false;
+}
+
+bool lv_fwdhead_upgrade_allowed(const struct lv_reqhead *h, enum lv_req_body body,
+                                char *const *tokens, size_t ntokens)
+{
+    if (!h->upgrade_requested || body != LV_REQ_BODY_NONE || ntokens == 0)
+        return false;
+    const char *p = h->upgrade.p, *end = p + h->upgrade.len;
+    size_t named = 0;
+    while (p < end) {
+        while (p < end && (*p == ' ' || *p == '\t' || *p == ','))
+            p++;
+        const char *s = p;
+        while (p < end && *p != ',')
+            p++;
+        const char *e = p;
+        while (e > s && (e[-1] == ' ' || e[-1] == '\t'))
+            e--;
+        if (e == s)
+            continue;
+        if (!token_allowed(s, (size_t)(e - s), tokens, ntokens))
+            return false;
+        named++;
+    }
+    return named > 0;
+}
 
 bool lv_fwdhead_build(struct lv_buf *b, const struct lv_fwdhead_in *in)
 {
@@ -98,6 +136,11 @@ bool lv_fwdhead_build(struct lv_buf *b, const struct lv_fwdhead_in *in)
         lv_buf_putlit(b, "\r\n");
     } else if (in->body == LV_REQ_BODY_CHUNKED) {
         lv_buf_putlit(b, "Transfer-Encoding: chunked\r\n");
+    }
+    if (in->upgrade.len) {
+        lv_buf_putlit(b, "Connection: upgrade\r\nUpgrade: ");
+        lv_buf_append(b, in->upgrade.p, in->upgrade.len);
+        lv_buf_putlit(b, "\r\n");
     }
     return add_server_host;
 }

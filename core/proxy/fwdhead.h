@@ -4,7 +4,8 @@
  * framing header, X-Forwarded-For/-Proto/-Host, Via, X-Request-Id; Expect is answered by levee
  * and not forwarded, nor is Levee-Fault (levee's own, README "levee dev"). With trace context
  * on (README "Tracing") the incoming traceparent is replaced per attempt. Levee-Attempt,
- * traceparent and the final CRLF are added per attempt.
+ * traceparent and the final CRLF are added per attempt. An upgrade the route allows goes on as
+ * Connection: upgrade and the client's Upgrade value.
  */
 #ifndef LV_PROXY_FWDHEAD_H
 #define LV_PROXY_FWDHEAD_H
@@ -29,10 +30,19 @@ struct lv_fwdhead_in {
     const char *request_id; /* X-Request-Id */
     enum lv_req_body body;  /* the framing header to write */
     uint64_t content_length;
+    struct lv_span upgrade; /* the Upgrade value to forward (with Connection: upgrade), or
+                               empty: no upgrade (README "WebSocket and other upgrades") */
     bool trace;      /* trace context on: traceparent is written per attempt, not forwarded */
     bool tracestate; /* (with trace) the incoming traceparent was valid: its well-formed
                         tracestate fields travel on; otherwise they are dropped */
 };
+
+/** Whether a request may be forwarded as an upgrade: it asked (Connection: upgrade and an
+ *  Upgrade value), has no body, and every protocol its Upgrade list names ("websocket",
+ *  "foo/2") is in the route's `tokens` (lower case; a name compares without its version, case
+ *  insensitively). */
+bool lv_fwdhead_upgrade_allowed(const struct lv_reqhead *h, enum lv_req_body body,
+                                char *const *tokens, size_t ntokens);
 
 /** Writes the forwarded head into `out` (reset first). Returns true when the request has no
  *  Host to forward: each attempt then names its server's authority. */

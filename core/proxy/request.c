@@ -155,9 +155,9 @@ static void log_request(struct lv_request *r)
     struct lv_server *s = r->s;
     double total_ms = (double)(uv_hrtime() - r->start_ns) / 1e6;
     lv_server_count_request(s, r->rs, r->status, total_ms / 1000.0);
-    lv_trace_end(r);
-    if (!s->access_on)
-        return;
+    lv_trace_end(r); /* a tunnel's request span ends with its 101 */
+    if (!s->access_on || (r->flags & LV_ACCESS_TUNNEL))
+        return; /* a tunnel's line is written when it closes (proxy/tunnel.c) */
     struct lv_access_entry e;
     memset(&e, 0, sizeof(e));
     uv_timeval64_t tv;
@@ -422,6 +422,7 @@ static void reset(struct lv_request *r, const struct lv_reqhead *h)
     r->http10 = h->minor == 0;
     r->client_keep_alive = h->keep_alive;
     r->expect_continue = h->expect_continue && !r->http10;
+    r->upgrade = false;        /* decided once routed */
     r->start_ns = uv_hrtime(); /* the wall-clock start is derived from it when logged */
     r->start_ms = uv_now(r->s->loop);
     if (h->request_id.len) {
@@ -561,6 +562,10 @@ void lv_request_begin(struct lv_request *r, size_t head_len)
         .trace = r->traced,
         .tracestate = r->trace_continued,
     };
+    r->upgrade =
+        lv_fwdhead_upgrade_allowed(&h, r->body_kind, r->route->upgrade, r->route->nupgrade);
+    if (r->upgrade)
+        fi.upgrade = h.upgrade;
     r->add_server_host = lv_fwdhead_build(&r->fwd, &fi);
     size_t ri = lv_generation_route_index(r->gen, r->route);
     r->rs = lv_generation_route_state(r->gen, ri);

@@ -133,6 +133,7 @@ struct lv_request {
     bool http10;
     bool client_keep_alive;
     bool expect_continue;
+    bool upgrade; /* forwarded as an upgrade: a 101 makes a tunnel (proxy/tunnel.h) */
     char rid[204];
     struct lv_buf target; /* raw request target, NUL-terminated */
     struct lv_buf host;   /* Host (or absolute-form authority), NUL-terminated */

@@ -43,6 +43,12 @@ static void write_head(struct lv_request *r, const struct lv_resphead *h, bool n
     if (r->resp_extra.len && h->status >= 200)
         lv_buf_append(o, r->resp_extra.data, r->resp_extra.len);
     struct lv_resp_tail t = {.request_id = r->rid};
+    if (h->status == 101) { /* the switch (a tunnel follows): the hop-by-hop pair goes on */
+        lv_respwrite_fieldz(o, "Connection", "upgrade");
+        for (uint32_t i = 0; i < h->nfields; i++)
+            if (h->fields[i].id == LV_FID_UPGRADE)
+                lv_respwrite_field(o, "Upgrade", 7, h->fields[i].value.p, h->fields[i].value.len);
+    }
     if (h->status >= 200) {
         if (no_body) {
             /* HEAD and 304 keep the length the upstream announced; 204 has none. */

@@ -33,6 +33,7 @@ static const char *const L_UPSTREAM[] = {"upstream", NULL};
 static const char *const L_UP_SERVER[] = {"upstream", "server", NULL};
 static const char *const L_UP_SERVER_ENFORCED[] = {"upstream", "server", "enforced", NULL};
 static const char *const L_UP_SERVER_RESULT[] = {"upstream", "server", "result", NULL};
+static const char *const L_ROUTE_DIRECTION[] = {"route", "direction", NULL};
 
 /* ---- generations and what they name (proxy/generation.h: one lifetime rule) */
 
@@ -543,6 +544,16 @@ static void metrics_setup(struct lv_server *s)
         lv_metrics_family(m, "levee_upstream_attempt_duration_seconds",
                           "Time from an attempt's start to its response head or its failure.",
                           LV_METRIC_HISTOGRAM, L_UPSTREAM, NULL, 0);
+    s->m_tunnels_active = lv_metrics_family(m, "levee_tunnels_active",
+                                            "Open tunnels (upgraded connections, e.g. WebSocket).",
+                                            LV_METRIC_GAUGE, L_ROUTE, NULL, 0);
+    s->m_tunnels_total = lv_metrics_family(m, "levee_tunnels_total",
+                                           "Tunnels opened (101 Switching Protocols passed on).",
+                                           LV_METRIC_COUNTER, L_ROUTE, NULL, 0);
+    s->m_tunnel_bytes = lv_metrics_family(
+        m, "levee_tunnel_bytes_total",
+        "Bytes carried by tunnels, by direction: upstream (client to upstream) or downstream.",
+        LV_METRIC_COUNTER, L_ROUTE_DIRECTION, NULL, 0);
 }
 
 /* ---- access log */

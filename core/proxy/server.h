@@ -110,6 +110,8 @@ struct lv_server {
     struct lv_metric_family *m_reloads, *m_generation, *m_upconns, *m_clients, *m_bad_requests;
     struct lv_metric_family *m_server_up, *m_ejections, *m_health_checks, *m_panics;
     struct lv_metric_family *m_up_sent, *m_up_received, *m_attempt_duration;
+    /* tunnels (proxy/tunnel.c): {route}, {route}, {route, direction} */
+    struct lv_metric_family *m_tunnels_active, *m_tunnels_total, *m_tunnel_bytes;
     struct lv_metric *m_reload_ok, *m_reload_err;
 
     /* client connections (proxy/client.c keeps the list; proxy/listener.c drains it) */

@@ -143,7 +143,7 @@ static void fds_throttle(struct lv_downstream *d, uint64_t rate)
 static const struct lv_downstream_ops fds_ops = {
     fds_writev,   fds_write_buf, fds_done,  fds_consumed,
     fds_abort,    fds_refuse,    fds_abort, /* reset: as an abort here */
-    fds_throttle,
+    fds_throttle, NULL,                     /* shutdown: no tunnels here */
 };
 
 static void fds_init(struct fake_ds *f, const char *peer)
