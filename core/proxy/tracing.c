@@ -196,10 +196,10 @@ void lv_trace_end(struct lv_request *r)
             lv_tspan_cstr(&sp, "error.type", outcome);
         lv_tspan_cstr(&sp, "levee.route", route);
         lv_tspan_int(&sp, "levee.attempt", i + 1);
-        if (t->kind == LV_OUT_STATUS) {
-            char code[8];
-            int n = snprintf(code, sizeof(code), "%d", t->status);
-            lv_tspan_str(&sp, "levee.outcome", code, (size_t)n);
+        if (t->kind == LV_OUT_STATUS && t->status >= 100 && t->status <= 999) {
+            char code[3] = {(char)('0' + t->status / 100), (char)('0' + t->status / 10 % 10),
+                            (char)('0' + t->status % 10)};
+            lv_tspan_str(&sp, "levee.outcome", code, 3);
         } else {
             lv_tspan_cstr(&sp, "levee.outcome", outcome);
         }
@@ -223,9 +223,15 @@ void lv_trace_end(struct lv_request *r)
                   r->trace_continued ? r->parent_id : NULL);
     sp.start_ns = start_wall;
     sp.end_ns = now_ns;
-    char name[160];
-    int nn = snprintf(name, sizeof(name), "%s %s", method, route ? route : "(no route)");
-    lv_tspan_name(&sp, name, nn > 0 && (size_t)nn < sizeof(name) ? (size_t)nn : strlen(name));
+    char name[96]; /* "METHOD ROUTE": a method name is short, a route name at most 64 bytes */
+    const char *rn = route ? route : "(no route)";
+    size_t ml = strlen(method), rl = strlen(rn);
+    if (ml + 1 + rl > sizeof(name))
+        rl = sizeof(name) - 1 - ml;
+    memcpy(name, method, ml);
+    name[ml] = ' ';
+    memcpy(name + ml + 1, rn, rl);
+    lv_tspan_name(&sp, name, ml + 1 + rl);
     lv_tspan_cstr(&sp, "http.request.method", method);
     const char *target = r->target.data ? r->target.data : "";
     const char *q = memchr(target, '?', r->target.len);

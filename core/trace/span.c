@@ -212,7 +212,11 @@ static void hex_field(struct lv_buf *out, const char *name, const uint8_t *id, s
 {
     char hex[2 * LV_TRACE_ID_LEN + 1];
     lv_trace_hex(id, n, hex);
-    lv_buf_printf(out, ",\"%s\":\"%s\"", name, hex);
+    lv_buf_putlit(out, ",\"");
+    lv_buf_puts(out, name);
+    lv_buf_putlit(out, "\":\"");
+    lv_buf_append(out, hex, 2 * n);
+    lv_buf_putc(out, '"');
 }
 
 static bool all_zero(const uint8_t *p, size_t n)
@@ -242,15 +246,22 @@ void lv_tspan_encode_span(struct lv_buf *out, const struct lv_trace_span *sp, bo
     /* hex_field puts a comma first: write the trace id by hand. */
     char hex[2 * LV_TRACE_ID_LEN + 1];
     lv_trace_hex(sp->trace_id, LV_TRACE_ID_LEN, hex);
-    lv_buf_printf(out, "\"%s\"", hex);
+    lv_buf_putc(out, '"');
+    lv_buf_append(out, hex, 2 * LV_TRACE_ID_LEN);
+    lv_buf_putc(out, '"');
     hex_field(out, "spanId", sp->span_id, LV_SPAN_ID_LEN);
     if (!all_zero(sp->parent_id, LV_SPAN_ID_LEN))
         hex_field(out, "parentSpanId", sp->parent_id, LV_SPAN_ID_LEN);
     lv_buf_putlit(out, ",\"name\":");
     span_text(out, sp, sp->name_off, sp->name_len);
-    lv_buf_printf(out, ",\"kind\":%u,\"startTimeUnixNano\":\"%llu\",\"endTimeUnixNano\":\"%llu\"",
-                  (unsigned)sp->kind, (unsigned long long)sp->start_ns,
-                  (unsigned long long)(sp->end_ns >= sp->start_ns ? sp->end_ns : sp->start_ns));
+    /* numbers by hand, not printf: this runs for every span exported */
+    lv_buf_putlit(out, ",\"kind\":");
+    lv_buf_putu(out, sp->kind);
+    lv_buf_putlit(out, ",\"startTimeUnixNano\":\"");
+    lv_buf_putu(out, sp->start_ns);
+    lv_buf_putlit(out, "\",\"endTimeUnixNano\":\"");
+    lv_buf_putu(out, sp->end_ns >= sp->start_ns ? sp->end_ns : sp->start_ns);
+    lv_buf_putc(out, '"');
     lv_buf_putlit(out, ",\"attributes\":[");
     unsigned nattrs = sp->nattrs <= LV_SPAN_MAX_ATTRS ? sp->nattrs : LV_SPAN_MAX_ATTRS;
     for (unsigned i = 0; i < nattrs; i++) {
@@ -261,7 +272,11 @@ void lv_tspan_encode_span(struct lv_buf *out, const struct lv_trace_span *sp, bo
         json_str(out, a->key ? a->key : "", a->key ? strlen(a->key) : 0);
         switch (a->type) {
         case LV_SPAN_ATTR_INT:
-            lv_buf_printf(out, ",\"value\":{\"intValue\":\"%lld\"}}", (long long)a->i);
+            lv_buf_putlit(out, ",\"value\":{\"intValue\":\"");
+            if (a->i < 0)
+                lv_buf_putc(out, '-');
+            lv_buf_putu(out, a->i < 0 ? 0 - (unsigned long long)a->i : (unsigned long long)a->i);
+            lv_buf_putlit(out, "\"}}");
             break;
         case LV_SPAN_ATTR_BOOL:
             if (a->i)
