@@ -28,6 +28,10 @@ return {
   watch = false,               -- true: reload when this file or a module it requires changes
   drain_timeout = "10s",       -- on SIGTERM, how long requests in flight may take to finish
 
+  -- W3C trace context is on by default (a traceparent per attempt, trace ids in the access
+  -- log). To export spans to an OpenTelemetry collector (OTLP/HTTP JSON), uncomment:
+  -- tracing = { otlp = "http://127.0.0.1:4318/v1/traces", sample = 0.05, service = "levee" },
+
   upstreams = {
     demo = {
       servers = { "127.0.0.1:9000", "127.0.0.1:9001" },
