@@ -30,20 +30,12 @@ static double ms_since(uint64_t ns)
 
 /* ---- upstream writes */
 
-struct up_write {
-    uv_write_t req;
-    struct lv_upconn *uc;
-    size_t len;
-    char data[];
-};
-
 static void on_up_write(uv_write_t *req, int status)
 {
-    struct up_write *w = (struct up_write *)req;
-    struct lv_upconn *uc = w->uc;
+    struct lv_upconn *uc = req->data;
     /* NULL once the request let go of the connection (or a tunnel took it) */
     struct lv_request *r = uc->on_read == on_up_read ? uc->read_arg : NULL;
-    free(w);
+    free(req); /* lv_iobufs_write's allocation */
     /* Errors show up on the read side too; here we only resume a body paused on a full
      * upstream queue. */
     if (status < 0 || !r || r->uc != uc || !lv_request_active(r) || r->body_done)
@@ -66,31 +58,7 @@ int lv_attempt_write(struct lv_request *r, const uv_buf_t *bufs, unsigned n)
         bufs = &sealed;
         n = 1;
     }
-    size_t total = lv_iobufs_total(bufs, n);
-    if (total == 0)
-        return 0;
-    size_t done = 0;
-    if (uv_stream_get_write_queue_size((uv_stream_t *)&r->uc->tcp) == 0) {
-        /* Straight to the socket when nothing is queued: no epoll re-arm. */
-        int rc = uv_try_write((uv_stream_t *)&r->uc->tcp, bufs, n);
-        if (rc < 0 && rc != UV_EAGAIN)
-            return rc;
-        if (rc > 0)
-            done = (size_t)rc;
-        if (done == total)
-            return 0;
-    }
-    struct up_write *w = lv_xmalloc(sizeof(*w) + total - done);
-    w->uc = r->uc;
-    w->len = total - done;
-    size_t off = lv_iobufs_copy_after(w->data, bufs, n, done);
-    uv_buf_t b = uv_buf_init(w->data, (unsigned)off);
-    int rc = uv_write(&w->req, (uv_stream_t *)&r->uc->tcp, &b, 1, on_up_write);
-    if (rc < 0) {
-        free(w);
-        return rc;
-    }
-    return 0;
+    return lv_iobufs_write((uv_stream_t *)&r->uc->tcp, bufs, n, on_up_write, r->uc);
 }
 
 size_t lv_attempt_queued(const struct lv_request *r)

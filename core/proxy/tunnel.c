@@ -41,13 +41,9 @@ struct lv_tunnel {
     struct lv_buf path, host;
 };
 
-struct up_op { /* a write or a shutdown on the upstream; finds its tunnel through the upconn */
-    union {
-        uv_write_t w;
-        uv_shutdown_t sh;
-    } req;
+struct up_op { /* a shutdown of the upstream's write side; finds its tunnel through the upconn */
+    uv_shutdown_t sh;
     struct lv_upconn *uc;
-    char data[];
 };
 
 static void on_up_read(struct lv_upconn *uc, ssize_t nread, const char *data, void *arg);
@@ -152,9 +148,8 @@ static void on_idle(uv_timer_t *timer)
 
 static void on_up_write(uv_write_t *req, int status)
 {
-    struct up_op *op = (struct up_op *)req;
-    struct lv_tunnel *t = of_uc(op->uc);
-    free(op);
+    struct lv_tunnel *t = of_uc(req->data);
+    free(req); /* lv_iobufs_write's allocation */
     if (!t || t->closed)
         return;
     if (status < 0) {
@@ -184,26 +179,7 @@ static void on_up_shutdown(uv_shutdown_t *req, int status)
  * Returns < 0 when the connection broke. */
 static int up_send_raw(struct lv_tunnel *t, const uv_buf_t *bufs, unsigned n)
 {
-    size_t total = lv_iobufs_total(bufs, n), done = 0;
-    if (total == 0)
-        return 0;
-    if (up_queued(t) == 0) {
-        int rc = uv_try_write((uv_stream_t *)&t->uc->tcp, bufs, n);
-        if (rc < 0 && rc != UV_EAGAIN)
-            return rc;
-        if (rc > 0)
-            done = (size_t)rc;
-        if (done == total)
-            return 0;
-    }
-    struct up_op *op = lv_xmalloc(sizeof(*op) + total - done);
-    op->uc = t->uc;
-    size_t len = lv_iobufs_copy_after(op->data, bufs, n, done);
-    uv_buf_t b = uv_buf_init(op->data, (unsigned)len);
-    int rc = uv_write(&op->req.w, (uv_stream_t *)&t->uc->tcp, &b, 1, on_up_write);
-    if (rc < 0)
-        free(op);
-    return rc;
+    return lv_iobufs_write((uv_stream_t *)&t->uc->tcp, bufs, n, on_up_write, t->uc);
 }
 
 static int up_send(struct lv_tunnel *t, const char *p, size_t n)
@@ -233,7 +209,7 @@ static void up_shutdown(struct lv_tunnel *t)
     }
     struct up_op *op = lv_xmalloc(sizeof(*op));
     op->uc = t->uc;
-    if (uv_shutdown(&op->req.sh, (uv_stream_t *)&t->uc->tcp, on_up_shutdown) < 0) {
+    if (uv_shutdown(&op->sh, (uv_stream_t *)&t->uc->tcp, on_up_shutdown) < 0) {
         free(op);
         finish(t, true);
     }
