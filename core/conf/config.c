@@ -64,6 +64,7 @@ static void config_free(struct lv_config *c)
     free(c->error_log_path);
     free(c->trusted_proxies);
     free(c->tracing.otlp);
+    free(c->tracing.tls_ca);
     free(c->tracing.service);
     for (size_t i = 0; i < c->nupstreams; i++)
         upstream_free(&c->upstreams[i]);

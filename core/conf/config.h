@@ -220,6 +220,7 @@ struct lv_route_cfg {
 struct lv_tracing_cfg {
     bool enabled;        /* false: `tracing = false`, traceparent passes through untouched */
     char *otlp;          /* OTLP/HTTP URL with its path, or NULL: no export */
+    char *tls_ca;        /* CA file for an https collector; NULL: the system store */
     double sample;       /* share of new traces sampled, default 1 */
     char *service;       /* service.name, default "levee" */
     uint32_t batch;      /* default 512 */

@@ -323,6 +323,7 @@ void lv_tracing_configure(struct lv_server_shared *sh, const struct lv_config *c
         return; /* an exporter already running idles: requests check their config */
     struct lv_exporter_params p = {
         .url = tc->otlp,
+        .tls_ca = tc->tls_ca,
         .service = tc->service,
         .batch = tc->batch,
         .queue = tc->queue,

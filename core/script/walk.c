@@ -480,6 +480,7 @@ static void walk_tracing(lua_State *L, struct lv_walk *w, int t, struct lv_traci
     tc->enabled = w_bool(L, w, tt, "enabled");
     if (tc->enabled) {
         tc->otlp = w_str(L, w, tt, "otlp", true);
+        tc->tls_ca = w_str(L, w, tt, "tls_ca", true);
         tc->sample = w_num(L, w, tt, "sample");
         tc->service = w_str(L, w, tt, "service", false);
         tc->batch = w_u32(L, w, tt, "batch");

@@ -556,6 +556,8 @@ Entries of `retry.on`:
             { key = "tracing.otlp", type = "otlp_url", type_doc = "URL", default_doc = "no export",
                 doc = "OTLP/HTTP endpoint spans are POSTed to as JSON (`http://` or `https://`; "
                     .. "without a path, `/v1/traces`)." },
+            { key = "tracing.ca", type = "file", default_doc = "the system store", out = "tls_ca",
+                doc = "CA certificates (PEM) to verify an `https` collector with." },
             { key = "tracing.sample", type = "number", min = 0, max = 1, default = 1,
                 doc = "Share of new traces (requests without a valid `traceparent`) that are "
                     .. "sampled. A request with a `traceparent` follows its sampled flag." },
