@@ -337,6 +337,16 @@ static void feed_body(struct lv_otlp_client *c, const char *data, size_t n)
     }
 }
 
+/* Scans what c->head holds: true when a whole head starts it; false when more is needed, or
+ * when the head was refused (the POST has then finished). */
+static bool scan_head(struct lv_otlp_client *c)
+{
+    enum lv_headscan_result r = lv_headscan_feed(&c->hs, c->head.data, c->head.len);
+    if (r == LV_HEADSCAN_ERROR)
+        finish(c, 0, c->hs.reason ? c->hs.reason : "bad response head");
+    return r == LV_HEADSCAN_DONE;
+}
+
 /* The head is complete at the start of c->head. */
 static void on_head(struct lv_otlp_client *c)
 {
@@ -356,15 +366,8 @@ static void on_head(struct lv_otlp_client *c)
         /* An interim response: the final head follows. */
         lv_buf_consume(&c->head, c->hs.head_len);
         lv_headscan_init(&c->hs, true, MAX_HEAD, MAX_HEAD, MAX_FIELDS);
-        if (c->head.len == 0)
+        if (c->head.len == 0 || !scan_head(c))
             return;
-        enum lv_headscan_result r = lv_headscan_feed(&c->hs, c->head.data, c->head.len);
-        if (r == LV_HEADSCAN_MORE)
-            return;
-        if (r == LV_HEADSCAN_ERROR) {
-            finish(c, 0, c->hs.reason ? c->hs.reason : "bad response head");
-            return;
-        }
     }
     c->head_done = true;
     c->status = h.status;
@@ -426,14 +429,8 @@ static void on_read(struct lv_upconn *uc, ssize_t nread, const char *data, void 
         return;
     }
     lv_buf_append(&c->head, data, n);
-    enum lv_headscan_result r = lv_headscan_feed(&c->hs, c->head.data, c->head.len);
-    if (r == LV_HEADSCAN_MORE)
-        return;
-    if (r == LV_HEADSCAN_ERROR) {
-        finish(c, 0, c->hs.reason ? c->hs.reason : "bad response head");
-        return;
-    }
-    on_head(c);
+    if (scan_head(c))
+        on_head(c);
 }
 
 static void on_acquired(enum lv_acquire_error err, struct lv_upconn *uc, const char *detail,
